@@ -1,0 +1,33 @@
+"""The frame record every camera source produces and the appliance consumes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One captured image of one part.
+
+    `image` is RGB uint8 (H×W×3), after the camera's optional ROI crop and rotation; sources
+    convert OpenCV's BGR once, here at the edge, so everything downstream sees RGB.
+    """
+
+    camera_id: str
+    image: np.ndarray
+    frame_number: int
+    part_id: str
+    captured_mono: float  # time.monotonic() at capture, for latency and stall detection
+    captured_wall: float  # time.time() at capture, for records
+    source_name: str = ""  # file name or stream URL the frame came from, for error messages
+    meta: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
