@@ -1,0 +1,55 @@
+"""Shared fixtures: the tiny model, its GGUF export and synthetic data, built once per session.
+
+Nothing here downloads anything; HF_HUB_OFFLINE is forced so a stray hub lookup fails loudly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+HAS_TORCH = _has("torch") and _has("transformers")
+HAS_LLAMA = _has("llama_cpp")
+
+needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="needs the trainer extra (torch, transformers)")
+needs_llama = pytest.mark.skipif(not HAS_LLAMA, reason="needs llama-cpp-python (appliance/export extra)")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight Qwen2.5-VL checkpoint directory (hidden 256, 2 layers)."""
+    if not HAS_TORCH:
+        pytest.skip("needs the trainer extra (torch, transformers)")
+    from adfm.testing.tiny_model import build_tiny_qwen25vl
+
+    return build_tiny_qwen25vl(tmp_path_factory.mktemp("tiny-qwen25vl"))
+
+
+@pytest.fixture(scope="session")
+def synthetic_mvtec(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic dataset in MVTec AD's layout (washer, tile; scratch, spot)."""
+    from adfm.testing.synthetic import make_synthetic_dataset
+
+    return make_synthetic_dataset(tmp_path_factory.mktemp("mvtec"), layout="mvtec", seed=0)
+
+
+@pytest.fixture(scope="session")
+def synthetic_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A customer-station folder layout: normal/, anomalous/, masks/."""
+    from adfm.testing.synthetic import make_synthetic_dataset
+
+    return make_synthetic_dataset(tmp_path_factory.mktemp("station"), layout="folder", seed=1)
