@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from adfm.geometry import ModelGrid
@@ -129,27 +129,22 @@ def build_messages(
 
 
 def _fill_images(messages: list[dict[str, Any]], blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out, it = [], iter(blocks)
-    used = 0
+    slots = sum(
+        1
+        for msg in messages
+        if isinstance(msg["content"], list)
+        for block in msg["content"]
+        if block.get("type") == "image"
+    )
+    if slots != len(blocks):
+        raise ValueError(f"{len(blocks)} images given for {slots} image slots")
+    it = iter(blocks)
+    out = []
     for msg in messages:
         content = msg["content"]
         if isinstance(content, list):
-            new = []
-            for block in content:
-                if block.get("type") == "image":
-                    try:
-                        new.append(next(it))
-                    except StopIteration:
-                        raise ValueError(
-                            f"messages have more image slots than the {len(blocks)} images given"
-                        ) from None
-                    used += 1
-                else:
-                    new.append(dict(block))
-            content = new
+            content = [next(it) if b.get("type") == "image" else dict(b) for b in content]
         out.append({**msg, "content": content})
-    if used != len(blocks):
-        raise ValueError(f"{len(blocks)} images given for {used} image slots")
     return out
 
 
@@ -325,10 +320,12 @@ def parse_response(
         if not isinstance(text, str):
             problems.append(f"response is {type(text).__name__}, not str")
             text = "" if text is None else str(text)
-        if _FENCE_RE.search(text):
+        fenced = _FENCE_RE.search(text) is not None
+        if fenced:
             problems.append("code fence in response")
             text = _FENCE_RE.sub("", text)
-        return _parse(text, grid, pv, problems)
+        parsed = _parse(text, grid, pv, problems)
+        return replace(parsed, format_ok=False) if fenced else parsed
     except Exception as exc:  # the parser's promise is to never raise; record instead
         problems.append(f"parser error: {type(exc).__name__}: {exc}")
         return ParsedResponse(None, [], [], "", "", "", False, version, problems)

@@ -53,3 +53,13 @@ def synthetic_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from adfm.testing.synthetic import make_synthetic_dataset
 
     return make_synthetic_dataset(tmp_path_factory.mktemp("station"), layout="folder", seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """The tiny model exported through `adfm-export` (q4_k_m GGUF + f16 mmproj + manifest)."""
+    if not HAS_LLAMA:
+        pytest.skip("needs llama-cpp-python (appliance/export extra)")
+    from adfm.testing.tiny_gguf import build_tiny_gguf
+
+    return build_tiny_gguf(tmp_path_factory.mktemp("tiny-gguf"), quant="q4_k_m", base_dir=tiny_model_dir)

@@ -97,7 +97,6 @@ def render_part(kind: str, rng: np.random.Generator, size: tuple[int, int] = (25
 
 
 def _pick_point(rng: np.random.Generator, region: np.ndarray, margin: int) -> tuple[int, int]:
-    h, w = region.shape
     inner = region.copy()
     inner[:margin, :] = inner[-margin:, :] = False
     inner[:, :margin] = inner[:, -margin:] = False

@@ -17,7 +17,7 @@ import random
 from pathlib import Path
 
 from adfm.geometry import GRID_FACTOR
-from adfm.protocol import PROMPT_VERSIONS, _SYSTEM, format_response
+from adfm.protocol import _SYSTEM, PROMPT_VERSIONS, format_response
 
 #: Qwen2's pre-tokenizer split pattern (contractions, letters, single digits, punctuation runs,
 #: newlines, spaces) — the pattern llama.cpp knows as the `qwen2` pre-tokenizer.
@@ -76,7 +76,8 @@ def _corpus(seed: int) -> list[str]:
     for pv in PROMPT_VERSIONS.values():
         for product in ("part", "washer", "tile", "pill", "fabric", "bottle", "screw"):
             texts += [pv.user_text(product), pv.user_text(product, reference=True)]
-    words = "scratch spot crack missing piece dent stain contamination region normal defect the a of".split()
+    words = ["scratch", "spot", "crack", "missing", "piece", "dent", "stain", "contamination", "region",
+             "normal", "defect", "the", "a", "of"]
     for _ in range(400):
         boxes = [
             sorted(rng.sample(range(0, 224), 2)) + sorted(rng.sample(range(0, 224), 2))
