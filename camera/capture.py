@@ -1,0 +1,107 @@
+"""Live cameras and network streams through cv2.VideoCapture: v4l2/usb devices, RTSP, HTTP MJPEG.
+
+OpenCV's FFmpeg backend in the opencv-python-headless wheel reads HTTP multipart MJPEG directly
+(checked: it opens, honours the open/read timeouts, and reports a killed server as a failed read),
+so HTTP needs no separate reader. Read timeouts are set to the stall timeout: a stream that goes
+quiet returns a failed read, and the worker reconnects.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import cv2
+
+from adfm.camera.config import CameraConfig
+from adfm.camera.errors import SourceError
+from adfm.camera.frame import Frame
+from adfm.camera.source import FrameSource, now_pair
+
+# RTSP over TCP: UDP loses packets under load and the frames come out smeared. An integrator can
+# still choose otherwise by setting the variable before the appliance starts.
+os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
+
+
+class VideoCaptureSource(FrameSource):
+    """A device (`v4l2:/dev/videoN`, `usb:N`) or a stream (`rtsp://…`, `http://…` MJPEG)."""
+
+    def __init__(self, config: CameraConfig):
+        super().__init__(config)
+        kind = config.kind
+        if kind not in ("v4l2", "usb", "rtsp", "http"):
+            raise ValueError(f"VideoCaptureSource does not read {kind}: urls")
+        self._device = kind in ("v4l2", "usb")
+        self._target: str | int
+        if kind == "usb":
+            self._target = int(config.location)
+            self._api = cv2.CAP_V4L2 if sys.platform.startswith("linux") else cv2.CAP_ANY
+        elif kind == "v4l2":
+            self._target = str(config.path)
+            self._api = cv2.CAP_V4L2
+        else:
+            self._target = config.url
+            self._api = cv2.CAP_FFMPEG
+        self._cap: cv2.VideoCapture | None = None
+
+    def open(self) -> None:
+        self.close()
+        if self.config.kind == "v4l2" and not self.config.path.exists():
+            raise SourceError(f"{self.name}: device {self.config.path} does not exist")
+        params: list[int] = []
+        if self._api == cv2.CAP_FFMPEG:  # other backends refuse to open with parameters they lack
+            params = [
+                cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+                int(self.config.open_timeout_s * 1000),
+                cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+                int(self.config.stall_timeout_s * 1000),
+            ]
+        try:
+            cap = cv2.VideoCapture(self._target, self._api, params)
+        except cv2.error as exc:
+            raise SourceError(f"{self.name}: cannot open ({exc.err or exc})") from exc
+        if not cap.isOpened():
+            cap.release()
+            raise SourceError(f"{self.name}: cannot open (no such device, refused, or not a video stream)")
+        if self._device:
+            self._configure_device(cap)
+        self._cap = cap
+
+    def _configure_device(self, cap: cv2.VideoCapture) -> None:
+        """Ask the device for the configured size and rate, and for the freshest frame only."""
+        cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+        if self.config.resolution is not None:
+            cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.config.resolution[0])
+            cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.config.resolution[1])
+        if self.config.fps is not None:
+            cap.set(cv2.CAP_PROP_FPS, self.config.fps)
+
+    def read(self) -> Frame | None:
+        if self._cap is None:
+            raise SourceError(f"{self.name}: not open")
+        try:
+            ok, image = self._cap.read()
+        except cv2.error as exc:
+            raise SourceError(f"{self.name}: read failed ({exc.err or exc})") from exc
+        mono, wall = now_pair()
+        if not ok or image is None:
+            raise SourceError(f"{self.name}: no frame (stream ended, timed out after "
+                              f"{self.config.stall_timeout_s:g} s, or device lost)")
+        return self._make_frame(image, self.name, mono, wall)
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+    def info(self) -> dict[str, str]:
+        """What the backend reports (probe output); empty when closed."""
+        if self._cap is None:
+            return {}
+        fps = self._cap.get(cv2.CAP_PROP_FPS)
+        return {
+            "backend": self._cap.getBackendName(),
+            "reported_fps": f"{fps:g}" if fps and fps == fps else "",
+            "reported_size": f"{int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH))}x"
+            f"{int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT))}",
+        }

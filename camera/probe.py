@@ -1,0 +1,256 @@
+"""Open a camera source the way the appliance service does and report what it delivers.
+
+The integrator's first command at a new station: it runs the same capture thread as the service
+(reconnects, stall detection, trigger) and prints resolution, frame rate, counters and errors.
+A folder source is only looked at: the probe never moves, marks or rejects a file.
+Exit status: 0 when the frames asked for arrived, 1 when they did not, 2 for a bad config.
+
+examples:
+  adfm-appliance camera-probe usb:0
+  adfm-appliance camera-probe v4l2:/dev/video2 --resolution 1920 1080 --fps 30
+  adfm-appliance camera-probe 'rtsp://user:pass@10.0.0.5/stream1' --frames 50
+  adfm-appliance camera-probe replay:recordings/line3.mp4 --json
+  adfm-appliance camera-probe folder:/srv/linescan/out --config camera.yaml --save part.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_FRAMES = 10
+DEFAULT_TIMEOUT_S = 30.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("url", help="camera url: v4l2:/dev/videoN, usb:N, rtsp://…, http://…, "
+                        "folder:/path, replay:/path/video.mp4 or replay:/path/dir")
+    parser.add_argument("--frames", type=_positive_int, default=DEFAULT_FRAMES, metavar="N",
+                        help=f"frames to wait for (default {DEFAULT_FRAMES})")
+    parser.add_argument("--timeout", type=_positive_float, default=DEFAULT_TIMEOUT_S, metavar="S",
+                        help=f"give up after S seconds (default {DEFAULT_TIMEOUT_S:g})")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help="camera settings (YAML or JSON mapping of camera config fields); "
+                        "the URL argument replaces its url")
+    parser.add_argument("--fps", type=_positive_float, help="replay rate / rate asked of a v4l2/usb device")
+    parser.add_argument("--roi", type=int, nargs=4, metavar=("X", "Y", "W", "H"), help="crop in sensor pixels")
+    parser.add_argument("--rotate", type=int, choices=(0, 90, 180, 270), help="clockwise, after the crop")
+    parser.add_argument("--resolution", type=int, nargs=2, metavar=("W", "H"),
+                        help="size to ask of a v4l2/usb device")
+    parser.add_argument("--save", type=Path, metavar="PATH", help="write the last frame received (PNG/JPEG)")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not >= 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value} is not > 0")
+    return value
+
+
+@dataclass
+class ProbeReport:
+    url: str
+    camera: str
+    kind: str
+    ok: bool
+    frames_requested: int
+    frames_received: int
+    elapsed_s: float
+    first_frame_s: float | None
+    resolution: list[int] | None
+    resolutions_seen: list[list[int]]
+    delivered_fps: float
+    source: dict[str, str]
+    status: dict[str, Any]
+    finished: bool
+    part_ids: list[str]
+    errors: list[str]
+    saved: str = ""
+    problems: list[str] = field(default_factory=list)
+
+
+class ConfigProblem(Exception):
+    """The probe's camera settings are unusable; the message says which field and why."""
+
+
+def build_config(args: argparse.Namespace) -> Any:
+    """The CameraConfig the probe runs: --config file, then the URL and the flags on top."""
+    import yaml
+    from pydantic import ValidationError
+
+    from adfm.camera.config import CameraConfig
+
+    data: dict[str, Any] = {}
+    if args.config is not None:
+        try:
+            loaded = yaml.safe_load(args.config.read_text())
+        except OSError as exc:
+            raise ConfigProblem(f"cannot read {args.config}: {exc.strerror or exc}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigProblem(f"{args.config} is not valid YAML/JSON: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigProblem(f"{args.config} must hold a mapping of camera settings, not {type(loaded).__name__}")
+        data.update(loaded)
+    data.setdefault("id", "probe")
+    data["url"] = args.url
+    for name in ("fps", "roi", "rotate", "resolution"):
+        value = getattr(args, name)
+        if value is not None:
+            data[name] = value
+    try:
+        return CameraConfig.model_validate(data)
+    except ValidationError as exc:
+        where = f" in {args.config}" if args.config else ""
+        lines = [f"invalid camera settings{where}:"]
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "(camera)"
+            lines.append(f"  {loc}: {err['msg']} (got {err['input']!r})"[:400])
+        raise ConfigProblem("\n".join(lines)) from exc
+
+
+def probe(config: Any, frames: int, timeout_s: float, save: Path | None = None) -> ProbeReport:
+    """Run a CameraWorker on `config` until `frames` frames arrive, the source ends, or the timeout."""
+    from adfm.camera.source import open_source
+    from adfm.camera.worker import CameraWorker
+
+    worker = CameraWorker(config, open_source(config, keep_files=True))
+    received: list[Any] = []
+    stamps: list[float] = []
+    sizes: list[list[int]] = []
+    start = time.monotonic()
+    worker.start()
+    try:
+        while len(received) < frames and not worker.finished:
+            left = timeout_s - (time.monotonic() - start)
+            if left <= 0:
+                break
+            frame = worker.get(timeout=min(0.25, left))
+            if frame is None:
+                continue
+            received.append(frame)
+            stamps.append(time.monotonic())
+            if [frame.width, frame.height] not in sizes:
+                sizes.append([frame.width, frame.height])
+    finally:
+        elapsed = time.monotonic() - start
+        status = worker.status()  # as the camera was during the probe, before stop closes it
+        worker.stop(timeout=5.0)
+    last = received[-1] if received else None
+    report = ProbeReport(
+        url=config.display_url,
+        camera=config.id,
+        kind=config.kind,
+        ok=len(received) >= frames or (worker.finished and bool(received)),
+        frames_requested=frames,
+        frames_received=len(received),
+        elapsed_s=round(elapsed, 3),
+        first_frame_s=round(stamps[0] - start, 3) if stamps else None,
+        resolution=[last.width, last.height] if last is not None else None,
+        resolutions_seen=sizes,
+        delivered_fps=round((len(stamps) - 1) / (stamps[-1] - stamps[0]), 2)
+        if len(stamps) >= 2 and stamps[-1] > stamps[0] else 0.0,
+        source=worker.source_info,
+        status=status.model_dump(mode="json"),
+        finished=worker.finished,
+        part_ids=[f.part_id for f in received[:3]],
+        errors=worker.recent_errors(),
+    )
+    if not received:
+        report.problems.append(f"no frame within {timeout_s:g} s")
+    elif not report.ok:
+        report.problems.append(f"only {len(received)} of {frames} frames within {timeout_s:g} s")
+    if len(sizes) > 1:
+        report.problems.append("frame size changed during the probe: " + ", ".join(f"{w}x{h}" for w, h in sizes))
+    if save is not None and last is not None:
+        _save(last.image, save, report)
+    return report
+
+
+def _save(image: Any, path: Path, report: ProbeReport) -> None:
+    import cv2
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        written = cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    except (OSError, cv2.error) as exc:
+        written, reason = False, str(exc)
+    else:
+        reason = "unsupported extension or unwritable path"
+    if written:
+        report.saved = str(path)
+    else:
+        report.ok = False
+        report.problems.append(f"could not save the frame to {path}: {reason}")
+
+
+def format_report(report: ProbeReport) -> str:
+    """The human-readable report."""
+    status = report.status
+    size = f"{report.resolution[0]}x{report.resolution[1]}" if report.resolution else "-"
+    first = f"{report.first_frame_s:.2f} s" if report.first_frame_s is not None else "never"
+    age = status.get("last_frame_age_s")
+    lines = [
+        f"camera-probe {report.url} ({report.kind})",
+        f"  result       {'OK' if report.ok else 'FAILED'}: {report.frames_received} of "
+        f"{report.frames_requested} frames in {report.elapsed_s:.2f} s (first after {first})"
+        + (", source finished" if report.finished else ""),
+        f"  resolution   {size}",
+        f"  fps          {status.get('fps', 0.0):.1f} read from the source, {report.delivered_fps:.1f} delivered",
+        f"  counters     captured {status['captured']}, dropped {status['dropped']}, "
+        f"errors {status['errors']}, reconnects {status['reconnects']}",
+        f"  connected    {'yes' if status['connected'] else 'no'}"
+        + (f", last frame {age:.2f} s ago" if age is not None else ""),
+    ]
+    if report.source:
+        lines.append("  source       " + ", ".join(f"{k} {v}" for k, v in report.source.items() if v))
+    if report.part_ids:
+        more = " …" if report.frames_received > len(report.part_ids) else ""
+        lines.append("  part ids     " + ", ".join(report.part_ids) + more)
+    if report.saved:
+        lines.append(f"  saved        {report.saved}")
+    lines.append("  errors       " + ("none" if not report.errors else f"{len(report.errors)} (latest last):"))
+    lines.extend(f"    {message}" for message in _collapse(report.errors)[-10:])
+    lines.extend(f"  problem      {problem}" for problem in report.problems)
+    return "\n".join(lines)
+
+
+def _collapse(messages: list[str]) -> list[str]:
+    """Consecutive repeats shown once with a count (a camera that is down says so every retry)."""
+    out: list[tuple[str, int]] = []
+    for message in messages:
+        if out and out[-1][0] == message:
+            out[-1] = (message, out[-1][1] + 1)
+        else:
+            out.append((message, 1))
+    return [m if n == 1 else f"{m} (×{n})" for m, n in out]
+
+
+def run(args: argparse.Namespace) -> int:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s", stream=sys.stderr)
+    try:
+        config = build_config(args)
+    except ConfigProblem as exc:
+        print(f"camera-probe: {exc}", file=sys.stderr)
+        return 2
+    try:
+        report = probe(config, args.frames, args.timeout, args.save)
+    except KeyboardInterrupt:
+        print("camera-probe: interrupted", file=sys.stderr)
+        return 130
+    print(json.dumps(asdict(report), indent=2) if args.json else format_report(report))
+    return 0 if report.ok else 1

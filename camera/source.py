@@ -1,0 +1,117 @@
+"""The one small interface every frame source implements, and the URL → source factory."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from datetime import UTC, datetime
+from typing import ClassVar
+
+import numpy as np
+
+from adfm.camera.config import CameraConfig
+from adfm.camera.frame import Frame
+from adfm.camera.shaping import FrameShaper
+
+#: The longest a read() may block when it has nothing to deliver, so that stop() and triggers stay
+#: responsive. Network reads are bounded by the stall timeout instead (OpenCV's read timeout).
+MAX_IDLE_BLOCK_S = 0.1
+
+
+def default_part_id(camera_id: str, captured_wall: float, frame_number: int) -> str:
+    """A part id unique across restarts for free-run frames: camera, UTC time to the ms, frame number."""
+    stamp = datetime.fromtimestamp(captured_wall, UTC).strftime("%Y%m%dT%H%M%S.%f")[:-3]
+    return f"{camera_id}-{stamp}Z-{frame_number}"
+
+
+class FrameSource(ABC):
+    """A camera, stream, folder or recording that yields Frames.
+
+    Lifecycle: open() (SourceError when it cannot), read() repeatedly, close() (always safe).
+    read() returns a Frame, or None when nothing is ready yet (after blocking at most briefly); it
+    raises SourceError when the source broke (the worker reopens it), FrameError for one bad
+    frame or file (counted and skipped), SourceFinished when a finite source is exhausted.
+    The same object is reopened after a failure, so per-source state (frame numbers, files in
+    flight) survives reconnects.
+    """
+
+    #: True when frames arrive continuously, so silence means a stall; False for folders, where
+    #: no new file for an hour is normal.
+    streaming: ClassVar[bool] = True
+
+    def __init__(self, config: CameraConfig):
+        self.config = config
+        self.name = config.display_url
+        self._shape = FrameShaper(config.roi, config.rotate)
+        self._next_number = 0
+
+    @abstractmethod
+    def open(self) -> None: ...
+
+    @abstractmethod
+    def read(self) -> Frame | None: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def ack(self, frame: Frame) -> None:  # noqa: B027 - optional hook
+        """The consumer has journaled `frame`; sources with something to finish (folders) do it now."""
+
+    def info(self) -> dict[str, str]:
+        """What the open source reports about itself (backend, nominal rate…), for the probe."""
+        return {}
+
+    def _make_frame(
+        self,
+        raw: np.ndarray,
+        source_name: str,
+        captured_mono: float,
+        captured_wall: float,
+        part_id: str | None = None,
+        meta: dict[str, str] | None = None,
+    ) -> Frame:
+        """Shape raw OpenCV pixels (FrameError if they do not fit) and number the frame."""
+        image = self._shape(raw, source_name)
+        number = self._next_number
+        self._next_number += 1
+        return Frame(
+            camera_id=self.config.id,
+            image=image,
+            frame_number=number,
+            part_id=part_id or default_part_id(self.config.id, captured_wall, number),
+            captured_mono=captured_mono,
+            captured_wall=captured_wall,
+            source_name=source_name,
+            meta=meta or {},
+        )
+
+    def __enter__(self) -> FrameSource:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def now_pair() -> tuple[float, float]:
+    """(monotonic, wall) capture stamps, taken together."""
+    return time.monotonic(), time.time()
+
+
+def open_source(config: CameraConfig, *, keep_files: bool = False) -> FrameSource:
+    """The source for `config.url` (not yet opened: call open(), or hand it to a CameraWorker).
+
+    keep_files: folder sources neither move, mark nor reject files (the probe's read-only look).
+    """
+    kind = config.kind
+    if kind == "folder":
+        from adfm.camera.folder import FolderSource
+
+        return FolderSource(config, keep_files=keep_files)
+    if kind == "replay":
+        from adfm.camera.replay import ReplaySource
+
+        return ReplaySource(config)
+    from adfm.camera.capture import VideoCaptureSource
+
+    return VideoCaptureSource(config)
