@@ -7,6 +7,8 @@ adapters read them as read the real thing. Everything is deterministic by seed.
 
 from __future__ import annotations
 
+import csv
+import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -179,10 +181,50 @@ def _category_rng(seed: int, category: str) -> np.random.Generator:
     return np.random.default_rng([seed, sum(ord(c) * 131**i for i, c in enumerate(category)) % 2**31])
 
 
+#: Real benchmark category names the writers accept, and the synthetic part drawn for each, so a
+#: synthetic MPDD or VisA has the category folders layout detection knows them by.
+REAL_CATEGORY_KINDS = {
+    "bottle": "washer", "metal_nut": "washer", "carpet": "fabric", "leather": "fabric",
+    "bracket_black": "washer", "metal_plate": "tile", "connector": "pill",
+    "drink_can": "washer", "food_box": "tile", "cigarette_box": "tile",
+    "Woven_001": "fabric", "Mesh_114": "tile", "Blotchy_099": "fabric",
+    "candle": "pill", "pcb1": "tile", "capsules": "pill",
+    "breakfast_box": "tile", "pushpins": "washer", "juice_bottle": "pill",
+    "Class1": "fabric", "Class2": "tile", "Class3": "washer",
+}
+
+#: Categories each layout gets when none are given (real names where the layout is told by them).
+DEFAULT_CATEGORIES = {
+    "mvtec": ("washer", "tile"),
+    "folder": ("washer", "tile"),
+    "folder_csv": ("washer", "tile"),
+    "mpdd": ("bracket_black", "metal_plate"),
+    "goodsad": ("drink_can", "food_box"),
+    "dtd": ("Woven_001", "Mesh_114"),
+    "visa": ("candle", "pcb1"),
+    "mvtec_loco": ("breakfast_box", "pushpins"),
+    "dagm": ("Class1", "Class2"),
+    "mmad": ("bottle", "carpet"),
+}
+
+
+def part_kind(category: str) -> str:
+    """The synthetic part drawn for a category name (a part kind itself, or a known real name)."""
+    if category in PART_KINDS:
+        return category
+    kind = REAL_CATEGORY_KINDS.get(category)
+    if kind is None:
+        raise ValueError(
+            f"unknown category {category!r}; synthetic part kinds: {', '.join(PART_KINDS)}; "
+            f"real names: {', '.join(sorted(REAL_CATEGORY_KINDS))}"
+        )
+    return kind
+
+
 def make_synthetic_dataset(
     root: str | Path,
     layout: str = "mvtec",
-    categories: Iterable[str] = ("washer", "tile"),
+    categories: Iterable[str] | None = None,
     n_train: int = 8,
     n_test_good: int = 4,
     n_test_defect: int = 2,
@@ -192,26 +234,43 @@ def make_synthetic_dataset(
 ) -> Path:
     """Write a synthetic dataset in a real dataset's on-disk layout; returns its root.
 
-    `n_test_defect` images are drawn per defect kind per category. Layouts:
+    `n_test_defect` images are drawn per defect kind per category. `categories` are part kinds
+    (`PART_KINDS`) or real category names (`REAL_CATEGORY_KINDS`); None gives the layout's
+    `DEFAULT_CATEGORIES`. Layouts, each with the real dataset's quirks:
     - `mvtec`: `<cat>/train/good/NNN.png`, `<cat>/test/<defect|good>/NNN.png`,
       `<cat>/ground_truth/<defect>/NNN_mask.png` (MVTec AD; MPDD, GoodsAD and DTD-Synthetic share it).
+    - `mpdd`: the same, with MPDD category names.
+    - `goodsad`: the same with GoodsAD names, JPG images and masks named `NNN.png` (no `_mask`).
+    - `dtd`: the same with DTD-Synthetic names; every defect kind goes to `test/bad/`.
+    - `mvtec_loco`: `train/good`, `validation/good` (the last two training images), `test/good`,
+      `test/{structural,logical}_anomalies/NNN.png` (defect kinds alternate between the two) and
+      several masks per image, `ground_truth/<type>/NNN/000.png, 001.png` (the defect split in two).
+    - `visa`: `split_csv/1cls.csv` over `<cat>/Data/Images/{Normal,Anomaly}/*.JPG` and
+      `<cat>/Data/Masks/Anomaly/*.png` whose anomalous pixels hold small class values (not 255),
+      plus `<cat>/image_anno.csv` with the defect names.
+    - `dagm`: `ClassN/{Train,Test}/NNNN.PNG` in 8-bit gray, `Label/NNNN_label.PNG`,
+      `Label/Labels.txt`; Train holds the normal training images and the first defective image of
+      each kind, Test the rest.
+    - `mmad`: `mmad.json` over `DS-MVTec/<cat>/image/<defect|good>/NNN.png` with RGB masks
+      `DS-MVTec/<cat>/rbg_mask/<defect>/NNN_rbg_mask.png` (mask_path relative to the image
+      folder's parent), templates from `DS-MVTec/<cat>/train/good/`, yes/no and defect questions.
     - `folder`: a customer station layout, `normal/`, `anomalous/`, `masks/<same stem>.png`;
       train and test images both go to `normal/`.
+    - `folder_csv`: `images/*.png`, `masks/*.png` and `labels.csv` with `path,label,mask`.
     """
     root = Path(root)
-    categories = list(categories)
-    defects = list(defects)
-    for cat in categories:
-        if cat not in PART_KINDS:
-            raise ValueError(f"unknown category {cat!r}; synthetic part kinds: {', '.join(PART_KINDS)}")
     writer = _WRITERS.get(layout)
     if writer is None:
         raise ValueError(f"unknown synthetic layout {layout!r}; known: {', '.join(sorted(_WRITERS))}")
+    categories = list(categories) if categories is not None else list(DEFAULT_CATEGORIES[layout])
+    defects = list(defects)
+    kinds = {cat: part_kind(cat) for cat in categories}
     for cat in categories:
         rng = _category_rng(seed, cat)
-        train = [make_sample(cat, None, rng, size) for _ in range(n_train)]
-        good = [make_sample(cat, None, rng, size) for _ in range(n_test_good)]
-        bad = {d: [make_sample(cat, d, rng, size) for _ in range(n_test_defect)] for d in defects}
+        kind = kinds[cat]
+        train = [make_sample(kind, None, rng, size) for _ in range(n_train)]
+        good = [make_sample(kind, None, rng, size) for _ in range(n_test_good)]
+        bad = {d: [make_sample(kind, d, rng, size) for _ in range(n_test_defect)] for d in defects}
         writer(root, cat, train, good, bad)
     return root
 
@@ -237,4 +296,183 @@ def _write_folder(root: Path, cat: str, train, good, bad) -> None:
             _save(s.mask, root / "masks" / f"{stem}.png")
 
 
-_WRITERS = {"mvtec": _write_mvtec, "folder": _write_folder}
+def _write_mvtec_variant(root: Path, cat: str, train, good, bad, ext: str, mask_suffix: str, bad_dir=None) -> None:
+    for i, s in enumerate(train):
+        _save(s.image, root / cat / "train" / "good" / f"{i:03d}{ext}")
+    for i, s in enumerate(good):
+        _save(s.image, root / cat / "test" / "good" / f"{i:03d}{ext}")
+    counters: dict[str, int] = {}
+    for defect, samples in bad.items():
+        folder = bad_dir or defect
+        for s in samples:
+            i = counters.get(folder, 0)
+            counters[folder] = i + 1
+            _save(s.image, root / cat / "test" / folder / f"{i:03d}{ext}")
+            _save(s.mask, root / cat / "ground_truth" / folder / f"{i:03d}{mask_suffix}.png")
+
+
+def _write_mpdd(root: Path, cat: str, train, good, bad) -> None:
+    _write_mvtec_variant(root, cat, train, good, bad, ".png", "_mask")
+
+
+def _write_goodsad(root: Path, cat: str, train, good, bad) -> None:
+    _write_mvtec_variant(root, cat, train, good, bad, ".jpg", "")
+
+
+def _write_dtd(root: Path, cat: str, train, good, bad) -> None:
+    _write_mvtec_variant(root, cat, train, good, bad, ".png", "_mask", bad_dir="bad")
+
+
+def _split_mask(mask: np.ndarray) -> list[np.ndarray]:
+    """Split a defect mask into a left and a right part (MVTec LOCO annotates one image with several)."""
+    xs = np.nonzero(mask.any(axis=0))[0]
+    if len(xs) < 2:
+        return [mask]
+    cut = int(xs[len(xs) // 2])
+    left, right = mask.copy(), mask.copy()
+    left[:, cut:] = 0
+    right[:, :cut] = 0
+    return [m for m in (left, right) if m.any()]
+
+
+def _write_mvtec_loco(root: Path, cat: str, train, good, bad) -> None:
+    n_val = min(2, max(0, len(train) - 1))
+    for i, s in enumerate(train[: len(train) - n_val]):
+        _save(s.image, root / cat / "train" / "good" / f"{i:03d}.png")
+    for i, s in enumerate(train[len(train) - n_val:]):
+        _save(s.image, root / cat / "validation" / "good" / f"{i:03d}.png")
+    for i, s in enumerate(good):
+        _save(s.image, root / cat / "test" / "good" / f"{i:03d}.png")
+    counters: dict[str, int] = {}
+    for k, samples in enumerate(bad.values()):
+        folder = ("structural_anomalies", "logical_anomalies")[k % 2]
+        for s in samples:
+            i = counters.get(folder, 0)
+            counters[folder] = i + 1
+            _save(s.image, root / cat / "test" / folder / f"{i:03d}.png")
+            for j, part in enumerate(_split_mask(s.mask)):
+                _save(part, root / cat / "ground_truth" / folder / f"{i:03d}" / f"{j:03d}.png")
+
+
+def _append_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    with path.open("a", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        if new:
+            w.writerow(header)
+        w.writerows(rows)
+
+
+def _write_visa(root: Path, cat: str, train, good, bad) -> None:
+    rows, anno = [], []
+    normal_dir = Path(cat) / "Data" / "Images" / "Normal"
+    for i, s in enumerate([*train, *good]):
+        rel = normal_dir / f"{i:04d}.JPG"
+        _save(s.image, root / rel)
+        rows.append([cat, "train" if i < len(train) else "test", "normal", rel.as_posix(), ""])
+    i = 0
+    for k, (defect, samples) in enumerate(bad.items()):
+        for s in samples:
+            rel = Path(cat) / "Data" / "Images" / "Anomaly" / f"{i:03d}.JPG"
+            mrel = Path(cat) / "Data" / "Masks" / "Anomaly" / f"{i:03d}.png"
+            _save(s.image, root / rel)
+            _save(np.where(s.mask > 0, k + 1, 0).astype(np.uint8), root / mrel)
+            rows.append([cat, "test", "anomaly", rel.as_posix(), mrel.as_posix()])
+            anno.append([rel.as_posix(), defect, mrel.as_posix()])
+            i += 1
+    _append_csv(root / "split_csv" / "1cls.csv", ["object", "split", "label", "image", "mask"], rows)
+    _append_csv(root / cat / "image_anno.csv", ["image", "label", "mask"], anno)
+
+
+def _write_dagm(root: Path, cat: str, train, good, bad) -> None:
+    first_bad = [samples[0] for samples in bad.values() if samples]
+    rest_bad = [s for samples in bad.values() for s in samples[1:]]
+    for phase, normals, defective in (("Train", train, first_bad), ("Test", good, rest_bad)):
+        lines = [str(1)]
+        for i, s in enumerate([*normals, *defective], start=1):
+            name = f"{i:04d}.PNG"
+            _save(np.asarray(Image.fromarray(s.image).convert("L")), root / cat / phase / name)
+            if s.anomalous:
+                label = f"{i:04d}_label.PNG"
+                _save(s.mask, root / cat / phase / "Label" / label)
+                lines.append(f"{i}\t1\t{name}\t0\t{label}")
+            else:
+                lines.append(f"{i}\t0\t{name}\t0\t0")
+        (root / cat / phase / "Label").mkdir(parents=True, exist_ok=True)
+        (root / cat / phase / "Label" / "Labels.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _write_mmad(root: Path, cat: str, train, good, bad, source: str = "DS-MVTec") -> None:
+    index_path = root / "mmad.json"
+    index = json.loads(index_path.read_text(encoding="utf-8")) if index_path.exists() else {}
+    base = Path(source) / cat
+    templates = []
+    for i, s in enumerate(train):
+        rel = base / "train" / "good" / f"{i:03d}.png"
+        _save(s.image, root / rel)
+        templates.append(rel.as_posix())
+
+    def question(anomalous: bool, defect: str | None) -> list[dict]:
+        qs = [{"Question": "Is there any defect in the object?", "Answer": "A" if anomalous else "B",
+               "Options": {"A": "Yes.", "B": "No."}, "type": "Anomaly Detection"}]
+        if anomalous:
+            qs.append({"Question": "What type of defect is present?", "Answer": "A",
+                       "Options": {"A": f"{defect}.", "B": "None."}, "type": "Defect Classification"})
+        return qs
+
+    for i, s in enumerate(good):
+        rel = base / "image" / "good" / f"{i:03d}.png"
+        _save(s.image, root / rel)
+        index[rel.as_posix()] = {
+            "conversation": question(False, None),
+            "similar_templates": templates[i % len(templates):] + templates[: i % len(templates)],
+            "random_templates": list(reversed(templates)),
+        }
+    for defect, samples in bad.items():
+        for i, s in enumerate(samples):
+            rel = base / "image" / defect / f"{i:03d}.png"
+            _save(s.image, root / rel)
+            rgb = np.stack([s.mask, np.zeros_like(s.mask), s.mask // 2], axis=-1)  # colour-coded, RGB
+            _save(rgb, root / base / "rbg_mask" / defect / f"{i:03d}_rbg_mask.png")
+            index[rel.as_posix()] = {
+                "conversation": question(True, defect),
+                "mask_path": f"../rbg_mask/{defect}/{i:03d}_rbg_mask.png",
+                "similar_templates": templates,
+                "random_templates": list(reversed(templates)),
+            }
+    index_path.parent.mkdir(parents=True, exist_ok=True)
+    index_path.write_text(json.dumps(index, indent=1), encoding="utf-8")
+
+
+def _write_folder_csv(root: Path, cat: str, train, good, bad) -> None:
+    rows = []
+    for i, s in enumerate([*train, *good]):
+        rel = Path("images") / f"{cat}_good_{i:03d}.png"
+        _save(s.image, root / rel)
+        rows.append([rel.as_posix(), "normal", ""])
+    for defect, samples in bad.items():
+        for i, s in enumerate(samples):
+            rel = Path("images") / f"{cat}_{defect}_{i:03d}.png"
+            mrel = Path("masks") / f"{cat}_{defect}_{i:03d}.png"
+            _save(s.image, root / rel)
+            _save(s.mask, root / mrel)
+            rows.append([rel.as_posix(), "anomalous", mrel.as_posix()])
+    _append_csv(root / "labels.csv", ["path", "label", "mask"], rows)
+
+
+_WRITERS = {
+    "mvtec": _write_mvtec,
+    "folder": _write_folder,
+    "folder_csv": _write_folder_csv,
+    "mpdd": _write_mpdd,
+    "goodsad": _write_goodsad,
+    "dtd": _write_dtd,
+    "mvtec_loco": _write_mvtec_loco,
+    "visa": _write_visa,
+    "dagm": _write_dagm,
+    "mmad": _write_mmad,
+}
+
+#: Every layout `make_synthetic_dataset` can write.
+SYNTHETIC_LAYOUTS = tuple(sorted(_WRITERS))
