@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -201,6 +200,9 @@ def match_boxes(pred: object, gt: object) -> list[tuple[int, int, float]]:
 
     Returns (pred index, gt index, giou) for each matched pair, min(N, M) pairs, by pred index.
     """
+    # scipy is imported here, not at module load: the appliance's worker restarts import this module.
+    from scipy.optimize import linear_sum_assignment
+
     p, g = as_boxes(pred), as_boxes(gt)
     if len(p) == 0 or len(g) == 0:
         return []

@@ -204,3 +204,8 @@ def result_topic(station: str) -> bytes:
 
 def status_topic(station: str) -> bytes:
     return f"status.{station}".encode()
+
+
+def verdict_topic(station: str) -> bytes:
+    """Topic on which the appliance announces each newly journaled operator verdict."""
+    return f"verdict.{station}".encode()

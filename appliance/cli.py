@@ -1,9 +1,41 @@
-"""`adfm-appliance`: the line PC's command. Subcommands import their heavy parts lazily."""
+"""`adfm-appliance`: the line PC's command. Subcommands import their heavy parts lazily.
+
+    adfm-appliance run --config /etc/adfm/station.yaml     the station service (systemd runs this)
+    adfm-appliance check --config station.yaml            validate a config and what it points at
+    adfm-appliance demo [--parts N] [--json]              a synthetic station with a tiny model
+    adfm-appliance keys --dir /etc/adfm/keys --client review   CURVE keys for the result bus
+    adfm-appliance install [--print]                      the systemd unit and an example config
+    adfm-appliance tail | status | verdict                follow a station's bus, ask its health,
+                                                          record an operator's decision
+    adfm-appliance camera-probe URL                       try a camera the way the service opens it
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import os
 import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
+
+
+def _setup_logging(level: str) -> None:
+    # Under systemd, journald stamps each line itself.
+    fmt = "%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM") else (
+        "%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format=fmt, stream=sys.stderr)
+
+
+def _add_client_args(p: argparse.ArgumentParser, publish: bool) -> None:
+    if publish:
+        p.add_argument("--publish", required=True, metavar="ENDPOINT", help="the station's PUB endpoint")
+    p.add_argument("--control", required=True, metavar="ENDPOINT", help="the station's control endpoint")
+    p.add_argument("--server-key", type=Path, metavar="FILE", help="the station's server.key (CURVE)")
+    p.add_argument("--client-key", type=Path, metavar="FILE", help="this client's NAME.key_secret (CURVE)")
+    p.add_argument("--timeout", type=float, default=5.0, metavar="S", help="reply timeout per try (default 5)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -11,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="adfm-appliance",
         description="adfm inspection appliance: run the station service and its tools.",
     )
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     from adfm.camera import probe
@@ -23,7 +56,231 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
     )
+
+    p = sub.add_parser("run", help="run the station service", description=(
+        "Run the station: cameras → gate → model → journal → result bus, until SIGTERM/SIGINT. "
+        "Under systemd (Type=notify) it reports READY and feeds the watchdog while healthy."))
+    p.add_argument("--config", required=True, type=Path, metavar="FILE", help="station YAML")
+    p.add_argument("--max-parts", type=int, metavar="N", help="stop after N parts (testing)")
+    p.add_argument("--until-sources-end", action="store_true",
+                   help="stop when every camera source is finished (non-looping replays)")
+
+    p = sub.add_parser("check", help="validate a station config and the files it names")
+    p.add_argument("--config", required=True, type=Path, metavar="FILE")
+    p.add_argument("--json", action="store_true", help="print the resolved config as JSON")
+
+    p = sub.add_parser("demo", help="run a synthetic station with a tiny untrained model", description=(
+        "Builds (once, cached) a tiny random-weight Qwen2.5-VL and its GGUF, writes a synthetic "
+        "station (a replay camera over synthetic parts), runs the real service for N parts and prints "
+        "a summary. The tiny model is untrained: its verdicts are meaningless."))
+    p.add_argument("--parts", type=int, default=8, metavar="N", help="parts to inspect (default 8)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--model", type=Path, metavar="DIR", help="an exported model directory to use instead")
+    p.add_argument("--cache", type=Path, metavar="DIR", help="where the tiny model and runs are kept "
+                   "(default $XDG_CACHE_HOME/adfm/demo)")
+
+    p = sub.add_parser("keys", help="create CURVE keys for the result bus")
+    p.add_argument("--dir", required=True, type=Path, metavar="DIR", help="key directory (e.g. /etc/adfm/keys)")
+    p.add_argument("--client", action="append", default=[], metavar="NAME",
+                   help="create a client key pair (repeatable), e.g. review, mes")
+    p.add_argument("--force", action="store_true", help="replace existing keys (locks out old clients)")
+
+    p = sub.add_parser("install", help="install the systemd unit and an example station config")
+    p.add_argument("--print", action="store_true", dest="print_only", help="print the unit, write nothing")
+    p.add_argument("--unit-dir", type=Path, default=Path("/etc/systemd/system"), metavar="DIR")
+    p.add_argument("--config-path", type=Path, default=Path("/etc/adfm/station.yaml"), metavar="FILE")
+    p.add_argument("--user", default="adfm", help="system user the service runs as (default adfm)")
+    p.add_argument("--bin-dir", metavar="DIR", help="folder holding adfm-appliance (default: this install's)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing station config")
+
+    p = sub.add_parser("tail", help="follow a station's results (JSON lines), gap-free")
+    _add_client_args(p, publish=True)
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--from-seq", type=int, default=None, metavar="SEQ", help="start at SEQ (default: new only)")
+    start.add_argument("--all", action="store_true", help="start at seq 1")
+    p.add_argument("--count", type=int, metavar="N", help="exit after N results")
+    p.add_argument("--idle-exit", type=float, metavar="S", help="exit after S seconds without a result")
+
+    p = sub.add_parser("status", help="print a station's status (JSON)")
+    _add_client_args(p, publish=False)
+
+    p = sub.add_parser("verdict", help="record an operator's decision on a result")
+    _add_client_args(p, publish=False)
+    p.add_argument("--seq", type=int, required=True)
+    p.add_argument("--decision", required=True, choices=["confirmed_defect", "false_alarm", "skip"])
+    p.add_argument("--operator", required=True)
+    p.add_argument("--note", default="")
     return parser
+
+
+# ---- commands ------------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from adfm.appliance.config import ConfigError, load_config
+    from adfm.appliance.pipeline import PipelineFatal
+    from adfm.appliance.service import Service, ServiceError
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        summary = Service(config).run(max_parts=args.max_parts, stop_when_finished=args.until_sources_end)
+    except (ServiceError, PipelineFatal) as exc:
+        logging.getLogger("adfm.appliance").error("%s", exc)
+        return EXIT_FAIL
+    logging.getLogger("adfm.appliance").info(
+        "stopped (%s): %d parts this run, journal last seq %d", summary.stopped_because, summary.parts,
+        summary.last_seq)
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from adfm.appliance.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    if args.json:
+        print(config.model_dump_json(indent=2))
+    else:
+        from adfm.manifest import read_manifest
+
+        manifest = read_manifest(config.model.dir)
+        print(f"{args.config}: OK — station {config.station}, model {manifest.model_id} "
+              f"({manifest.prompt_version}), {len(config.cameras)} camera(s), journal in {config.journal_dir}, "
+              f"bus {', '.join(config.bus.publish)} / {', '.join(config.bus.control)}")
+    return EXIT_OK
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from adfm.appliance.keys import generate_keys
+
+    try:
+        made = generate_keys(args.dir, args.client, force=args.force)
+    except (FileExistsError, ValueError, OSError) as exc:
+        print(f"adfm-appliance keys: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    print(f"station key pair: {made.server_secret} (secret, stays here), {made.server_public} (give to clients)")
+    print(f"admitted client keys: {made.authorized_clients}/*.key")
+    for name, path in made.client_secrets.items():
+        print(f"client {name}: {path} (give to that client only)")
+    print("station.yaml:\n  bus:\n    curve:\n"
+          f"      server_secret: {made.server_secret}\n      authorized_clients: {made.authorized_clients}")
+    return EXIT_OK
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    from adfm.appliance import install
+
+    p = install.plan(args.unit_dir, args.config_path, args.user, args.bin_dir)
+    if args.print_only:
+        print(p.unit_text, end="")
+        return EXIT_OK
+    try:
+        done = install.install(p, force=args.force)
+    except OSError as exc:
+        print(f"adfm-appliance install: {exc} (run as root, or use --print)", file=sys.stderr)
+        return EXIT_FAIL
+    ok, out = install.verify_unit(p.unit_path)
+    for line in done:
+        print(line)
+    print(f"systemd-analyze verify: {'clean' if ok else 'PROBLEMS'}" + (f"\n{out}" if out else ""))
+    print("next steps:")
+    for step in p.steps():
+        print(f"  {step}")
+    return EXIT_OK if ok else EXIT_FAIL
+
+
+def _client(args: argparse.Namespace, from_seq: int | None = None):
+    from adfm.appliance.client import StationClient
+    from adfm.appliance.keys import CurveKeyError, load_client_curve
+
+    curve = None
+    if args.server_key or args.client_key:
+        if not (args.server_key and args.client_key):
+            raise SystemExit("adfm-appliance: CURVE needs both --server-key and --client-key")
+        try:
+            curve = load_client_curve(args.server_key, args.client_key)
+        except CurveKeyError as exc:
+            raise SystemExit(f"adfm-appliance: {exc}") from None
+    return StationClient(getattr(args, "publish", "") or "", args.control, curve=curve,
+                         timeout_s=args.timeout, from_seq=from_seq)
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from adfm.appliance.client import StationError
+
+    from_seq = 1 if args.all else args.from_seq
+    n = 0
+    try:
+        with _client(args, from_seq) as client:
+            for result in client.results(idle_timeout_s=args.idle_exit):
+                print(result.model_dump_json(), flush=True)
+                n += 1
+                if args.count is not None and n >= args.count:
+                    break
+    except StationError as exc:
+        print(f"adfm-appliance tail: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from adfm.appliance.client import StationError
+
+    client = _client(args)
+    try:
+        print(client.status().model_dump_json(indent=2))
+    except StationError as exc:
+        print(f"adfm-appliance status: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    finally:
+        client.close()
+    return EXIT_OK
+
+
+def cmd_verdict(args: argparse.Namespace) -> int:
+    from adfm.appliance.client import StationError
+
+    client = _client(args)
+    try:
+        ack = client.send_verdict(args.seq, args.decision, args.operator, note=args.note)
+        print(ack.detail)
+    except StationError as exc:
+        print(f"adfm-appliance verdict: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    finally:
+        client.close()
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from adfm.appliance import demo
+
+    try:
+        summary = demo.run_demo(parts=args.parts, model=args.model, cache=args.cache,
+                                progress=None if args.json else print)
+    except demo.DemoError as exc:
+        print(f"adfm-appliance demo: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(demo.format_summary(summary))
+    return EXIT_OK if summary["parts"] >= args.parts else EXIT_FAIL
+
+
+COMMANDS = {
+    "run": cmd_run, "check": cmd_check, "keys": cmd_keys, "install": cmd_install, "tail": cmd_tail,
+    "status": cmd_status, "verdict": cmd_verdict, "demo": cmd_demo,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,8 +290,9 @@ def main(argv: list[str] | None = None) -> int:
         from adfm.camera import probe
 
         return probe.run(args)
-    parser.error(f"unknown command {args.command}")
-    return 2
+    _setup_logging("WARNING" if args.command in ("demo", "tail", "status", "verdict") and args.log_level == "INFO"
+                   else args.log_level)
+    return COMMANDS[args.command](args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,390 @@
+"""The result-bus client: every result of a station, in seq order, none missed, none twice.
+
+This is what the review TUI and integrators use to follow a station::
+
+    from adfm.appliance.client import StationClient
+
+    with StationClient("tcp://10.0.0.5:5560", "tcp://10.0.0.5:5561",
+                       curve=ClientCurve(...), from_seq=1) as client:
+        for result in client.results():          # blocks; gap-free, in seq order
+            print(result.seq, result.verdict, result.boxes)
+            if result.verdict == "fail":
+                client.send_verdict(result.seq, "confirmed_defect", operator="anna")
+
+How it stays gap-free: results arrive on a SUB socket; a seq beyond the next expected one means
+the PUB socket dropped some (slow joiner, high-water mark, reconnect), so the missing range is
+fetched from the station's journal through the control socket (a replay request). The periodic
+status message carries the journal's `last_seq`, so a result that was never published (a station
+restart, a subscriber that was down) is fetched too. Requests time out and are re-sent on a fresh
+socket (ZeroMQ's "lazy pirate"); operator verdicts carry a client-chosen id so a re-sent verdict is
+journaled once.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import zmq
+from pydantic import ValidationError
+
+from adfm.schema import (
+    Ack,
+    ErrorReply,
+    InspectionResult,
+    OperatorDecision,
+    OperatorVerdict,
+    ReplayReply,
+    ReplayRequest,
+    StationStatus,
+    StatusRequest,
+    VerdictRequest,
+    parse_reply,
+    result_topic,
+    status_topic,
+    verdict_topic,
+)
+
+if TYPE_CHECKING:
+    from adfm.appliance.keys import ClientCurve
+
+Event = InspectionResult | OperatorVerdict | StationStatus
+
+
+class StationError(RuntimeError):
+    """The station answered a request with an error."""
+
+
+class StationUnreachable(StationError):
+    """No reply from the station's control socket within the timeout, after every retry."""
+
+
+class StationAuthError(StationUnreachable):
+    """The station refused this client's CURVE key (or the client has the wrong server key)."""
+
+
+class StationClient:
+    """Follow one station's result bus.
+
+    `publish` / `control`: the station's PUB and ROUTER endpoints (its `bus.publish` and
+    `bus.control` config, with a host clients can reach). `from_seq`: the first seq to deliver
+    (1: the whole journal; None: only results newer than the station's last at connection).
+    `station`: its id; asked from the station when omitted. `curve`: keys when the station uses
+    CURVE (see `adfm.appliance.keys.load_client_curve`).
+    """
+
+    def __init__(
+        self,
+        publish: str,
+        control: str,
+        *,
+        station: str | None = None,
+        from_seq: int | None = 1,
+        curve: ClientCurve | None = None,
+        timeout_s: float = 5.0,
+        retries: int = 3,
+        context: zmq.Context | None = None,
+    ) -> None:
+        if from_seq is not None and from_seq < 1:
+            raise ValueError(f"from_seq must be ≥ 1 or None, got {from_seq}")
+        self.publish_endpoint = publish
+        self.control_endpoint = control
+        self.curve = curve
+        self.timeout_s = timeout_s
+        self.retries = max(1, retries)
+        self.station = station
+        self.last_status: StationStatus | None = None
+        self.gaps_filled = 0  # results fetched by replay rather than received live
+        self._ctx = context or zmq.Context.instance()
+        self._from_seq = from_seq
+        self._next: int | None = None  # next seq to deliver, once connected
+        self._held: dict[int, InspectionResult] = {}  # received ahead of a gap
+        self._pending: list[Event] = []
+        self._dealer: zmq.Socket | None = None
+        self._monitor: zmq.Socket | None = None
+        self._sub: zmq.Socket | None = None
+        self._topics: tuple[bytes, bytes, bytes] | None = None
+        self._behind = False  # a catch-up to the journal's end is still owed
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+
+    def __enter__(self) -> StationClient:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def connect(self) -> None:
+        """Subscribe, then catch up: the first poll delivers everything from `from_seq` on."""
+        if self._sub is not None:
+            return
+        if self.station is None:
+            self.station = self.status().station
+        self._topics = (result_topic(self.station), status_topic(self.station), verdict_topic(self.station))
+        sub = self._ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.RCVHWM, 100_000)
+        self._secure(sub)
+        for topic in self._topics:
+            sub.setsockopt(zmq.SUBSCRIBE, topic)
+        sub.connect(self.publish_endpoint)
+        self._sub = sub
+        # Subscribed first, then asked: anything published meanwhile is either replayed or
+        # received live, and duplicates are dropped by seq.
+        if self._from_seq is None:
+            status = self.status()
+            self._next = status.last_seq + 1
+        else:
+            self._next = self._from_seq
+            self._behind = True
+            try:
+                self._catch_up(None)
+                self._behind = False
+            except StationUnreachable:
+                pass  # the station is down: poll() catches up once it answers
+
+    def close(self) -> None:
+        for sock in (self._sub, self._dealer, self._monitor):
+            if sock is not None:
+                sock.close(0)
+        self._sub = self._dealer = self._monitor = None
+
+    def resync(self) -> None:
+        """Have the next poll fetch everything journaled since the last delivered result.
+
+        For a subscriber that knows the station was unreachable and is back: without this the
+        gap is found at the station's next status publication or next result.
+        """
+        if self._next is not None:
+            self._behind = True
+
+    @property
+    def next_seq(self) -> int | None:
+        """The seq the next delivered result will have (None before connect)."""
+        return self._next
+
+    # ---- receiving ------------------------------------------------------------------------------
+
+    def poll(self, timeout_s: float | None = None) -> list[Event]:
+        """Wait up to `timeout_s` (None: forever) for bus traffic; return what arrived, in order.
+
+        Results come gap-free and in seq order; status messages and announcements of operator
+        verdicts come as they arrive. An empty list means nothing arrived in time.
+        """
+        self.connect()
+        assert self._sub is not None
+        if self._pending:
+            out, self._pending = self._pending, []
+            return out
+        timeout_ms = None if timeout_s is None else max(0, int(timeout_s * 1000))
+        out: list[Event] = []
+        try:
+            if self._behind:
+                self._catch_up(None, out)
+                self._behind = False
+            if self._held:  # a gap a failed replay left open: try again now
+                self._catch_up(max(self._held) - 1, out)
+            if out or self._sub.poll(timeout_ms):
+                self._drain(out)
+        except StationError:
+            self._pending[:0] = out  # already counted as delivered: hand them out next time
+            raise
+        return out
+
+    def _drain(self, out: list[Event]) -> None:
+        assert self._sub is not None
+        while True:
+            try:
+                frames = self._sub.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) == 3:  # anything else is not the bus's framing
+                self._on_message(frames[0], frames[2], out)
+
+    def receive(self, timeout_s: float | None = None) -> list[InspectionResult]:
+        """Like `poll`, but only the results (the latest status stays in `last_status`)."""
+        return [e for e in self.poll(timeout_s) if isinstance(e, InspectionResult)]
+
+    def results(self, idle_timeout_s: float | None = None) -> Iterator[InspectionResult]:
+        """Yield results forever (or until nothing arrived for `idle_timeout_s`)."""
+        while True:
+            got = self.receive(idle_timeout_s if idle_timeout_s is not None else 1.0)
+            if not got and idle_timeout_s is not None:
+                return
+            yield from got
+
+    def _on_message(self, topic: bytes, payload: bytes, out: list[Event]) -> None:
+        assert self._topics is not None and self._next is not None
+        try:
+            if topic == self._topics[0]:
+                result = InspectionResult.model_validate_json(payload)
+                if result.seq < self._next:
+                    return  # already delivered (replayed before it arrived live)
+                if result.seq > self._next:
+                    self._held[result.seq] = result
+                    self._catch_up(result.seq - 1, out)
+                    return
+                out.append(result)
+                self._next += 1
+                self._release_held(out)
+            elif topic == self._topics[1]:
+                status = StationStatus.model_validate_json(payload)
+                self.last_status = status
+                out.append(status)
+                if status.last_seq >= self._next:
+                    self._catch_up(status.last_seq, out)
+            elif topic == self._topics[2]:
+                out.append(OperatorVerdict.model_validate_json(payload))
+        except ValidationError:
+            return  # a message from a newer, incompatible station: skip it rather than die
+
+    def _release_held(self, out: list[Event]) -> None:
+        assert self._next is not None
+        while self._next in self._held:
+            out.append(self._held.pop(self._next))
+            self._next += 1
+        for seq in [s for s in self._held if s < self._next]:
+            del self._held[seq]
+
+    def _catch_up(self, to_seq: int | None, out: list[Event] | None = None) -> None:
+        """Fetch [next, to_seq] (to the journal's end when None) by replay; deliver in order."""
+        assert self._next is not None
+        sink = self._pending if out is None else out
+        while to_seq is None or self._next <= to_seq:
+            reply = self._replay_page(self._next, to_seq)
+            for result in reply.results:
+                if result.seq == self._next:
+                    sink.append(result)
+                    self._next += 1
+                    self.gaps_filled += 1
+            self._release_held(sink)
+            if not reply.more or not reply.results:
+                break
+        self._release_held(sink)
+
+    # ---- requests -------------------------------------------------------------------------------
+
+    def replay(self, from_seq: int, to_seq: int | None = None) -> list[InspectionResult]:
+        """Results from the station's journal, from_seq ≤ seq ≤ to_seq (its end when None)."""
+        out: list[InspectionResult] = []
+        nxt = from_seq
+        while True:
+            reply = self._replay_page(nxt, to_seq)
+            out += reply.results
+            if not reply.more or not reply.results:
+                return out
+            nxt = reply.results[-1].seq + 1
+
+    def _replay_page(self, from_seq: int, to_seq: int | None) -> ReplayReply:
+        reply = self.request(ReplayRequest(from_seq=from_seq, to_seq=to_seq))
+        if not isinstance(reply, ReplayReply):
+            raise StationError(f"replay from {from_seq}: unexpected reply {reply.type!r}")
+        return reply
+
+    def status(self) -> StationStatus:
+        """The station's current health (cameras, worker, latencies, last seq)."""
+        reply = self.request(StatusRequest())
+        if not isinstance(reply, StationStatus):
+            raise StationError(f"status: unexpected reply {reply.type!r}")
+        self.last_status = reply
+        if self.station is None:
+            self.station = reply.station
+        return reply
+
+    def send_verdict(
+        self,
+        seq: int,
+        decision: OperatorDecision,
+        operator: str,
+        note: str = "",
+        verdict_id: str | None = None,
+    ) -> Ack:
+        """Journal an operator's decision on result `seq`. Safe to call again after a timeout with
+        the same `verdict_id`: the station stores it once."""
+        if self.station is None:
+            self.status()
+        verdict = OperatorVerdict(
+            station=self.station,
+            seq=seq,
+            decision=decision,
+            operator=operator,
+            note=note,
+            verdict_id=verdict_id or uuid.uuid4().hex,
+        )
+        reply = self.request(VerdictRequest(verdict=verdict))
+        if not isinstance(reply, Ack):
+            raise StationError(f"verdict on seq {seq}: unexpected reply {reply.type!r}")
+        return reply
+
+    def request(self, message) -> Ack | ReplayReply | StationStatus | ErrorReply:
+        """Send one control request; retry on a fresh socket after each timeout. Raises
+        StationError for an error reply, StationUnreachable / StationAuthError when none comes."""
+        payload = message.model_dump_json().encode()
+        for _attempt in range(self.retries):
+            dealer = self._control_socket()
+            dealer.send_multipart([b"", payload])
+            if dealer.poll(int(self.timeout_s * 1000)):
+                frames = dealer.recv_multipart()
+                reply = parse_reply(frames[-1])
+                if isinstance(reply, ErrorReply):
+                    raise StationError(f"{self.control_endpoint}: {reply.error}")
+                return reply
+            auth_failed = self._auth_failed()
+            self._reset_control()
+            if auth_failed:
+                raise StationAuthError(
+                    f"{self.control_endpoint}: the station refused this client's CURVE key (or the "
+                    "server public key is wrong); ask for a key listed in the station's clients/ folder"
+                )
+        raise StationUnreachable(
+            f"{self.control_endpoint}: no reply to a {message.type} request in {self.retries} tries of "
+            f"{self.timeout_s:g} s; is the station running and reachable?"
+        )
+
+    # ---- sockets --------------------------------------------------------------------------------
+
+    def _secure(self, sock: zmq.Socket) -> None:
+        if self.curve is not None:
+            sock.curve_serverkey = self.curve.server_public
+            sock.curve_publickey = self.curve.keys.public
+            sock.curve_secretkey = self.curve.keys.secret
+
+    def _control_socket(self) -> zmq.Socket:
+        if self._dealer is None:
+            dealer = self._ctx.socket(zmq.DEALER)
+            dealer.setsockopt(zmq.LINGER, 0)
+            self._secure(dealer)
+            if self.curve is not None:
+                self._monitor = dealer.get_monitor_socket(
+                    zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                )
+            dealer.connect(self.control_endpoint)
+            self._dealer = dealer
+        return self._dealer
+
+    def _auth_failed(self) -> bool:
+        if self._monitor is None:
+            return False
+        from zmq.utils.monitor import recv_monitor_message
+
+        failed = False
+        deadline = time.monotonic() + 0.05
+        while time.monotonic() < deadline:
+            if not self._monitor.poll(10):
+                continue
+            event = recv_monitor_message(self._monitor)
+            failed = failed or event["event"] != 0
+        return failed
+
+    def _reset_control(self) -> None:
+        if self._dealer is not None:
+            if self._monitor is not None:
+                self._dealer.disable_monitor()
+                self._monitor.close(0)
+                self._monitor = None
+            self._dealer.close(0)
+            self._dealer = None

@@ -1,0 +1,337 @@
+"""The station config (`station.yaml`): one validated model; errors name the file, the key and why.
+
+Relative paths are read relative to the config file's folder. Validation has two steps:
+`parse_config` checks the form of every value (no file is touched), `check_resources` then checks
+what the values point at (model directory and manifest, reference images, gate model, CURVE keys,
+camera folders, the state directory). `load_config` does both and raises one ConfigError listing
+every problem, so an integrator fixes a config in one go.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from adfm.camera.config import CameraConfig
+from adfm.protocol import PROMPT_VERSIONS
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+MB = 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """A station config that cannot run; `problems` lists each as 'file: key: why'."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid station config:\n  " + "\n  ".join(problems))
+
+
+def _resolve(value: Any, info: ValidationInfo) -> Any:
+    """A path relative to the config file's folder (the `base_dir` validation context)."""
+    if value is None or value == "":
+        return value
+    path = Path(str(value)).expanduser()
+    base = (info.context or {}).get("base_dir")
+    if not path.is_absolute() and base is not None:
+        path = Path(base) / path
+    return path
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSection(_Section):
+    """The exported model directory (manifest.json + GGUF + mmproj) and how to run it."""
+
+    dir: Path
+    prompt_version: str | None = Field(
+        None, description="expected prompt version; must match the manifest's (default: the manifest's)"
+    )
+    n_ctx: int = Field(4096, ge=512, le=131072)
+    n_threads: int | None = Field(None, ge=1, le=512)
+    check_hashes: bool = Field(True, description="verify GGUF sha256 against the manifest at start")
+    max_tokens: int = Field(256, ge=8, le=8192)
+    deadline_s: float = Field(120.0, gt=0, description="longest one part may take before the worker is killed")
+    load_timeout_s: float = Field(600.0, gt=0)
+    backend: str = Field(
+        "adfm.appliance.worker:gguf_backend", description="module:callable building the inference backend"
+    )
+
+    _paths = field_validator("dir", mode="before")(_resolve)
+
+    @field_validator("prompt_version")
+    @classmethod
+    def _known_prompt(cls, v: str | None) -> str | None:
+        if v is not None and v not in PROMPT_VERSIONS:
+            raise ValueError(f"unknown prompt version {v!r}; known: {', '.join(sorted(PROMPT_VERSIONS))}")
+        return v
+
+
+class ProductSection(_Section):
+    """A product the station inspects; `reference` is a golden normal image of it (optional), sent
+    before each part (the single-normal-reference protocol)."""
+
+    name: str = Field(min_length=1, max_length=100)
+    reference: Path | None = None
+
+    _paths = field_validator("reference", mode="before")(_resolve)
+
+
+class StationCamera(CameraConfig):
+    """A camera (see adfm.camera.CameraConfig) plus the product it looks at."""
+
+    product: str | None = Field(None, description="name from `products`; default: the first product")
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _relative_paths(cls, v: Any, info: ValidationInfo) -> Any:
+        if isinstance(v, str):
+            for prefix in ("folder:", "replay:"):
+                if v.lower().startswith(prefix) and v[len(prefix):].strip():
+                    return prefix + str(_resolve(v[len(prefix):], info))
+        return v
+
+    def camera_config(self) -> CameraConfig:
+        """The plain camera config the capture worker takes."""
+        return CameraConfig.model_validate(self.model_dump(exclude={"product"}))
+
+
+class GateSection(_Section):
+    """The screening gate (ONNX): `screen` sends only suspicious parts to the model (the others
+    pass on the gate's word); `annotate` sends every part and attaches the gate score."""
+
+    mode: Literal["off", "screen", "annotate"] = "off"
+    path: Path | None = None
+
+    _paths = field_validator("path", mode="before")(_resolve)
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: Any) -> Any:
+        return "off" if v is False else v  # YAML reads a bare `off` as false
+
+    @model_validator(mode="after")
+    def _needs_path(self) -> GateSection:
+        if self.mode != "off" and self.path is None:
+            raise ValueError(f"gate mode {self.mode!r} needs path: the gate's .onnx file")
+        return self
+
+
+class RetentionSection(_Section):
+    """Image retention; result rows are always kept, only image files are pruned (oldest first)."""
+
+    days: float | None = Field(30.0, gt=0, description="delete images older than this (null: never)")
+    max_image_mb: float | None = Field(None, gt=0, description="quota for journal images (null: none)")
+    min_free_mb: float = Field(256.0, ge=0, description="keep this much free on the journal's disk")
+    image_format: Literal["png", "jpg"] = "png"
+    prune_interval_s: float = Field(60.0, gt=0)
+
+
+class CurveSection(_Section):
+    server_secret: Path = Field(description="the station's server.key_secret (from `adfm-appliance keys`)")
+    authorized_clients: Path = Field(description="folder of admitted client public keys (*.key)")
+
+    _paths = field_validator("server_secret", "authorized_clients", mode="before")(_resolve)
+
+
+class BusSection(_Section):
+    """Result bus endpoints. Off-loopback TCP needs `curve` (or an explicit `insecure: true`)."""
+
+    publish: list[str] = Field(default_factory=lambda: ["tcp://127.0.0.1:5560"], min_length=1)
+    control: list[str] = Field(default_factory=lambda: ["tcp://127.0.0.1:5561"], min_length=1)
+    curve: CurveSection | None = None
+    insecure: bool = False
+    status_interval_s: float = Field(5.0, gt=0, le=3600)
+    send_hwm: int = Field(10_000, ge=1)
+
+    @field_validator("publish", "control", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _secure(self) -> BusSection:
+        from adfm.appliance.bus import check_endpoint_security
+
+        for ep in [*self.publish, *self.control]:
+            why = check_endpoint_security(ep, self.curve is not None, self.insecure)
+            if why:
+                raise ValueError(why)
+        return self
+
+
+class HealthSection(_Section):
+    prometheus_file: Path | None = Field(None, description="Prometheus text file, rewritten atomically")
+    prometheus_port: int | None = Field(None, ge=1, le=65535, description="serve /metrics on this port")
+    prometheus_addr: str = Field("127.0.0.1", description="address the metrics endpoint binds")
+    prometheus_interval_s: float = Field(15.0, gt=0)
+    camera_stall_s: float = Field(
+        60.0, gt=0, description="a streaming camera without frames this long is reported as a problem"
+    )
+    window: int = Field(500, ge=10, le=100_000, description="parts kept for latency percentiles")
+
+    _paths = field_validator("prometheus_file", mode="before")(_resolve)
+
+
+class StationConfig(_Section):
+    """One station: cameras → (gate) → model → journal → bus."""
+
+    station: str = Field(pattern=ID_PATTERN, description="station id, used in topics and results")
+    state_dir: Path | None = Field(None, description="journal and images; default $STATE_DIRECTORY")
+    model: ModelSection
+    products: list[ProductSection] = Field(default_factory=list)
+    cameras: list[StationCamera] = Field(min_length=1)
+    gate: GateSection = Field(default_factory=GateSection)
+    retention: RetentionSection = Field(default_factory=RetentionSection)
+    bus: BusSection = Field(default_factory=BusSection)
+    health: HealthSection = Field(default_factory=HealthSection)
+
+    _paths = field_validator("state_dir", mode="before")(_resolve)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StationConfig:
+        ids = [c.id for c in self.cameras]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ValueError(f"camera ids must be unique; repeated: {', '.join(dup)}")
+        names = [p.name for p in self.products]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"product names must be unique; repeated: {', '.join(dup)}")
+        for cam in self.cameras:
+            if cam.product is not None and cam.product not in names:
+                known = ", ".join(names) or "none defined"
+                raise ValueError(f"camera {cam.id!r}: product {cam.product!r} is not in products ({known})")
+        return self
+
+    def product_for(self, camera_id: str) -> ProductSection | None:
+        cam = next(c for c in self.cameras if c.id == camera_id)
+        name = cam.product or (self.products[0].name if self.products else None)
+        return next((p for p in self.products if p.name == name), None)
+
+    @property
+    def journal_dir(self) -> Path:
+        if self.state_dir is not None:
+            return self.state_dir
+        env = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+        if not env:
+            raise ConfigError(["state_dir: not set, and $STATE_DIRECTORY (set by systemd) is not either"])
+        return Path(env)
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
+def _format_errors(source: str, exc: ValidationError) -> list[str]:
+    out = []
+    for e in exc.errors():
+        msg = e["msg"].removeprefix("Value error, ")
+        value = e.get("input")
+        shown = "" if e["type"] in ("missing", "model_type") or isinstance(value, dict) else f" (got {value!r})"
+        out.append(f"{source}: {_format_loc(e['loc'])}: {msg}{shown}")
+    return out
+
+
+def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = None) -> StationConfig:
+    """Validate a config mapping; ConfigError names `source`, each bad key and why."""
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}: the top level must be a mapping of keys, got {type(data).__name__}"])
+    try:
+        return StationConfig.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(source, exc)) from None
+
+
+def read_config(path: str | Path) -> StationConfig:
+    """Read and validate a station YAML (form only; see check_resources)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read the config: {exc.strerror or exc}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{path}{where}: not valid YAML: {problem}"]) from None
+    return parse_config(data, str(path), path.resolve().parent)
+
+
+def check_resources(config: StationConfig, source: str = "<config>") -> list[str]:
+    """What the config points at, checked: every problem as 'source: key: why' (empty: all fine)."""
+    from adfm.manifest import ManifestError, read_manifest
+
+    problems: list[str] = []
+    try:
+        manifest = read_manifest(config.model.dir) if config.model.dir.is_dir() else None
+        if manifest is None:
+            problems.append(f"{source}: model.dir: {config.model.dir} is not a directory")
+        else:
+            for role in ("model", "mmproj"):
+                entry = manifest.file(role)
+                if not (config.model.dir / entry.path).is_file():
+                    problems.append(f"{source}: model.dir: {config.model.dir / entry.path} ({role}) is missing")
+            pv = config.model.prompt_version
+            if pv is not None and pv != manifest.prompt_version:
+                problems.append(
+                    f"{source}: model.prompt_version: {pv!r} differs from {manifest.prompt_version!r}, "
+                    "the version this model was trained and exported with"
+                )
+    except ManifestError as exc:
+        problems.append(f"{source}: model.dir: {exc}")
+    for i, product in enumerate(config.products):
+        if product.reference is not None:
+            problems += _check_image(product.reference, f"{source}: products.{i}.reference")
+    if config.gate.mode != "off" and config.gate.path is not None and not config.gate.path.is_file():
+        problems.append(f"{source}: gate.path: {config.gate.path} not found")
+    if config.bus.curve is not None:
+        from adfm.appliance.keys import CurveKeyError, load_server_curve
+
+        try:
+            load_server_curve(config.bus.curve.server_secret, config.bus.curve.authorized_clients)
+        except CurveKeyError as exc:
+            problems.append(f"{source}: bus.curve: {exc}")
+    for i, cam in enumerate(config.cameras):
+        if cam.kind in ("folder", "replay") and not cam.path.exists():
+            problems.append(f"{source}: cameras.{i}.url: {cam.path} does not exist")
+    try:
+        state = config.journal_dir
+        state.mkdir(parents=True, exist_ok=True)
+        if not os.access(state, os.W_OK):
+            problems.append(f"{source}: state_dir: {state} is not writable by this user")
+    except ConfigError as exc:
+        problems += [f"{source}: {p}" for p in exc.problems]
+    except OSError as exc:
+        problems.append(f"{source}: state_dir: cannot create {config.state_dir}: {exc.strerror or exc}")
+    return problems
+
+
+def _check_image(path: Path, where: str) -> list[str]:
+    if not path.is_file():
+        return [f"{where}: {path} not found"]
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except (OSError, UnidentifiedImageError, SyntaxError) as exc:
+        return [f"{where}: {path} is not a readable image: {exc}"]
+    return []
+
+
+def load_config(path: str | Path) -> StationConfig:
+    """Read, validate and check a station config; ConfigError lists every problem."""
+    config = read_config(path)
+    problems = check_resources(config, str(path))
+    if problems:
+        raise ConfigError(problems)
+    return config

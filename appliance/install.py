@@ -1,0 +1,161 @@
+"""`adfm-appliance install`: put the systemd unit and an example station config in place.
+
+The unit is rendered from one template (`systemd/adfm-appliance.service` in the repository is this
+template rendered with the defaults; a test keeps the two identical). The service runs as the
+dedicated system user `adfm` (video group for cameras), keeps its journal in systemd's
+StateDirectory (/var/lib/adfm-appliance), reads its config from /etc/adfm (root-owned, group
+readable by the service user), and sees the rest of the file system read-only. ExecStart goes
+through /usr/bin/env with the virtual environment first on PATH, so one unit text works for any
+install location and `systemd-analyze verify` can check it on a machine where adfm is not installed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+UNIT_NAME = "adfm-appliance.service"
+DEFAULT_BIN_DIR = "/opt/adfm/venv/bin"
+DEFAULT_CONFIG = "/etc/adfm/station.yaml"
+DEFAULT_USER = "adfm"
+
+UNIT_TEMPLATE = """\
+# adfm inspection appliance: cameras -> screening gate -> llama.cpp VLM -> journal -> result bus.
+# Installed by `adfm-appliance install`; edit {config} for the station, not this file.
+[Unit]
+Description=adfm inspection appliance (station service)
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+Type=notify
+NotifyAccess=main
+Environment=PATH={bin_dir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin
+Environment=HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+ExecStart=/usr/bin/env adfm-appliance run --config {config}
+# The main loop pings the watchdog only while the pipeline is sound; a wedged service is restarted.
+WatchdogSec=60
+Restart=on-failure
+RestartSec=5
+# Loading and hash-checking a large model takes a while; a stop abandons the part in hand (it is
+# journaled and finished on the next start), so stopping is quick.
+TimeoutStartSec=900
+TimeoutStopSec=30
+
+User={user}
+Group={user}
+SupplementaryGroups=video
+# Journal, images, metrics and models live here (/var/lib/adfm-appliance), owned by the user; the
+# rest of the file system is read-only. The config and keys stay root-owned (group {user}).
+StateDirectory=adfm-appliance
+StateDirectoryMode=0750
+UMask=0027
+# A folder: camera moves each file once journaled: allow its folder in a drop-in
+# (`systemctl edit adfm-appliance`): [Service] ReadWritePaths=/srv/adfm/drop
+
+# Cameras only: /dev/video* (V4L2) plus the standard pseudo devices; no other device.
+DevicePolicy=closed
+DeviceAllow=char-video4linux rw
+
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+NoNewPrivileges=yes
+CapabilityBoundingSet=
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+ProtectProc=invisible
+RestrictSUIDSGID=yes
+RestrictRealtime=yes
+RestrictNamespaces=yes
+LockPersonality=yes
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
+SystemCallArchitectures=native
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def render_unit(bin_dir: str = DEFAULT_BIN_DIR, config: str = DEFAULT_CONFIG, user: str = DEFAULT_USER) -> str:
+    return UNIT_TEMPLATE.format(bin_dir=bin_dir, config=config, user=user)
+
+
+def example_config() -> str:
+    """The commented example station config shipped with the package."""
+    return resources.files("adfm.appliance").joinpath("station.example.yaml").read_text(encoding="utf-8")
+
+
+def current_bin_dir() -> str:
+    """The folder holding this installation's `adfm-appliance` (the virtual environment's bin)."""
+    found = shutil.which("adfm-appliance", path=str(Path(sys.executable).parent))
+    return str(Path(found).parent if found else Path(sys.executable).parent)
+
+
+@dataclass(frozen=True)
+class InstallPlan:
+    unit_path: Path
+    unit_text: str
+    config_path: Path
+    config_text: str
+    user: str
+
+    def steps(self) -> list[str]:
+        """What an administrator runs after the files are in place."""
+        return [
+            f"getent passwd {self.user} >/dev/null || useradd --system --user-group --groups video "
+            f"--home-dir /var/lib/adfm-appliance --shell /usr/sbin/nologin {self.user}",
+            f"adfm-appliance keys --dir {self.config_path.parent}/keys --client review   # if the bus leaves loopback",
+            f"chown -R root:{self.user} {self.config_path.parent} && chmod -R g+rX,o-rwx {self.config_path.parent}",
+            f"$EDITOR {self.config_path}   # station id, cameras, model.dir, bus",
+            f"adfm-appliance check --config {self.config_path}",
+            "systemctl daemon-reload",
+            f"systemctl enable --now {self.unit_path.name}",
+            f"journalctl -u {self.unit_path.name} -f",
+        ]
+
+
+def plan(unit_dir: Path, config_path: Path, user: str = DEFAULT_USER, bin_dir: str | None = None) -> InstallPlan:
+    return InstallPlan(
+        unit_path=unit_dir / UNIT_NAME,
+        unit_text=render_unit(bin_dir or current_bin_dir(), str(config_path), user),
+        config_path=config_path,
+        config_text=example_config(),
+        user=user,
+    )
+
+
+def install(p: InstallPlan, force: bool = False) -> list[str]:
+    """Write the unit (replacing an older one) and the example config (never over an existing
+    config unless `force`); returns what was done."""
+    done = []
+    p.unit_path.parent.mkdir(parents=True, exist_ok=True)
+    p.unit_path.write_text(p.unit_text, encoding="utf-8")
+    done.append(f"wrote {p.unit_path}")
+    if p.config_path.exists() and not force:
+        example = p.config_path.with_name(p.config_path.stem + ".example.yaml")
+        example.write_text(p.config_text, encoding="utf-8")
+        done.append(f"kept the existing {p.config_path}; wrote the example to {example}")
+    else:
+        p.config_path.parent.mkdir(parents=True, exist_ok=True)
+        p.config_path.write_text(p.config_text, encoding="utf-8")
+        done.append(f"wrote {p.config_path} (an example: edit it)")
+    return done
+
+
+def verify_unit(unit_path: Path) -> tuple[bool, str]:
+    """Run `systemd-analyze verify` on a unit file when available: (clean, what it printed)."""
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        return True, "systemd-analyze not found; unit not verified"
+    proc = subprocess.run([tool, "verify", str(unit_path)], capture_output=True, text=True, check=False)
+    out = (proc.stdout + proc.stderr).strip()
+    return proc.returncode == 0 and not proc.stderr.strip(), out

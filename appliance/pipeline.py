@@ -1,0 +1,439 @@
+"""One part through the station: frame → journal → (gate) → model → verdict → journal → bus.
+
+Order matters for the guarantees: a frame is journaled (row + image file) before the camera is
+acknowledged, and its result is journaled before it is published. Parts are processed one at a
+time in seq order, so done rows always form a prefix and subscribers can fill any gap by replay.
+
+Verdict policy: `fail` when the model answers yes, `pass` when it answers no, `review` when the
+answer cannot be read or the inference worker failed on both attempts (the reason says which).
+With a screening gate in `screen` mode, parts the gate finds unsuspicious `pass` on its word.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from adfm.appliance.health import Health
+from adfm.appliance.journal import AcceptedPart, Journal, JournalError
+from adfm.appliance.worker import InferenceWorker, WorkerFailure, WorkerStartError
+from adfm.camera.frame import Frame
+from adfm.geometry import ModelGrid
+from adfm.protocol import ParsedResponse, parse_response
+from adfm.schema import Box, CameraStatus, InspectionResult, Verdict
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 2  # the part in hand is retried once after a worker failure
+MAX_RECOVERIES = 2  # start-ups that may find a part pending before it is recorded `review`
+
+
+class PipelineFatal(RuntimeError):
+    """The pipeline cannot go on (the model does not load); the part in hand stays pending."""
+
+
+class Camera(Protocol):
+    """What the pipeline needs of a capture worker (adfm.camera.CameraWorker)."""
+
+    def get(self, timeout: float) -> Frame | None: ...
+    def ack(self, frame: Frame) -> None: ...
+    def status(self) -> CameraStatus: ...
+    @property
+    def finished(self) -> bool: ...
+
+
+class Publisher(Protocol):
+    def publish(self, result: InspectionResult) -> None: ...
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the pipeline must know of the exported model (from its manifest)."""
+
+    model_id: str
+    prompt_version: str
+    min_pixels: int
+    max_pixels: int
+
+    def grid(self, width: int, height: int) -> ModelGrid:
+        return ModelGrid.for_image(width, height, self.min_pixels, self.max_pixels)
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    max_tokens: int = 256
+    temperature: float = 0.0
+    seed: int = 0
+
+
+@dataclass
+class Inference:
+    parsed: ParsedResponse | None
+    raw: str = ""
+    attempts: int = 0
+    failures: list[str] = field(default_factory=list)
+    ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Analysis:
+    """What the gate and the model made of a part's image, before its result is recorded."""
+
+    gate: Any = None  # the gate's result (None: no gate, or it failed)
+    gate_score: float | None = None
+    suspicious: bool = True
+    inference: Inference | None = None  # None: screened out by the gate
+    ms: dict[str, float] = field(default_factory=dict)
+
+
+def verdict_for(parsed: ParsedResponse | None, failures: list[str] | None = None) -> tuple[Verdict, str]:
+    """The decision policy: yes → fail, no → pass, unreadable answer or failed inference → review."""
+    if parsed is None:
+        return "review", "inference failed: " + " | ".join(failures or ["no answer"])
+    if parsed.decision is None:
+        why = "; ".join(parsed.problems[:3]) or "no yes/no answer"
+        return "review", f"unreadable model answer: {why}"
+    if parsed.decision:
+        n = len(parsed.boxes)
+        return "fail", f"model answered yes ({n} region{'s' if n != 1 else ''})"
+    return "pass", "model answered no"
+
+
+def _ms(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000.0, 3)
+
+
+class Pipeline:
+    """Drives parts through the station. Not thread-safe: the service's main loop owns it."""
+
+    def __init__(
+        self,
+        station: str,
+        journal: Journal,
+        bus: Publisher,
+        worker: InferenceWorker,
+        health: Health,
+        model: ModelInfo,
+        cameras: dict[str, Camera],
+        *,
+        products: dict[str, str | None] | None = None,
+        references: dict[str, np.ndarray] | None = None,
+        gate: Any = None,
+        gate_mode: str = "off",
+        save_heatmap: Callable[[Any, Path], None] | None = None,
+        dedupe_cameras: set[str] | None = None,
+        generation: GenerationOptions | None = None,
+        on_result: Callable[[InspectionResult], None] | None = None,
+    ) -> None:
+        self.station = station
+        self.journal = journal
+        self.bus = bus
+        self.worker = worker
+        self.health = health
+        self.model = model
+        self.cameras = cameras
+        self.products = products or {}
+        self.references = references or {}
+        self.gate = gate
+        self.gate_mode = gate_mode
+        self._save_heatmap = save_heatmap
+        self.dedupe_cameras = dedupe_cameras or set()
+        self.generation = generation or GenerationOptions()
+        self.on_result = on_result
+        self.processed = 0
+        #: milliseconds the last part spent being journaled as done and handed to the bus (these
+        #: come after its result is built, so they are not in its latency_ms; health and the
+        #: overhead benchmark read them here)
+        self.last_record_ms: dict[str, float] = {}
+        self._rr = 0
+        self._journal_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adfm-journal")
+
+    # ---- frames ---------------------------------------------------------------------------------
+
+    def next_frame(self, timeout_s: float) -> Frame | None:
+        """The next frame from any camera (round robin), waiting at most `timeout_s`."""
+        ids = list(self.cameras)
+        if len(ids) == 1:
+            return self.cameras[ids[0]].get(timeout=timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for k in range(len(ids)):
+                i = (self._rr + k) % len(ids)
+                frame = self.cameras[ids[i]].get(timeout=0.0 if k else 0.01)
+                if frame is not None:
+                    self._rr = (i + 1) % len(ids)
+                    return frame
+            if time.monotonic() >= deadline:
+                return None
+
+    def poll(self, timeout_s: float) -> InspectionResult | None:
+        frame = self.next_frame(timeout_s)
+        return None if frame is None else self.process(frame)
+
+    def process(self, frame: Frame) -> InspectionResult | None:
+        """Journal, inspect, record and publish one frame. None when it could not be accepted
+        (disk full): the camera is then not acknowledged, so a folder source keeps the file.
+
+        Journaling (PNG encoding, fsync, commit) runs in a helper thread while the part is screened
+        and inspected; the result waits for it, so a part is journaled before it is acknowledged,
+        completed or published, and the encoding is off the part's critical path.
+        """
+        t_pick = time.perf_counter()
+        capture_ms = round(max(0.0, time.monotonic() - frame.captured_mono) * 1000.0, 3)
+        product = self.products.get(frame.camera_id)
+        accepting = self._journal_thread.submit(self._accept, frame, product)
+        try:
+            analysis = self._analyse(frame.image, product)
+        except BaseException:
+            self._settle(accepting)  # journaled or not, cleanly: a pending part is finished at next start
+            raise
+        t0 = time.perf_counter()
+        part, journal_ms = self._settle(accepting)
+        wait_ms = _ms(t0)
+        if part is None:
+            return None
+        cam = self.cameras.get(frame.camera_id)
+        if cam is not None:
+            cam.ack(frame)
+        if part.duplicate:
+            log.warning("part %s from %s was journaled before (seq %d); not inspected again",
+                        frame.part_id, frame.camera_id, part.seq)
+            return self.journal.get(part.seq)
+        latency = {"capture": capture_ms, "journal": journal_ms, "journal_wait": wait_ms, **analysis.ms}
+        return self._finish(part, analysis, latency, t_pick)
+
+    def _accept(self, frame: Frame, product: str | None) -> tuple[AcceptedPart, float]:
+        t0 = time.perf_counter()
+        part = self.journal.accept(
+            frame.image,
+            part_id=frame.part_id,
+            camera=frame.camera_id,
+            frame_number=frame.frame_number,
+            captured_wall=frame.captured_wall,
+            product=product or "",
+            dedupe_key=self._dedupe_key(frame),
+        )
+        return part, _ms(t0)
+
+    def _settle(self, accepting: Future) -> tuple[AcceptedPart | None, float]:
+        """The journaling's outcome; a journal failure becomes a standing problem, not a crash."""
+        try:
+            part, ms = accepting.result()
+        except JournalError as exc:  # JournalFullError included
+            self.health.problem("journal", str(exc))
+            log.error("%s", exc)
+            return None, 0.0
+        self.health.clear("journal")
+        return part, ms
+
+    def close(self) -> None:
+        self._journal_thread.shutdown(wait=True)
+
+    def _dedupe_key(self, frame: Frame) -> str | None:
+        """Folder sources re-deliver a file whose acknowledgement a crash prevented: the same camera,
+        name and pixels is the same part."""
+        if frame.camera_id not in self.dedupe_cameras:
+            return None
+        digest = hashlib.blake2b(np.ascontiguousarray(frame.image).tobytes(), digest_size=12).hexdigest()
+        return f"{frame.camera_id}/{frame.part_id}/{digest}"
+
+    # ---- recovery -------------------------------------------------------------------------------
+
+    def recover(self) -> list[InspectionResult]:
+        """Finish the parts a previous run accepted but did not complete (oldest first)."""
+        out = []
+        for part in self.journal.pending():
+            times = self.journal.note_recovery(part.seq)
+            t_pick = time.perf_counter()
+            if times > MAX_RECOVERIES:
+                out.append(self._finish_review(
+                    part, f"the service stopped {times - 1} times while inspecting this part", t_pick))
+                continue
+            try:
+                image = self.journal.load_image(part)
+            except JournalError as exc:
+                out.append(self._finish_review(part, f"journaled image unreadable: {exc}", t_pick))
+                continue
+            log.info("recovering part %s (seq %d) left pending by the previous run", part.part_id, part.seq)
+            out.append(self.inspect(part, image, {}, t_pick))
+        return out
+
+    def _finish_review(self, part: AcceptedPart, reason: str, t_pick: float) -> InspectionResult:
+        result = self._result(part, "review", reason, None, "", 0, {"total": _ms(t_pick)})
+        return self._record(result)
+
+    # ---- inspection -----------------------------------------------------------------------------
+
+    def inspect(
+        self, part: AcceptedPart, image: np.ndarray, latency: dict[str, float], t_pick: float
+    ) -> InspectionResult:
+        """Inspect a journaled part (used for parts recovered at start-up)."""
+        analysis = self._analyse(image, self.products.get(part.camera) or part.product or None)
+        return self._finish(part, analysis, {**latency, **analysis.ms}, t_pick)
+
+    def _analyse(self, image: np.ndarray, product: str | None) -> Analysis:
+        """Gate (when configured), then the model unless the gate screened the part out."""
+        out = Analysis()
+        if self.gate is not None and self.gate_mode != "off":
+            t0 = time.perf_counter()
+            try:
+                out.gate = self.gate.score(image)
+                out.gate_score = float(out.gate.score)
+                out.suspicious = bool(out.gate.suspicious)
+                self.health.clear("gate")
+            except Exception as exc:  # a failing gate sends the part to the model, never passes it unseen
+                self.health.problem("gate", f"screening gate failed: {exc}")
+            out.ms["gate"] = _ms(t0)
+            if self.gate_mode == "screen" and not out.suspicious:
+                return out
+        out.inference = self._infer(image, product)
+        out.ms.update(out.inference.ms)
+        return out
+
+    def _finish(
+        self, part: AcceptedPart, analysis: Analysis, latency: dict[str, float], t_pick: float
+    ) -> InspectionResult:
+        gate_map = self._store_map(part, analysis.gate) if analysis.gate is not None else ""
+        inference = analysis.inference
+        latency["total"] = _ms(t_pick)
+        if inference is None:
+            reason = f"screening gate: score {analysis.gate_score:.4f} below its threshold"
+            result = self._result(part, "pass", reason, None, "", 0, latency, analysis.gate_score, gate_map)
+        else:
+            verdict, reason = verdict_for(inference.parsed, inference.failures)
+            result = self._result(
+                part, verdict, reason, inference.parsed, inference.raw, inference.attempts, latency,
+                analysis.gate_score, gate_map, inference.failures,
+            )
+        return self._record(result)
+
+    def _store_map(self, part: AcceptedPart, gate_result: Any) -> str:
+        """Journal the gate's heat map next to the part's image; '' when it could not be stored."""
+        save = self._save_heatmap
+        if save is None:
+            from adfm.appliance.gate import save_heatmap as save
+        try:
+            return self.journal.attach_map_file(part.seq, lambda path: save(gate_result, path))
+        except (JournalError, OSError, ValueError) as exc:
+            log.warning("gate heat map of seq %d not stored: %s", part.seq, exc)
+            return ""
+
+    def _infer(self, image: np.ndarray, product: str | None) -> Inference:
+        out = Inference(parsed=None)
+        t0 = time.perf_counter()
+        grid = self.model.grid(image.shape[1], image.shape[0])
+        images = [np.asarray(grid.resize(image))]
+        reference = self.references.get(product) if product else None
+        if reference is not None:
+            images.insert(0, reference)
+        out.ms["resize"] = _ms(t0)
+        reply = None
+        start_errors = 0
+        t0 = time.perf_counter()
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            out.attempts = attempt
+            try:
+                reply = self.worker.generate(
+                    images,
+                    prompt_version=self.model.prompt_version,
+                    product=product,
+                    max_tokens=self.generation.max_tokens,
+                    temperature=self.generation.temperature,
+                    seed=self.generation.seed,
+                )
+                self.health.clear("worker")
+                break
+            except WorkerFailure as exc:
+                out.failures.append(f"attempt {attempt}: {exc}")
+                log.warning("inference attempt %d failed: %s", attempt, exc)
+            except WorkerStartError as exc:
+                start_errors += 1
+                out.failures.append(f"attempt {attempt}: {exc}")
+                self.health.problem("worker", str(exc))
+                log.error("inference worker could not start: %s", exc)
+        out.ms["vlm"] = _ms(t0)
+        if reply is None:
+            if start_errors == MAX_ATTEMPTS:
+                raise PipelineFatal(f"the inference worker cannot start: {out.failures[-1]}")
+            return out
+        t0 = time.perf_counter()
+        out.raw = reply.text
+        out.parsed = parse_response(reply.text, grid, self.model.prompt_version)
+        out.ms["parse"] = _ms(t0)
+        out.ms["model"] = round(reply.seconds * 1000.0, 3)
+        return out
+
+    def _result(
+        self,
+        part: AcceptedPart,
+        verdict: Verdict,
+        reason: str,
+        parsed: ParsedResponse | None,
+        raw: str,
+        attempts: int,
+        latency: dict[str, float],
+        gate_score: float | None = None,
+        gate_map: str = "",
+        failures: list[str] | None = None,
+    ) -> InspectionResult:
+        boxes = [Box.from_xyxy(b, lab) for b, lab in zip(parsed.boxes, parsed.labels, strict=True)] if parsed else []
+        return InspectionResult(
+            station=self.station,
+            seq=part.seq,
+            part_id=part.part_id,
+            camera=part.camera,
+            frame_number=part.frame_number,
+            captured_at=part.captured_at,
+            verdict=verdict,
+            reason=reason,
+            decision=parsed.decision if parsed else None,
+            boxes=boxes,
+            think=parsed.think if parsed else "",
+            rethink=parsed.rethink if parsed else "",
+            answer=parsed.answer if parsed else "",
+            raw_response=raw,
+            format_ok=parsed.format_ok if parsed else False,
+            problems=[*(parsed.problems if parsed else []), *(failures or [])],
+            prompt_version=self.model.prompt_version,
+            model_id=self.model.model_id,
+            image_path=part.image_path,
+            image_width=part.image_width,
+            image_height=part.image_height,
+            gate_score=gate_score,
+            gate_map_path=gate_map,
+            latency_ms=latency,
+            attempts=attempts,
+        )
+
+    def _record(self, result: InspectionResult) -> InspectionResult:
+        """Journal the result, count it, then publish it (so a status never lags a published seq)."""
+        t0 = time.perf_counter()
+        stored = self.journal.complete(result)
+        complete_ms = _ms(t0)
+        self.health.record_part(stored, {"complete": complete_ms})
+        t0 = time.perf_counter()
+        self.bus.publish(stored)
+        publish_ms = _ms(t0)
+        self.health.record_stage("publish", publish_ms)
+        self.last_record_ms = {"complete": complete_ms, "publish": publish_ms}
+        self.processed += 1
+        if self.on_result is not None:
+            self.on_result(stored)
+        return stored
+
+
+def load_reference(path: Path, model: ModelInfo) -> np.ndarray:
+    """A product's golden reference image, RGB, resized onto its model grid once at start-up."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        rgb = np.asarray(im.convert("RGB"))
+    return np.asarray(model.grid(rgb.shape[1], rgb.shape[0]).resize(rgb))

@@ -1,0 +1,382 @@
+"""The station service (`adfm-appliance run`): wires config, journal, bus, worker, cameras, gate.
+
+The main loop takes one frame at a time through the pipeline. Between parts and while waiting on
+the model it beats the health heartbeat and, only while the pipeline is sound, feeds the systemd
+watchdog. SIGTERM/SIGINT stop it between parts, or abandon the part in hand (it stays pending in
+the journal and is finished on the next start), so a stop never waits for a slow model.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from adfm.appliance.bus import ResultBus
+from adfm.appliance.config import StationConfig
+from adfm.appliance.health import Health, Metrics
+from adfm.appliance.journal import Journal, JournalError, RetentionPolicy, journal_summary
+from adfm.appliance.notify import SystemdNotifier
+from adfm.appliance.pipeline import Camera, GenerationOptions, ModelInfo, Pipeline, load_reference
+from adfm.appliance.worker import BackendSpec, InferenceWorker
+from adfm.schema import InspectionResult
+
+log = logging.getLogger(__name__)
+
+
+class ServiceStopping(Exception):
+    """Raised inside a wait to abandon the part in hand when a stop was requested."""
+
+
+class ServiceError(RuntimeError):
+    """The service cannot start or go on; the message says what to fix."""
+
+
+@dataclass
+class RunSummary:
+    """What one run did: parts, verdicts, latency percentiles, where the results are."""
+
+    station: str
+    parts: int
+    verdicts: dict[str, int]
+    latency_ms_p50: dict[str, float]
+    latency_ms_p95: dict[str, float]
+    first_seq: int | None
+    last_seq: int
+    worker_restarts: int
+    journal: dict[str, Any]
+    bus: dict[str, list[str]]
+    stopped_because: str
+    results: list[InspectionResult] = field(default_factory=list, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "station": self.station,
+            "parts": self.parts,
+            "verdicts": self.verdicts,
+            "latency_ms_p50": self.latency_ms_p50,
+            "latency_ms_p95": self.latency_ms_p95,
+            "first_seq": self.first_seq,
+            "last_seq": self.last_seq,
+            "worker_restarts": self.worker_restarts,
+            "journal": self.journal,
+            "bus": self.bus,
+            "stopped_because": self.stopped_because,
+        }
+
+
+class Service:
+    """One station's service. `run()` starts everything, loops, and always cleans up.
+
+    `cameras` replaces the capture workers built from the config (tests, tools);
+    `backend` replaces the inference backend (tests use scripted ones).
+    """
+
+    def __init__(
+        self,
+        config: StationConfig,
+        *,
+        cameras: dict[str, Camera] | None = None,
+        backend: BackendSpec | None = None,
+        notifier: SystemdNotifier | None = None,
+        on_result: Callable[[InspectionResult], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.notifier = notifier or SystemdNotifier()
+        self.on_result = on_result
+        self._cameras_given = cameras
+        self._backend = backend
+        self._stop = threading.Event()
+        self._stop_reason = ""
+        self.journal: Journal | None = None
+        self.bus: ResultBus | None = None
+        self.worker: InferenceWorker | None = None
+        self.health: Health | None = None
+        self.metrics: Metrics | None = None
+        self.pipeline: Pipeline | None = None
+        self.cameras: dict[str, Camera] = {}
+        self._next_prune = 0.0
+        self._next_metrics = 0.0
+        self._next_status = 0.0
+        self._results: list[InspectionResult] = []
+
+    # ---- control --------------------------------------------------------------------------------
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        """Ask the loop to stop (safe from signal handlers and other threads)."""
+        self._stop_reason = self._stop_reason or reason
+        self._stop.set()
+
+    def _install_signals(self) -> list[tuple[int, Any]]:
+        if threading.current_thread() is not threading.main_thread():
+            return []
+        old = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            old.append((sig, signal.getsignal(sig)))
+            signal.signal(sig, lambda s, _f: self.request_stop(f"{signal.Signals(s).name} received"))
+        return old
+
+    # ---- start-up -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the journal, check the model, bind the bus, load the model, start the cameras."""
+        from adfm.manifest import ManifestError, load_model_dir
+
+        cfg = self.config
+        try:
+            manifest = load_model_dir(cfg.model.dir, check_hashes=cfg.model.check_hashes)
+        except ManifestError as exc:
+            raise ServiceError(f"model.dir: {exc}") from exc
+        if cfg.model.prompt_version and cfg.model.prompt_version != manifest.prompt_version:
+            raise ServiceError(
+                f"model.prompt_version {cfg.model.prompt_version!r} differs from the manifest's "
+                f"{manifest.prompt_version!r}"
+            )
+        model = ModelInfo(manifest.model_id, manifest.prompt_version, manifest.min_pixels, manifest.max_pixels)
+        r = cfg.retention
+        retention = RetentionPolicy(
+            max_age_days=r.days,
+            max_image_bytes=None if r.max_image_mb is None else int(r.max_image_mb * 1024 * 1024),
+            min_free_bytes=int(r.min_free_mb * 1024 * 1024),
+        )
+        try:
+            self.journal = Journal(cfg.journal_dir, cfg.station, image_format=r.image_format, retention=retention)
+            self.journal.prune()
+        except JournalError as exc:
+            raise ServiceError(str(exc)) from exc
+        references = {}
+        for product in cfg.products:
+            if product.reference is not None:
+                try:
+                    references[product.name] = load_reference(product.reference, model)
+                except (OSError, ValueError) as exc:
+                    raise ServiceError(f"products.{product.name}.reference: {product.reference}: {exc}") from exc
+        gate = None
+        if cfg.gate.mode != "off":
+            from adfm.appliance.gate import Gate
+
+            try:
+                gate = Gate.load(cfg.gate.path)
+            except Exception as exc:
+                raise ServiceError(f"gate.path: cannot load {cfg.gate.path}: {exc}") from exc
+
+        if self._cameras_given is not None:
+            self.cameras = dict(self._cameras_given)
+        else:
+            from adfm.camera import CameraWorker
+
+            self.cameras = {c.id: CameraWorker(c.camera_config()) for c in cfg.cameras}
+
+        journal = self.journal
+        self.worker = InferenceWorker(
+            self._backend or BackendSpec(cfg.model.backend, {
+                "model_dir": str(cfg.model.dir),
+                "n_ctx": cfg.model.n_ctx,
+                "n_threads": cfg.model.n_threads,
+                "check_hashes": False,  # checked once above; restarts after a crash stay quick
+            }),
+            deadline_s=cfg.model.deadline_s,
+            load_timeout_s=cfg.model.load_timeout_s,
+            on_wait=self.tick,
+        )
+        worker = self.worker
+        self.health = Health(
+            cfg.station,
+            model_id=model.model_id,
+            window=cfg.health.window,
+            camera_stall_s=cfg.health.camera_stall_s,
+            verdict_counts=journal.counts(),
+            last_seq=journal.last_seq,
+            cameras=lambda: [c.status() for c in self.cameras.values()],
+            worker=lambda: (worker.alive, worker.restarts),
+        )
+        self.bus = self._make_bus()
+        self.bus.start()
+        if cfg.health.prometheus_file or cfg.health.prometheus_port:
+            self.metrics = Metrics(self.health, lambda: {"adfm_journal_image_bytes": float(journal.image_bytes)})
+            if cfg.health.prometheus_port:
+                self.metrics.serve(cfg.health.prometheus_port, cfg.health.prometheus_addr)
+        self.worker.start()
+        self.pipeline = Pipeline(
+            cfg.station,
+            journal,
+            self.bus,
+            self.worker,
+            self.health,
+            model,
+            self.cameras,
+            products={c.id: (p.name if (p := cfg.product_for(c.id)) else None) for c in cfg.cameras},
+            references=references,
+            gate=gate,
+            gate_mode=cfg.gate.mode,
+            dedupe_cameras={c.id for c in cfg.cameras if c.kind == "folder"},
+            generation=GenerationOptions(max_tokens=cfg.model.max_tokens),
+            on_result=self._on_result,
+        )
+        for cam in self.cameras.values():
+            start = getattr(cam, "start", None)
+            if start is not None:
+                start()
+
+    def _make_bus(self) -> ResultBus:
+        from adfm.appliance.keys import CurveKeyError, load_server_curve
+
+        b = self.config.bus
+        curve = None
+        if b.curve is not None:
+            try:
+                curve = load_server_curve(b.curve.server_secret, b.curve.authorized_clients)
+            except CurveKeyError as exc:
+                raise ServiceError(f"bus.curve: {exc}") from exc
+        assert self.journal is not None and self.health is not None
+        return ResultBus(
+            self.config.station,
+            self.journal,
+            self.health.snapshot,
+            publish=b.publish,
+            control=b.control,
+            curve=curve,
+            insecure=b.insecure,
+            status_interval_s=b.status_interval_s,
+            send_hwm=b.send_hwm,
+        )
+
+    def _on_result(self, result: InspectionResult) -> None:
+        self._results.append(result)
+        if self.on_result is not None:
+            self.on_result(result)
+
+    # ---- loop -----------------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Heartbeat; feed the watchdog while sound; abandon the wait when a stop is requested."""
+        assert self.health is not None
+        self.health.heartbeat()
+        if self.bus is not None and not self.bus.alive:
+            self.health.problem("bus", "the result bus thread has stopped")
+        if self.notifier.watchdog_due() and self.health.pipeline_ok():
+            self.notifier.watchdog()
+        now = time.monotonic()
+        if now >= self._next_status and self.notifier.enabled:
+            self._next_status = now + 10.0
+            s = self.health.snapshot()
+            counts = ", ".join(f"{k} {v}" for k, v in sorted(s.verdict_counts.items())) or "no parts yet"
+            self.notifier.status(f"last seq {s.last_seq}; {counts}; {s.parts_per_min:g} parts/min"
+                                 + ("" if s.healthy else f"; problems: {'; '.join(s.problems)}"))
+        if self._stop.is_set():
+            raise ServiceStopping(self._stop_reason)
+
+    def _housekeeping(self) -> None:
+        assert self.journal is not None and self.health is not None
+        now = time.monotonic()
+        if now >= self._next_prune:
+            self._next_prune = now + self.config.retention.prune_interval_s
+            try:
+                report = self.journal.prune()
+                if report.images_removed:
+                    log.info("retention: removed %d images (%d bytes)", report.images_removed, report.bytes_freed)
+            except (JournalError, OSError) as exc:
+                self.health.problem("journal.retention", f"retention pruning failed: {exc}")
+        if self.metrics is not None and self.config.health.prometheus_file and now >= self._next_metrics:
+            self._next_metrics = now + self.config.health.prometheus_interval_s
+            self.write_metrics()
+
+    def write_metrics(self) -> None:
+        if self.metrics is not None and self.config.health.prometheus_file:
+            try:
+                self.metrics.write_textfile(self.config.health.prometheus_file)
+            except OSError as exc:
+                log.warning("cannot write %s: %s", self.config.health.prometheus_file, exc)
+
+    def run(self, max_parts: int | None = None, stop_when_finished: bool = False,
+            max_seconds: float | None = None, before_close: Callable[[], None] | None = None) -> RunSummary:
+        """Run until stopped (signal, `request_stop`), `max_parts` parts, the cameras' end
+        (`stop_when_finished`, for finite replays) or `max_seconds`. `before_close` runs after the
+        loop while the bus still serves (the demo lets its subscriber catch up)."""
+        old_signals = self._install_signals()
+        deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        try:
+            try:
+                self.start()
+                assert self.pipeline is not None and self.health is not None
+                if self.health.pipeline_ok():
+                    self.notifier.ready(f"station {self.config.station} running")
+                self.tick()
+                self.pipeline.recover()
+                while True:
+                    self.tick()
+                    self._housekeeping()
+                    if max_parts is not None and self.pipeline.processed >= max_parts:
+                        self._stop_reason = f"{max_parts} parts done"
+                        break
+                    if stop_when_finished and all(getattr(c, "finished", False) for c in self.cameras.values()):
+                        self._stop_reason = "the cameras' sources are finished"
+                        break
+                    if deadline is not None and time.monotonic() >= deadline:
+                        self._stop_reason = f"{max_seconds:g} s elapsed"
+                        break
+                    self.pipeline.poll(0.25)
+            except ServiceStopping:
+                pass
+            if before_close is not None:
+                before_close()
+            return self._summary()
+        finally:
+            self.close()
+            for sig, handler in old_signals:
+                signal.signal(sig, handler)
+
+    def _summary(self) -> RunSummary:
+        verdicts: dict[str, int] = {}
+        for r in self._results:
+            verdicts[r.verdict] = verdicts.get(r.verdict, 0) + 1
+        health, journal = self.health, self.journal
+        return RunSummary(
+            station=self.config.station,
+            parts=len(self._results),
+            verdicts=verdicts,
+            latency_ms_p50=health.percentiles(50) if health else {},
+            latency_ms_p95=health.percentiles(95) if health else {},
+            first_seq=self._results[0].seq if self._results else None,
+            last_seq=journal.last_seq() if journal else 0,
+            worker_restarts=self.worker.restarts if self.worker else 0,
+            journal=journal_summary(journal) if journal else {},
+            bus=dict(self.bus.bound) if self.bus else {},
+            stopped_because=self._stop_reason or "stopped",
+            results=list(self._results),
+        )
+
+    def close(self) -> None:
+        """Stop everything that was started, in reverse order; safe to call twice."""
+        self.notifier.stopping()
+        for cam in self.cameras.values():
+            stop = getattr(cam, "stop", None)
+            if stop is not None:
+                try:
+                    stop()
+                except Exception:
+                    log.exception("camera stop failed")
+        if self.pipeline is not None:
+            self.pipeline.close()
+        if self.worker is not None:
+            self.worker.stop()
+        if self.metrics is not None:
+            self.write_metrics()
+            self.metrics.close()
+            self.metrics = None
+        if self.bus is not None:
+            self.bus.stop()
+        if self.journal is not None:
+            self.journal.close()
+        self.notifier.close()
+
+
+def run_from_config(path: str | Path, **kwargs: Any) -> RunSummary:
+    from adfm.appliance.config import load_config
+
+    return Service(load_config(path)).run(**kwargs)

@@ -1,0 +1,78 @@
+"""End to end with the real tiny GGUF: replay camera → llama.cpp worker → journal → bus subscriber,
+and the demo command."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from adfm.appliance.client import StationClient
+from adfm.appliance.config import parse_config
+from adfm.appliance.service import Service
+from adfm.testing.synthetic import make_synthetic_dataset
+
+pytestmark = pytest.mark.slow
+
+
+def test_replay_camera_to_subscriber_with_the_tiny_gguf(tmp_path, tiny_gguf_dir):
+    data = make_synthetic_dataset(tmp_path / "parts", layout="folder", categories=("washer",), n_train=2,
+                                  n_test_good=0, n_test_defect=1, defects=("scratch",), size=(128, 96), seed=3)
+    images = sorted((data / "normal").glob("*.png")) + sorted((data / "anomalous").glob("*.png"))
+    config = parse_config({
+        "station": "e2e",
+        "state_dir": str(tmp_path / "state"),
+        "model": {"dir": str(tiny_gguf_dir), "max_tokens": 24, "n_ctx": 2048, "deadline_s": 300},
+        "cameras": [{"id": "cam0", "url": f"replay:{data / 'normal'}", "fps": 20, "loop": False,
+                     "queue_size": 50},
+                    {"id": "cam1", "url": f"replay:{data / 'anomalous'}", "fps": 20, "loop": False,
+                     "queue_size": 50}],
+        "bus": {"publish": "tcp://127.0.0.1:*", "control": "tcp://127.0.0.1:*", "status_interval_s": 0.5},
+    })
+    service = Service(config)
+    outcome: dict = {}
+    runner = threading.Thread(target=lambda: outcome.update(summary=service.run(stop_when_finished=True)))
+    runner.start()
+    received = []
+    try:
+        deadline = time.monotonic() + 600
+        while not (service.bus and service.bus.bound) and runner.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        bound = service.bus.bound
+        with StationClient(bound["publish"][0], bound["control"][0], station="e2e", from_seq=1) as client:
+            while len(received) < len(images) and time.monotonic() < deadline:
+                received += client.receive(0.5)
+    finally:
+        runner.join(600)
+    summary = outcome["summary"]
+    assert summary.parts == len(images) and summary.last_seq == len(images)
+    assert [r.seq for r in received] == list(range(1, len(images) + 1))
+    assert {r.camera for r in received} == {"cam0", "cam1"}
+    for r in received:
+        assert r.verdict in ("pass", "fail", "review")
+        assert "@" in r.model_id and r.prompt_version
+        assert r.latency_ms["vlm"] > 0 and r.image_width == 128 and r.image_height == 96
+        assert r.verdict != "review" or r.reason.startswith("unreadable model answer")  # never a worker failure
+    assert summary.worker_restarts == 0
+
+
+def test_demo_reuses_the_cached_model_and_says_it_is_untrained(tmp_path, tiny_gguf_dir, capsys):
+    from adfm.appliance.cli import main
+    from adfm.appliance.demo import format_summary
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "tiny-model-dir.txt").write_text(str(tiny_gguf_dir))
+    assert main(["demo", "--parts", "2", "--json", "--cache", str(cache)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["parts"] == 2 and summary["subscriber_received"] == 2 and summary["subscriber_in_order"]
+    assert summary["tiny_untrained_model"] and "never trained" in summary["note"]
+    assert "meaningless" in summary["note"]
+    assert set(summary["latency_ms_p50"]) >= {"capture", "journal", "vlm", "total"}
+    assert summary["journal"]["parts"] == 2 and summary["model_dir"] == str(tiny_gguf_dir)
+
+    text = format_summary(summary)  # what the command prints without --json
+    assert "2 parts" in text and "p50" in text and "NOTE:" in text and "never trained" in text
+    assert summary["journal"]["db"] in text and summary["images"] in text

@@ -1,0 +1,151 @@
+"""systemd: the unit file, `adfm-appliance install`, and the notify/watchdog protocol."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from adfm.appliance.cli import main
+from adfm.appliance.config import parse_config
+from adfm.appliance.install import render_unit
+from adfm.appliance.notify import SystemdNotifier
+from adfm.appliance.service import Service
+from adfm.appliance.worker import BackendSpec
+from tests.appliance_fakes import FACTORY, ListCamera, frame, station_dict, write_script
+
+REPO = Path(__file__).resolve().parents[1]
+UNIT = REPO / "systemd" / "adfm-appliance.service"
+needs_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+
+
+def test_repository_unit_is_the_rendered_template():
+    assert UNIT.read_text() == render_unit()
+
+
+def test_unit_asks_for_what_the_service_needs():
+    keys = [line.split("=", 1)[0] for line in UNIT.read_text().splitlines() if "=" in line and line[0] != "#"]
+    text = UNIT.read_text()
+    for line in ("Type=notify", "WatchdogSec=60", "Restart=on-failure", "User=adfm", "SupplementaryGroups=video",
+                 "StateDirectory=adfm-appliance", "ProtectSystem=strict", "DeviceAllow=char-video4linux rw",
+                 "DevicePolicy=closed", "NoNewPrivileges=yes"):
+        assert line in text.splitlines()
+    assert "PrivateDevices" not in keys  # it would hide /dev/video*
+    repeated = {k for k in keys if keys.count(k) > 1}
+    assert repeated <= {"Environment"}, repeated
+
+
+@needs_analyze
+def test_units_verify_clean(tmp_path):
+    units = sorted((REPO / "systemd").glob("*.service"))
+    assert units
+    proc = subprocess.run(["systemd-analyze", "verify", *map(str, units)], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    custom = tmp_path / "adfm-appliance.service"
+    custom.write_text(render_unit("/srv/adfm/venv/bin", "/etc/adfm/line2.yaml", "inspect"))
+    proc = subprocess.run(["systemd-analyze", "verify", str(custom)], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
+
+def test_install_writes_unit_and_keeps_an_existing_config(tmp_path, capsys):
+    unit_dir, cfg = tmp_path / "units", tmp_path / "etc" / "station.yaml"
+    args = ["install", "--unit-dir", str(unit_dir), "--config-path", str(cfg), "--bin-dir", "/opt/x/bin"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    unit = (unit_dir / "adfm-appliance.service").read_text()
+    assert "Environment=PATH=/opt/x/bin:" in unit and f"--config {cfg}" in unit
+    assert "useradd --system" in out and "systemctl enable --now adfm-appliance.service" in out
+    assert cfg.read_text().startswith("# adfm station config")
+    cfg.write_text("station: mine\n")
+    assert main(args) == 0
+    assert cfg.read_text() == "station: mine\n"  # never overwritten
+    assert (cfg.parent / "station.example.yaml").is_file()
+    assert "kept the existing" in capsys.readouterr().out
+    assert main(["install", "--print", "--bin-dir", "/opt/adfm/venv/bin"]) == 0
+    assert capsys.readouterr().out == render_unit()
+
+
+class NotifySocket:
+    """A stand-in for systemd's notification socket."""
+
+    def __init__(self, path: Path):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.1)
+        self.messages: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self):
+        while not self._stop.is_set():
+            try:
+                self.messages.append(self.sock.recv(4096).decode())
+            except TimeoutError:
+                continue
+
+    def count(self, line: str) -> int:
+        return sum(line in m.splitlines() for m in list(self.messages))
+
+    def wait_for(self, line: str, n: int = 1, timeout_s: float = 30.0) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while self.count(line) < n and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.count(line) >= n
+
+    def close(self):
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+
+def test_notifier_speaks_the_datagram_protocol(tmp_path):
+    sink = NotifySocket(tmp_path / "notify")
+    try:
+        n = SystemdNotifier({"NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "4000000"})
+        assert n.enabled and n.watchdog_s == 4.0 and n.watchdog_due()
+        assert n.ready("up") and n.watchdog() and n.stopping()
+        assert not n.watchdog_due()  # just pinged: next one at half the interval
+        assert sink.wait_for("READY=1") and sink.wait_for("WATCHDOG=1") and sink.wait_for("STOPPING=1")
+        assert sink.count("STATUS=up") == 1
+    finally:
+        sink.close()
+    off = SystemdNotifier({})
+    assert not off.enabled and not off.ready() and not off.watchdog_due()
+    other_pid = SystemdNotifier({"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"})
+    assert other_pid.watchdog_s is None  # the watchdog belongs to another process
+
+
+def test_watchdog_is_fed_only_while_the_pipeline_is_sound(tmp_path):
+    sink = NotifySocket(tmp_path / "notify")
+    script = write_script(tmp_path / "script.json", ["no"])
+    cam = ListCamera()
+    notifier = SystemdNotifier({"NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "200000"})
+    service = Service(parse_config(station_dict(tmp_path)), cameras={"cam0": cam},
+                      backend=BackendSpec(FACTORY, {"script": str(script)}), notifier=notifier)
+    runner = threading.Thread(target=service.run, kwargs={"max_seconds": 120})
+    runner.start()
+    try:
+        assert sink.wait_for("READY=1")
+        cam.put(frame(0))
+        deadline = time.monotonic() + 60
+        while service.pipeline.processed < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert sink.wait_for("WATCHDOG=1", 3)
+        service.health.problem("journal", "disk full (test)")
+        time.sleep(0.3)  # a ping already on its way may still land
+        before = sink.count("WATCHDOG=1")
+        time.sleep(0.6)  # three watchdog half-intervals
+        assert sink.count("WATCHDOG=1") == before
+        service.health.clear("journal")
+        assert sink.wait_for("WATCHDOG=1", before + 2)
+    finally:
+        service.request_stop("test over")
+        runner.join(30)
+        sink.close()
+    assert sink.count("STOPPING=1") == 1
