@@ -183,6 +183,8 @@ class ParsedResponse:
     format_ok: bool
     prompt_version: str
     problems: list[str] = field(default_factory=list)
+    #: Regions proposed in `<think>` (original pixels): the m of AD-FM's count and focus rewards.
+    proposed_boxes: list[list[float]] = field(default_factory=list)
 
     @property
     def label(self) -> str | None:
@@ -358,33 +360,45 @@ def _parse(text: str, grid: ModelGrid | None, pv: PromptVersion, problems: list[
     else:
         problems.append("no <answer>")
 
-    # Boxes: the most authoritative section that holds a box list.
+    # Boxes per section; the prediction is the most authoritative section that holds a box list.
     n_problems = len(problems)
-    raw: list[tuple[list[float], str]] = []
-    for name in pv.boxes_from:
-        if name in sections:
-            got = _boxes_in(sections[name], problems)
-            if got is not None:
-                raw = got
-                break
+    found: dict[str, list[tuple[list[float], str]] | None] = {
+        name: _boxes_in(sections[name], problems) for name in pv.boxes_from if name in sections
+    }
     if len(problems) > n_problems:
         format_ok = False
+    final = next((found[name] for name in pv.boxes_from if found.get(name) is not None), None) or []
+    boxes, labels = _place_boxes(final, grid, problems)
+    proposed, _ = _place_boxes(found.get("think") or [], grid, [])
+
+    return ParsedResponse(
+        decision=decision,
+        boxes=boxes,
+        labels=labels,
+        think=sections.get("think", "").strip(),
+        rethink=sections.get("rethink", "").strip(),
+        answer=answer.strip(),
+        format_ok=format_ok and decision is not None,
+        prompt_version=pv.name,
+        problems=problems,
+        proposed_boxes=proposed,
+    )
+
+
+def _place_boxes(
+    raw: list[tuple[list[float], str]], grid: ModelGrid | None, problems: list[str]
+) -> tuple[list[list[float]], list[str]]:
+    """Order corners, map grid → original pixels and clip (with a grid); drop boxes without area."""
     if len(raw) > MAX_BOXES:
         problems.append(f"{len(raw)} boxes; only the first {MAX_BOXES} are kept")
         raw = raw[:MAX_BOXES]
-
     boxes: list[list[float]] = []
     labels: list[str] = []
     for coords, lab in raw:
         x1, y1, x2, y2 = coords
         b = [min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)]
         if grid is not None:
-            b = [
-                b[0] / grid.scale_x,
-                b[1] / grid.scale_y,
-                b[2] / grid.scale_x,
-                b[3] / grid.scale_y,
-            ]
+            b = [b[0] / grid.scale_x, b[1] / grid.scale_y, b[2] / grid.scale_x, b[3] / grid.scale_y]
             b = [
                 min(max(b[0], 0.0), grid.orig_width),
                 min(max(b[1], 0.0), grid.orig_height),
@@ -399,18 +413,7 @@ def _parse(text: str, grid: ModelGrid | None, pv: PromptVersion, problems: list[
             continue
         boxes.append(b)
         labels.append(lab)
-
-    return ParsedResponse(
-        decision=decision,
-        boxes=boxes,
-        labels=labels,
-        think=sections.get("think", "").strip(),
-        rethink=sections.get("rethink", "").strip(),
-        answer=answer.strip(),
-        format_ok=format_ok and decision is not None,
-        prompt_version=pv.name,
-        problems=problems,
-    )
+    return boxes, labels
 
 
 def format_response(
