@@ -1,1 +1,10 @@
-"""adfm.export: merge a LoRA, write GGUF (language model + mmproj), quantize, verify, write a manifest."""
+"""adfm.export: merge a LoRA, write GGUF (language model + mmproj), quantize, verify, write a manifest.
+
+`export_model` is the API; `adfm-export` (adfm.export.cli) is the command. Heavy libraries (torch,
+transformers, peft, gguf, llama-cpp-python) are imported only when an export runs.
+"""
+
+from adfm.export.errors import ExportError
+from adfm.export.pipeline import ExportConfig, export_model, run_export
+
+__all__ = ["ExportConfig", "ExportError", "export_model", "run_export"]

@@ -1,0 +1,95 @@
+"""The tiny random Qwen2.5-VL, with a small LoRA adapter, exported through the real `adfm-export` path.
+
+Tests, the demo station and benchmarks get a model directory (GGUF language model + mmproj +
+manifest.json) that llama.cpp runs, built offline in seconds. Needs the export extra (torch,
+transformers, peft, gguf, llama-cpp-python).
+
+The export verifies itself as always. Its quantized agreement floor is lowered for this model only:
+random weights give near-flat logits, so 4-bit rounding flips many near-ties (q4_k_m keeps about
+70 % of HF's top tokens here) while the f16 parity check stays exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from pathlib import Path
+
+#: Quantized token/decision agreement the tiny model's export must keep (see the module note).
+TINY_AGREEMENT_FLOOR = 0.5
+
+
+def make_tiny_adapter(base_dir: str | Path, out_dir: str | Path, *, seed: int = 0, rank: int = 8) -> Path:
+    """Save a small random LoRA adapter for `base_dir` (as a trained adapter would be saved).
+
+    B starts non-zero (N(0, 0.01)) so merging visibly changes the weights; same seed, same adapter.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    out = Path(out_dir)
+    model = AutoModelForImageTextToText.from_pretrained(str(base_dir), dtype=torch.float32, local_files_only=True)
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=2 * rank,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    )
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():  # transformers' deprecation notes about peft's own calls
+        warnings.simplefilter("ignore", FutureWarning)
+        peft_model = get_peft_model(model, config)
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.01)
+    peft_model.save_pretrained(str(out))
+    return out
+
+
+def build_tiny_gguf(
+    out_dir: str | Path,
+    quant: str = "q4_k_m",
+    base_dir: str | Path | None = None,
+    *,
+    with_adapter: bool = True,
+    verify: bool = True,
+) -> Path:
+    """Export the tiny model to `out_dir` with `adfm-export` and return the model directory.
+
+    `base_dir`: an existing tiny HF checkpoint to reuse; None builds one next to `out_dir`
+    (`<out_dir>-hf`, reused when present). A LoRA adapter is made next to it (`<out_dir>-lora`)
+    and merged. An `out_dir` that already holds a valid export of this quant is returned as is.
+    """
+    from adfm.export import cli
+    from adfm.manifest import ManifestError, load_model_dir
+
+    out = Path(out_dir)
+    with contextlib.suppress(ManifestError):
+        if load_model_dir(out).file("model").quant == quant:
+            return out
+    if base_dir is None:
+        base = out.with_name(out.name + "-hf")
+        if not (base / "config.json").is_file():
+            from adfm.testing.tiny_model import build_tiny_qwen25vl
+
+            build_tiny_qwen25vl(base)
+    else:
+        base = Path(base_dir)
+    argv = ["--base", str(base), "--out", str(out), "--quant", quant,
+            "--agreement-floor", str(TINY_AGREEMENT_FLOOR)]
+    if with_adapter:
+        adapter = out.with_name(out.name + "-lora")
+        if not (adapter / "adapter_config.json").is_file():
+            make_tiny_adapter(base, adapter)
+        argv += ["--adapter", str(adapter)]
+    if not verify:
+        argv.append("--no-verify")
+    log = io.StringIO()
+    with contextlib.redirect_stderr(log):
+        rc = cli.main(argv)
+    if rc != 0:
+        raise RuntimeError(f"adfm-export of the tiny model failed (exit {rc}):\n{log.getvalue()}")
+    return out

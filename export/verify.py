@@ -1,0 +1,435 @@
+"""Check an exported GGUF pair against the merged HF model it came from, on the same pixels.
+
+For each fixture case (one image, or a normal reference + the query) both sides get the project's
+prompt on the same pre-resized image:
+
+- llama.cpp must tokenize a varied probe text exactly as the HF tokenizer (the GGUF's vocabulary,
+  merges and pre-tokenizer are right);
+- the prompts must be identical token for token, images included (the same number of visual
+  tokens on both sides shows llama.cpp did not resize the grid image again);
+- the projector's image embeddings are compared with the HF vision tower's output;
+- the HF model answers greedily; llama.cpp is then fed the HF answer (teacher forcing) and its
+  logits are compared with HF's at every step: the relative logit error and the steps where its
+  top token differs ("token agreement");
+- both also answer freely: the common prefix of the two answers and whether their parsed
+  decisions agree.
+
+A float export (f16/f32 language model, paired with an f16 mmproj) must reproduce HF up to
+arithmetic noise: a small relative logit error and top-token differences only at near-ties that
+the measured error explains. The noise is llama.cpp's own arithmetic more than f16 rounding: on
+the tiny model an all-f32 path (f32 weights, f32 mmproj, f32 KV cache) still differs from torch
+by ~0.4 % of the logit spread, as the f16 export does. A random-weight model has many near-ties,
+so its free-running answers can part ways after a few tokens without any bug; the report says
+where and by how much. A quantized export must keep token and decision agreement at or above a
+floor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from adfm.export.errors import ExportError
+from adfm.geometry import ModelGrid
+from adfm.protocol import attach_images, build_messages, parse_response
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from adfm.appliance.vlm import GgufVlm
+    from adfm.export.merge import MergedModel
+
+#: A float export's logits may differ from HF's by at most this fraction of HF's logit spread
+#: (standard deviation). Measured at f16: 0.5 % on the tiny model, 2.7 % at Qwen2.5-VL-7B widths
+#: (2 random layers); a conversion bug (wrong rope, swapped tensors) lands far above.
+FLOAT_MAX_RELATIVE_LOGIT_ERROR = 0.10
+#: The projector's output may differ from the HF vision tower's by at most this fraction of its
+#: spread. Measured with an f16 mmproj: 0.25 % (tiny model), 0.4 % (7B vision widths, 4 random
+#: blocks); with block 0's q and k swapped on purpose: 1.3 % (tiny) and 128 % (7B widths).
+FLOAT_MAX_RELATIVE_VISION_ERROR = 0.05
+#: Top-token differences count as near-ties when HF's margin is below this many times the
+#: largest logit difference measured on that case.
+TIE_FACTOR = 2.0
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+#: Text that exercises a BPE pre-tokenizer: spaces and newlines in runs, digit groups, contractions,
+#: punctuation runs, accents, CJK, emoji, box JSON. llama.cpp must split it exactly as HF does.
+TOKENIZER_PROBE = (
+    "Inspect the part.\n\n  \t Two  spaces, 3 33 333 4444 5.5 6..6 7...7 -12 +0.5e-3\n"
+    "It's, I'm, you'RE, we'Ve, they'll, she'd ''''``\"\"....!!!!????  ------======\n"
+    "Überprüfung: Kratzer an der Dichtung. 检查零件表面1314次～ 🚀 (normal) 😶\u200d🌫️ ✅\n"
+    '<think>[{"bbox_2d": [12, 34, 56, 78], "label": "scratch"}]</think><answer>yes</answer>'
+)
+
+
+@dataclass(frozen=True)
+class VerifyCase:
+    """Images on their grids (reference first when two) and the product named in the prompt."""
+
+    name: str
+    images: tuple[Image.Image, ...]
+    product: str | None = None
+
+
+@dataclass
+class HfRun:
+    """The merged HF model's greedy answer to one case, with its logits at every step."""
+
+    prompt_ids: list[int]
+    image_tokens: list[int]
+    tokens: list[int]  # generated ids, the end-of-answer token included when one was generated
+    logits: np.ndarray  # (len(tokens), vocab), vision tokens suppressed (-inf)
+    text: str
+    finished: bool
+    image_embeddings: list[np.ndarray] = field(default_factory=list)  # vision tower output per image
+
+
+@dataclass
+class CaseReport:
+    name: str
+    prompt_tokens: int
+    image_tokens_hf: list[int]
+    image_tokens_gguf: list[int]
+    prompt_match: bool
+    first_prompt_difference: int | None
+    compared: int
+    agree: int
+    prefix: int  # leading free-running tokens equal to HF's
+    hf_tokens: int
+    gguf_tokens: int
+    max_abs_logit_diff: float
+    logit_spread: float
+    mismatches: list[dict[str, Any]] = field(default_factory=list)
+    decision_hf: bool | None = None
+    decision_gguf: bool | None = None
+    text_hf: str = ""
+    text_gguf: str = ""
+    vision_relative_error: float = 0.0  # projector output vs HF vision tower, max |Δ| / spread
+
+    @property
+    def relative_logit_error(self) -> float:
+        return self.max_abs_logit_diff / self.logit_spread if self.logit_spread > 0 else float("inf")
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "case": self.name,
+            "prompt_tokens": self.prompt_tokens,
+            "image_tokens_hf": self.image_tokens_hf,
+            "image_tokens_gguf": self.image_tokens_gguf,
+            "prompt_match": self.prompt_match,
+            "tokens_compared": self.compared,
+            "token_agreement": round(self.agree / self.compared, 4) if self.compared else 1.0,
+            "free_running_prefix": self.prefix,
+            "hf_answer_tokens": self.hf_tokens,
+            "gguf_answer_tokens": self.gguf_tokens,
+            "max_abs_logit_diff": round(self.max_abs_logit_diff, 6),
+            "relative_logit_error": round(self.relative_logit_error, 6),
+            "vision_relative_error": round(self.vision_relative_error, 6),
+            "mismatches": self.mismatches,
+            "decision_hf": self.decision_hf,
+            "decision_gguf": self.decision_gguf,
+        }
+
+
+# ----------------------------------------------------------------------------------------------
+# fixture images
+
+
+def _on_grid(image: Image.Image, min_pixels: int, max_pixels: int) -> Image.Image:
+    rgb = image.convert("RGB")
+    return ModelGrid.for_image(*rgb.size, min_pixels=min_pixels, max_pixels=max_pixels).resize(rgb)
+
+
+def default_cases(min_pixels: int, max_pixels: int) -> list[VerifyCase]:
+    """Built-in deterministic parts: a normal washer, a scratched non-square tile, a reference pair."""
+    from PIL import Image as PILImage
+
+    from adfm.testing.synthetic import make_sample
+
+    rng = np.random.default_rng(20250806)
+
+    def part(kind: str, defect: str | None, size: tuple[int, int]) -> Image.Image:
+        sample = make_sample(kind, defect, rng, size=size)
+        return _on_grid(PILImage.fromarray(sample.image), min_pixels, max_pixels)
+
+    return [
+        VerifyCase("washer-normal", (part("washer", None, (256, 256)),), "washer"),
+        VerifyCase("tile-scratch-wide", (part("tile", "scratch", (320, 208)),), "tile"),
+        VerifyCase("pill-reference-pair", (part("pill", None, (256, 192)), part("pill", "spot", (256, 192))), "pill"),
+    ]
+
+
+def load_cases(paths: Sequence[str | Path], min_pixels: int, max_pixels: int) -> list[VerifyCase]:
+    """One single-image case per image file (directories are searched, sorted by name)."""
+    from PIL import Image as PILImage
+    from PIL import UnidentifiedImageError
+
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise ExportError(f"verification image not found: {p}")
+    if not files:
+        raise ExportError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, paths))}")
+    cases = []
+    for f in files:
+        try:
+            with PILImage.open(f) as img:
+                img.load()
+                cases.append(VerifyCase(f.name, (_on_grid(img, min_pixels, max_pixels),)))
+        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            raise ExportError(f"verification image {f}: cannot use it: {exc}") from exc
+    return cases
+
+
+# ----------------------------------------------------------------------------------------------
+# the HF side
+
+
+def hf_run(
+    merged: MergedModel,
+    case: VerifyCase,
+    *,
+    prompt_version: str,
+    max_new_tokens: int,
+    suppress_tokens: Sequence[int],
+    device: str = "cpu",
+) -> HfRun:
+    """Greedy answer of the merged HF model to a case, its prompt ids and per-step logits."""
+    import torch
+    from transformers import GenerationConfig
+
+    processor, model = merged.processor, merged.model
+    messages = attach_images(
+        build_messages(prompt_version, product=case.product, reference=len(case.images) == 2),
+        list(case.images),
+    )
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    # The images are on their grids already: no second resize, identical pixels to llama.cpp's.
+    inputs = processor(text=[text], images=list(case.images), return_tensors="pt", do_resize=False).to(device)
+    merge = model.config.vision_config.spatial_merge_size
+    image_tokens = [int(t * h * w) // (merge * merge) for t, h, w in inputs["image_grid_thw"].tolist()]
+    eos = model.generation_config.eos_token_id
+    eos_ids = [eos] if isinstance(eos, int) else list(eos or [processor.tokenizer.eos_token_id])
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=eos_ids,
+        pad_token_id=processor.tokenizer.pad_token_id,
+        suppress_tokens=list(suppress_tokens),
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
+    with torch.inference_mode():
+        out = model.generate(**inputs, generation_config=config)
+        features = model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"]).pooler_output
+    n_prompt = inputs["input_ids"].shape[1]
+    tokens = out.sequences[0, n_prompt:].tolist()
+    logits = torch.stack(out.logits, dim=1)[0].float().cpu().numpy()
+    logits[:, list(suppress_tokens)] = -np.inf
+    finished = bool(tokens) and tokens[-1] in eos_ids
+    body = tokens[:-1] if finished else tokens
+    return HfRun(
+        prompt_ids=inputs["input_ids"][0].tolist(),
+        image_tokens=image_tokens,
+        tokens=tokens,
+        logits=logits[: len(tokens)],
+        text=processor.tokenizer.decode(body, skip_special_tokens=True),
+        finished=finished,
+        image_embeddings=[f.float().cpu().numpy() for f in features],
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# comparison
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _compare_logits(hf: HfRun, forced: np.ndarray) -> tuple[int, list[dict[str, Any]], float, float]:
+    """(agreeing steps, mismatches, max |Δlogit|, HF logit spread) along HF's answer."""
+    finite = np.isfinite(hf.logits) & np.isfinite(forced)
+    diff = np.zeros_like(hf.logits)
+    np.subtract(hf.logits, forced, out=diff, where=finite)
+    max_diff = float(np.abs(diff).max()) if diff.size else 0.0
+    spread = float(np.std(hf.logits[finite])) if finite.any() else 0.0
+    agree, mismatches = 0, []
+    for step, token in enumerate(hf.tokens):
+        pick = int(np.argmax(forced[step]))
+        if pick == token:
+            agree += 1
+            continue
+        margin = float(hf.logits[step, token] - hf.logits[step, pick])
+        mismatches.append({
+            "step": step, "hf_token": int(token), "gguf_token": pick, "hf_margin": round(margin, 6),
+            "near_tie": margin <= TIE_FACTOR * max_diff,
+        })
+    return agree, mismatches, max_diff, spread
+
+
+def _vision_error(vlm: GgufVlm, images: Sequence[Image.Image], hf: HfRun) -> float:
+    """Largest |projector output − HF vision tower output| over the images, relative to HF's spread."""
+    worst = 0.0
+    for img, hf_embd in zip(images, hf.image_embeddings, strict=True):
+        gguf_embd = vlm.image_embeddings(img)
+        if gguf_embd.shape != hf_embd.shape:
+            return float("inf")
+        worst = max(worst, float(np.abs(gguf_embd - hf_embd).max()) / (float(np.std(hf_embd)) or 1.0))
+    return worst
+
+
+def compare_case(vlm: GgufVlm, hf: HfRun, case: VerifyCase, *, prompt_version: str) -> CaseReport:
+    """Run one case through llama.cpp and compare it with the HF run."""
+    images = list(case.images)
+    run = vlm.forced_logits(images, hf.tokens, prompt_version=prompt_version, product=case.product)
+    forced = run.logits.copy()
+    forced[:, list(vlm.suppressed_ids)] = -np.inf
+    prompt_match = list(run.prompt_token_ids) == hf.prompt_ids
+    agree, mismatches, max_diff, spread = _compare_logits(hf, forced)
+    gen = vlm.generate(images, prompt_version=prompt_version, product=case.product,
+                       max_tokens=max(1, len(hf.tokens)))
+    gguf_tokens = list(gen.token_ids)
+    hf_body = hf.tokens[:-1] if hf.finished else hf.tokens
+    parsed_hf = parse_response(hf.text, version=prompt_version)
+    parsed_gguf = parse_response(gen.text, version=prompt_version)
+    return CaseReport(
+        name=case.name,
+        prompt_tokens=len(hf.prompt_ids),
+        image_tokens_hf=hf.image_tokens,
+        image_tokens_gguf=list(run.image_tokens),
+        prompt_match=prompt_match,
+        first_prompt_difference=None if prompt_match else _common_prefix(run.prompt_token_ids, hf.prompt_ids),
+        compared=len(hf.tokens),
+        agree=agree,
+        prefix=_common_prefix(gguf_tokens + ([-1] if gen.finished else []), hf_body + ([-1] if hf.finished else [])),
+        hf_tokens=len(hf_body),
+        gguf_tokens=len(gguf_tokens),
+        max_abs_logit_diff=max_diff,
+        logit_spread=spread,
+        mismatches=mismatches,
+        decision_hf=parsed_hf.decision,
+        decision_gguf=parsed_gguf.decision,
+        text_hf=hf.text,
+        text_gguf=gen.text,
+        vision_relative_error=_vision_error(vlm, images, hf),
+    )
+
+
+@dataclass
+class GgufCheck:
+    """The comparison of one GGUF file (float or quantized) with HF over all cases."""
+
+    label: str
+    float_check: bool
+    cases: list[CaseReport]
+    agreement_floor: float
+
+    @property
+    def token_agreement(self) -> float:
+        compared = sum(c.compared for c in self.cases)
+        return sum(c.agree for c in self.cases) / compared if compared else 1.0
+
+    @property
+    def decision_agreement(self) -> float:
+        return sum(c.decision_hf == c.decision_gguf for c in self.cases) / len(self.cases)
+
+    def problems(self) -> list[str]:
+        """Why this file fails verification (empty when it passes)."""
+        out = []
+        for c in self.cases:
+            if not c.prompt_match:
+                out.append(
+                    f"{c.name}: llama.cpp's prompt differs from HF's at token {c.first_prompt_difference} "
+                    "(tokenizer or chat template mismatch)"
+                )
+            if c.image_tokens_hf != c.image_tokens_gguf:
+                out.append(
+                    f"{c.name}: visual tokens per image HF {c.image_tokens_hf} vs llama.cpp "
+                    f"{c.image_tokens_gguf}: the image was resized again"
+                )
+            if self.float_check:
+                if c.vision_relative_error > FLOAT_MAX_RELATIVE_VISION_ERROR:
+                    out.append(
+                        f"{c.name}: the projector's image embeddings differ from HF's vision tower by "
+                        f"{c.vision_relative_error:.1%} of their spread (limit {FLOAT_MAX_RELATIVE_VISION_ERROR:.0%}): "
+                        "the mmproj conversion is wrong"
+                    )
+                if c.relative_logit_error > FLOAT_MAX_RELATIVE_LOGIT_ERROR:
+                    out.append(
+                        f"{c.name}: logits differ from HF by {c.max_abs_logit_diff:.4g} "
+                        f"({c.relative_logit_error:.1%} of their spread, limit "
+                        f"{FLOAT_MAX_RELATIVE_LOGIT_ERROR:.0%}): the conversion is wrong"
+                    )
+                real = [m for m in c.mismatches if not m["near_tie"]]
+                if real:
+                    out.append(f"{c.name}: top token differs from HF beyond float rounding at {real[:3]}")
+        if not self.float_check:
+            if self.token_agreement < self.agreement_floor:
+                out.append(
+                    f"{self.label}: token agreement {self.token_agreement:.1%} is below the floor "
+                    f"{self.agreement_floor:.0%}"
+                )
+            if self.decision_agreement < self.agreement_floor:
+                out.append(
+                    f"{self.label}: decision agreement {self.decision_agreement:.1%} is below the floor "
+                    f"{self.agreement_floor:.0%}"
+                )
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "pair": self.label,
+            "kind": "float parity" if self.float_check else "quantized agreement",
+            "token_agreement": round(self.token_agreement, 4),
+            "decision_agreement": round(self.decision_agreement, 4),
+            "decisions_read_hf": sum(c.decision_hf is not None for c in self.cases),
+            "min_free_running_prefix": min(c.prefix for c in self.cases),
+            "max_relative_logit_error": round(max(c.relative_logit_error for c in self.cases), 6),
+            "max_vision_relative_error": round(max(c.vision_relative_error for c in self.cases), 6),
+            "agreement_floor": None if self.float_check else self.agreement_floor,
+            "cases": [c.summary() for c in self.cases],
+            "passed": not self.problems(),
+        }
+
+
+def tokenizer_mismatch(vlm: GgufVlm, tokenizer: Any, text: str = TOKENIZER_PROBE) -> str | None:
+    """None when llama.cpp tokenizes `text` exactly as the HF tokenizer; else where they part."""
+    hf_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    gguf_ids = vlm.tokenize(text)
+    if list(gguf_ids) == list(hf_ids):
+        return None
+    at = _common_prefix(gguf_ids, hf_ids)
+    return (
+        f"llama.cpp tokenizes text differently from HF from token {at} "
+        f"({tokenizer.decode(hf_ids[at:at + 3])!r}): the GGUF's tokenizer/pre-tokenizer does not match"
+    )
+
+
+def check_gguf(
+    vlm: GgufVlm,
+    hf_runs: Sequence[HfRun],
+    cases: Sequence[VerifyCase],
+    *,
+    label: str,
+    float_check: bool,
+    prompt_version: str,
+    agreement_floor: float,
+) -> GgufCheck:
+    reports = [
+        compare_case(vlm, hf, case, prompt_version=prompt_version)
+        for hf, case in zip(hf_runs, cases, strict=True)
+    ]
+    return GgufCheck(label=label, float_check=float_check, cases=reports, agreement_floor=agreement_floor)

@@ -1,0 +1,116 @@
+"""Pieces of the export checked without running a model: names, patterns, verdicts."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from adfm.export import ExportError
+from adfm.export.gguf_common import checkpoint_name
+from adfm.export.verify import CaseReport, GgufCheck
+
+
+def test_in_memory_names_map_to_released_checkpoint_names() -> None:
+    assert checkpoint_name("model.language_model.layers.3.mlp.up_proj.weight") == "model.layers.3.mlp.up_proj.weight"
+    assert checkpoint_name("model.visual.merger.mlp.2.bias") == "visual.merger.mlp.2.bias"
+    assert checkpoint_name("lm_head.weight") == "lm_head.weight"
+
+
+def test_window_pattern_needs_evenly_spaced_full_attention_blocks() -> None:
+    pytest.importorskip("gguf")
+    from adfm.export.gguf_mmproj import window_pattern
+
+    assert window_pattern(SimpleNamespace(fullatt_block_indexes=[7, 15, 23, 31])) == 8
+    with pytest.raises(ExportError, match="not evenly spaced"):
+        window_pattern(SimpleNamespace(fullatt_block_indexes=[7, 15, 20]))
+    with pytest.raises(ExportError, match="missing"):
+        window_pattern(SimpleNamespace(fullatt_block_indexes=[]))
+
+
+def test_unsupported_vision_settings_are_refused() -> None:
+    from adfm.export.gguf_mmproj import _check_supported
+
+    ok = dict(patch_size=14, temporal_patch_size=2, spatial_merge_size=2, window_size=112, hidden_act="silu",
+              hidden_size=1280, intermediate_size=3420)
+    _check_supported(SimpleNamespace(**ok))
+    with pytest.raises(ExportError, match=r"window_size is 224"):
+        _check_supported(SimpleNamespace(**{**ok, "window_size": 224}))
+
+
+def _case(name: str, agree: int, compared: int = 10, *, near_tie: bool = True, diff: float = 0.001,
+          decisions: tuple = (None, None), image_tokens: tuple = ([64], [64])) -> CaseReport:
+    mismatches = [{"step": i, "hf_token": 1, "gguf_token": 2, "hf_margin": 0.0005, "near_tie": near_tie}
+                  for i in range(compared - agree)]
+    return CaseReport(
+        name=name, prompt_tokens=300, image_tokens_hf=image_tokens[0], image_tokens_gguf=image_tokens[1],
+        prompt_match=True, first_prompt_difference=None, compared=compared, agree=agree, prefix=agree,
+        hf_tokens=compared, gguf_tokens=compared, max_abs_logit_diff=diff, logit_spread=1.0,
+        mismatches=mismatches, decision_hf=decisions[0], decision_gguf=decisions[1],
+    )
+
+
+def test_float_check_tolerates_near_ties_only() -> None:
+    assert GgufCheck("f16", True, [_case("a", 9)], 0.8).problems() == []
+    problems = GgufCheck("f16", True, [_case("a", 9, near_tie=False)], 0.8).problems()
+    assert problems and "beyond float rounding" in problems[0]
+    problems = GgufCheck("f16", True, [_case("a", 10, diff=0.5)], 0.8).problems()
+    assert problems and "conversion is wrong" in problems[0]
+
+
+def test_quantized_check_applies_the_floor_to_tokens_and_decisions() -> None:
+    passing = GgufCheck("q4_k_m", False, [_case("a", 9), _case("b", 8)], 0.8)
+    assert passing.token_agreement == pytest.approx(0.85)
+    assert passing.problems() == []
+    low = GgufCheck("q4_k_m", False, [_case("a", 7), _case("b", 8)], 0.8)
+    assert any("token agreement 75.0%" in p for p in low.problems())
+    flipped = GgufCheck("q4_k_m", False, [_case("a", 10, decisions=(True, False)), _case("b", 10)], 0.8)
+    assert any("decision agreement 50.0%" in p for p in flipped.problems())
+
+
+def test_a_resized_image_fails_any_check() -> None:
+    problems = GgufCheck("f16", True, [_case("a", 10, image_tokens=([64], [100]))], 0.8).problems()
+    assert problems and "resized again" in problems[0]
+
+
+def test_summary_is_json_ready() -> None:
+    import json
+
+    summary = GgufCheck("q8_0", False, [_case("a", 10)], 0.9).summary()
+    assert json.loads(json.dumps(summary))["token_agreement"] == 1.0
+    assert np.isfinite(summary["max_relative_logit_error"])
+
+
+def test_verification_images_are_read_onto_the_grid_and_bad_ones_named(tmp_path) -> None:
+    from PIL import Image
+
+    from adfm.export.verify import load_cases
+
+    Image.new("RGB", (400, 300), (90, 90, 90)).save(tmp_path / "a.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    (case,) = load_cases([tmp_path], min_pixels=112 * 112, max_pixels=224 * 224)
+    width, height = case.images[0].size
+    assert width % 28 == 0 and height % 28 == 0 and width * height <= 224 * 224
+    (tmp_path / "b.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(ExportError, match=r"b\.png: cannot use it"):
+        load_cases([tmp_path], min_pixels=112 * 112, max_pixels=224 * 224)
+    with pytest.raises(ExportError, match="not found"):
+        load_cases([tmp_path / "missing.png"], min_pixels=112 * 112, max_pixels=224 * 224)
+
+
+def test_tokenizer_probe_reports_where_llama_cpp_parts_from_hf() -> None:
+    from adfm.export.verify import tokenizer_mismatch
+
+    class Tok:
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [1, 2, 3, 4]}
+
+        def decode(self, ids):
+            return "".join(map(str, ids))
+
+    same = SimpleNamespace(tokenize=lambda text: [1, 2, 3, 4])
+    other = SimpleNamespace(tokenize=lambda text: [1, 2, 9, 4])
+    assert tokenizer_mismatch(same, Tok(), "x") is None
+    message = tokenizer_mismatch(other, Tok(), "x")
+    assert message is not None and "from token 2" in message and "'34'" in message
