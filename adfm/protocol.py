@@ -25,6 +25,10 @@ from adfm.geometry import ModelGrid
 
 DEFAULT_PROMPT_VERSION = "multi-stage-v1"
 
+#: Qwen2.5-VL's vision special tokens. An answer never contains them; a sampled one would break the
+#: rope index and the image features, so every generator (training, evaluation, the line) suppresses them.
+VISION_SPECIAL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+
 #: Boxes are searched in at most this many characters of a section, and at most this many
 #: JSON candidates are tried, so a pathological 1 MB answer costs milliseconds, not minutes.
 MAX_BOX_SECTION_CHARS = 65_536

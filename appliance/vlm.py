@@ -41,20 +41,11 @@ import numpy as np
 
 from adfm.geometry import GRID_FACTOR, ModelGrid
 from adfm.manifest import ModelManifest, load_model_dir
-from adfm.protocol import build_messages, to_image_url_messages
+from adfm.protocol import VISION_SPECIAL_TOKENS, build_messages, to_image_url_messages
 
 if TYPE_CHECKING:
     from PIL import Image
 
-#: Qwen2.5-VL's vision special tokens. A generated answer never needs them (a random or badly
-#: trained model may emit them), so generation suppresses them, as training does.
-VISION_SPECIAL_TOKENS = (
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|vision_pad|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-)
 #: One merged visual token covers a 28×28 pixel cell of the grid.
 PIXELS_PER_TOKEN = GRID_FACTOR * GRID_FACTOR
 
@@ -391,11 +382,14 @@ class GgufVlm:
         max_tokens: int = 256,
         temperature: float = 0.0,
         seed: int = 0,
+        messages: list[dict[str, Any]] | None = None,
     ) -> Generation:
         """Answer one inspection prompt. `images`: the query, or (reference, query), on their grids.
 
-        Greedy when temperature is 0; otherwise samples from softmax(logits / temperature) with
-        `seed`. Raises ValueError for bad images or a prompt that does not fit the context.
+        `messages` replaces the inspection prompt with other chat messages whose `{"type": "image"}`
+        slots `images` fill in order (e.g. a benchmark's multiple-choice question). Greedy when
+        temperature is 0; otherwise samples from softmax(logits / temperature) with `seed`. Raises
+        ValueError for bad images or a prompt that does not fit the context.
         """
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
@@ -405,7 +399,8 @@ class GgufVlm:
         with self._lock:
             self._require_open()
             start = time.perf_counter()
-            prompt = self._eval_prompt(images, prompt_version, product, reserve=max_tokens)
+            messages = messages or self._inspection_messages(len(images), prompt_version, product)
+            prompt = self._eval_prompt(images, messages, reserve=max_tokens)
             ids: list[int] = []
             finished = False
             for _ in range(max_tokens):
@@ -441,7 +436,8 @@ class GgufVlm:
         """
         with self._lock:
             self._require_open()
-            prompt = self._eval_prompt(images, prompt_version, product, reserve=len(continuation))
+            messages = self._inspection_messages(len(images), prompt_version, product)
+            prompt = self._eval_prompt(images, messages, reserve=len(continuation))
             rows = []
             for token in continuation:
                 rows.append(self._last_logits())
@@ -463,7 +459,7 @@ class GgufVlm:
 
         with self._lock:
             self._require_open()
-            chunks, bitmaps = self._chunks([image], None, None)
+            chunks, bitmaps = self._chunks([image], self._inspection_messages(1, None, None))
             try:
                 for i in range(mtmd.mtmd_input_chunks_size(chunks)):
                     chunk = mtmd.mtmd_input_chunks_get(chunks, i)
@@ -512,9 +508,14 @@ class GgufVlm:
             out.append(_to_rgb(img))
         return out
 
-    def _render(self, n_images: int, urls: list[str], prompt_version: str | None, product: str | None) -> str:
+    def _inspection_messages(
+        self, n_images: int, prompt_version: str | None, product: str | None
+    ) -> list[dict[str, Any]]:
         version = prompt_version or self.manifest.prompt_version
-        messages = to_image_url_messages(build_messages(version, product=product, reference=n_images == 2), urls)
+        return build_messages(version, product=product, reference=n_images == 2)
+
+    def _render(self, urls: list[str], messages: list[dict[str, Any]]) -> str:
+        messages = to_image_url_messages(messages, urls)
         for msg in messages:  # the projector's marker takes each image's place in the text
             if isinstance(msg["content"], list):
                 msg["content"] = [
@@ -523,7 +524,7 @@ class GgufVlm:
                 ]
         return self._formatter(messages=messages).prompt
 
-    def _chunks(self, images: Sequence[Image.Image], prompt_version: str | None, product: str | None):
+    def _chunks(self, images: Sequence[Image.Image], messages: list[dict[str, Any]]):
         """Tokenize text + images with mtmd; returns (chunks handle, bitmaps) — caller frees both."""
         import llama_cpp.mtmd_cpp as mtmd
 
@@ -534,7 +535,7 @@ class GgufVlm:
             img.save(buf, format="PNG", compress_level=1)
             pngs.append(buf.getvalue())
         urls = ["data:image/png;base64," + base64.b64encode(p).decode("ascii") for p in pngs]
-        text = self._render(len(checked), urls, prompt_version, product).encode("utf-8")
+        text = self._render(urls, messages).encode("utf-8")
         bitmaps = []
         chunks = mtmd.mtmd_input_chunks_init()
         try:
@@ -560,13 +561,13 @@ class GgufVlm:
             raise
         return chunks, bitmaps
 
-    def _eval_prompt(self, images, prompt_version, product, *, reserve: int) -> _Prompt:
+    def _eval_prompt(self, images, messages: list[dict[str, Any]], *, reserve: int) -> _Prompt:
         """Clear the context and evaluate the prompt; the last logits predict the first answer token."""
         import llama_cpp
         import llama_cpp.mtmd_cpp as mtmd
 
         llama = self._llama
-        chunks, bitmaps = self._chunks(images, prompt_version, product)
+        chunks, bitmaps = self._chunks(images, messages)
         try:
             n_chunks = mtmd.mtmd_input_chunks_size(chunks)
             n_pos = sum(

@@ -141,8 +141,9 @@ def _verify(
     note: Callable[[str], None],
 ) -> dict[str, Any]:
     """Compare each (model, mmproj, label, float check?) GGUF pair with the merged HF model."""
-    from adfm.appliance.vlm import VISION_SPECIAL_TOKENS, GgufVlm
+    from adfm.appliance.vlm import GgufVlm
     from adfm.export import verify
+    from adfm.protocol import VISION_SPECIAL_TOKENS
 
     cases = (
         verify.load_cases(cfg.verify_images, manifest.min_pixels, manifest.max_pixels)

@@ -38,8 +38,7 @@ def _hf_greedy(base: Path, adapter: Path, image: Image.Image) -> tuple[list[int]
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from adfm.appliance.vlm import VISION_SPECIAL_TOKENS
-    from adfm.protocol import attach_images, build_messages
+    from adfm.protocol import VISION_SPECIAL_TOKENS, attach_images, build_messages
 
     processor = AutoProcessor.from_pretrained(base, local_files_only=True)
     model = AutoModelForImageTextToText.from_pretrained(base, dtype=torch.float32, local_files_only=True)

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from adfm.geometry import ModelGrid
-from adfm.protocol import attach_images, build_messages, parse_response
+from adfm.protocol import VISION_SPECIAL_TOKENS, attach_images, build_messages, parse_response
 from adfm.testing.synthetic import make_sample
-from adfm.testing.tiny_model import SPECIAL_TOKENS, VISION_SPECIAL_TOKENS, vision_token_ids
+from adfm.testing.tiny_model import SPECIAL_TOKENS
+from adfm.trainer.modeling import vision_token_ids
 from tests.conftest import needs_torch
 
 pytestmark = [needs_torch, pytest.mark.slow]

@@ -12,15 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-#: Qwen's vision special tokens: a sampled one would desynchronise the rope index and the image
-#: features, so generation suppresses all of them (TRL suppresses only the image pad by default).
-QWEN_VISION_TOKENS = (
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|vision_pad|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-)
+from adfm.protocol import VISION_SPECIAL_TOKENS
+
 _CONFIG_TOKEN_IDS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
@@ -158,7 +151,7 @@ def vision_token_ids(tokenizer: Any, config: Any = None) -> list[int]:
     ids: set[int] = set()
     unk = getattr(tokenizer, "unk_token_id", None)
     vocab = tokenizer.get_vocab()
-    for token in QWEN_VISION_TOKENS:
+    for token in VISION_SPECIAL_TOKENS:
         tid = vocab.get(token)
         if tid is not None and tid != unk:
             ids.add(int(tid))

@@ -43,7 +43,6 @@ SPECIAL_TOKENS = (
     "<|image_pad|>",
     "<|video_pad|>",
 )
-VISION_SPECIAL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 
 #: Qwen chat format: `<|im_start|>role\n…<|im_end|>\n`, images as vision_start/image_pad/vision_end.
 #: Accepts HF image blocks and OpenAI-style image_url blocks (llama.cpp renders the latter).
@@ -252,8 +251,3 @@ def build_tiny_qwen25vl(
                     "max_pixels": max_pixels, "random_weights": True}, indent=2)
     )
     return path
-
-
-def vision_token_ids(tokenizer) -> list[int]:
-    """Ids of vision special tokens, to suppress in generation (a random model may emit them)."""
-    return [tokenizer.convert_tokens_to_ids(t) for t in VISION_SPECIAL_TOKENS]

@@ -403,10 +403,10 @@ class GgufBackend(Backend):
 
         if importlib.util.find_spec("llama_cpp") is None:
             raise BackendError("the GGUF backend needs llama-cpp-python (pip install 'adfm[appliance]')")
-        from adfm.trainer.evaluation.gguf_messages import MessagesVlm
+        from adfm.appliance.vlm import GgufVlm
 
         try:
-            self.vlm = MessagesVlm(
+            self.vlm = GgufVlm(
                 model_dir, n_ctx=n_ctx, n_threads=n_threads, check_hashes=False, n_gpu_layers=n_gpu_layers
             )
         except (RuntimeError, ValueError, FileNotFoundError) as exc:
@@ -447,8 +447,8 @@ class GgufBackend(Backend):
                         max_tokens=settings.max_new_tokens, temperature=settings.temperature, seed=seed,
                     )
                 else:
-                    gen = self.vlm.generate_messages(
-                        q.messages, q.images,
+                    gen = self.vlm.generate(
+                        q.images, messages=q.messages,
                         max_tokens=settings.max_new_tokens, temperature=settings.temperature, seed=seed,
                     )
             except ValueError as exc:
