@@ -461,7 +461,8 @@ class Journal:
     # ---- reading ------------------------------------------------------------------------------
 
     @staticmethod
-    def _result_from_row(result_json: str, operator_json: str | None, pruned: int) -> InspectionResult:
+    def result_from_row(result_json: str, operator_json: str | None, pruned: int) -> InspectionResult:
+        """Decode a journal row exactly as the station replays it (the read-only reader uses it too)."""
         result = InspectionResult.model_validate_json(result_json)
         update: dict = {}
         if operator_json:
@@ -478,7 +479,7 @@ class Journal:
             "SELECT result_json, operator_json, image_pruned FROM parts WHERE seq = ? AND state = 'done'",
             (seq,),
         ).fetchone()
-        return None if row is None else self._result_from_row(*row)
+        return None if row is None else self.result_from_row(*row)
 
     def last_seq(self) -> int:
         """The newest seq such that every part up to it has its result (0 for an empty journal)."""
@@ -508,7 +509,7 @@ class Journal:
         finally:
             conn.execute("COMMIT")
         more = len(rows) > limit
-        return [self._result_from_row(*r) for r in rows[:limit]], last, more
+        return [self.result_from_row(*r) for r in rows[:limit]], last, more
 
     def counts(self) -> dict[str, int]:
         """Verdict counts over the whole journal."""

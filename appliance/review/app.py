@@ -1,0 +1,278 @@
+"""`ReviewApp`: the Textual app. It owns the store, the filters and the operator's identity; a
+source (live station or journal) feeds it events from its own thread through `post_message`.
+
+Deciding a part writes the verdict to the source's durable outbox first, marks the part decided
+here at once (it leaves the queue), and says on the message line whether the station has
+acknowledged it or it waits for the station to be reachable again.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, tzinfo
+from typing import ClassVar
+
+from textual.app import App
+from textual.binding import Binding, BindingType
+from textual.css.query import NoMatches
+from textual.message import Message
+from textual.screen import Screen
+
+from adfm.appliance.review.format import decision_label, fmt_time
+from adfm.appliance.review.outbox import OutboxError
+from adfm.appliance.review.screens import DetailScreen, HelpScreen, MainScreen, NoteScreen
+from adfm.appliance.review.sources import (
+    Announced,
+    Connection,
+    Event,
+    Notice,
+    ReadOnlySource,
+    Results,
+    Source,
+    Status,
+    VerdictUpdate,
+)
+from adfm.appliance.review.store import Filters, PartStore
+from adfm.appliance.review.widgets import Banner, MessageLine, TopBar
+from adfm.schema import OperatorDecision, OperatorVerdict
+
+
+class SourceEvents(Message):
+    """Events from the source's thread, delivered on the app's."""
+
+    def __init__(self, events: list[Event]) -> None:
+        super().__init__()
+        self.events = events
+
+
+class ReviewApp(App):
+    CSS_PATH = "review.tcss"
+    TITLE = "adfm-review"
+    ENABLE_COMMAND_PALETTE = False
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("1", "view('feed')", "Feed", show=False),
+        Binding("2", "view('queue')", "Queue", show=False),
+        Binding("3", "view('status')", "Status", show=False),
+        Binding("question_mark", "help", "Help", key_display="?"),
+        Binding("q", "quit", "Quit"),
+    ]
+
+    def __init__(
+        self,
+        source: Source,
+        *,
+        operator: str,
+        tz: tzinfo | None = None,
+        clock: Callable[[], float] = time.time,
+        graphics: bool = False,
+        max_parts: int = 20_000,
+    ) -> None:
+        super().__init__()
+        if not operator.strip():
+            raise ValueError("operator name must not be empty")
+        self.source = source
+        self.operator = operator.strip()
+        self.tz = tz
+        self.clock = clock
+        self.graphics = graphics
+        self.store = PartStore(max_parts=max_parts)
+        self.filters = Filters()
+        self.notes: dict[int, str] = {}  # notes typed for parts not decided yet
+        self.connected: bool | None = None
+        self.link_detail = f"connecting to {source.description}"
+        self.down_since: datetime | None = None
+        self.message = ("read-only: browsing a journal; decisions need --connect" if source.read_only
+                        else "ready")
+        self.message_severity = "information"
+        self._mine: set[str] = set()  # verdict ids decided here this session
+        self._started = False
+
+    def get_default_screen(self) -> Screen:
+        return MainScreen()
+
+    def start_source(self) -> None:
+        """Called by the main screen once its widgets exist, so that the first events have a place."""
+        if not self._started:
+            self._started = True
+            self.source.start(self._deliver)
+            self.set_interval(30.0, self.refresh_views)  # time windows and dates move with the clock
+
+    def on_unmount(self) -> None:
+        if self._started:
+            self.source.stop()
+
+    def _deliver(self, events: list[Event]) -> None:
+        self.post_message(SourceEvents(events))
+
+    # ---- events from the source -----------------------------------------------------------------
+
+    def on_source_events(self, message: SourceEvents) -> None:
+        for event in message.events:
+            self.apply(event)
+        self.refresh_views()
+
+    def apply(self, event: Event) -> None:
+        store = self.store
+        if isinstance(event, Results):
+            store.add_results(event.results, event.products)
+        elif isinstance(event, Announced):
+            store.apply_journaled(event.verdict)
+            v = event.verdict
+            if v.verdict_id not in self._mine:
+                self.say(f"seq {v.seq}: {decision_label(v)} by {v.operator}")
+        elif isinstance(event, Status):
+            store.status = event.status
+            store.station = store.station or event.status.station
+        elif isinstance(event, VerdictUpdate):
+            self._verdict_update(event)
+        elif isinstance(event, Connection):
+            self._connection(event)
+        elif isinstance(event, Notice):
+            self.say(event.text, event.severity)
+
+    def _verdict_update(self, event: VerdictUpdate) -> None:
+        v = event.verdict
+        self._mine.add(v.verdict_id)
+        self.store.set_local(v, event.state, event.detail)
+        if event.state == "sent":
+            self.say(f"✓ seq {v.seq}: {decision_label(v)} journaled by the station")
+        elif event.state == "rejected":
+            self.say(f"✗ seq {v.seq}: the station refused {decision_label(v)}: {event.detail}", "error")
+
+    def _connection(self, event: Connection) -> None:
+        was = self.connected
+        self.connected = event.connected
+        self.link_detail = event.detail
+        if event.station:
+            self.store.station = self.store.station or event.station
+        if event.connected is False and was is not False:
+            self.down_since = event.at
+        elif event.connected:
+            if was is False:
+                self.say("reconnected: parts journaled meanwhile are being fetched; queued verdicts are sent")
+            self.down_since = None
+
+    # ---- what the screens show ------------------------------------------------------------------
+
+    def _top(self) -> Screen | None:
+        """The screen on top, None while the app starts or shuts down (events still arrive then)."""
+        return self.screen_stack[-1] if self.screen_stack else None
+
+    def say(self, text: str, severity: str = "information") -> None:
+        self.message, self.message_severity = text, severity
+        screen = self._top()
+        if screen is not None:
+            for line in screen.query(MessageLine):
+                line.say(text, severity)
+
+    def offline_label(self) -> str:
+        return self.source.description if self.source.read_only else ""
+
+    def banner_text(self) -> str | None:
+        if self.connected is not False:
+            return None
+        since = f" since {fmt_time(self.down_since, self.tz)}" if self.down_since else ""
+        if self.source.read_only:
+            return f"✖ {self.link_detail}"
+        queued = self.store.queued_verdicts()
+        waiting = f" · {queued} verdict{'s' if queued != 1 else ''} queued here" if queued else ""
+        return f"✖ DISCONNECTED{since} · reconnecting{waiting}\n  {self.link_detail}"
+
+    def link_label(self) -> str:
+        if self.source.read_only:
+            return "journal"
+        return {True: "live", False: "DISCONNECTED", None: "connecting"}[self.connected]
+
+    def update_bars(self, screen: Screen) -> None:
+        view = screen.view if isinstance(screen, MainScreen) else "part"
+        screen.query_one("#topbar", TopBar).show(
+            station=self.store.station or "", operator=self.operator, link=self.link_label(),
+            link_ok=True if self.source.read_only and self.connected else self.connected,
+            view=view, awaiting=self.store.awaiting_count())
+        screen.query_one("#banner", Banner).show(self.banner_text())
+        screen.query_one("#message", MessageLine).say(self.message, self.message_severity)
+
+    def refresh_views(self) -> None:
+        screen = self._top()
+        if isinstance(screen, MainScreen | DetailScreen) and screen.is_mounted:
+            try:
+                screen.refresh_from_app()
+            except NoMatches:
+                # Only while the app shuts down: its widgets are being removed as a last batch of
+                # source events arrives. Nothing is left to show them on.
+                if self.is_running:
+                    raise
+
+    # ---- operator actions -----------------------------------------------------------------------
+
+    def action_view(self, view: str) -> None:
+        while isinstance(self.screen, DetailScreen):
+            self.pop_screen()
+        if isinstance(self.screen, MainScreen):
+            self.screen.show_view(view)
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def cycle_filter(self, which: str) -> None:
+        f = self.filters
+        self.filters = {"verdict": f.next_verdict, "time": f.next_window}.get(
+            which, lambda: f.next_camera(self.store.cameras()))()
+        self.refresh_views()
+
+    def open_part(self, seqs: list[int], index: int, from_queue: bool) -> None:
+        if seqs:
+            self.push_screen(DetailScreen(seqs, index, from_queue))
+
+    def decide(self, seq: int, decision: OperatorDecision, note: str | None = None) -> bool:
+        """Record the operator's decision on `seq`; True when it was queued for the station."""
+        part = self.store.get(seq)
+        if part is None:
+            return False
+        if self.source.read_only:
+            self.say("read-only: this dashboard reads a journal; decisions need --connect", "warning")
+            return False
+        note = self.notes.get(seq, "") if note is None else note
+        verdict = OperatorVerdict(
+            station=part.result.station, seq=seq, decision=decision, operator=self.operator, note=note,
+            at=datetime.fromtimestamp(self.clock(), UTC), verdict_id=uuid.uuid4().hex)
+        try:
+            self.source.send(verdict)
+        except (OutboxError, ReadOnlySource, OSError) as exc:
+            self.say(f"✗ seq {seq}: not recorded: {exc}", "error")
+            return False
+        self.notes.pop(seq, None)
+        self._mine.add(verdict.verdict_id)
+        self.store.set_local(verdict, "queued")
+        where = "sending to the station" if self.connected else "queued here until the station is reachable"
+        self.say(f"… seq {seq}: {decision_label(verdict)} — {where}")
+        self.refresh_views()
+        return True
+
+    def ask_note(self, seq: int) -> None:
+        part = self.store.get(seq)
+        if part is None:
+            return
+        if self.source.read_only:
+            self.say("read-only: this dashboard reads a journal; notes need --connect", "warning")
+            return
+        decided = part.decision
+        mine = decided is not None and decided.operator == self.operator
+        current = self.notes.get(seq) or (decided.note if mine and decided is not None else "")
+
+        def done(note: str | None) -> None:
+            if note is None:
+                return
+            d = self.store.get(seq)
+            decision = d.decision if d is not None else None
+            if decision is not None and decision.operator == self.operator:
+                self.decide(seq, decision.decision, note)  # own decision: the same again, with the note
+            else:
+                self.notes[seq] = note
+                self.say(f"note kept for seq {seq}: it goes with your decision (d / f / s)")
+                self.refresh_views()
+
+        self.push_screen(NoteScreen(seq, current), done)

@@ -1,0 +1,253 @@
+"""What the dashboard knows: the station's recent parts, operator verdicts, filters, the queue.
+
+Plain Python, no Textual: the app feeds it events from its source and asks it for the rows of
+each view. A part's decision is the journal's (`InspectionResult.operator`, which the station
+fills in) unless this dashboard holds a newer local verdict still on its way to the station —
+so a part leaves the queue the moment the operator decides it, whether or not the station is
+reachable, and the row says whether the station has journaled it yet.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Literal
+
+import numpy as np
+
+from adfm.schema import InspectionResult, OperatorVerdict, StationStatus
+
+LocalState = Literal["queued", "sent", "rejected"]
+
+#: Shown to operators; the schema's decisions by name.
+DECISION_LABELS = {"confirmed_defect": "defect", "false_alarm": "false alarm", "skip": "skipped"}
+VERDICT_CYCLE: tuple[str | None, ...] = (None, "fail", "review", "pass")
+WINDOW_CYCLE: tuple[float | None, ...] = (None, 3600.0, 8 * 3600.0, 24 * 3600.0)
+
+
+@dataclass(frozen=True)
+class LocalVerdict:
+    """A verdict made here: queued in the outbox, acknowledged by the station, or refused by it."""
+
+    verdict: OperatorVerdict
+    state: LocalState
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Part:
+    result: InspectionResult
+    product: str = ""
+    local: LocalVerdict | None = None
+
+    @property
+    def seq(self) -> int:
+        return self.result.seq
+
+    @property
+    def flagged(self) -> bool:
+        return self.result.verdict in ("fail", "review")
+
+    @property
+    def decision(self) -> OperatorVerdict | None:
+        """The verdict in force: the journal's, or a newer one of ours not yet refused."""
+        journaled = self.result.operator
+        mine = self.local
+        if mine is None or mine.state == "rejected":
+            return journaled
+        if journaled is None or journaled.verdict_id == mine.verdict.verdict_id or mine.verdict.at >= journaled.at:
+            return mine.verdict
+        return journaled
+
+    @property
+    def decision_pending(self) -> bool:
+        """True while the verdict in force is ours and the station has not acknowledged it."""
+        d = self.decision
+        return d is not None and self.local is not None and self.local.state == "queued" and (
+            d.verdict_id == self.local.verdict.verdict_id)
+
+    @property
+    def awaiting_review(self) -> bool:
+        """Flagged by the line and not decided by a person (here or anywhere)."""
+        return self.flagged and self.decision is None
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What the feed and the queue show: a verdict, a camera, a time window (seconds back)."""
+
+    verdict: str | None = None
+    camera: str | None = None
+    window_s: float | None = None
+
+    def matches(self, part: Part, now: float) -> bool:
+        r = part.result
+        if self.verdict is not None and r.verdict != self.verdict:
+            return False
+        if self.camera is not None and r.camera != self.camera:
+            return False
+        return self.window_s is None or r.captured_at.timestamp() >= now - self.window_s
+
+    def next_verdict(self) -> Filters:
+        return replace(self, verdict=_cycle(VERDICT_CYCLE, self.verdict))
+
+    def next_camera(self, cameras: list[str]) -> Filters:
+        return replace(self, camera=_cycle((None, *cameras), self.camera))
+
+    def next_window(self) -> Filters:
+        return replace(self, window_s=_cycle(WINDOW_CYCLE, self.window_s))
+
+    def describe(self) -> dict[str, str]:
+        return {
+            "verdict": self.verdict or "all",
+            "camera": self.camera or "all",
+            "time": "all" if self.window_s is None else f"last {self.window_s / 3600:g} h",
+        }
+
+
+def _cycle(options: tuple, current):
+    try:
+        return options[(options.index(current) + 1) % len(options)]
+    except ValueError:
+        return options[0]
+
+
+@dataclass
+class PartStore:
+    """Parts by seq, bounded: beyond `max_parts` the oldest parts that need nobody are dropped."""
+
+    max_parts: int = 20_000
+    station: str | None = None
+    status: StationStatus | None = None
+    _parts: dict[int, Part] = field(default_factory=dict)
+    _order: list[int] = field(default_factory=list)
+    _early_locals: dict[int, LocalVerdict] = field(default_factory=dict)  # for parts not yet loaded
+
+    def __len__(self) -> int:
+        return len(self._parts)
+
+    def get(self, seq: int) -> Part | None:
+        return self._parts.get(seq)
+
+    @property
+    def last_seq(self) -> int:
+        return self._order[-1] if self._order else 0
+
+    # ---- updates --------------------------------------------------------------------------------
+
+    def add_results(self, results: Iterable[InspectionResult], products: dict[int, str] | None = None) -> None:
+        products = products or {}
+        for r in results:
+            if self.station is None:
+                self.station = r.station
+            old = self._parts.get(r.seq)
+            local = old.local if old else self._early_locals.pop(r.seq, None)
+            product = products.get(r.seq, old.product if old else "")
+            self._parts[r.seq] = Part(r, product, local)
+            if old is None:
+                if not self._order or r.seq > self._order[-1]:
+                    self._order.append(r.seq)
+                else:
+                    bisect.insort(self._order, r.seq)
+        self._trim()
+
+    def apply_journaled(self, verdict: OperatorVerdict) -> None:
+        """A verdict the station journaled (announced on the bus, or read from the journal)."""
+        part = self._parts.get(verdict.seq)
+        if part is None:
+            return  # not loaded: its result will carry the verdict when it is
+        current = part.result.operator
+        if current is not None and current.at > verdict.at and current.verdict_id != verdict.verdict_id:
+            return
+        local = part.local
+        if local is not None and local.verdict.verdict_id == verdict.verdict_id:
+            local = replace(local, state="sent")
+        self._parts[verdict.seq] = replace(part, result=part.result.model_copy(update={"operator": verdict}),
+                                           local=local)
+
+    def set_local(self, verdict: OperatorVerdict, state: LocalState, detail: str = "") -> None:
+        """Record a verdict made here (queued), acknowledged (sent) or refused (rejected)."""
+        local = LocalVerdict(verdict, state, detail)
+        part = self._parts.get(verdict.seq)
+        if part is None:
+            self._early_locals[verdict.seq] = local
+            return
+        if part.local is not None and part.local.verdict.verdict_id != verdict.verdict_id and (
+                part.local.verdict.at > verdict.at):
+            return  # an older verdict's outcome arriving after a newer decision
+        self._parts[verdict.seq] = replace(part, local=local)
+        if state == "sent":
+            self.apply_journaled(verdict)
+
+    def _trim(self) -> None:
+        excess = len(self._order) - self.max_parts
+        if excess <= 0:
+            return
+        keep: list[int] = []
+        for seq in self._order:
+            part = self._parts[seq]
+            if excess > 0 and not part.awaiting_review and not part.decision_pending:
+                del self._parts[seq]
+                excess -= 1
+            else:
+                keep.append(seq)
+        self._order = keep
+
+    # ---- views ----------------------------------------------------------------------------------
+
+    def parts(self) -> list[Part]:
+        """Every part, oldest first."""
+        return [self._parts[s] for s in self._order]
+
+    def feed(self, filters: Filters, now: float) -> list[Part]:
+        """The live feed: newest first."""
+        return [p for p in reversed(self.parts()) if filters.matches(p, now)]
+
+    def queue(self, filters: Filters, now: float) -> list[Part]:
+        """Flagged parts nobody has decided: oldest first, the order they are worked off in."""
+        return [p for p in self.parts() if p.awaiting_review and filters.matches(p, now)]
+
+    def awaiting_count(self) -> int:
+        return sum(1 for p in self._parts.values() if p.awaiting_review)
+
+    def queued_verdicts(self) -> int:
+        """Verdicts made here that the station has not acknowledged yet."""
+        pending = sum(1 for p in self._parts.values() if p.local is not None and p.local.state == "queued")
+        return pending + sum(1 for v in self._early_locals.values() if v.state == "queued")
+
+    def cameras(self) -> list[str]:
+        return sorted({p.result.camera for p in self._parts.values()})
+
+    def verdict_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for p in self._parts.values():
+            counts[p.result.verdict] = counts.get(p.result.verdict, 0) + 1
+        return counts
+
+    def decision_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for p in self._parts.values():
+            d = p.decision
+            if d is not None:
+                counts[d.decision] = counts.get(d.decision, 0) + 1
+        return counts
+
+    def latency_percentiles(self, q: float) -> dict[str, float]:
+        """Per-stage latency percentile over the loaded parts (for an offline journal)."""
+        by_stage: dict[str, list[float]] = {}
+        for p in self._parts.values():
+            for stage, ms in p.result.latency_ms.items():
+                by_stage.setdefault(stage, []).append(ms)
+        return {s: float(np.percentile(v, q)) for s, v in by_stage.items() if v}
+
+    def parts_per_min(self, end: float, window_s: float = 300.0) -> float:
+        """Parts captured in the `window_s` seconds up to `end` (epoch seconds), per minute."""
+        n = sum(1 for p in self._parts.values() if end - window_s < p.result.captured_at.timestamp() <= end)
+        return n * 60.0 / window_s
+
+    def time_span(self) -> tuple[datetime, datetime] | None:
+        if not self._order:
+            return None
+        return self._parts[self._order[0]].result.captured_at, self._parts[self._order[-1]].result.captured_at
