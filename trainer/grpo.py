@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -228,8 +229,19 @@ def _resume_checkpoint(cfg: TrainConfig, resume: str | bool) -> str | None:
     return str(path)
 
 
-def train(cfg: TrainConfig, resume: str | bool = False) -> RunResult:
-    """Run GRPO for the configured preset; returns where the adapter went and the last metrics."""
+def train(
+    cfg: TrainConfig,
+    resume: str | bool = False,
+    *,
+    callbacks: Sequence[Any] = (),
+    generation_kwargs: dict[str, Any] | None = None,
+) -> RunResult:
+    """Run GRPO for the configured preset; returns where the adapter went and the last metrics.
+
+    `callbacks` are extra transformers/TRL `TrainerCallback`s (e.g. a benchmark's step timer);
+    `generation_kwargs` are merged over adfm's sampling settings (e.g. `min_new_tokens` for
+    fixed-length completions in a benchmark).
+    """
     from accelerate import PartialState
 
     from adfm.trainer.data.training_view import ViewOptions, label_counts, training_view
@@ -262,6 +274,8 @@ def train(cfg: TrainConfig, resume: str | bool = False) -> RunResult:
         # suppresses the image pad). vLLM takes no `suppress_tokens`; trained checkpoints do not
         # emit vision tokens, so the vLLM path leaves its sampling as it is.
         args.generation_kwargs = {"suppress_tokens": vision_token_ids(loaded.tokenizer, loaded.model.config)}
+    if generation_kwargs:
+        args.generation_kwargs = {**(args.generation_kwargs or {}), **generation_kwargs}
     dataset = training_view(
         split,
         ViewOptions(
@@ -291,7 +305,7 @@ def train(cfg: TrainConfig, resume: str | bool = False) -> RunResult:
         train_dataset=dataset,
         processing_class=loaded.processor,
         peft_config=None if cfg.model.adapter else _lora_config(cfg),
-        callbacks=_callbacks(cfg, record),
+        callbacks=[*_callbacks(cfg, record), *callbacks],
     )
     trainer.train(resume_from_checkpoint=checkpoint)
     agree = _check_ranks(trainer)
