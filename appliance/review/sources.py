@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -90,17 +91,19 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class Source:
+class Source(ABC):
     """What the app needs from a source; see LiveSource and JournalSource."""
 
     description = ""
     read_only = True
 
+    @abstractmethod
     def start(self, emit: Emit) -> None:
-        raise NotImplementedError
+        """Begin following the source; `emit` receives batches of events from any thread."""
 
+    @abstractmethod
     def stop(self) -> None:
-        raise NotImplementedError
+        """Stop following; returns when the source's thread has ended or timed out."""
 
     def send(self, verdict: OperatorVerdict) -> None:
         raise ReadOnlySource(f"{self.description} is read-only: verdicts need a live station (--connect)")
@@ -138,8 +141,9 @@ class _Threaded(Source):
             self._emit([Connection(False, f"{self.description}: {type(exc).__name__}: {exc}", _now()),
                         Notice(f"the dashboard stopped following {self.description}: {exc}", "error")])
 
+    @abstractmethod
     def _run(self) -> None:
-        raise NotImplementedError
+        """The source's loop, run on its own thread until `_stop` is set."""
 
     def _sleep(self, seconds: float) -> None:
         self._wake.wait(seconds)
