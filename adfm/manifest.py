@@ -14,6 +14,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from adfm.files import write_atomic
+
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
 
@@ -66,6 +68,25 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+#: PEFT's adapter weight files, in the order PEFT itself prefers them.
+ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def checkpoint_identity(base_dir: str | Path) -> str:
+    """A base checkpoint's identity: directory name and config hash (recorded in manifests and results)."""
+    base_dir = Path(base_dir)
+    return f"{base_dir.resolve().name}@{sha256_file(base_dir / 'config.json')[:12]}"
+
+
+def adapter_identity(adapter_dir: str | Path) -> str:
+    """A LoRA adapter's identity: directory name and weights hash."""
+    adapter_dir = Path(adapter_dir)
+    weights = next((adapter_dir / n for n in ADAPTER_WEIGHT_FILES if (adapter_dir / n).is_file()), None)
+    if weights is None:
+        raise FileNotFoundError(f"{adapter_dir}: no adapter weights ({' or '.join(ADAPTER_WEIGHT_FILES)})")
+    return f"{adapter_dir.resolve().name}@{sha256_file(weights)[:12]}"
+
+
 def read_manifest(model_dir: str | Path) -> ModelManifest:
     path = Path(model_dir) / MANIFEST_NAME
     if not path.is_file():
@@ -100,8 +121,4 @@ def load_model_dir(model_dir: str | Path, check_hashes: bool = True) -> ModelMan
 
 def write_manifest(manifest: ModelManifest, model_dir: str | Path) -> Path:
     """Write manifest.json atomically (temporary file, then rename)."""
-    path = Path(model_dir) / MANIFEST_NAME
-    tmp = path.with_name(MANIFEST_NAME + ".tmp")
-    tmp.write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_atomic(Path(model_dir) / MANIFEST_NAME, manifest.model_dump_json(indent=2))

@@ -7,7 +7,6 @@ different checkpoint, every adapter tensor must land on a module of this base, w
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from dataclasses import dataclass
@@ -15,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from adfm.export.errors import ExportError
+from adfm.manifest import ADAPTER_WEIGHT_FILES, adapter_identity, checkpoint_identity, sha256_file
 
 SUPPORTED_MODEL_TYPES = ("qwen2_5_vl",)
-ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -37,14 +36,6 @@ class MergedModel:
         return self.model.config
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -53,17 +44,6 @@ def _read_json(path: Path) -> dict:
     if not isinstance(data, dict):
         raise ExportError(f"{path}: expected a JSON object")
     return data
-
-
-def checkpoint_identity(base_dir: Path) -> str:
-    """Base identity for the manifest: directory name and config hash."""
-    return f"{base_dir.resolve().name}@{_sha256(base_dir / 'config.json')[:12]}"
-
-
-def adapter_identity(adapter_dir: Path) -> str:
-    """Adapter identity for the manifest: directory name and weights hash."""
-    weights = next(adapter_dir / n for n in ADAPTER_WEIGHT_FILES if (adapter_dir / n).is_file())
-    return f"{adapter_dir.resolve().name}@{_sha256(weights)[:12]}"
 
 
 def check_base_dir(base_dir: str | Path) -> Path:
@@ -113,7 +93,7 @@ def check_adapter_dir(adapter_dir: str | Path, base: Path) -> Path:
         if (
             not same_dir
             and (recorded_dir / "config.json").is_file()
-            and _sha256(recorded_dir / "config.json") != _sha256(base / "config.json")
+            and sha256_file(recorded_dir / "config.json") != sha256_file(base / "config.json")
         ):
             raise ExportError(
                 f"{config_path}: the adapter was trained on {recorded_dir}, whose config.json differs "

@@ -20,7 +20,6 @@ options given on the command line override it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from adfm.geometry import GRID_FACTOR, ModelGrid
-from adfm.manifest import MANIFEST_NAME, ManifestError, load_model_dir
+from adfm.manifest import MANIFEST_NAME, ManifestError, adapter_identity, checkpoint_identity, load_model_dir
 from adfm.protocol import DEFAULT_PROMPT_VERSION, attach_images, get_prompt_version
 
 if TYPE_CHECKING:
@@ -137,13 +136,6 @@ class Backend(ABC):
         """Free the model."""
 
 
-def _sha256_file(path: Path, limit: int | None = None) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        h.update(f.read() if limit is None else f.read(limit))
-    return h.hexdigest()
-
-
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -224,11 +216,8 @@ def _check_budget(min_pixels: int, max_pixels: int, where: str) -> None:
 
 def _hf_model_id(base: Path, adapter: Path | None) -> str:
     """Identity recorded with every answer: checkpoint name + config hash (+ adapter name + weights hash)."""
-    ident = f"{base.name}@{_sha256_file(base / 'config.json')[:12]}"
-    if adapter is not None:
-        weights = sorted(adapter.glob("adapter_model.*")) or [adapter / "adapter_config.json"]
-        ident += f"+{adapter.name}@{_sha256_file(weights[0])[:12]}"
-    return ident
+    ident = checkpoint_identity(base)
+    return ident if adapter is None else f"{ident}+{adapter_identity(adapter)}"
 
 
 class TransformersBackend(Backend):
