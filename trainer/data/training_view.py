@@ -21,11 +21,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from adfm.geometry import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, ModelGrid
 from adfm.protocol import DEFAULT_PROMPT_VERSION, build_messages, get_prompt_version
 from adfm.trainer import rewards
+from adfm.trainer.data.imageio import DataFileError, image_size, load_rgb
 from adfm.trainer.data.records import Sample, iter_manifest
 
 #: Columns the reward functions read, as TRL passes them (one value per completion).
@@ -61,14 +62,10 @@ class ViewOptions:
 
 def _image_size(path: str, what: str) -> tuple[int, int]:
     """Read an image's size from its header (cheap); a clear error for a missing or unreadable file."""
-    p = Path(path)
-    if not p.is_file():
-        raise TrainingViewError(f"{what}: image file not found: {path}")
     try:
-        with Image.open(p) as im:
-            return im.size
-    except (UnidentifiedImageError, OSError) as exc:
-        raise TrainingViewError(f"{what}: not a readable image: {path} ({exc})") from exc
+        return image_size(path, decode=False)
+    except DataFileError as exc:
+        raise TrainingViewError(f"{what}: not a readable image: {path} ({exc.reason})") from exc
 
 
 def _row(sample: Sample, options: ViewOptions, sizes: dict[str, tuple[int, int]], where: str) -> dict[str, Any]:
@@ -120,10 +117,9 @@ def _row(sample: Sample, options: ViewOptions, sizes: dict[str, tuple[int, int]]
 def load_on_grid(path: str, orig_width: int, orig_height: int, width: int, height: int) -> Image.Image:
     """Decode an image as RGB and resize it onto its model grid (cached per process)."""
     try:
-        with Image.open(path) as im:
-            rgb = im.convert("RGB")
-    except (FileNotFoundError, UnidentifiedImageError, OSError) as exc:
-        raise TrainingViewError(f"cannot decode image {path}: {exc}") from exc
+        rgb = load_rgb(path)
+    except DataFileError as exc:
+        raise TrainingViewError(f"cannot decode image {path}: {exc.reason}") from exc
     return ModelGrid(orig_width, orig_height, width, height).resize(rgb)
 
 
