@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,6 +28,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from adfm.files import write_atomic
 from adfm.manifest import sha256_file
 
 METADATA_FORMAT = "adfm-gate"
@@ -255,7 +254,7 @@ def read_metadata(path: str | Path) -> GateMetadata:
 def write_metadata(meta: GateMetadata, path: str | Path) -> Path:
     """Write the metadata JSON atomically (temporary file, then rename)."""
     path = Path(path)
-    _write_atomic(path, (meta.model_dump_json(indent=2) + "\n").encode("utf-8"))
+    write_atomic(path, meta.model_dump_json(indent=2) + "\n", mode=FILE_MODE)
     return path
 
 
@@ -374,18 +373,7 @@ def save_heatmap(
     ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:
         raise ValueError(f"{path}: the heat map could not be encoded as PNG")
-    _write_atomic(path, png.tobytes())
+    write_atomic(path, png.tobytes(), mode=FILE_MODE)
     return path
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

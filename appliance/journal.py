@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from adfm.files import write_atomic
 from adfm.schema import InspectionResult, OperatorVerdict
 
 JOURNAL_VERSION = 1
@@ -138,28 +139,9 @@ def _is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_durable(path: Path, data: bytes) -> None:
     """Write a file so that it exists whole or not at all, even across a power cut."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    write_atomic(path, data, durable=True)
 
 
 def encode_image(image: np.ndarray, fmt: str = "png") -> bytes:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -32,6 +31,7 @@ import numpy as np
 
 from adfm.appliance.journal import JournalError, decode_image
 from adfm.appliance.review.journal_reader import JournalPart, JournalReader
+from adfm.files import write_atomic
 from adfm.schema import InspectionResult
 
 PROVENANCE = "adfm-labels.jsonl"
@@ -121,13 +121,6 @@ def _check_out(out: Path) -> None:
                           "give an empty or new folder")
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _box_mask(r: InspectionResult, height: int, width: int) -> np.ndarray:
     """The part's predicted boxes filled in (255) on its image's grid."""
     mask = np.zeros((height, width), np.uint8)
@@ -191,14 +184,14 @@ def export_labels(opts: ExportOptions) -> ExportReport:
                 continue
             mask_rel = item.mask_rel
             if not opts.dry_run:
-                _write_atomic(out / item.image_rel, source.read_bytes())
+                write_atomic(out / item.image_rel, source.read_bytes())
                 if mask_rel:
                     import cv2
 
                     ok, png = cv2.imencode(".png", _box_mask(r, image.shape[0], image.shape[1]))
                     if not ok:
                         raise ExportError(f"seq {r.seq}: cannot encode its mask")
-                    _write_atomic(out / mask_rel, png.tobytes())
+                    write_atomic(out / mask_rel, png.tobytes())
             written.append((item, mask_rel))
             report.masks += bool(mask_rel)
             if item.label == "normal":
@@ -228,7 +221,7 @@ def _write_index(out: Path, layout: str, written: list[tuple[_Item, str]]) -> No
         w.writerow(["path", "label", "mask", "category"])
         for item, mask in written:
             w.writerow([item.image_rel, item.label, mask, item.category])
-        _write_atomic(out / LABELS_CSV, buf.getvalue().encode())
+        write_atomic(out / LABELS_CSV, buf.getvalue().encode())
     lines = []
     for item, mask in written:
         r = item.part.result
@@ -244,7 +237,7 @@ def _write_index(out: Path, layout: str, written: list[tuple[_Item, str]]) -> No
     if layout == "csv":
         lines.append(json.dumps({"file": LABELS_CSV, "mask": "", "index": True}))
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / PROVENANCE, ("\n".join(lines) + "\n" if lines else "").encode())
+    write_atomic(out / PROVENANCE, ("\n".join(lines) + "\n" if lines else "").encode())
 
 
 def format_report(report: ExportReport) -> str:

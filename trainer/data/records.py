@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from adfm.files import write_atomic
+
 Label = Literal["normal", "anomalous"]
 SplitName = Literal["train", "test", "val"]
 
@@ -54,14 +56,7 @@ class Sample(BaseModel):
 
 def write_manifest(samples: Iterable[Sample], path: str | Path) -> Path:
     """Write samples as JSONL atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for s in samples:
-            f.write(s.model_dump_json() + "\n")
-    tmp.replace(path)
-    return path
+    return write_atomic(path, "".join(s.model_dump_json() + "\n" for s in samples))
 
 
 def iter_manifest(path: str | Path) -> Iterator[Sample]:

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from adfm.files import write_atomic
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -27,10 +29,7 @@ PLOT_ROC = "roc.png"
 
 def write_text(path: Path, text: str) -> Path:
     """Write through a temporary file and rename, so a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_atomic(path, text)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> Path:
