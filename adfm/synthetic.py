@@ -20,6 +20,12 @@ from PIL import Image, ImageDraw, ImageFilter
 PART_KINDS = ("washer", "tile", "pill", "fabric")
 DEFECT_KINDS = ("scratch", "spot", "crack", "missing")
 
+#: The tiny model's synthetic task: high-contrast defects a tiny vision tower can see, and their
+#: sizes from easy to hard. Its warm start trains through the sizes in order; the demo station
+#: shows parts at the last one.
+TASK_DEFECTS = ("spot", "missing")
+TASK_DEFECT_SCALES = (2.5, 1.8, 1.4)
+
 
 @dataclass(frozen=True)
 class SyntheticSample:
@@ -108,20 +114,26 @@ def _pick_point(rng: np.random.Generator, region: np.ndarray, margin: int) -> tu
 
 
 def add_defect(
-    image: np.ndarray, region: np.ndarray, defect: str, rng: np.random.Generator
+    image: np.ndarray, region: np.ndarray, defect: str, rng: np.random.Generator, scale: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Draw a defect of the given kind inside `region`; returns (new image, 0/255 uint8 mask)."""
+    """Draw a defect of the given kind inside `region`; returns (new image, 0/255 uint8 mask).
+
+    `scale` multiplies the defect's size (and a scratch's or crack's width): > 1 gives the large,
+    easy defects a tiny model's warm start begins with.
+    """
+    if not scale > 0:
+        raise ValueError(f"defect scale must be > 0, got {scale}")
     h, w = region.shape
-    s = min(w, h)
+    s = min(w, h) * scale
     mask_img = Image.new("L", (w, h), 0)
     md = ImageDraw.Draw(mask_img)
     out = image.astype(np.float32)
-    x, y = _pick_point(rng, region, margin=max(4, s // 8))
+    x, y = _pick_point(rng, region, margin=max(4, int(s // 8)))
     if defect == "scratch":
         length = rng.uniform(0.18, 0.32) * s
         ang = rng.uniform(0, math.pi)
         x2, y2 = x + length * math.cos(ang), y + length * math.sin(ang)
-        md.line([(x, y), (x2, y2)], fill=255, width=max(2, s // 80))
+        md.line([(x, y), (x2, y2)], fill=255, width=max(2, int(s // 80)))
         color = np.array([245.0, 245.0, 250.0])
         alpha = 0.85
     elif defect == "spot":
@@ -136,7 +148,7 @@ def add_defect(
             ang += rng.uniform(-0.7, 0.7)
             step = rng.uniform(0.03, 0.05) * s
             pts.append((pts[-1][0] + step * math.cos(ang), pts[-1][1] + step * math.sin(ang)))
-        md.line(pts, fill=255, width=max(2, s // 100), joint="curve")
+        md.line(pts, fill=255, width=max(2, int(s // 100)), joint="curve")
         color = np.array([15.0, 15.0, 15.0])
         alpha = 0.95
     elif defect == "missing":
@@ -163,11 +175,12 @@ def make_sample(
     defect: str | None,
     rng: np.random.Generator,
     size: tuple[int, int] = (256, 256),
+    defect_scale: float = 1.0,
 ) -> SyntheticSample:
     image, region = render_part(kind, rng, size)
     if defect is None:
         return SyntheticSample(image, np.zeros(image.shape[:2], np.uint8), kind, None)
-    image, mask = add_defect(image, region, defect, rng)
+    image, mask = add_defect(image, region, defect, rng, scale=defect_scale)
     return SyntheticSample(image, mask, kind, defect)
 
 
@@ -231,12 +244,14 @@ def make_synthetic_dataset(
     defects: Iterable[str] = ("scratch", "spot"),
     size: tuple[int, int] = (256, 256),
     seed: int = 0,
+    defect_scale: float = 1.0,
 ) -> Path:
     """Write a synthetic dataset in a real dataset's on-disk layout; returns its root.
 
     `n_test_defect` images are drawn per defect kind per category. `categories` are part kinds
     (`PART_KINDS`) or real category names (`REAL_CATEGORY_KINDS`); None gives the layout's
-    `DEFAULT_CATEGORIES`. Layouts, each with the real dataset's quirks:
+    `DEFAULT_CATEGORIES`; `defect_scale` enlarges the drawn defects (see `add_defect`). Layouts,
+    each with the real dataset's quirks:
     - `mvtec`: `<cat>/train/good/NNN.png`, `<cat>/test/<defect|good>/NNN.png`,
       `<cat>/ground_truth/<defect>/NNN_mask.png` (MVTec AD; MPDD, GoodsAD and DTD-Synthetic share it).
     - `mpdd`: the same, with MPDD category names.
@@ -270,7 +285,7 @@ def make_synthetic_dataset(
         kind = kinds[cat]
         train = [make_sample(kind, None, rng, size) for _ in range(n_train)]
         good = [make_sample(kind, None, rng, size) for _ in range(n_test_good)]
-        bad = {d: [make_sample(kind, d, rng, size) for _ in range(n_test_defect)] for d in defects}
+        bad = {d: [make_sample(kind, d, rng, size, defect_scale) for _ in range(n_test_defect)] for d in defects}
         writer(root, cat, train, good, bad)
     return root
 

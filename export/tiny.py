@@ -4,6 +4,8 @@ Tests, the demo station and benchmarks get a model directory (GGUF language mode
 manifest.json) that llama.cpp runs, built offline in seconds. Needs the export extra (torch,
 transformers, peft, gguf, llama-cpp-python). `python -m adfm.export.tiny --out DIR` is the build-side
 command the appliance demo runs in a child process, so the line side never imports torch or export.
+`--warm-start DIR` exports the warm-started tiny model instead (`adfm-train warmstart`: trained on
+the synthetic task, so it answers in format), built in DIR when missing, without a random adapter.
 
 The export verifies itself as always. Its quantized agreement floor is lowered for this model only:
 random weights give near-flat logits, so 4-bit rounding flips many near-ties (q4_k_m keeps about
@@ -109,8 +111,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--base", type=Path, metavar="DIR",
                    help="tiny HF checkpoint to reuse or build (default: <out>-hf)")
     p.add_argument("--quant", default="q4_k_m", help="language model type (default %(default)s)")
+    p.add_argument("--warm-start", type=Path, metavar="DIR",
+                   help="export the warm-started tiny model, built (or reused) in DIR by adfm-train warmstart")
     args = p.parse_args(argv)
     force_offline()
+    if args.warm_start is not None:
+        from adfm.trainer.warmstart import warm_start
+
+        model_dir = Path(warm_start(args.warm_start).model_dir)
+        try:
+            out = build_tiny_gguf(args.out, quant=args.quant, base_dir=model_dir, with_adapter=False)
+        except RuntimeError as exc:
+            print(f"adfm.export.tiny: {exc}", file=sys.stderr)
+            return 1
+        print(out)
+        return 0
     base = args.base
     if base is not None and not (base / "config.json").is_file():
         from adfm.trainer.tiny_model import build_tiny_qwen25vl

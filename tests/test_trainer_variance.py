@@ -42,6 +42,10 @@ def test_analysis_counts_zero_variance_groups():
     assert s["r_cls"]["zero_variance_samples"] == 4  # a, b, c, d
     assert s["r_cls+r_count"]["zero_variance_samples"] == 2  # b, c
     assert s["r_cls+r_loc"]["zero_variance_samples"] == 1  # c
+    assert s["r_cls+r_giou"]["zero_variance_samples"] == 1  # c: GIoU alone separates a and b
+    presets = {k: v["zero_variance_samples"] for k, v in result["presets"].items()}
+    # each preset's whole reward (+ r_format, all well formed here); the random control always varies
+    assert presets == {"cls-multi-stage": 4, "cls-random-multi-stage": 0, "cls-count-multi-stage": 2, "adfm": 1}
     assert s["r_cls"]["zero_variance_share"] == pytest.approx(0.8)
     assert s["r_cls+r_loc"]["zero_variance_by_label"] == {"normal": 0, "anomalous": 1}
     assert result["labels"] == {"anomalous": 3, "normal": 2}
@@ -90,7 +94,7 @@ def test_variance_samples_a_model(tiny_model_dir: Path, tmp_path: Path):
     assert len(records) == 2 and all(len(r.responses) == 2 for r in records)
     assert {r.label for r in records} == {"normal", "anomalous"}
     report = json.loads((out / "variance.json").read_text())
-    assert report["samples"] == 2 and set(report["schemes"]) == {"r_cls", "r_cls+r_count", "r_cls+r_loc"}
+    assert report["samples"] == 2 and set(report["schemes"]) == {"r_cls", "r_cls+r_count", "r_cls+r_giou", "r_cls+r_loc"}
     # the stored responses re-score to the same report without the model
     again = tmp_path / "again"
     assert cli.main(["variance", "--responses", str(out / "sampled_responses.jsonl"), "--out", str(again)]) == 0

@@ -3,6 +3,7 @@
     adfm-train [--config FILE] [--set section.key=value …] [options] [--dry-run] [--resume [CKPT]]
     adfm-train variance …     share of zero-variance reward groups (Fig. 5); see `adfm-train variance -h`
     adfm-train gate …         the screening gate's trainer; see `adfm-train gate -h`
+    adfm-train warmstart …    supervised warm start of the tiny model on the synthetic task (cached)
 
 Without --config the embedded default runs: the tiny random model on a synthetic split, on a CPU,
 in minutes (configs/tiny-synthetic.yaml spells it out). Multi-GPU: start the same command under
@@ -20,7 +21,7 @@ from pathlib import Path
 from adfm.trainer.config import ConfigError, TrainConfig, dump_config, load_config
 from adfm.trainer.presets import PRESETS
 
-SUBCOMMANDS = ("variance", "gate")
+SUBCOMMANDS = ("variance", "gate", "warmstart")
 
 EPILOG = """\
 config sections (every key: configs/tiny-synthetic.yaml; the paper's 7B run: configs/adfm-qwen25vl-7b.yaml):
@@ -162,6 +163,18 @@ def _delegate(argv: list[str]) -> int:
             print(f"adfm-train gate: the screening-gate trainer is not available: {exc}", file=sys.stderr)
             return 2
         return int(gate_main(rest) or 0)
+    if command == "warmstart":
+        from adfm.trainer import warmstart
+
+        parser = argparse.ArgumentParser(prog="adfm-train warmstart", description=warmstart.__doc__,
+                                         formatter_class=argparse.RawDescriptionHelpFormatter)
+        warmstart.add_arguments(parser)
+        args = parser.parse_args(rest)
+        try:
+            return warmstart.run(args)
+        except ValueError as exc:
+            print(f"adfm-train warmstart: {exc}", file=sys.stderr)
+            return 2
     from adfm.trainer import reward_variance
 
     parser = argparse.ArgumentParser(prog="adfm-train variance", description=reward_variance.__doc__,

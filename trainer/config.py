@@ -48,6 +48,7 @@ class SyntheticSection(_Section):
     normal_per_category: int = Field(4, ge=0)
     anomalous_per_category: int = Field(4, ge=0)
     image_size: int = Field(256, ge=32, description="side of the square synthetic images, pixels")
+    defect_scale: float = Field(1.0, gt=0, le=4, description="size multiplier of the drawn defects")
     seed: int = 0
 
     @field_validator("categories")

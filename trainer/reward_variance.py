@@ -2,9 +2,11 @@
 
 For N samples of a split, G responses each are sampled from a model (or read back from a stored
 JSONL), and every sample's G rewards are computed under three schemes: binary r_cls,
-r_cls + r_count (Eq. 4 without GIoU) and r_cls + r_loc (AD-FM). A sample whose G rewards are all
-equal has zero variance: its group-normalised advantages are all zero and it teaches nothing.
-The report gives the share of such samples per scheme, as JSON and as a PNG bar chart.
+r_cls + r_count (Eq. 4 without GIoU), r_cls + r_giou (the matched-GIoU term alone) and r_cls + r_loc
+(AD-FM: both). A sample whose G rewards are all equal has zero variance: its group-normalised
+advantages are all zero and it teaches nothing. The report gives the share of such samples per
+scheme and, under `presets`, per training preset's whole reward as TRL sums it (accuracy terms +
+r_format: what GRPO's `frac_reward_zero_std` counts), as JSON and as a PNG bar chart.
 """
 
 from __future__ import annotations
@@ -41,11 +43,29 @@ def _cls_loc(completions: list[str], alpha: float, **columns: Any) -> list[float
     return [a + b for a, b in zip(cls, loc, strict=True)]
 
 
+def _cls_giou(completions: list[str], alpha: float, **columns: Any) -> list[float]:
+    """r_cls + Eq. 4 with α = 0: the matched-GIoU term alone on anomalous samples (r_focus on normal ones)."""
+    cls = rewards.classification_reward(completions, **columns)
+    giou = rewards.localization_reward(completions, alpha=0.0, **columns)
+    return [a + b for a, b in zip(cls, giou, strict=True)]
+
+
 def _cls(completions: list[str], alpha: float, **columns: Any) -> list[float]:
     return rewards.classification_reward(completions, **columns)
 
 
-SCHEMES: dict[str, Callable[..., list[float]]] = {"r_cls": _cls, "r_cls+r_count": _cls_count, "r_cls+r_loc": _cls_loc}
+SCHEMES: dict[str, Callable[..., list[float]]] = {
+    "r_cls": _cls,
+    "r_cls+r_count": _cls_count,
+    "r_cls+r_giou": _cls_giou,
+    "r_cls+r_loc": _cls_loc,
+}
+
+
+def preset_total(preset: Any, completions: list[str], alpha: float, **columns: Any) -> list[float]:
+    """A preset's whole reward per completion: its reward functions summed with weight 1, as TRL does."""
+    parts = [f(completions, **columns) for f in preset.reward_functions(alpha=alpha)]
+    return [float(sum(v)) for v in zip(*parts, strict=True)]
 
 
 class SampledResponses(BaseModel):
@@ -105,24 +125,41 @@ def write_responses(records: Iterable[SampledResponses], path: str | Path) -> Pa
     return p
 
 
+def _zero_variance(records: list[SampledResponses], score: Callable[[SampledResponses], list[float]]) -> dict:
+    zero = {"all": 0, "normal": 0, "anomalous": 0}
+    means = []
+    for rec in records:
+        values = np.asarray(score(rec), dtype=float)
+        means.append(float(values.mean()))
+        if len(values) < 2 or float(values.max() - values.min()) <= ZERO_STD_TOL:
+            zero["all"] += 1
+            zero[rec.label] = zero.get(rec.label, 0) + 1
+    return {
+        "zero_variance_samples": zero["all"],
+        "zero_variance_share": zero["all"] / len(records),
+        "zero_variance_by_label": {k: v for k, v in zero.items() if k != "all"},
+        "mean_reward": float(np.mean(means)),
+    }
+
+
 def analyse(records: list[SampledResponses], alpha: float = rewards.DEFAULT_ALPHA) -> dict[str, Any]:
-    """Zero-variance share per scheme, overall and by label."""
-    per_scheme: dict[str, dict[str, Any]] = {}
-    for name, scheme in SCHEMES.items():
-        zero = {"all": 0, "normal": 0, "anomalous": 0}
-        means = []
-        for rec in records:
-            values = np.asarray(scheme(rec.responses, alpha, **rec.columns()), dtype=float)
-            means.append(float(values.mean()))
-            if len(values) < 2 or float(values.max() - values.min()) <= ZERO_STD_TOL:
-                zero["all"] += 1
-                zero[rec.label] = zero.get(rec.label, 0) + 1
-        per_scheme[name] = {
-            "zero_variance_samples": zero["all"],
-            "zero_variance_share": zero["all"] / len(records),
-            "zero_variance_by_label": {k: v for k, v in zero.items() if k != "all"},
-            "mean_reward": float(np.mean(means)),
-        }
+    """Zero-variance share per scheme and per training preset (same prompt version), overall and by label.
+
+    The random-reward preset adds noise to every response, so its groups never have zero variance:
+    that says nothing about signal (the paper's RRP control).
+    """
+    from adfm.trainer.presets import PRESETS
+
+    per_scheme = {
+        name: _zero_variance(records, lambda rec, scheme=scheme: scheme(rec.responses, alpha, **rec.columns()))
+        for name, scheme in SCHEMES.items()
+    }
+    versions = {r.prompt_version for r in records}
+    per_preset = {
+        p.name: _zero_variance(records, lambda rec, p=p: preset_total(p, rec.responses, alpha, **rec.columns()))
+        for p in PRESETS.values()
+        if p.trainable and versions == {p.prompt_version}
+    }
     labels = [r.label for r in records]
     return {
         "samples": len(records),
@@ -130,6 +167,7 @@ def analyse(records: list[SampledResponses], alpha: float = rewards.DEFAULT_ALPH
         "labels": {lab: labels.count(lab) for lab in sorted(set(labels))},
         "alpha": alpha,
         "schemes": per_scheme,
+        "presets": per_preset,
     }
 
 
@@ -142,8 +180,14 @@ def plot(result: dict[str, Any], path: str | Path) -> Path:
 
     names = list(result["schemes"])
     shares = [100 * result["schemes"][n]["zero_variance_share"] for n in names]
-    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
-    bars = ax.bar(names, shares, color=["#8c8c8c", "#5b8fd6", "#d6762f"][: len(names)])
+    colors = ["#8c8c8c", "#5b8fd6", "#6bb36b", "#d6762f"][: len(names)]
+    presets = result.get("presets") or {}
+    names += [f"{n}\n(preset)" for n in presets]
+    shares += [100 * p["zero_variance_share"] for p in presets.values()]
+    colors += ["#b9a6d9"] * len(presets)
+    fig, ax = plt.subplots(figsize=(max(5.5, 1.1 * len(names)), 3.8), dpi=120)
+    bars = ax.bar(names, shares, color=colors)
+    ax.tick_params(axis="x", labelsize=7)
     for bar, share in zip(bars, shares, strict=True):
         ax.annotate(f"{share:.1f}%", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                     ha="center", va="bottom", fontsize=9)
@@ -238,8 +282,8 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / REPORT).write_text(json.dumps(result, indent=2))
     plot(result, args.out / CHART)
-    for name, s in result["schemes"].items():
-        print(f"{name:>14}: {100 * s['zero_variance_share']:5.1f}% of {result['samples']} samples have zero variance")
+    for name, s in [*result["schemes"].items(), *((f"preset {k}", v) for k, v in result["presets"].items())]:
+        print(f"{name:>30}: {100 * s['zero_variance_share']:5.1f}% of {result['samples']} samples have zero variance")
     print(f"wrote {args.out / REPORT} and {args.out / CHART}")
     return 0
 

@@ -70,7 +70,7 @@ def build_synthetic_split(spec: SyntheticSection, split: str = "train") -> Path:
             )
         for i in range(spec.anomalous_per_category):
             defect = spec.defects[i % len(spec.defects)]
-            s = make_sample(cat, defect, rng, size)
+            s = make_sample(cat, defect, rng, size, spec.defect_scale)
             stem = f"{defect}_{i:03d}"
             samples.append(
                 Sample(
