@@ -36,7 +36,7 @@ def test_target_answers_parse_and_their_boxes_match_the_masks(splits):
     from adfm.trainer.data.records import iter_manifest
     from adfm.trainer.warmstart import target_answer, task_view
 
-    spec, trains, test = splits
+    spec, trains, _ = splits
     masks = {s.id: s.masks for s in iter_manifest(trains[0])}
     view = task_view(trains[0], spec)
     seen = {"normal": 0, "anomalous": 0}
