@@ -69,10 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, type=Path, metavar="FILE")
     p.add_argument("--json", action="store_true", help="print the resolved config as JSON")
 
-    p = sub.add_parser("demo", help="run a synthetic station with a tiny untrained model", description=(
-        "Builds (once, cached) a tiny random-weight Qwen2.5-VL and its GGUF, writes a synthetic "
-        "station (a replay camera over synthetic parts), runs the real service for N parts and prints "
-        "a summary. The tiny model is untrained: its verdicts are meaningless."))
+    p = sub.add_parser("demo", help="run a synthetic station with a tiny model trained on synthetic parts",
+                       description=(
+        "Builds (once, cached) a tiny Qwen2.5-VL warm-started on synthetic parts and its GGUF, fits the "
+        "screening gate, writes a synthetic station (a folder camera over held-out synthetic washers), runs "
+        "the real service for N parts and prints a summary: verdicts, accuracy against the synthetic ground "
+        "truth, one part's reasoning and boxes. The model is a toy trained on synthetic parts."))
     p.add_argument("--parts", type=int, default=8, metavar="N", help="parts to inspect (default 8)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--model", type=Path, metavar="DIR", help="an exported model directory to use instead")

@@ -293,7 +293,7 @@ def run_demo(parts: int = 8, model: Path | None = None, cache: Path | None = Non
 
 
 def _format_example(e: dict[str, Any]) -> list[str]:
-    boxes = ", ".join(f"{b['xyxy']} {b['label']}".strip() for b in e["boxes"]) or "none"
+    boxes = ", ".join(f"{[round(v) for v in b['xyxy']]} {b['label']}".strip() for b in e["boxes"]) or "none"
     lines = [f"  one part: {e['part_id']} (truth: {e['truth']}, verdict: {e['verdict']})",
              f"    <think>   {e['think']}", f"    <rethink> {e['rethink']}", f"    <answer>  {e['answer']}",
              f"    boxes (image pixels): {boxes}"]

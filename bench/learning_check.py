@@ -194,12 +194,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="warm-start directory (built by adfm-train warmstart when missing)")
     parser.add_argument("--work", type=Path, default=Path(".adfm-cache/learning-check"), help="run directories")
     parser.add_argument("--presets", nargs="+", default=list(PRESETS))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--steps", type=int, default=12, help="GRPO steps per run")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=8, help="GRPO steps per run")
     parser.add_argument("--num-generations", type=int, default=6)
     parser.add_argument("--prompts-per-step", type=int, default=2)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--max-completion-length", type=int, default=128)
+    parser.add_argument("--max-completion-length", type=int, default=144)
     parser.add_argument("--train-per-class", type=int, default=16, help="GRPO training parts per class")
     parser.add_argument("--out", type=Path, default=RESULTS / "learning_check.json")
     args = parser.parse_args(argv)
@@ -224,7 +224,25 @@ def main(argv: list[str] | None = None) -> int:
     del loaded
     print(f"warm start: {json.dumps({k: v for k, v in before.items() if k != 'example_answer'})}", flush=True)
 
-    runs = []
+    def report(runs: list[dict[str, Any]], complete: bool) -> dict[str, Any]:
+        return {
+            "benchmark": "learning_check",
+            "command": "python bench/learning_check.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "complete": complete,
+            "settings": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                         "pixels": TASK_PIXELS, "grpo_train_samples": 2 * args.train_per_class},
+            "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
+                        "cuda": torch.cuda.is_available(), "platform": platform.platform(),
+                        "loadavg_start": load_start, "loadavg_now": os.getloadavg()},
+            "warm_start": {"dir": str(args.warm), "digest": warm.digest, "stages": warm.stages,
+                           "build_seconds": warm.seconds, "test_split": warm.test_split, "before": before},
+            "runs": runs,
+            "summary": summarise(before, runs) if runs else {},
+            "total_seconds": time.perf_counter() - t0,
+        }
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    runs: list[dict[str, Any]] = []
     for seed in args.seeds:
         for preset in args.presets:
             out = args.work / f"{preset}-seed{seed}"
@@ -240,22 +258,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{preset} seed {seed}: accuracy {before['accuracy']:.3f} → {run['after']['accuracy']:.3f}, "
                   f"format {run['after']['format_rate']:.2f}, GIoU {run['after']['mean_giou_anomalous']:.3f}, "
                   f"zero-variance {run['frac_reward_zero_std_mean']:.3f} ({run['seconds']:.0f} s)", flush=True)
+            args.out.write_text(json.dumps(report(runs, complete=False), indent=2))  # what a cut-short run keeps
 
-    result = {
-        "benchmark": "learning_check",
-        "command": "python bench/learning_check.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "settings": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                     "pixels": TASK_PIXELS, "grpo_train_samples": 2 * args.train_per_class},
-        "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
-                    "cuda": torch.cuda.is_available(), "platform": platform.platform(),
-                    "loadavg_start": load_start, "loadavg_end": os.getloadavg()},
-        "warm_start": {"dir": str(args.warm), "digest": warm.digest, "stages": warm.stages,
-                       "build_seconds": warm.seconds, "test_split": warm.test_split, "before": before},
-        "runs": runs,
-        "summary": summarise(before, runs),
-        "total_seconds": time.perf_counter() - t0,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    result = report(runs, complete=True)
     args.out.write_text(json.dumps(result, indent=2))
     for p in plot(result, args.out.parent):
         print(f"wrote {p}")

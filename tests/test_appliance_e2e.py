@@ -58,21 +58,24 @@ def test_replay_camera_to_subscriber_with_the_tiny_gguf(tmp_path, tiny_gguf_dir)
     assert summary.worker_restarts == 0
 
 
-def test_demo_reuses_the_cached_model_and_says_it_is_untrained(tmp_path, tiny_gguf_dir, capsys):
+def test_demo_runs_the_station_behind_the_gate_and_scores_against_truth(tmp_path, tiny_gguf_dir, capsys):
     from adfm.appliance.cli import main
     from adfm.appliance.demo import format_summary
 
     cache = tmp_path / "cache"
-    cache.mkdir()
-    (cache / "tiny-model-dir.txt").write_text(str(tiny_gguf_dir))
-    assert main(["demo", "--parts", "2", "--json", "--cache", str(cache)]) == 0
+    assert main(["demo", "--parts", "4", "--json", "--cache", str(cache), "--model", str(tiny_gguf_dir)]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["parts"] == 2 and summary["subscriber_received"] == 2 and summary["subscriber_in_order"]
-    assert summary["tiny_untrained_model"] and "never trained" in summary["note"]
-    assert "meaningless" in summary["note"]
-    assert set(summary["latency_ms_p50"]) >= {"capture", "journal", "vlm", "total"}
-    assert summary["journal"]["parts"] == 2 and summary["model_dir"] == str(tiny_gguf_dir)
+    assert summary["parts"] == 4 and summary["subscriber_received"] == 4 and summary["subscriber_in_order"]
+    assert not summary["demo_model"] and summary["model_dir"] == str(tiny_gguf_dir)
+    assert summary["gate"] and (cache / "gate" / "gate.onnx").is_file()  # fitted by adfm-train gate, a child
+    assert set(summary["latency_ms_p50"]) >= {"capture", "journal", "total"}
+    assert summary["journal"]["parts"] == 4 and sum(summary["verdicts"].values()) == 4
+    truth = json.loads(open(summary["ground_truth"]).read())
+    assert sorted(truth) == ["part-000-normal", "part-001-anomalous", "part-002-normal", "part-003-anomalous"]
+    scored = summary["against_truth"]
+    assert scored["parts_scored"] == 4 and 0.0 <= scored["accuracy"] <= 1.0
+    assert scored["by_gate"] + scored["model_answers"] + scored["reviewed"] >= 4 - scored["by_gate"]
 
     text = format_summary(summary)  # what the command prints without --json
-    assert "2 parts" in text and "p50" in text and "NOTE:" in text and "never trained" in text
+    assert "4 parts" in text and "p50" in text and "against the synthetic ground truth" in text
     assert summary["journal"]["db"] in text and summary["images"] in text
