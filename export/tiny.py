@@ -24,6 +24,8 @@ from pathlib import Path
 
 #: Quantized token/decision agreement the tiny model's export must keep (see the module note).
 TINY_AGREEMENT_FLOOR = 0.5
+#: The low end of the warm-started model's exported pixel budget (56×56: 4 visual tokens).
+WARM_MIN_PIXELS = 56 * 56
 
 
 def make_tiny_adapter(base_dir: str | Path, out_dir: str | Path, *, seed: int = 0, rank: int = 8) -> Path:
@@ -62,6 +64,7 @@ def build_tiny_gguf(
     *,
     with_adapter: bool = True,
     verify: bool = True,
+    min_pixels: int | None = None,
 ) -> Path:
     """Export the tiny model to `out_dir` with `adfm-export` and return the model directory.
 
@@ -93,6 +96,8 @@ def build_tiny_gguf(
         argv += ["--adapter", str(adapter)]
     if not verify:
         argv.append("--no-verify")
+    if min_pixels is not None:
+        argv += ["--min-pixels", str(min_pixels)]
     log = io.StringIO()
     with contextlib.redirect_stderr(log):
         rc = cli.main(argv)
@@ -120,7 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         model_dir = Path(warm_start(args.warm_start).model_dir)
         try:
-            out = build_tiny_gguf(args.out, quant=args.quant, base_dir=model_dir, with_adapter=False)
+            # The warm start trained on one fixed grid (min = max pixels); the export's budget starts lower
+            # so images of other aspects (its verification cases, other cameras) still fit it.
+            out = build_tiny_gguf(args.out, quant=args.quant, base_dir=model_dir, with_adapter=False,
+                                  min_pixels=WARM_MIN_PIXELS)
         except RuntimeError as exc:
             print(f"adfm.export.tiny: {exc}", file=sys.stderr)
             return 1

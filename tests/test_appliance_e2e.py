@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -70,7 +71,7 @@ def test_demo_runs_the_station_behind_the_gate_and_scores_against_truth(tmp_path
     assert summary["gate"] and (cache / "gate" / "gate.onnx").is_file()  # fitted by adfm-train gate, a child
     assert set(summary["latency_ms_p50"]) >= {"capture", "journal", "total"}
     assert summary["journal"]["parts"] == 4 and sum(summary["verdicts"].values()) == 4
-    truth = json.loads(open(summary["ground_truth"]).read())
+    truth = json.loads(Path(summary["ground_truth"]).read_text())
     assert sorted(truth) == ["part-000-normal", "part-001-anomalous", "part-002-normal", "part-003-anomalous"]
     scored = summary["against_truth"]
     assert scored["parts_scored"] == 4 and 0.0 <= scored["accuracy"] <= 1.0

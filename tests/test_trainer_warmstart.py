@@ -110,13 +110,17 @@ def test_warmstart_command_trains_saves_and_reuses(tmp_path, capsys):
     from adfm.trainer import cli, warmstart
 
     out = tmp_path / "warm"
-    argv = ["warmstart", "--out", str(out), "--steps-per-stage", "1", "1", "1", "--train-per-stage", "4"]
+    argv = ["warmstart", "--out", str(out), "--steps-per-stage", "1", "1", "1", "--train-per-stage", "4",
+            "--final-steps", "1"]
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     assert "built in" in printed and printed.strip().splitlines()[-1] == str(out / "model")
     record = json.loads((out / warmstart.RECORD).read_text())
-    assert [s["defect_scale"] for s in record["stages"]] == list(warmstart.WarmStartSpec().defect_scales)
+    scales = warmstart.WarmStartSpec().defect_scales
+    assert [s["defect_scale"] for s in record["stages"]] == [*scales, scales[-1]]  # the curriculum, then the last phase
+    assert [s.get("final", False) for s in record["stages"]] == [False, False, False, True]
     assert all(s["steps"] == 1 for s in record["stages"])
+    assert (out / "curriculum" / "adfm_curriculum.json").is_file()
     assert (out / "model" / "model.safetensors").is_file() and (out / "model" / "tokenizer.json").is_file()
     assert json.loads((out / "model" / "adfm_tiny.json").read_text())["warm_start"] is True
     assert cli.main(argv) == 0

@@ -50,6 +50,10 @@ class WarmStartSpec:
     train_per_stage: int = 48
     test_per_class: int = 16
     steps_per_stage: tuple[int, ...] = (30, 30, 40)
+    #: A last phase on a larger split at the hardest size, the learning rate decaying to zero: it
+    #: turns a model that mostly writes the format into one that writes it greedily too.
+    final_steps: int = 120
+    final_per_class: int = 48
     batch_size: int = 4
     learning_rate: float = 1e-3
     prompt_version: str = DEFAULT_PROMPT_VERSION
@@ -62,9 +66,16 @@ class WarmStartSpec:
             )
         if min(self.steps_per_stage) < 1 or self.train_per_stage < 2 or self.test_per_class < 1:
             raise ValueError("steps per stage must be ≥ 1, train_per_stage ≥ 2 and test_per_class ≥ 1")
+        if self.final_steps < 0 or self.final_per_class < 1:
+            raise ValueError("final_steps must be ≥ 0 and final_per_class ≥ 1")
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+    def curriculum_digest(self) -> str:
+        """What decides the model after the curriculum stages (before the final phase)."""
+        fields = {k: v for k, v in asdict(self).items() if k not in ("final_steps", "final_per_class")}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -189,10 +200,7 @@ def warm_start(out: str | Path, spec: WarmStartSpec | None = None, *, force: boo
         return cached
     t0 = time.perf_counter()
     trains, test = build_splits(spec, out / "data")
-    base = build_tiny_qwen25vl(out / "base", min_pixels=spec.pixels, max_pixels=spec.pixels, seed=spec.seed)
-    loaded = load_model(base, dtype="float32", min_pixels=spec.pixels, max_pixels=spec.pixels)
-    model = loaded.model
-    torch.manual_seed(spec.seed)
+    final_split = task_split(spec, out / "data", "final", spec.final_per_class, spec.seed + 50)
 
     class LossLog(TrainerCallback):
         def __init__(self) -> None:
@@ -202,16 +210,15 @@ def warm_start(out: str | Path, spec: WarmStartSpec | None = None, *, force: boo
             if logs and "loss" in logs:
                 self.losses.append(float(logs["loss"]))
 
-    stages = []
-    for k, (split, scale, steps) in enumerate(zip(trains, spec.defect_scales, spec.steps_per_stage, strict=True)):
+    def sft(model: Any, processor: Any, split: Path, steps: int, name: str, seed: int, schedule: str) -> dict:
         dataset = task_view(split, spec).with_transform(sft_rows)
         losses = LossLog()
         args = SFTConfig(
-            output_dir=str(out / "sft" / f"stage{k}"),
+            output_dir=str(out / "sft" / name),
             max_steps=steps,
             per_device_train_batch_size=spec.batch_size,
             learning_rate=spec.learning_rate,
-            lr_scheduler_type="constant",
+            lr_scheduler_type=schedule,
             logging_steps=5,
             save_strategy="no",
             report_to=[],
@@ -219,19 +226,44 @@ def warm_start(out: str | Path, spec: WarmStartSpec | None = None, *, force: boo
             remove_unused_columns=False,
             completion_only_loss=True,
             max_length=None,
-            seed=spec.seed + k,
+            seed=seed,
             disable_tqdm=True,
         )
-        stage_t0 = time.perf_counter()
-        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=loaded.processor,
-                             callbacks=[losses])
-        trainer.train()
-        model = trainer.model
-        stages.append({"stage": k, "defect_scale": scale, "steps": steps, "seconds": time.perf_counter() - stage_t0,
-                       "first_loss": losses.losses[0] if losses.losses else None,
-                       "last_loss": losses.losses[-1] if losses.losses else None})
-        log.info("warm start stage %d (defects ×%.2f): %d steps, loss %s → %s", k, scale, steps,
-                 stages[-1]["first_loss"], stages[-1]["last_loss"])
+        started = time.perf_counter()
+        SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
+                   callbacks=[losses]).train()
+        return {"steps": steps, "seconds": time.perf_counter() - started,
+                "first_loss": losses.losses[0] if losses.losses else None,
+                "last_loss": losses.losses[-1] if losses.losses else None}
+
+    curriculum = out / "curriculum"
+    marker = curriculum / "adfm_curriculum.json"
+    reuse = (not force and marker.is_file() and (curriculum / "config.json").is_file()
+             and json.loads(marker.read_text()).get("digest") == spec.curriculum_digest())
+    if reuse:
+        log.info("reusing the curriculum stages in %s", curriculum)
+        loaded = load_model(curriculum, dtype="float32", min_pixels=spec.pixels, max_pixels=spec.pixels)
+        stages = json.loads(marker.read_text())["stages"]
+    else:
+        base = build_tiny_qwen25vl(out / "base", min_pixels=spec.pixels, max_pixels=spec.pixels, seed=spec.seed)
+        loaded = load_model(base, dtype="float32", min_pixels=spec.pixels, max_pixels=spec.pixels)
+        torch.manual_seed(spec.seed)
+        stages = []
+        for k, (split, scale, steps) in enumerate(zip(trains, spec.defect_scales, spec.steps_per_stage,
+                                                      strict=True)):
+            stages.append({"stage": k, "defect_scale": scale,
+                           **sft(loaded.model, loaded.processor, split, steps, f"stage{k}", spec.seed + k,
+                                 "constant")})
+            log.info("warm start stage %d (defects ×%.2f): %s", k, scale, stages[-1])
+        loaded.model.save_pretrained(curriculum)
+        loaded.processor.save_pretrained(curriculum)
+        marker.write_text(json.dumps({"digest": spec.curriculum_digest(), "stages": stages}, indent=2))
+    model = loaded.model
+    if spec.final_steps:
+        stages.append({"stage": len(spec.defect_scales), "defect_scale": spec.defect_scales[-1], "final": True,
+                       **sft(model, loaded.processor, final_split, spec.final_steps, "final", spec.seed + 50,
+                             "linear")})
+        log.info("warm start final phase: %s", stages[-1])
     model.eval()
     model_dir = out / MODEL
     model.save_pretrained(model_dir)
@@ -255,6 +287,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="directory for the model, data and record (default %(default)s)")
     parser.add_argument("--steps-per-stage", type=int, nargs="+", metavar="N", default=list(spec.steps_per_stage),
                         help="SFT steps of each curriculum stage, easy to hard (default %(default)s)")
+    parser.add_argument("--final-steps", type=int, default=spec.final_steps,
+                        help="SFT steps of the last phase at the hardest size, learning rate decaying "
+                        "(default %(default)s)")
     parser.add_argument("--train-per-stage", type=int, default=spec.train_per_stage,
                         help="synthetic parts per stage, half of them defective (default %(default)s)")
     parser.add_argument("--seed", type=int, default=spec.seed, help="seed of data, weights and order")
@@ -264,12 +299,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     spec = WarmStartSpec(steps_per_stage=tuple(args.steps_per_stage), train_per_stage=args.train_per_stage,
-                         seed=args.seed)
+                         final_steps=args.final_steps, seed=args.seed)
     result = warm_start(args.out, spec, force=args.force)
     how = "reused" if result.cached else f"built in {result.seconds:.0f} s"
     print(f"warm start {how}: model {result.model_dir}; held-out test split {result.test_split}")
     for s in result.stages:
         loss = f"loss {s['first_loss']:.3f} → {s['last_loss']:.3f}" if s["last_loss"] is not None else ""
-        print(f"  stage {s['stage']}: defects ×{s['defect_scale']}, {s['steps']} steps, {s['seconds']:.0f} s {loss}")
+        name = "final" if s.get("final") else f"stage {s['stage']}"
+        print(f"  {name}: defects ×{s['defect_scale']}, {s['steps']} steps, {s['seconds']:.0f} s {loss}")
     print(result.model_dir)
     return 0
