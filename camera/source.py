@@ -69,6 +69,8 @@ class FrameSource(ABC):
         captured_wall: float,
         part_id: str | None = None,
         meta: dict[str, str] | None = None,
+        camera_frame_id: int | None = None,
+        camera_timestamp_ns: int | None = None,
     ) -> Frame:
         """Shape raw OpenCV pixels (FrameError if they do not fit) and number the frame."""
         image = self._shape(raw, source_name)
@@ -83,6 +85,8 @@ class FrameSource(ABC):
             captured_wall=captured_wall,
             source_name=source_name,
             meta=meta or {},
+            camera_frame_id=camera_frame_id,
+            camera_timestamp_ns=camera_timestamp_ns,
         )
 
     def __enter__(self) -> FrameSource:
@@ -112,6 +116,10 @@ def open_source(config: CameraConfig, *, keep_files: bool = False) -> FrameSourc
         from adfm.camera.replay import ReplaySource
 
         return ReplaySource(config)
+    if kind == "aravis":
+        from adfm.camera.aravis import AravisSource
+
+        return AravisSource(config)
     from adfm.camera.capture import VideoCaptureSource
 
     return VideoCaptureSource(config)

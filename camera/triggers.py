@@ -167,9 +167,19 @@ class ExternalTrigger(Trigger):
             self._socket = None
 
 
+class CameraTrigger(Trigger):
+    """A triggered camera (hardware line or software): the trigger already chose the frame, so every
+    frame is a part."""
+
+    def take(self, frame: Frame) -> str | None:
+        return frame.part_id
+
+
 def make_trigger(config: TriggerConfig) -> Trigger:
     if config.mode == "external":
         return ExternalTrigger(config)
     if config.mode == "folder":
         return FolderTrigger()
+    if config.mode == "camera":
+        return CameraTrigger()
     return FreeRunTrigger(config.parts_per_s)
