@@ -122,10 +122,11 @@ def open_camera(target: AravisTarget, interfaces: list[str] | tuple[str, ...]) -
     """
     aravis, glib = load_aravis()
     device_id: str | None
-    if target.by == "serial":
-        found = [c for c in discover(interfaces) if c.serial == target.value]
+    if target.by in ("serial", "first"):
+        found = [c for c in discover(interfaces) if target.by == "first" or c.serial == target.value]
         if not found:
-            raise SourceError(f"no camera with {target} on {', '.join(interfaces)}")
+            raise SourceError(f"no camera with {target} on {', '.join(interfaces)}" if target.by == "serial"
+                              else f"no camera found on {', '.join(interfaces)}")
         device_id = found[0].id
     elif target.by == "address" and "GigEVision" not in interfaces:
         raise SourceError(f"{target}: opening by address needs the GigEVision interface (genicam.interfaces)")
