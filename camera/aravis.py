@@ -511,6 +511,11 @@ class AravisSource(FrameSource):
                 raise SourceError(f"{self.name}: software trigger failed: {exc.message}") from exc
         self.software_triggers += 1
 
+    def on_trigger(self) -> None:
+        """trigger.mode 'external' with genicam.trigger 'software': each message exposes one frame."""
+        if self.options.trigger == "software":
+            self.software_trigger()
+
     def feature(self, name: str) -> str:
         """The current value of one GenICam feature as text (for checks and the probe)."""
         camera = self._camera

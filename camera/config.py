@@ -115,7 +115,8 @@ class TriggerConfig(BaseModel):
     - `external`: each ZeroMQ message on `endpoint` carries a part id; the next frame taken gets it.
     - `folder`: each file arriving in a `folder:` source is a part named after the file.
     - `camera`: each exposure of a triggered `aravis:` camera (genicam.trigger software or line) is
-      a part, and none is dropped.
+      a part, and none is dropped. With genicam.trigger `software`, mode `external` instead fires
+      the camera once per ZeroMQ message, and that exposure is the message's part.
     Left unset, the mode follows the source: `folder` for `folder:` sources, `camera` for triggered
     `aravis:` cameras, `free-run` otherwise.
     """
@@ -222,10 +223,12 @@ class CameraConfig(BaseModel):
         if self.trigger.mode is None:
             mode: TriggerMode = "folder" if kind == "folder" else "camera" if triggered_camera else "free-run"
             self.trigger = self.trigger.model_copy(update={"mode": mode})
-        if triggered_camera and self.trigger.mode != "camera":
+        software_on_message = self.trigger.mode == "external" and triggered_camera and \
+            self.genicam.trigger == "software"
+        if triggered_camera and self.trigger.mode != "camera" and not software_on_message:
             raise ValueError(
                 f"genicam.trigger {self.genicam.trigger!r}: every exposure is a part, so trigger.mode must be "
-                f"'camera' (or unset), not {self.trigger.mode!r}"
+                f"'camera' (or unset), or 'external' with genicam.trigger 'software', not {self.trigger.mode!r}"
             )
         if self.trigger.mode == "camera" and not triggered_camera:
             raise ValueError("trigger.mode 'camera' needs an aravis: url with genicam.trigger 'software' or 'line'")

@@ -54,6 +54,10 @@ class FrameSource(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    def on_trigger(self) -> None:  # noqa: B027 - optional hook
+        """An external trigger message arrived: a source that exposes on demand (a software-triggered
+        camera) takes its picture now; SourceError when it cannot."""
+
     def ack(self, frame: Frame) -> None:  # noqa: B027 - optional hook
         """The consumer has journaled `frame`; sources with something to finish (folders) do it now."""
 

@@ -69,14 +69,11 @@ class FakeGvCamera:
             self.process = None
 
 
-@pytest.fixture
-def fake_gv_camera():
+def fake_gv_camera_or_skip() -> FakeGvCamera:
+    """A started fake GigE Vision camera; skips the test, saying why, where Aravis or the tool is missing."""
     require_aravis()
     if shutil.which(GV_TOOL) is None:
         pytest.skip(f"needs {GV_TOOL} (Debian package aravis-tools)")
     camera = FakeGvCamera()
     camera.start()
-    try:
-        yield camera
-    finally:
-        camera.kill()
+    return camera

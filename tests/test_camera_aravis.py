@@ -7,6 +7,7 @@ Config checks run everywhere; the rest skips, saying why, only where Aravis is n
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -16,7 +17,7 @@ from pydantic import ValidationError
 from adfm.camera.config import CameraConfig
 from adfm.camera.errors import CameraSettingsError, SourceError
 from adfm.camera.genicam import AravisTarget, parse_target
-from tests.aravis_support import fake_gv_camera, require_aravis  # noqa: F401 - fixture
+from tests.aravis_support import fake_gv_camera_or_skip, require_aravis
 from tests.camera_support import collect, wait_until
 
 FAKE = {"interfaces": ["Fake"]}
@@ -33,6 +34,15 @@ def gv_config(genicam: dict | None = None, **fields) -> CameraConfig:
                                         "reconnect_min_s": 0.1, "reconnect_max_s": 0.5,
                                         "genicam": {"interfaces": ["GigEVision"], "sensor_roi": [0, 0, 64, 48],
                                                     **(genicam or {})}, **fields})
+
+
+@pytest.fixture
+def fake_gv_camera():
+    camera = fake_gv_camera_or_skip()
+    try:
+        yield camera
+    finally:
+        camera.kill()
 
 
 def started(config: CameraConfig):
@@ -70,6 +80,8 @@ def test_triggered_camera_makes_every_exposure_a_part():
     ({"url": "aravis:", "genicam": {"trigger_line": "Line1"}}, "only used by trigger 'line'"),
     ({"url": "aravis:", "genicam": {"trigger": "software"}, "trigger": {"mode": "free-run"}},
      "trigger.mode must be 'camera'"),
+    ({"url": "aravis:", "genicam": {"trigger": "line", "trigger_line": "Line1"},
+      "trigger": {"mode": "external", "endpoint": "tcp://127.0.0.1:5601"}}, "or 'external' with genicam.trigger"),
     ({"url": "aravis:", "trigger": {"mode": "camera"}}, "needs an aravis: url with genicam.trigger"),
     ({"url": "aravis:", "fps": 10}, "set genicam.frame_rate_hz"),
     ({"url": "aravis:", "genicam": {"trigger": "software", "frame_rate_hz": 5}}, "frame_rate_hz applies to free run"),
@@ -142,7 +154,8 @@ def test_exposure_gain_and_pixel_format_are_set_and_read_back():
 
 
 @pytest.mark.parametrize(("genicam", "message"), [
-    ({"features": {"NoSuchFeature": 1}}, r"genicam\.features\.NoSuchFeature: the camera has no feature 'NoSuchFeature'"),
+    ({"features": {"NoSuchFeature": 1}},
+     r"genicam\.features\.NoSuchFeature: the camera has no feature 'NoSuchFeature'"),
     ({"exposure_us": 1e12}, r"genicam\.exposure_us: 1e\+12 is outside ExposureTimeAbs's range \[10, 1e\+07\]"),
     ({"gain_db": 50}, r"genicam\.gain_db: 50 is outside GainRaw's range \[0, 10\]"),
     ({"pixel_format": "Mono12"}, r"'Mono12' is not an entry of PixelFormat \(camera offers: .*Mono8"),
@@ -187,7 +200,7 @@ def test_hardware_line_trigger_is_armed_and_waits_for_the_line():
         assert [source.feature(n) for n in ("TriggerSelector", "TriggerMode", "TriggerSource", "TriggerActivation")] \
             == ["FrameStart", "On", "Line0", "RisingEdge"]
         assert source.info()["trigger"] == "line on Line0, rising-edge"
-        with pytest.raises(SourceError, match="software_trigger needs genicam.trigger 'software'"):
+        with pytest.raises(SourceError, match=r"software_trigger needs genicam\.trigger 'software'"):
             source.software_trigger()
     finally:
         source.close()
@@ -206,7 +219,7 @@ def test_open_by_serial_and_the_first_camera():
     missing = CameraConfig.model_validate({"id": "c", "url": "aravis:serial=nope", "genicam": FAKE})
     from adfm.camera.aravis import AravisSource
 
-    with pytest.raises(SourceError, match="no camera with serial number 'nope' on Fake"):
+    with pytest.raises(SourceError, match=r"no camera with serial number 'nope' on Fake"):
         AravisSource(missing).open()
 
 
@@ -250,10 +263,41 @@ def test_software_trigger_gives_exactly_one_frame_per_trigger(fake_gv_camera):
     ids = [f.camera_frame_id for f in frames]
     assert ids == list(range(ids[0], ids[0] + 4))
     stamps = [f.camera_timestamp_ns for f in frames]
-    assert all(b > a for a, b in zip(stamps, stamps[1:], strict=False)) and stamps[0] > 0
+    assert all(b > a for a, b in itertools.pairwise(stamps)) and stamps[0] > 0
     assert len({f.part_id for f in frames}) == 4 and all(f.image.shape == (48, 64, 3) for f in frames)
     assert status.captured == 4 and status.dropped == 0 and status.errors == 0
     assert worker.source.software_triggers == 4
+
+
+def test_each_zeromq_trigger_fires_the_camera_once_and_names_the_part(fake_gv_camera):
+    import zmq
+
+    from tests.camera_support import free_port
+
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    config = gv_config({"trigger": "software"}, trigger={"mode": "external", "endpoint": endpoint})
+    worker = started(config)
+    sock = zmq.Context.instance().socket(zmq.PUSH)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDTIMEO, 5000)
+    sock.connect(endpoint)
+    try:
+        assert wait_until(lambda: worker.status().connected, timeout=10)
+        frames = []
+        for part in ("P-1", "P-2", "P-3"):
+            sock.send(part.encode())
+            frame = worker.get(timeout=5.0)
+            assert frame is not None, part
+            frames.append(frame)
+        assert worker.get(timeout=0.5) is None  # three messages, three exposures
+        status = worker.status()
+    finally:
+        sock.close(0)
+        worker.stop()
+    assert [f.part_id for f in frames] == ["P-1", "P-2", "P-3"]
+    ids = [f.camera_frame_id for f in frames]
+    assert ids == list(range(ids[0], ids[0] + 3)) and worker.source.software_triggers == 3
+    assert status.captured == 3 and status.errors == 0
 
 
 def test_frames_resume_after_the_camera_is_killed_and_restarted(fake_gv_camera):
