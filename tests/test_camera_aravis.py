@@ -300,20 +300,38 @@ def test_each_zeromq_trigger_fires_the_camera_once_and_names_the_part(fake_gv_ca
     assert status.captured == 3 and status.errors == 0
 
 
-def test_frames_resume_after_the_camera_is_killed_and_restarted(fake_gv_camera):
-    worker = started(gv_config({"frame_rate_hz": 20}))
+def _frames(worker, count: int, triggered: bool) -> list:
+    if not triggered:
+        return collect(worker, count, timeout=10)
+    frames = []
+    for _ in range(count):
+        worker.source.software_trigger()
+        frames += collect(worker, 1, timeout=5)
+    return frames
+
+
+@pytest.mark.parametrize("trigger", ["off", "software"])
+def test_frames_resume_after_the_camera_is_killed_and_restarted(fake_gv_camera, trigger):
+    """A long stall timeout: the loss must be seen through the GigE Vision heartbeat (free run) or the
+    idle check of a triggered camera, not by waiting for frames."""
+    triggered = trigger == "software"
+    genicam = {"trigger": trigger} if triggered else {"frame_rate_hz": 20}
+    worker = started(gv_config(genicam, stall_timeout_s=60))
     try:
-        assert len(collect(worker, 3, timeout=10)) == 3
+        assert wait_until(lambda: worker.status().connected, timeout=10)
+        assert len(_frames(worker, 3, triggered)) == 3
         fake_gv_camera.kill()
-        assert wait_until(lambda: worker.status().errors >= 1, timeout=15)  # stalled, or its heartbeat lost
-        assert not worker.status().connected
+        assert wait_until(lambda: worker.status().errors >= 1, timeout=20)
+        lost = worker.status()
         fake_gv_camera.start()
-        assert wait_until(lambda: worker.status().reconnects >= 1, timeout=20)
-        collect(worker, 2, timeout=2)  # whatever was queued before the kill
-        resumed = collect(worker, 3, timeout=10)
+        assert wait_until(lambda: worker.status().reconnects >= 1 and worker.status().connected, timeout=20)
+        collect(worker, 2, timeout=1)  # whatever was queued before the kill
+        resumed = _frames(worker, 3, triggered)
         status = worker.status()
     finally:
         worker.stop()
+    assert not lost.connected
+    seen = ("does not answer", "control of the camera lost") if triggered else ("control of the camera lost",)
+    assert any(m in lost.last_error for m in seen) and "aravis:address=127.0.0.1" in lost.last_error
     assert len(resumed) == 3 and all(f.camera_frame_id is not None for f in resumed)
     assert status.connected and status.reconnects >= 1
-    assert any("127.0.0.1" in e for e in worker.recent_errors())
