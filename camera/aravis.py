@@ -382,7 +382,9 @@ class AravisSource(FrameSource):
         self._control_lost = threading.Event()
         self._lost_handler: tuple[Any, int] | None = None
         self._identity: dict[str, str] = {}
-        self._lost_seen = 0  # underruns and missing frames already reported
+        self._shortfalls_seen = 0  # stream underruns and missing frames already reported
+        self._last_frame_id: int | None = None
+        self._problems: list[str] = []  # found with a good frame, reported by the next read
         self._last_activity = 0.0
         self.software_triggers = 0
 
@@ -416,7 +418,9 @@ class AravisSource(FrameSource):
         self._camera, self._stream = camera, stream
         self._lost_handler = (device, handler)
         self._identity = key_features(camera)  # after the settings: what the camera now runs with
-        self._lost_seen = self._lost_frames()
+        self._shortfalls_seen = self._shortfalls()
+        self._last_frame_id = None  # a camera may restart its counter when it restarts
+        self._problems = []
         self._last_activity = time.monotonic()
 
     def close(self) -> None:
@@ -444,11 +448,9 @@ class AravisSource(FrameSource):
             raise SourceError(f"{self.name}: not open")
         if self._control_lost.is_set():
             raise SourceError(f"{self.name}: control of the camera lost (no heartbeat answer)")
-        lost = self._lost_frames() - self._lost_seen
-        if lost > 0:
-            self._lost_seen += lost
-            raise FrameError(f"{self.name}: {lost} frame(s) lost in the stream (no free buffer or missing "
-                             f"packets; see the stream statistics, or raise genicam.buffers)")
+        if self._problems:
+            raise FrameError(self._problems.pop(0))
+        self._check_shortfalls()
         buffer = stream.timeout_pop_buffer(int(MAX_IDLE_BLOCK_S * 1_000_000))
         if buffer is None:
             self._check_alive()
@@ -474,6 +476,10 @@ class AravisSource(FrameSource):
             age = max(0.0, wall - received_ns / 1e9)
             wall, mono = wall - age, mono - age
         name = f"{self.name}#{frame_id}"
+        previous, self._last_frame_id = self._last_frame_id, frame_id
+        if not self.streaming and previous is not None and frame_id > previous + 1:
+            self._problems.append(f"{self.name}: {frame_id - previous - 1} triggered frame(s) missing before "
+                                  f"camera frame {frame_id} (frame ids {previous + 1}–{frame_id - 1})")
         return self._make_frame(
             raw, name, mono, wall,
             meta={"pixel_format": format_name(code)},
@@ -549,9 +555,22 @@ class AravisSource(FrameSource):
         out["buffers_free"], out["buffers_ready"] = int(n_input), int(n_output)
         return out
 
-    def _lost_frames(self) -> int:
+    def _shortfalls(self) -> int:
         stats = self.statistics()
         return stats.get("n_underruns", 0) + stats.get("n_missing_frames", 0)
+
+    def _check_shortfalls(self) -> None:
+        """Aravis counts data that found no free buffer (GigE Vision: per packet) and frames that never
+        completed. In trigger mode that may be a lost part: an error; the frame-id gap then says how many."""
+        new = self._shortfalls() - self._shortfalls_seen
+        if new <= 0:
+            return
+        self._shortfalls_seen += new
+        message = (f"{self.name}: the stream had no free buffer or lost frames ({new} underruns/missing frames "
+                   "counted by Aravis); consume faster or raise genicam.buffers")
+        if not self.streaming:
+            raise FrameError(message)
+        log.debug("camera %s: %s", self.config.id, message)  # free run: skipped frames, as a live view may
 
     def info(self) -> dict[str, str]:
         if self._camera is None:

@@ -300,6 +300,34 @@ def test_each_zeromq_trigger_fires_the_camera_once_and_names_the_part(fake_gv_ca
     assert status.captured == 3 and status.errors == 0
 
 
+def test_a_triggered_exposure_without_a_free_buffer_is_reported_as_lost(fake_gv_camera):
+    """Triggered frames are never dropped by adfm; when the consumer stalls long enough for the
+    camera's buffer pool to run dry, Aravis counts the underrun and the worker reports the lost part."""
+    import time
+
+    worker = started(gv_config({"trigger": "software", "buffers": 2}, queue_size=1))
+    try:
+        assert wait_until(lambda: worker.status().connected, timeout=10)
+        for _ in range(6):  # nobody consumes: 1 queued, 1 waiting in the capture thread, 2 in buffers
+            worker.source.software_trigger()
+            time.sleep(0.2)
+        frames = collect(worker, 6, timeout=3)
+        assert wait_until(lambda: worker.status().errors >= 1, timeout=5)
+        worker.source.software_trigger()  # the next frame shows the gap in the camera's frame ids
+        frames += collect(worker, 1, timeout=5)
+        assert wait_until(lambda: worker.status().errors >= 2, timeout=5)
+        stats = worker.source.statistics()
+        status = worker.status()
+        errors = worker.recent_errors()
+    finally:
+        worker.stop()
+    ids = [f.camera_frame_id for f in frames]
+    assert len(frames) == 5 and ids[:4] == list(range(ids[0], ids[0] + 4)) and ids[4] == ids[3] + 3
+    assert status.dropped == 0 and stats["n_completed_buffers"] == 5 and stats["n_underruns"] > 0
+    assert any("the stream had no free buffer" in e for e in errors)
+    assert any(f"2 triggered frame(s) missing before camera frame {ids[4]}" in e for e in errors)
+
+
 def _frames(worker, count: int, triggered: bool) -> list:
     if not triggered:
         return collect(worker, count, timeout=10)
