@@ -19,6 +19,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -53,10 +54,10 @@ def load_aravis() -> tuple[Any, Any]:
     global _loaded
     if _loaded is None:
         try:
-            import gi
+            import gi  # type: ignore[import-untyped]  # PyGObject ships no type information
 
             gi.require_version("Aravis", "0.8")
-            from gi.repository import Aravis, GLib
+            from gi.repository import Aravis, GLib  # type: ignore[import-untyped]
         except (ImportError, ValueError) as exc:
             raise SourceError(f"{INSTALL_HINT} ({exc})") from exc
         _loaded = (Aravis, GLib)
@@ -72,7 +73,7 @@ def aravis_available() -> str | None:
     return None
 
 
-def _use_interfaces(aravis: Any, interfaces: list[str] | tuple[str, ...]) -> None:
+def _use_interfaces(aravis: Any, interfaces: Sequence[str]) -> None:
     for name in ALL_INTERFACES:
         (aravis.enable_interface if name in interfaces else aravis.disable_interface)(name)
 
@@ -94,7 +95,7 @@ class CameraInfo:
         return f"aravis:{self.id}"
 
 
-def discover(interfaces: list[str] | tuple[str, ...]) -> list[CameraInfo]:
+def discover(interfaces: Sequence[str]) -> list[CameraInfo]:
     """The cameras Aravis finds on `interfaces` (GigE Vision discovery broadcasts on every network
     interface; leave GigEVision out to stay off the network)."""
     aravis, _ = load_aravis()
@@ -115,7 +116,7 @@ def discover(interfaces: list[str] | tuple[str, ...]) -> list[CameraInfo]:
         ]
 
 
-def open_camera(target: AravisTarget, interfaces: list[str] | tuple[str, ...]) -> Any:
+def open_camera(target: AravisTarget, interfaces: Sequence[str]) -> Any:
     """An Aravis.Camera for `target`; SourceError saying which camera could not be opened and why.
 
     An address opens the camera directly; a serial number needs a discovery first to find its id.
@@ -545,7 +546,7 @@ class AravisSource(FrameSource):
         stream = self._stream
         if stream is None:
             return {}
-        from gi.repository import GObject
+        from gi.repository import GObject  # type: ignore[import-untyped]
 
         out: dict[str, int] = {}
         for i in range(stream.get_n_infos()):
@@ -581,6 +582,6 @@ class AravisSource(FrameSource):
         return out
 
 
-def camera_list_report(interfaces: list[str] | tuple[str, ...]) -> list[dict[str, str]]:
+def camera_list_report(interfaces: Sequence[str]) -> list[dict[str, str]]:
     """discover() as plain dicts (probe output)."""
     return [asdict(c) | {"url": c.url} for c in discover(interfaces)]

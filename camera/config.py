@@ -14,9 +14,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, field_validator, model_validator
 
-from adfm.config import StrictModel
-
 from adfm.camera.genicam import GenicamOptions, parse_target
+from adfm.config import StrictModel
 
 SourceKind = Literal["v4l2", "usb", "rtsp", "http", "folder", "replay", "aravis"]
 TriggerMode = Literal["free-run", "external", "folder", "camera"]
@@ -218,15 +217,15 @@ class CameraConfig(StrictModel):
             )
         kind = self.kind
         self._check_genicam(kind)
-        triggered_camera = kind == "aravis" and self.genicam is not None and self.genicam.triggered
+        camera_trigger = self.genicam.trigger if kind == "aravis" and self.genicam is not None else "off"
+        triggered_camera = camera_trigger != "off"
         if self.trigger.mode is None:
             mode: TriggerMode = "folder" if kind == "folder" else "camera" if triggered_camera else "free-run"
             self.trigger = self.trigger.model_copy(update={"mode": mode})
-        software_on_message = self.trigger.mode == "external" and triggered_camera and \
-            self.genicam.trigger == "software"
+        software_on_message = self.trigger.mode == "external" and camera_trigger == "software"
         if triggered_camera and self.trigger.mode != "camera" and not software_on_message:
             raise ValueError(
-                f"genicam.trigger {self.genicam.trigger!r}: every exposure is a part, so trigger.mode must be "
+                f"genicam.trigger {camera_trigger!r}: every exposure is a part, so trigger.mode must be "
                 f"'camera' (or unset), or 'external' with genicam.trigger 'software', not {self.trigger.mode!r}"
             )
         if self.trigger.mode == "camera" and not triggered_camera:

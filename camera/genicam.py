@@ -17,10 +17,13 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from adfm.config import StrictModel
 
 AravisInterface = Literal["GigEVision", "USB3Vision", "Fake"]
 CameraTriggerMode = Literal["off", "software", "line"]
+DEFAULT_INTERFACES: tuple[AravisInterface, ...] = ("GigEVision", "USB3Vision")
 TriggerActivation = Literal["rising-edge", "falling-edge", "any-edge", "level-high", "level-low"]
 
 #: config spelling → GenICam TriggerActivation entry
@@ -68,7 +71,7 @@ def parse_target(location: str) -> AravisTarget:
     return AravisTarget("id", text)
 
 
-class GenicamOptions(BaseModel):
+class GenicamOptions(StrictModel):
     """Camera control for an `aravis:` source, written to the camera each time it is opened.
 
     Unset values leave the camera as it is (its saved user set). `trigger` decides what starts an
@@ -77,29 +80,27 @@ class GenicamOptions(BaseModel):
     `trigger_activation` edge. A triggered camera's every frame is one part.
     """
 
-    model_config = ConfigDict(extra="forbid")
-
     interfaces: list[AravisInterface] = Field(
-        default_factory=lambda: ["GigEVision", "USB3Vision"],
+        default_factory=lambda: list(DEFAULT_INTERFACES),
         min_length=1,
         description="Aravis interfaces searched for the camera ('Fake' is Aravis's built-in simulated camera)",
     )
-    pixel_format: str | None = Field(None, description="PixelFormat entry, e.g. Mono8, BayerRG8, RGB8")
-    exposure_us: float | None = Field(None, gt=0, description="exposure time in µs (turns ExposureAuto off)")
-    gain_db: float | None = Field(None, description="gain (turns GainAuto off)")
-    frame_rate_hz: float | None = Field(None, gt=0, description="acquisition frame rate in free run")
+    pixel_format: str | None = Field(default=None, description="PixelFormat entry, e.g. Mono8, BayerRG8, RGB8")
+    exposure_us: float | None = Field(default=None, gt=0, description="exposure time in µs (turns ExposureAuto off)")
+    gain_db: float | None = Field(default=None, description="gain (turns GainAuto off)")
+    frame_rate_hz: float | None = Field(default=None, gt=0, description="acquisition frame rate in free run")
     sensor_roi: tuple[int, int, int, int] | None = Field(
-        None, description="[x, y, w, h] region read out by the camera (OffsetX, OffsetY, Width, Height)"
+        default=None, description="[x, y, w, h] region read out by the camera (OffsetX, OffsetY, Width, Height)"
     )
     trigger: CameraTriggerMode = "off"
-    trigger_line: str | None = Field(None, description="TriggerSource for trigger 'line', e.g. Line0")
+    trigger_line: str | None = Field(default=None, description="TriggerSource for trigger 'line', e.g. Line0")
     trigger_activation: TriggerActivation = "rising-edge"
     features: dict[str, bool | int | float | str] = Field(
         default_factory=dict, description="further GenICam features by name, written after the settings above"
     )
-    buffers: int = Field(8, ge=2, le=256, description="stream buffer pool size")
+    buffers: int = Field(default=8, ge=2, le=256, description="stream buffer pool size")
     packet_size: int | None = Field(
-        None, ge=576, le=16384, description="GigE Vision packet size in bytes; unset: negotiated with the camera"
+        default=None, ge=576, le=16384, description="GigE Vision packet size in bytes; unset: negotiated"
     )
 
     @field_validator("interfaces")

@@ -123,7 +123,8 @@ def build_config(args: argparse.Namespace) -> Any:
         if value is not None:
             data[name] = value
     if getattr(args, "interface", None):
-        genicam = data.get("genicam") if isinstance(data.get("genicam"), dict) else {}
+        given = data.get("genicam")
+        genicam: dict[str, Any] = given if isinstance(given, dict) else {}
         data["genicam"] = {**genicam, "interfaces": args.interface}
     try:
         return CameraConfig.model_validate(data)
@@ -163,7 +164,7 @@ def probe(config: Any, frames: int, timeout_s: float, save: Path | None = None) 
     finally:
         elapsed = time.monotonic() - start
         status = worker.status()  # as the camera was during the probe, before stop closes it
-        statistics = getattr(worker.source, "statistics", dict)()
+        statistics: dict[str, int] = getattr(worker.source, "statistics", dict)()
         worker.stop(timeout=5.0)
     last = received[-1] if received else None
     report = ProbeReport(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from datetime import UTC, datetime
-from typing import ClassVar
 
 import numpy as np
 
@@ -35,9 +34,9 @@ class FrameSource(ABC):
     flight) survives reconnects.
     """
 
-    #: True when frames arrive continuously, so silence means a stall; False for folders, where
-    #: no new file for an hour is normal.
-    streaming: ClassVar[bool] = True
+    #: True when frames arrive continuously, so silence means a stall; False for folders and
+    #: triggered cameras, where no new part for an hour is normal (a source may set it per instance).
+    streaming: bool = True
 
     def __init__(self, config: CameraConfig):
         self.config = config

@@ -46,7 +46,7 @@ def fake_gv_camera():
 
 
 def started(config: CameraConfig):
-    from adfm.camera.worker import CameraWorker
+    from adfm.camera.capture_thread import CameraWorker
 
     worker = CameraWorker(config)
     worker.start()
