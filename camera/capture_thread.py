@@ -188,6 +188,7 @@ class CameraWorker:
                 errors=c.errors,
                 reconnects=c.reconnects,
                 last_error=self._last_error,
+                streaming=self.source.streaming,
             )
 
     @property

@@ -266,6 +266,7 @@ def test_software_trigger_gives_exactly_one_frame_per_trigger(fake_gv_camera):
     assert all(b > a for a, b in itertools.pairwise(stamps)) and stamps[0] > 0
     assert len({f.part_id for f in frames}) == 4 and all(f.image.shape == (48, 64, 3) for f in frames)
     assert status.captured == 4 and status.dropped == 0 and status.errors == 0
+    assert not status.streaming  # the health does not call an idle trigger line a stall
     assert worker.source.software_triggers == 4
 
 
