@@ -55,6 +55,9 @@ class ModelSection(_Section):
     n_threads: int | None = Field(None, ge=1, le=512)
     check_hashes: bool = Field(True, description="verify GGUF sha256 against the manifest at start")
     max_tokens: int = Field(256, ge=8, le=8192)
+    temperature: float = Field(
+        0.0, ge=0, le=2, description="0: greedy answers (a line's setting); > 0 samples them (with seed 0)"
+    )
     deadline_s: float = Field(120.0, gt=0, description="longest one part may take before the worker is killed")
     load_timeout_s: float = Field(600.0, gt=0)
     backend: str = Field(

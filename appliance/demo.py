@@ -38,9 +38,13 @@ from adfm.synthetic import TASK_DEFECT_SCALES, TASK_DEFECTS, make_sample, make_s
 DEMO_NOTE = (
     "The demo model is a tiny Qwen2.5-VL (2 layers, hidden width 256) trained for a few minutes on synthetic "
     "washers with large drawn defects (adfm-train warmstart). It answers in the inspection format with "
-    "boxes, but it is a toy trained on synthetic parts, not a model for real inspection. Pass --model DIR "
-    "with a model exported by adfm-export for your own."
+    "boxes, but it has not learnt to see the defects in that time: greedy, it answers 'no' for every part, so "
+    "the demo samples its answers (temperature 0.5, seed 0), which shows the defect answer and its boxes; "
+    "its answers do not follow the parts, so read its accuracy as chance. A toy trained on synthetic parts, "
+    "not a model for real inspection; pass --model DIR with a model exported by adfm-export for your own."
 )
+#: The demo samples the tiny model's answers: greedy, it writes the normal answer for every part.
+DEMO_TEMPERATURE = 0.5
 MODEL_POINTER = "warm-model-dir.txt"
 PRODUCT = "washer"
 #: The quantization of the demo's export: q8_0 keeps a 256-wide model's answers close to HF's.
@@ -157,7 +161,8 @@ def write_parts(folder: Path, parts: int, seed: int = 1) -> dict[str, dict[str, 
     return truth
 
 
-def write_station(run_dir: Path, model_dir: Path, parts: int, gate: Path | None) -> tuple[Path, dict[str, Any]]:
+def write_station(run_dir: Path, model_dir: Path, parts: int, gate: Path | None,
+                  sample: bool = True) -> tuple[Path, dict[str, Any]]:
     """A synthetic station: a folder camera over held-out synthetic washers, the gate in front (when
     there is one), loopback bus endpoints. Returns the config path and the parts' ground truth."""
     truth = write_parts(run_dir / "camera", parts)
@@ -165,7 +170,8 @@ def write_station(run_dir: Path, model_dir: Path, parts: int, gate: Path | None)
     config = {
         "station": "demo",
         "state_dir": "state",
-        "model": {"dir": str(model_dir.resolve()), "max_tokens": 160, "n_ctx": 2048, "deadline_s": 120},
+        "model": {"dir": str(model_dir.resolve()), "max_tokens": 160, "n_ctx": 2048, "deadline_s": 120,
+                  "temperature": DEMO_TEMPERATURE if sample else 0.0},
         "products": [{"name": PRODUCT}],
         "cameras": [{"id": "cam0", "url": "folder:camera", "product": PRODUCT, "folder": {"settle_s": 0.05}}],
         "gate": {"mode": "screen", "path": str(gate.resolve())} if gate is not None else {"mode": "off"},
@@ -258,7 +264,7 @@ def run_demo(parts: int = 8, model: Path | None = None, cache: Path | None = Non
     model_dir = ensure_model(cache, model, progress)
     gate = ensure_gate(cache, progress)
     run_dir = cache / f"station-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}"
-    config_path, truth = write_station(run_dir, model_dir, parts, gate)
+    config_path, truth = write_station(run_dir, model_dir, parts, gate, sample=model is None)
     config = load_config(config_path)
     service = Service(config)
     subscriber = _Subscriber(service)

@@ -215,7 +215,7 @@ class Service:
             gate=gate,
             gate_mode=cfg.gate.mode,
             dedupe_cameras={c.id for c in cfg.cameras if c.kind == "folder"},
-            generation=GenerationOptions(max_tokens=cfg.model.max_tokens),
+            generation=GenerationOptions(max_tokens=cfg.model.max_tokens, temperature=cfg.model.temperature),
             on_result=self._on_result,
         )
         for cam in self.cameras.values():

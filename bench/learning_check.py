@@ -201,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--max-completion-length", type=int, default=144)
     parser.add_argument("--train-per-class", type=int, default=16, help="GRPO training parts per class")
+    parser.add_argument("--test-per-class", type=int, default=None,
+                        help="held-out parts per class evaluated (default: the warm start's whole test split)")
     parser.add_argument("--out", type=Path, default=RESULTS / "learning_check.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -217,6 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = Path(warm.model_dir)
     grpo_split = task_split(spec, args.work / "data", "grpo", args.train_per_class, spec.seed + 200)
     test_view = task_view(warm.test_split, spec)
+    if args.test_per_class is not None:  # the first n normal and the first n defective parts
+        labels = test_view.with_format(None)["label"]
+        keep = [i for lab in ("normal", "anomalous") for i in [j for j, v in enumerate(labels) if v == lab][
+            : args.test_per_class]]
+        test_view = test_view.select(keep)
     budget = {"min_pixels": TASK_PIXELS, "max_pixels": TASK_PIXELS}
 
     loaded = load_model(model_dir, dtype="float32", **budget)
