@@ -186,15 +186,17 @@ def plot(result: dict[str, Any], path: str | Path) -> Path:
     shares += [100 * p["zero_variance_share"] for p in presets.values()]
     colors += ["#b9a6d9"] * len(presets)
     fig, ax = plt.subplots(figsize=(max(5.5, 1.1 * len(names)), 3.8), dpi=120)
-    bars = ax.bar(names, shares, color=colors)
-    ax.tick_params(axis="x", labelsize=7)
+    bars = ax.bar(range(len(names)), shares, color=colors)
+    ax.set_xticks(range(len(names)), names, rotation=25, ha="right", fontsize=7)
     for bar, share in zip(bars, shares, strict=True):
         ax.annotate(f"{share:.1f}%", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                     ha="center", va="bottom", fontsize=9)
     g = ",".join(str(v) for v in result["responses_per_sample"])
     ax.set_ylabel("samples with zero reward variance (%)")
     ax.set_ylim(0, 105)
-    ax.set_title(f"{result['samples']} samples × {g} responses", fontsize=10)
+    temperature = (result.get("source") or {}).get("temperature")
+    at = f", temperature {temperature}" if temperature is not None else ""
+    ax.set_title(f"{result['samples']} samples × {g} responses{at}", fontsize=10)
     fig.tight_layout()
     p = Path(path)
     fig.savefig(p)
