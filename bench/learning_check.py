@@ -37,7 +37,11 @@ PRESETS = ("cls-multi-stage", "cls-count-multi-stage", "adfm")
 
 
 def evaluate(loaded: Any, dataset: Any, max_new_tokens: int, batch: int = 8) -> dict[str, float]:
-    """Greedy answers on held-out rows: accuracy, format rate, mean matched GIoU and r_loc (anomalous)."""
+    """Greedy answers on held-out rows: accuracy, format rate, mean matched GIoU and r_loc (anomalous).
+
+    The GIoU of an anomalous part is the mean over its <think> boxes Hungarian-matched to the defect's
+    boxes; an answer without boxes scores −1, GIoU's floor.
+    """
     import torch
 
     from adfm.geometry import match_boxes
