@@ -133,6 +133,12 @@ def build_messages(
     ]
 
 
+def prompt_text(version: str = DEFAULT_PROMPT_VERSION, *, product: str | None = None, reference: bool = False) -> str:
+    """All the text of an inspection prompt (system + user), without images or chat template:
+    what sizing a context needs to know."""
+    return _SYSTEM + get_prompt_version(version).user_text(product, reference)
+
+
 def _fill_images(messages: list[dict[str, Any]], blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     slots = sum(
         1
