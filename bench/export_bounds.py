@@ -75,13 +75,13 @@ def main() -> int:
     load_start = _loadavg()
     started = time.perf_counter()
 
-    from adfm.appliance.vlm import GgufVlm
     from adfm.export import export_model, verify
     from adfm.export.merge import check_base_dir, load_merged
     from adfm.export.tiny_trained import build_tiny_trained
     from adfm.manifest import read_manifest
     from adfm.protocol import VISION_SPECIAL_TOKENS
-    from adfm.testing.tiny_model import build_tiny_qwen25vl
+    from adfm.runtime.vlm import GgufVlm
+    from adfm.trainer.tiny_model import build_tiny_qwen25vl
 
     work = args.work or Path(tempfile.mkdtemp(prefix="adfm-export-bounds-"))
     random_base = work / "random"

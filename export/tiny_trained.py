@@ -44,7 +44,7 @@ def build_tiny_trained(
     if marker.is_file() and json.loads(marker.read_text()).get("trained") == settings:
         return out
     if base_dir is None:
-        from adfm.testing.tiny_model import build_tiny_qwen25vl
+        from adfm.trainer.tiny_model import build_tiny_qwen25vl
 
         base = build_tiny_qwen25vl(out.with_name(out.name + "-random"), seed=seed)
     else:

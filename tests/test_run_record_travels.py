@@ -84,9 +84,9 @@ def test_the_manifest_carries_the_training_values(exported: Path):
 
 def test_the_appliance_uses_the_training_grid_and_sizes_its_context(exported: Path, tmp_path: Path):
     from adfm.appliance.config import parse_config
-    from adfm.appliance.vlm import GgufVlm
     from adfm.geometry import ModelGrid
     from adfm.manifest import read_manifest
+    from adfm.runtime.vlm import GgufVlm
 
     with GgufVlm(exported) as vlm:
         grid = vlm.grid_for(1920, 1080)
