@@ -149,3 +149,36 @@ def test_tokenizer_probe_reports_where_llama_cpp_parts_from_hf() -> None:
     assert tokenizer_mismatch(same, Tok(), "x") is None
     message = tokenizer_mismatch(other, Tok(), "x")
     assert message is not None and "from token 2" in message and "'34'" in message
+
+
+def test_trained_settings_follow_the_run_record_and_flags_override_with_a_warning(tmp_path) -> None:
+    import json
+
+    from adfm.export.pipeline import ExportConfig, trained_settings
+
+    adapter = tmp_path / "run" / "final"
+    adapter.mkdir(parents=True)
+    (tmp_path / "run" / "adfm_run.json").write_text(json.dumps({
+        "preset": "cls-one-stage", "prompt_version": "one-stage-v1", "min_pixels": 6272, "max_pixels": 28224,
+        "use_reference": False, "max_completion_tokens": 1024, "rewards": {"alpha": 1.0},
+    }))
+    cfg = ExportConfig.from_values(base_dir=tmp_path, out_dir=tmp_path / "out", adapter_dir=adapter)
+    plain = trained_settings(cfg)
+    assert (plain.prompt_version, plain.min_pixels, plain.max_pixels) == ("one-stage-v1", 6272, 28224)
+    assert (plain.use_reference, plain.max_tokens, plain.warnings) == (False, 1024, [])
+    assert plain.training()["preset"] == "cls-one-stage"
+    assert plain.sources["max_tokens"] == str(tmp_path / "run" / "adfm_run.json")
+
+    flagged = trained_settings(cfg.model_copy(update={"prompt_version": "multi-stage-v1", "max_tokens": 1024}))
+    assert flagged.prompt_version == "multi-stage-v1" and flagged.sources["prompt_version"] == "command line"
+    assert len(flagged.warnings) == 1  # the same max_tokens as recorded is no override
+    assert flagged.warnings[0].startswith(
+        "--prompt-version multi-stage-v1 overrides the training record's prompt_version one-stage-v1")
+
+    no_record = trained_settings(ExportConfig.from_values(base_dir=tmp_path, out_dir=tmp_path / "o"))
+    assert no_record.prompt_version == "multi-stage-v1" and no_record.min_pixels is None
+    assert no_record.training() is None
+
+    (tmp_path / "run" / "adfm_run.json").write_text(json.dumps({"max_pixels": "lots"}))
+    with pytest.raises(ExportError, match="max_pixels must be a positive integer, got 'lots'"):
+        trained_settings(cfg)

@@ -140,3 +140,19 @@ def test_adfm_eval_uses_the_training_values(exported: Path, trained_run: Path, t
     backend.close()
     assert (info.prompt_version, info.min_pixels, info.max_pixels) == ("one-stage-v1", MIN_PIXELS, MAX_PIXELS)
     assert (info.max_tokens, info.use_reference) == (ANSWER_TOKENS, False)
+
+
+def test_a_flag_overrides_the_record_only_with_a_printed_warning(trained_run: Path, tiny_model_dir: Path):
+    from adfm.export import cli
+    from adfm.manifest import load_model_dir
+
+    out = trained_run / "export-override"
+    log = io.StringIO()
+    with contextlib.redirect_stderr(log):
+        rc = cli.main(["--base", str(tiny_model_dir), "--adapter", str(trained_run / "run" / "final"),
+                       "--out", str(out), "--max-pixels", str(50176), "--no-verify"])
+    assert rc == 0, log.getvalue()
+    assert f"warning: --max-pixels 50176 overrides the training record's max_pixels {MAX_PIXELS}" in log.getvalue()
+    manifest = load_model_dir(out)
+    assert manifest.max_pixels == 50176 and manifest.training["sources"]["max_pixels"] == "command line"
+    assert manifest.prompt_version == "one-stage-v1"  # the rest still follows the record
