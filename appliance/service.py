@@ -138,7 +138,7 @@ class Service:
                 f"{manifest.prompt_version!r}"
             )
         model = ModelInfo(manifest.model_id, manifest.prompt_version, manifest.min_pixels, manifest.max_pixels)
-        limits = model_limits(cfg, manifest, "model")
+        limits = model_limits(cfg, manifest, "station config")
         if limits.problems:
             raise ServiceError("; ".join(limits.problems))
         r = cfg.retention

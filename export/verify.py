@@ -89,9 +89,10 @@ QUANT_BOUNDS: dict[str, QuantBound] = {
     "q4_k_m": QuantBound(max_mean_kld=0.10, min_same_top=0.85),
 }
 #: A q8_0 mmproj's image embeddings may differ from the HF vision tower's by at most this fraction of
-#: their spread (max |Δ| / std). Measured on the tiny model: f16 0.25 %, q8_0 see
-#: bench/results/export_bounds.json; a perturbed projector weight lands above.
-QUANT_MAX_RELATIVE_VISION_ERROR = 0.05
+#: their spread (max |Δ| / std). Measured on the tiny trained model (bench/results/export_bounds.json):
+#: f16 0.25 %, q8_0 4.6 %; one projector weight ×1.25: 92 %. The bound leaves about 3× the q8_0 figure
+#: (a deeper tower adds rounding per block); the float bound (5 %) would sit just above the measurement.
+QUANT_MAX_RELATIVE_VISION_ERROR = 0.15
 #: Top-token differences count as near-ties when HF's margin is below this many times the
 #: largest logit difference measured on that case.
 TIE_FACTOR = 2.0

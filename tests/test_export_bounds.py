@@ -124,7 +124,7 @@ def test_a_quantized_projector_is_held_to_the_vision_bound(tiny_trained_dir: Pat
     assert rc == 0, log
     checks = load_model_dir(tmp_path / "q8-mmproj").verification["checks"]
     quant = next(c for c in checks if c["mmproj_type"] == "q8_0")
-    assert quant["vision_bound"] == 0.05 and quant["max_vision_relative_error"] < 0.05
+    assert quant["vision_bound"] == 0.15 and quant["max_vision_relative_error"] < 0.15
 
     from adfm.export import gguf_mmproj
 
