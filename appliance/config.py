@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from adfm.camera.config import CameraConfig
+from adfm.camera.config import CameraConfig, redact_secrets
 from adfm.protocol import PROMPT_VERSIONS
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -235,7 +235,8 @@ def _format_errors(source: str, exc: ValidationError) -> list[str]:
         msg = e["msg"].removeprefix("Value error, ")
         value = e.get("input")
         shown = "" if e["type"] in ("missing", "model_type") or isinstance(value, dict) else f" (got {value!r})"
-        out.append(f"{source}: {_format_loc(e['loc'])}: {msg}{shown}")
+        # a URL's password must not reach the screen or the system log, even from a bad config
+        out.append(redact_secrets(f"{source}: {_format_loc(e['loc'])}: {msg}{shown}"))
     return out
 
 

@@ -30,6 +30,10 @@ UNIT_TEMPLATE = """\
 Description=adfm inspection appliance (station service)
 Wants=network-online.target
 After=network-online.target
+# A service that keeps failing stops being restarted after 5 starts in 10 minutes (systemctl
+# status says so) instead of reloading the model every few seconds forever.
+StartLimitIntervalSec=600
+StartLimitBurst=5
 
 [Service]
 Type=notify
@@ -41,6 +45,9 @@ ExecStart=/usr/bin/env adfm-appliance run --config {config}
 WatchdogSec=60
 Restart=on-failure
 RestartSec=5
+# Exit 2: the config is wrong; exit 3: the journal is damaged (`adfm-appliance journal recover`).
+# A restart cannot fix either: the unit stays failed with the reason in its log.
+RestartPreventExitStatus=2 3
 # Loading and hash-checking a large model takes a while; a stop abandons the part in hand (it is
 # journaled and finished on the next start), so stopping is quick.
 TimeoutStartSec=900

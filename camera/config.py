@@ -8,6 +8,7 @@ error naming the field and the value instead of a capture thread that silently n
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -44,6 +45,15 @@ def source_location(url: str) -> str:
     if kind in ("rtsp", "http"):
         return url
     return url.split(":", 1)[1]
+
+
+#: `scheme://user:password@` anywhere in a text (a URL inside an error message, a repr, a log line)
+_URL_CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^\s/@:'\"]*):(?P<password>[^\s/@'\"]+)@")
+
+
+def redact_secrets(text: str) -> str:
+    """`text` with every URL password replaced by ***: for config errors, logs, anything shown."""
+    return _URL_CREDENTIALS.sub(lambda m: f"{m['head']}:***@", text)
 
 
 def redact_url(url: str) -> str:

@@ -221,6 +221,11 @@ class FolderSource(FrameSource):
                     self._settled.add(name)
                 del self._in_flight[name]
 
+    def release(self, frame: Frame) -> None:
+        """Not journaled (disk full): forget it was delivered, so a later scan delivers it again."""
+        with self._lock:
+            self._in_flight.pop(frame.source_name, None)
+
     def _finish(self, path: Path) -> None:
         if self.options.done_action == "move":
             self.done_dir.mkdir(parents=True, exist_ok=True)

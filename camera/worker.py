@@ -160,6 +160,13 @@ class CameraWorker:
         except CameraError as exc:
             self._error(str(exc))
 
+    def release(self, frame: Frame) -> None:
+        """The frame's part could not be journaled: a source that keeps parts delivers it again."""
+        try:
+            self.source.release(frame)
+        except CameraError as exc:
+            self._error(str(exc))
+
     @property
     def finished(self) -> bool:
         """True when a finite source (replay, loop off) is exhausted and its queue is drained."""
@@ -181,6 +188,7 @@ class CameraWorker:
                 camera=self.config.id,
                 url=self.config.display_url,
                 connected=connected,
+                streaming=self.source.streaming,
                 fps=round(self._meter.rate(now), 3),
                 last_frame_age_s=None if age is None else round(age, 3),
                 captured=c.captured,
