@@ -93,7 +93,9 @@ class StationClient:
     `bus.control` config, with a host clients can reach). `from_seq`: the first seq to deliver
     (1: the whole journal; None: only results newer than the station's last at connection).
     `station`: its id; asked from the station when omitted. `curve`: keys when the station uses
-    CURVE (see `adfm.appliance.keys.load_client_curve`).
+    CURVE (see `adfm.appliance.keys.load_client_curve`). `epoch`: the journal epoch `from_seq`
+    counts in (a resuming subscriber's `client.epoch`); if the station has another, delivery
+    starts at the new journal's seq 1 instead.
     """
 
     def __init__(
@@ -107,6 +109,7 @@ class StationClient:
         timeout_s: float = 5.0,
         retries: int = 3,
         context: zmq.Context | None = None,
+        epoch: str | None = None,
     ) -> None:
         if from_seq is not None and from_seq < 1:
             raise ValueError(f"from_seq must be ≥ 1 or None, got {from_seq}")
@@ -118,7 +121,7 @@ class StationClient:
         self.station = station
         self.last_status: StationStatus | None = None
         self.gaps_filled = 0  # results fetched by replay rather than received live
-        self.epoch: str | None = None  # the journal epoch the delivered seqs belong to
+        self.epoch: str | None = epoch or None  # the journal epoch the delivered seqs belong to
         self.epoch_changes = 0
         self._ctx = context or zmq.Context.instance()
         self._from_seq = from_seq
