@@ -120,7 +120,8 @@ class InstallPlan:
         return [
             f"getent passwd {self.user} >/dev/null || useradd --system --user-group --groups video "
             f"--home-dir /var/lib/adfm-appliance --shell /usr/sbin/nologin {self.user}",
-            f"adfm-appliance keys --dir {self.config_path.parent}/keys --client review   # if the bus leaves loopback",
+            f"adfm-appliance keys --dir {self.config_path.parent}/keys   # if the bus leaves loopback; admit "
+            "clients' public keys with --admit NAME=FILE",
             f"chown -R root:{self.user} {self.config_path.parent} && chmod -R g+rX,o-rwx {self.config_path.parent}",
             f"$EDITOR {self.config_path}   # station id, cameras, model.dir, bus",
             f"adfm-appliance check --config {self.config_path}",

@@ -6,9 +6,10 @@ that nothing is lost and nothing is recorded or delivered twice.
                          [--subscriber-restart-every 2000] [--appliance-kills 5]
                          [--disk-full-s 8] [--no-journal-replace] [--max-minutes 120]
 
-The station: a folder camera fed by this script (at most --backlog files waiting, each a new part
-written under a temporary name and renamed in), the tiny demo model (or --model; --scripted uses
-the tests' scripted backend instead of llama.cpp), the screening gate when --gate is given, the
+The station: a folder camera fed by this script (at most --backlog files waiting, each a new part —
+a synthetic washer, every 7th scratched — written under a temporary name and renamed in), the tiny
+demo model (or --model; --scripted uses the tests' scripted backend instead of llama.cpp), the
+screening gate in screen mode with --gate (or --train-gate: fitted first on synthetic washers), the
 journal on its own small ext4 file system (a loop-mounted image, so a full disk is real), the bus
 on ipc:// endpoints. A subscriber (StationClient) follows the bus from seq 1 the whole time.
 
@@ -190,18 +191,28 @@ class Appliance:
 
 
 def part_png(i: int, size: int) -> bytes:
+    """Part i: a synthetic washer, every 7th with a scratch."""
     import cv2
 
-    rng = np.random.default_rng(i)
-    yy, xx = np.mgrid[0:size, 0:size]
-    base = (((xx + yy + i) % size) * (200 / size)).astype(np.uint8)
-    img = np.dstack([base, np.roll(base, 7, 0), np.roll(base, 13, 1)]) + rng.integers(0, 30, (size, size, 3),
-                                                                                      dtype=np.uint8)
-    if i % 7 == 0:  # a "defect": a dark streak
-        img[size // 3:size // 3 + 3, size // 5:size // 2] = 10
-    ok, buf = cv2.imencode(".png", img)
+    from adfm.testing.synthetic import make_sample
+
+    sample = make_sample("washer", "scratch" if i % 7 == 0 else None, np.random.default_rng(i), (size, size))
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(sample.image, cv2.COLOR_RGB2BGR))
     assert ok
     return buf.tobytes()
+
+
+def train_gate(work: Path, size: int) -> Path:
+    """A screening gate fitted on synthetic washers (the parts this soak feeds), like `adfm-train gate`."""
+    from adfm.testing.synthetic import make_synthetic_dataset
+    from adfm.trainer.gate import GateTrainConfig
+    from adfm.trainer.gate import train_gate as fit
+
+    data = make_synthetic_dataset(work / "gate-data", layout="folder", categories=("washer",), n_train=24,
+                                  n_test_good=6, n_test_defect=6, size=(size, size), seed=3)
+    out = work / "gate" / "gate.onnx"
+    fit(GateTrainConfig(data=data, out=out, progress=False))
+    return out
 
 
 def restore_folder(drop: Path, away: Path) -> None:
@@ -384,6 +395,10 @@ def run(args: argparse.Namespace) -> dict:
         except (subprocess.CalledProcessError, OSError) as exc:
             disk, disk_note = None, f"no loop mount ({exc}); the disk-full window was skipped"
     state = (disk.mount / "state") if disk else (work / "state")
+    if args.train_gate and args.gate is None:
+        t = time.monotonic()
+        args.gate = train_gate(work, args.image_size)
+        print(f"gate trained in {time.monotonic() - t:.0f} s: {args.gate}", flush=True)
     config = write_config(work, state, model, args.gate, drop, args.scripted, args.image_quota_mb)
     db = state / "journal.sqlite"
     retired: list[Path] = []
@@ -418,6 +433,7 @@ def run(args: argparse.Namespace) -> dict:
     fill_stop = threading.Event()
     fill_report: dict = {}
     completed = False
+    stopped_early = ""
     try:
         while time.monotonic() < deadline:
             done, pending = journaled_total()
@@ -484,6 +500,8 @@ def run(args: argparse.Namespace) -> dict:
                     completed = True
                     break
             time.sleep(0.05)
+    except KeyboardInterrupt as exc:
+        stopped_early = f"interrupted ({exc})"
     finally:
         settle_until = time.monotonic() + 20
         while len(subscriber.received) < journaled_total()[0] and time.monotonic() < settle_until:
@@ -529,6 +547,7 @@ def run(args: argparse.Namespace) -> dict:
         "loadavg_1_5_15_end": load(),
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "completed": completed,
+        "stopped_early": stopped_early or (None if completed else f"--max-minutes {args.max_minutes} reached"),
         "elapsed_s": round(elapsed, 1),
         "size_run": {"parts": n, "backlog": args.backlog, "image_px": args.image_size,
                      "model": "scripted backend (no llama.cpp)" if args.scripted else str(model),
@@ -571,6 +590,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, help="an exported model directory (default: the tiny demo model)")
     p.add_argument("--scripted", action="store_true", help="the tests' scripted backend instead of llama.cpp")
     p.add_argument("--gate", type=Path, help="a gate .onnx: run with the gate in screen mode")
+    p.add_argument("--train-gate", action="store_true", help="fit a gate on synthetic washers first and use it")
     p.add_argument("--worker-kill-every", type=int, default=500)
     p.add_argument("--camera-loss-every", type=int, default=1000)
     p.add_argument("--subscriber-restart-every", type=int, default=2000)
@@ -587,6 +607,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     sys.path.insert(0, str(REPO))
+
+    def interrupted(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    # Stop cleanly (appliance stopped, file system unmounted, JSON written) on SIGTERM or SIGINT,
+    # also when started in the background, where SIGINT is ignored by default.
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, interrupted)
     report = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -46,8 +46,11 @@ class ScriptedBackend:
 
     def _next_action(self) -> tuple[int, str]:
         counter = self.script.with_suffix(".calls")
-        n = int(counter.read_text()) + 1 if counter.exists() else 1
-        counter.write_text(str(n))
+        text = counter.read_text().strip() if counter.exists() else ""
+        n = int(text) + 1 if text else 1
+        tmp = counter.with_suffix(f".calls.{os.getpid()}")
+        tmp.write_text(str(n))
+        os.replace(tmp, counter)  # a SIGKILL mid-write must not leave the counter empty
         return n, self.actions[min(n, len(self.actions)) - 1]
 
     def generate(self, images, *, prompt_version=None, product=None, max_tokens=256, temperature=0.0, seed=0):

@@ -199,12 +199,17 @@ def test_curve_admits_known_keys_and_refuses_others(tmp_path, keys):
 
 
 def test_keys_are_not_overwritten(tmp_path, keys):
+    from adfm.appliance.keys import admit_client, generate_client_keys, generate_server_keys
+
     secret = keys.server_secret.read_bytes()
-    with pytest.raises(FileExistsError, match=r"tui\.key_secret"):
-        make_keys(tmp_path / "keys", ["tui"])
-    again = make_keys(tmp_path / "keys", ["line2"])
-    assert again.server_secret.read_bytes() == secret  # the station key stays
+    assert generate_server_keys(tmp_path / "keys").server_secret.read_bytes() == secret  # the station key stays
+    public, _ = generate_client_keys(tmp_path / "line2-pc", "line2")
+    with pytest.raises(FileExistsError, match=r"line2\.key_secret"):
+        generate_client_keys(tmp_path / "line2-pc", "line2")
+    with pytest.raises(FileExistsError, match="admitted already"):
+        admit_client(tmp_path / "keys", "tui", public)
+    admit_client(tmp_path / "keys", "line2", public)
     assert (keys.authorized_clients / "line2.key").is_file()
     assert oct(keys.server_secret.stat().st_mode & 0o777) == "0o600"
     with pytest.raises(ValueError, match="client name"):
-        make_keys(tmp_path / "keys", ["../evil"])
+        generate_client_keys(tmp_path / "x", "../evil")
