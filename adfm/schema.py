@@ -133,7 +133,6 @@ class CameraStatus(BaseModel):
     camera: str
     url: str = ""
     connected: bool
-    streaming: bool = Field(True, description="frames come continuously (a pause means a stall)")
     fps: float = 0.0
     last_frame_age_s: float | None = None
     captured: int = 0
@@ -141,6 +140,8 @@ class CameraStatus(BaseModel):
     errors: int = 0
     reconnects: int = 0
     last_error: str = ""
+    streaming: bool = Field(True, description="frames flow continuously; False for folders and triggered "
+                            "cameras, where a long silence is an idle line, not a stall")
 
 
 class StationStatus(_Message):

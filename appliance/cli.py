@@ -28,7 +28,7 @@ class RedactSecrets(logging.Filter):
     """Replace URL passwords in every log record (a camera URL inside an exception, say)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from adfm.camera.config import redact_secrets
+        from adfm.config import redact_secrets
 
         message = record.getMessage()
         clean = redact_secrets(message)
@@ -157,12 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from adfm.appliance.bus import BusError
+    from adfm.appliance.bus_server import BusError
     from adfm.appliance.config import ConfigError, load_config
+    from adfm.appliance.inference_worker import WorkerStartError
     from adfm.appliance.journal import JournalCorrupt, JournalError
     from adfm.appliance.pipeline import PipelineFatal
     from adfm.appliance.service import Service, ServiceError
-    from adfm.appliance.worker import WorkerStartError
 
     try:
         config = load_config(args.config)
@@ -306,7 +306,7 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace, from_seq: int | None = None):
-    from adfm.appliance.client import StationClient
+    from adfm.appliance.bus_client import StationClient
     from adfm.appliance.keys import CurveKeyError, load_client_curve
 
     curve = None
@@ -322,7 +322,7 @@ def _client(args: argparse.Namespace, from_seq: int | None = None):
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
-    from adfm.appliance.client import StationError
+    from adfm.appliance.bus_client import StationError
 
     from_seq = 1 if args.all else args.from_seq
     n = 0
@@ -342,7 +342,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from adfm.appliance.client import StationError
+    from adfm.appliance.bus_client import StationError
 
     client = _client(args)
     try:
@@ -356,7 +356,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_verdict(args: argparse.Namespace) -> int:
-    from adfm.appliance.client import StationError
+    from adfm.appliance.bus_client import StationError
 
     client = _client(args)
     try:

@@ -194,7 +194,7 @@ def part_png(i: int, size: int) -> bytes:
     """Part i: a synthetic washer, every 7th with a scratch."""
     import cv2
 
-    from adfm.testing.synthetic import make_sample
+    from adfm.synthetic import make_sample
 
     sample = make_sample("washer", "scratch" if i % 7 == 0 else None, np.random.default_rng(i), (size, size))
     ok, buf = cv2.imencode(".png", cv2.cvtColor(sample.image, cv2.COLOR_RGB2BGR))
@@ -204,7 +204,7 @@ def part_png(i: int, size: int) -> bytes:
 
 def train_gate(work: Path, size: int) -> Path:
     """A screening gate fitted on synthetic washers (the parts this soak feeds), like `adfm-train gate`."""
-    from adfm.testing.synthetic import make_synthetic_dataset
+    from adfm.synthetic import make_synthetic_dataset
     from adfm.trainer.gate import GateTrainConfig
     from adfm.trainer.gate import train_gate as fit
 
@@ -283,7 +283,7 @@ class Subscriber(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
-        from adfm.appliance.client import JournalReplaced, StationClient, StationError
+        from adfm.appliance.bus_client import JournalReplaced, StationClient, StationError
         from adfm.schema import InspectionResult
 
         next_seq, epoch, since_restart = 1, None, 0

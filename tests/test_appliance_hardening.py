@@ -17,14 +17,14 @@ import zmq
 
 from adfm.appliance import journal as journal_mod
 from adfm.appliance import service as service_mod
-from adfm.appliance.bus import ResultBus
-from adfm.appliance.client import StationClient, StationError, StationUnreachable
+from adfm.appliance.bus_client import StationClient, StationError, StationUnreachable
+from adfm.appliance.bus_server import ResultBus
 from adfm.appliance.config import ConfigError, parse_config
 from adfm.appliance.health import Health
+from adfm.appliance.inference_worker import BackendSpec
 from adfm.appliance.journal import Journal, JournalError
 from adfm.appliance.keys import load_client_curve, load_server_curve
 from adfm.appliance.service import Service
-from adfm.appliance.worker import BackendSpec
 from adfm.schema import (
     CameraStatus,
     InspectionResult,
@@ -60,7 +60,7 @@ def _collect(client: StationClient, until, timeout_s: float = 15.0) -> list:
 
 
 def test_a_replaced_journal_is_a_new_epoch_and_followers_resync_from_its_start(tmp_path):
-    from adfm.appliance.client import JournalReplaced
+    from adfm.appliance.bus_client import JournalReplaced
 
     pub, ctl = f"ipc://{tmp_path}/pub", f"ipc://{tmp_path}/ctl"
 
@@ -548,7 +548,7 @@ def test_a_folder_camera_waiting_for_files_is_not_a_stalled_camera():
 
 
 def test_a_remote_dashboard_gets_images_over_the_control_socket(tmp_path, monkeypatch):
-    from adfm.appliance import bus as bus_mod
+    from adfm.appliance import bus_server as bus_mod
     from adfm.appliance.review.outbox import VerdictOutbox
     from adfm.appliance.review.sources import LiveSource
 
