@@ -24,32 +24,23 @@ from pathlib import Path
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG, EXIT_JOURNAL = 0, 1, 2, 3  # the unit's RestartPreventExitStatus: 2 3
 
 
-class RedactSecrets(logging.Filter):
-    """Replace URL passwords in every log record (a camera URL inside an exception, say)."""
+class RedactingFormatter(logging.Formatter):
+    """Log lines (tracebacks included) with URL passwords replaced: a camera URL inside an
+    exception must not reach the system log."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
+    def format(self, record: logging.LogRecord) -> str:
         from adfm.config import redact_secrets
 
-        message = record.getMessage()
-        clean = redact_secrets(message)
-        if record.exc_info and record.exc_info[1] is not None:
-            import traceback
-
-            clean += "\n" + redact_secrets("".join(traceback.format_exception(*record.exc_info))).rstrip()
-            record.exc_info = None
-            record.exc_text = None
-        if clean != message:
-            record.msg, record.args = clean, None
-        return True
+        return redact_secrets(super().format(record))
 
 
 def _setup_logging(level: str) -> None:
     # Under systemd, journald stamps each line itself.
     fmt = "%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM") else (
         "%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format=fmt, stream=sys.stderr)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(RedactSecrets())
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(RedactingFormatter(fmt))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
 
 
 def _add_client_args(p: argparse.ArgumentParser, publish: bool) -> None:

@@ -252,13 +252,19 @@ def test_a_camera_password_never_reaches_a_config_error_or_the_log(tmp_path, cap
     text = str(info.value)
     assert "S3cret" not in text and "admin:***@" in text
 
-    from adfm.appliance.cli import RedactSecrets
+    from adfm.appliance.cli import RedactingFormatter
 
-    handler = logging.StreamHandler()
-    handler.addFilter(RedactSecrets())
-    record = logging.LogRecord("adfm", logging.ERROR, __file__, 1, "cannot open %s", ("rtsp://u:pw9@h/x",), None)
-    handler.filter(record)
-    assert record.getMessage() == "cannot open rtsp://u:***@h/x"
+    try:
+        raise RuntimeError("open failed for rtsp://u:pw9@h/x")
+    except RuntimeError:
+        import sys
+
+        exc_info = sys.exc_info()
+    record = logging.LogRecord("adfm", logging.ERROR, __file__, 1, "cannot open %s", ("rtsp://u:pw9@h/x",),
+                               exc_info)
+    line = RedactingFormatter("%(message)s").format(record)
+    assert line.startswith("cannot open rtsp://u:***@h/x") and "pw9" not in line
+    assert "RuntimeError: open failed for rtsp://u:***@h/x" in line  # the traceback too
 
 
 # ---- 7. a full disk degrades; nothing is lost; no restart loop -------------------------------------
