@@ -56,5 +56,6 @@ def verify_model_dir(model_dir: str | Path, cache: Path | None, full: bool = Fal
         fresh[str(f)] = {"stamp": stamp, "sha256": digest}
     if cache is not None and fresh != known:
         with suppress(OSError):  # a cache that cannot be written costs a re-hash next start, nothing else
-            write_atomic(cache, json.dumps(fresh, indent=1))
+            # readable by the service's user when `adfm-appliance check` ran as root
+            write_atomic(cache, json.dumps(fresh, indent=1), mode=0o644)
     return manifest, hashed

@@ -324,6 +324,24 @@ def log_counts(log: Path) -> dict[str, int]:
     return {name: text.count(needle) for name, needle in keys.items()}
 
 
+def rss_growth(rss: list[dict]) -> list[dict]:
+    """The appliance's RSS change per 1,000 parts within each process lifetime: median of the last
+    fifth of its samples minus the first fifth, once it is running (start-up samples — before the
+    worker exists, the imports still loading — left out)."""
+    out = []
+    for start in sorted({r["start"] for r in rss}):
+        seg = [r for r in rss if r["start"] == start and r["worker_mb"] is not None][1:]
+        if len(seg) < 6 or seg[-1]["parts"] - seg[0]["parts"] < 200:
+            continue
+        k = max(1, len(seg) // 5)
+        first, last = seg[:k], seg[-k:]
+        dmb = statistics.median(r["appliance_mb"] for r in last) - statistics.median(r["appliance_mb"] for r in first)
+        dparts = statistics.median(r["parts"] for r in last) - statistics.median(r["parts"] for r in first)
+        out.append({"start": start, "parts": dparts, "appliance_mb_change": round(dmb, 1),
+                    "mb_per_1000_parts": round(1000 * dmb / dparts, 2) if dparts else None})
+    return out
+
+
 # ---- reading the journals ----------------------------------------------------------------------------------
 
 
@@ -529,17 +547,7 @@ def run(args: argparse.Namespace) -> dict:
     totals = [ms for *_, ms, _ in subscriber.received]
     e2e = [1000 * (at - feeder.dropped_at[pid]) for _, _, pid, _, at in subscriber.received
            if pid in feeder.dropped_at]
-    growth = []
-    for start in sorted({r["start"] for r in rss}):
-        seg = [r for r in rss if r["start"] == start]
-        if len(seg) >= 6 and seg[-1]["parts"] - seg[0]["parts"] >= 200:
-            k = max(1, len(seg) // 5)
-            first, last = seg[:k], seg[-k:]
-            dmb = statistics.median(r["appliance_mb"] for r in last) - statistics.median(
-                r["appliance_mb"] for r in first)
-            dparts = statistics.median(r["parts"] for r in last) - statistics.median(r["parts"] for r in first)
-            growth.append({"start": start, "parts": dparts, "appliance_mb_change": round(dmb, 1),
-                           "mb_per_1000_parts": round(1000 * dmb / dparts, 2) if dparts else None})
+    growth = rss_growth(rss)
     return {
         "bench": "soak",
         "command": " ".join(sys.argv),
