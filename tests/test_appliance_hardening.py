@@ -593,3 +593,33 @@ def test_an_unreachable_station_gives_no_image_and_no_hang(tmp_path):
     with pytest.raises(StationUnreachable):
         StationClient(f"ipc://{tmp_path}/p", f"ipc://{tmp_path}/c", station="st1", timeout_s=0.2,
                       retries=1).fetch_image(1)
+
+
+# ---- 1 (the dashboard): a replaced journal clears what it showed; decisions carry the part --------
+
+
+def test_the_dashboard_clears_on_a_new_epoch_and_its_verdicts_name_the_part():
+    from datetime import UTC
+
+    from adfm.appliance.review.app import ReviewApp
+    from adfm.appliance.review.sources import Replaced, Results
+    from tests.review_support import NOW, ScriptedSource, fixed_results, run_async, standard_events
+
+    @run_async
+    async def scenario():
+        source = ScriptedSource(standard_events(None))
+        app = ReviewApp(source, operator="anna", tz=UTC, clock=lambda: NOW)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            assert len(app.store) == len(fixed_results())
+            assert app.decide(3, "confirmed_defect")
+            sent = source.sent[-1]
+            assert (sent.seq, sent.part_id) == (3, "p0003")
+            app.apply(Replaced("st1", "old", "new"))
+            assert len(app.store) == 0
+            fresh = fixed_results()[0].model_copy(update={"part_id": "other-part", "epoch": "new"})
+            app.apply(Results([fresh]))
+            assert app.decide(1, "false_alarm")
+            assert (source.sent[-1].part_id, source.sent[-1].epoch) == ("other-part", "new")
+
+    scenario()
