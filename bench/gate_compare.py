@@ -75,7 +75,7 @@ class Split:
 
 
 def _datasets(work: Path, quick: bool) -> list[tuple[str, Path, Path]]:
-    from adfm.testing.synthetic import make_synthetic_dataset
+    from adfm.synthetic import make_synthetic_dataset
     from adfm.trainer.data.texture_proxy import make_texture_proxy
 
     n = dict(fit_normal=40, fit_anomalous=9, test_normal=20, test_anomalous=15) if quick else \

@@ -1,4 +1,4 @@
-"""adfm.camera: frame sources (USB/V4L2, RTSP, HTTP MJPEG, folder, replay) and triggers.
+"""adfm.camera: frame sources (USB/V4L2, RTSP, HTTP MJPEG, folder, replay, GenICam) and triggers.
 
     from adfm.camera import CameraConfig, CameraWorker
     worker = CameraWorker(CameraConfig(id="cam1", url="rtsp://10.0.0.5/stream1"))
@@ -9,7 +9,8 @@
     worker.stop()
 
 URL forms: `v4l2:/dev/video0`, `usb:0`, `rtsp://…`, `http://…` (MJPEG), `folder:/path`,
-`replay:/path/video.mp4`, `replay:/path/dir`. Names are imported lazily so that importing the
+`replay:/path/video.mp4`, `replay:/path/dir`, `aravis:[id | serial=S | address=A]` (GenICam:
+GigE Vision / USB3 Vision through Aravis). Names are imported lazily so that importing the
 package (the appliance's CLI does at start) does not load OpenCV and ZeroMQ.
 """
 
@@ -21,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 from adfm.camera.frame import Frame
 
 if TYPE_CHECKING:
+    from adfm.camera.capture_thread import CameraWorker
     from adfm.camera.config import CameraConfig, FolderOptions, TriggerConfig
     from adfm.camera.errors import CameraError, FrameError, SourceError, SourceFinished
     from adfm.camera.source import FrameSource, open_source
-    from adfm.camera.worker import CameraWorker
 
 _LAZY = {
     "CameraConfig": "adfm.camera.config",
@@ -36,7 +37,7 @@ _LAZY = {
     "SourceFinished": "adfm.camera.errors",
     "FrameSource": "adfm.camera.source",
     "open_source": "adfm.camera.source",
-    "CameraWorker": "adfm.camera.worker",
+    "CameraWorker": "adfm.camera.capture_thread",
 }
 
 __all__ = [

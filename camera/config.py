@@ -12,10 +12,13 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-SourceKind = Literal["v4l2", "usb", "rtsp", "http", "folder", "replay"]
-TriggerMode = Literal["free-run", "external", "folder"]
+from adfm.camera.genicam import GenicamOptions, parse_target
+from adfm.config import StrictModel
+
+SourceKind = Literal["v4l2", "usb", "rtsp", "http", "folder", "replay", "aravis"]
+TriggerMode = Literal["free-run", "external", "folder", "camera"]
 
 _PREFIXES: tuple[tuple[str, SourceKind], ...] = (
     ("v4l2:", "v4l2"),
@@ -26,8 +29,12 @@ _PREFIXES: tuple[tuple[str, SourceKind], ...] = (
     ("https://", "http"),
     ("folder:", "folder"),
     ("replay:", "replay"),
+    ("aravis:", "aravis"),
 )
-URL_FORMS = "v4l2:/dev/videoN, usb:N, rtsp://…, http://… (MJPEG), folder:/path, replay:/path"
+URL_FORMS = (
+    "v4l2:/dev/videoN, usb:N, rtsp://…, http://… (MJPEG), folder:/path, replay:/path, "
+    "aravis:[device id | serial=S | address=A] (GigE Vision / USB3 Vision)"
+)
 
 
 def source_kind(url: str) -> SourceKind:
@@ -70,7 +77,7 @@ def _is_loopback_host(host: str) -> bool:
         return False
 
 
-class FolderOptions(BaseModel):
+class FolderOptions(StrictModel):
     """How a `folder:` source treats the files a line-scan system or PLC drops into it.
 
     A file is one part. It is read once its size and modification time have not changed for
@@ -78,7 +85,6 @@ class FolderOptions(BaseModel):
     renamed with `mark_suffix`. Files that stay undecodable go to `error_dir`; nothing is deleted.
     """
 
-    model_config = ConfigDict(extra="forbid")
 
     done_action: Literal["move", "mark"] = "move"
     done_dir: str = Field("done", min_length=1, description="subfolder (or absolute path) for done files")
@@ -102,16 +108,19 @@ class FolderOptions(BaseModel):
         return v
 
 
-class TriggerConfig(BaseModel):
+class TriggerConfig(StrictModel):
     """What makes a frame a part.
 
     - `free-run`: the stream is sampled at `parts_per_s` (every frame when unset).
     - `external`: each ZeroMQ message on `endpoint` carries a part id; the next frame taken gets it.
     - `folder`: each file arriving in a `folder:` source is a part named after the file.
-    Left unset, the mode follows the URL: `folder` for `folder:` sources, `free-run` otherwise.
+    - `camera`: each exposure of a triggered `aravis:` camera (genicam.trigger software or line) is
+      a part, and none is dropped. With genicam.trigger `software`, mode `external` instead fires
+      the camera once per ZeroMQ message, and that exposure is the message's part.
+    Left unset, the mode follows the source: `folder` for `folder:` sources, `camera` for triggered
+    `aravis:` cameras, `free-run` otherwise.
     """
 
-    model_config = ConfigDict(extra="forbid")
 
     mode: TriggerMode | None = None
     parts_per_s: float | None = Field(None, gt=0)
@@ -147,10 +156,9 @@ class TriggerConfig(BaseModel):
                 )
 
 
-class CameraConfig(BaseModel):
+class CameraConfig(StrictModel):
     """One camera of a station (see the package docstring for the URL forms)."""
 
-    model_config = ConfigDict(extra="forbid")
 
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     url: str
@@ -168,6 +176,7 @@ class CameraConfig(BaseModel):
     reconnect_max_s: float = Field(30.0, gt=0)
     trigger: TriggerConfig = Field(default_factory=TriggerConfig)
     folder: FolderOptions = Field(default_factory=FolderOptions)
+    genicam: GenicamOptions | None = Field(None, description="aravis: camera control (exposure, gain, trigger…)")
 
     @field_validator("url")
     @classmethod
@@ -180,6 +189,8 @@ class CameraConfig(BaseModel):
             raise ValueError(f"{kind} url {v!r} needs a path after '{kind}:'")
         if kind in ("rtsp", "http") and not urlsplit(v).hostname:
             raise ValueError(f"url {redact_url(v)!r} has no host")
+        if kind == "aravis":
+            parse_target(location)
         return v
 
     @field_validator("roi")
@@ -205,9 +216,20 @@ class CameraConfig(BaseModel):
                 f"reconnect_min_s {self.reconnect_min_s} is larger than reconnect_max_s {self.reconnect_max_s}"
             )
         kind = self.kind
+        self._check_genicam(kind)
+        camera_trigger = self.genicam.trigger if kind == "aravis" and self.genicam is not None else "off"
+        triggered_camera = camera_trigger != "off"
         if self.trigger.mode is None:
-            mode: TriggerMode = "folder" if kind == "folder" else "free-run"
+            mode: TriggerMode = "folder" if kind == "folder" else "camera" if triggered_camera else "free-run"
             self.trigger = self.trigger.model_copy(update={"mode": mode})
+        software_on_message = self.trigger.mode == "external" and camera_trigger == "software"
+        if triggered_camera and self.trigger.mode != "camera" and not software_on_message:
+            raise ValueError(
+                f"genicam.trigger {camera_trigger!r}: every exposure is a part, so trigger.mode must be "
+                f"'camera' (or unset), or 'external' with genicam.trigger 'software', not {self.trigger.mode!r}"
+            )
+        if self.trigger.mode == "camera" and not triggered_camera:
+            raise ValueError("trigger.mode 'camera' needs an aravis: url with genicam.trigger 'software' or 'line'")
         if kind == "folder" and self.trigger.mode != "folder":
             raise ValueError(
                 f"a folder: source is triggered by file arrival; trigger.mode {self.trigger.mode!r} "
@@ -221,6 +243,18 @@ class CameraConfig(BaseModel):
                 f"stall_timeout_s {self.stall_timeout_s}: the camera would count as stalled"
             )
         return self
+
+    def _check_genicam(self, kind: SourceKind) -> None:
+        if kind != "aravis":
+            if self.genicam is not None:
+                raise ValueError(f"genicam settings apply to aravis: urls, not {kind}:")
+            return
+        if self.genicam is None:
+            self.genicam = GenicamOptions()
+        if self.fps is not None:
+            raise ValueError("fps does not apply to aravis: cameras; set genicam.frame_rate_hz")
+        if self.resolution is not None:
+            raise ValueError("resolution does not apply to aravis: cameras; set genicam.sensor_roi")
 
     @property
     def kind(self) -> SourceKind:

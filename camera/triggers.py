@@ -23,6 +23,9 @@ MAX_PENDING_TRIGGERS = 256
 
 
 class Trigger(ABC):
+    #: trigger events accepted so far; the capture thread fires an on-demand source once per new one
+    accepted: int = 0
+
     def open(self) -> None:  # noqa: B027 - optional hook
         """Acquire what the trigger listens on (SourceError when it cannot)."""
 
@@ -145,6 +148,7 @@ class ExternalTrigger(Trigger):
                     lost = self._pending.popleft()
                     problems.append(f"trigger for part {lost.part_id!r} dropped: {MAX_PENDING_TRIGGERS} pending")
                 self._pending.append(_Pending(part_id, time.monotonic()))
+                self.accepted += 1
         while self._pending and now - self._pending[0].received_mono > self.config.max_age_s:
             stale = self._pending.popleft()
             problems.append(
@@ -167,9 +171,19 @@ class ExternalTrigger(Trigger):
             self._socket = None
 
 
+class CameraTrigger(Trigger):
+    """A triggered camera (hardware line or software): the trigger already chose the frame, so every
+    frame is a part."""
+
+    def take(self, frame: Frame) -> str | None:
+        return frame.part_id
+
+
 def make_trigger(config: TriggerConfig) -> Trigger:
     if config.mode == "external":
         return ExternalTrigger(config)
     if config.mode == "folder":
         return FolderTrigger()
+    if config.mode == "camera":
+        return CameraTrigger()
     return FreeRunTrigger(config.parts_per_s)

@@ -22,8 +22,8 @@ def gate_path(tmp_path_factory, synthetic_folder) -> Path:
 
 
 def test_training_writes_graph_metadata_and_the_images_it_fitted_on(gate_path, synthetic_folder):
-    from adfm.appliance.gate import metadata_path, read_metadata
     from adfm.manifest import sha256_file
+    from adfm.runtime.gate import metadata_path, read_metadata
     from adfm.trainer.data.records import read_manifest
 
     meta = read_metadata(metadata_path(gate_path))
@@ -45,8 +45,8 @@ def test_training_writes_graph_metadata_and_the_images_it_fitted_on(gate_path, s
 def test_pretrained_backbone_is_the_default_and_its_weights_are_traced(gate_path):
     import importlib.metadata
 
-    from adfm.appliance.gate import metadata_path, read_metadata
     from adfm.manifest import sha256_file
+    from adfm.runtime.gate import metadata_path, read_metadata
     from adfm.trainer.gate.backbone import load_efficientnet_lite0, provenance
 
     meta = read_metadata(metadata_path(gate_path))
@@ -83,7 +83,7 @@ def test_report_leaves_out_fit_and_calibration_images_and_counts_them(gate_path,
                                                                       tmp_path_factory, capsys):
     """Issue 15 item 4: no figure is computed on an image that fitted the gate or set its threshold,
     even when it is copied under another name; the report says how many it left out."""
-    from adfm.appliance.gate import Gate
+    from adfm.runtime.gate import Gate
     from adfm.trainer.evaluation.cli import main as eval_main
     from adfm.trainer.evaluation.gate_report import evaluate_gate
 
@@ -122,7 +122,7 @@ def test_report_leaves_out_fit_and_calibration_images_and_counts_them(gate_path,
 
 def test_split_manifest_with_a_category_and_no_anomalies(tmp_path, synthetic_mvtec, capsys):
     """A split manifest works as --data; without anomalous images the threshold is a normal quantile."""
-    from adfm.appliance.gate import metadata_path, read_metadata
+    from adfm.runtime.gate import metadata_path, read_metadata
     from adfm.trainer.data import scan_dataset, write_manifest
     from adfm.trainer.gate.cli import main
 
@@ -151,7 +151,7 @@ def test_split_manifest_with_a_category_and_no_anomalies(tmp_path, synthetic_mvt
 
 
 def test_an_unreadable_training_image_is_reported_not_fatal(tmp_path, synthetic_folder):
-    from adfm.appliance.gate import metadata_path, read_metadata
+    from adfm.runtime.gate import metadata_path, read_metadata
     from adfm.trainer.gate import GateTrainConfig, train_gate
 
     station = tmp_path / "station"
@@ -195,7 +195,7 @@ def test_bad_input_fails_with_a_clear_message(args, message, tmp_path, synthetic
 def test_export_parity_check_catches_a_graph_that_scores_differently(gate_path, tmp_path, synthetic_folder):
     import torch
 
-    from adfm.appliance.gate import GateSession
+    from adfm.runtime.gate import GateSession
     from adfm.trainer.gate.export import GateExportError, check_parity
     from adfm.trainer.gate.model import PatchKNNGate, RandomFeatures
     from tests.gate_support import read_rgb
@@ -266,7 +266,7 @@ def test_a_run_that_cannot_calibrate_leaves_the_previous_gate_alone(tmp_path, sy
 
 
 def test_random_backbone_on_request(tmp_path, synthetic_folder):
-    from adfm.appliance.gate import metadata_path, read_metadata
+    from adfm.runtime.gate import metadata_path, read_metadata
     from adfm.trainer.gate.cli import main
 
     out = tmp_path / "random.onnx"

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from adfm.config import ConfigError, StrictModel
 
 #: Both feature extractors give a stride-8 patch grid: input sides are multiples of this.
 STRIDE = 8
@@ -14,16 +16,14 @@ STRIDE = 8
 CONSERVATIVE_NORMAL_QUANTILE = 0.90
 
 
-class GateConfigError(ValueError):
+class GateConfigError(ConfigError):
     """A gate run that cannot start; the message names the setting or the file."""
 
 
-class GateTrainConfig(BaseModel):
+class GateTrainConfig(StrictModel):
     """What `adfm-train gate` does. The defaults fit 400 normal images at 256×256 within two minutes
     on a 2-core CPU and keep the graph above 50 frames/s there (bench/gate_compare.py);
     `bank_size` and `long_side` are the knobs for larger settings."""
-
-    model_config = ConfigDict(extra="forbid")
 
     data: Path = Field(description="split manifest (.jsonl) or dataset root (generic folder layout or any known)")
     out: Path = Field(description="the gate's .onnx file; the metadata JSON and training manifest go beside it")
