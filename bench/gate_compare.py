@@ -28,6 +28,7 @@ share the machine's load, with the spread over rounds). Plus `fit_400`: seconds 
 gate on 400 good images. Writes bench/results/gate_compare.json.
 
     nice -n 10 python bench/gate_compare.py [--quick] [--no-anomalib] [--rounds 5]
+    python bench/gate_compare.py --table bench/results/gate_compare.json   # the README's table
 """
 
 from __future__ import annotations
@@ -280,6 +281,28 @@ def _anomalib_status() -> tuple[bool, str]:
         return False, f"{type(exc).__name__}: {exc}"
 
 
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.0f}%"
+
+
+def markdown_table(report: dict) -> str:
+    """The README table of a results file: one row per dataset and method."""
+    speed = report["frames_per_s_256_2_threads"]
+    lines = ["| data | method | image AUROC | pixel AUROC | recall | to the VLM (good parts) | fit s | frames/s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, row in report["results"].items():
+        for method, r in row.items():
+            if "error" in r:
+                lines.append(f"| {name} | {method} | failed: {r['error'][:60]} | | | | | |")
+                continue
+            fps = speed.get(method, {}).get("frames_per_s_median")
+            lines.append(f"| {name} | {method} | {r['image_auroc']:.3f} | {r['pixel_auroc']:.3f} | "
+                         f"{_pct(r['recall_at_threshold'])} | {_pct(r['vlm_fraction'])} "
+                         f"({_pct(r['normal_vlm_fraction'])}) | {r['fit_seconds']:.1f} | "
+                         f"{'' if fps is None else f'{fps:.0f}'} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller splits, no fit_400 (a smoke run)")
@@ -287,7 +310,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5, help="timing rounds (default 5)")
     ap.add_argument("--frames", type=int, default=40, help="timed frames per model per round (default 40)")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--table", type=Path, metavar="RESULTS_JSON", help="print the markdown table of a results file")
     args = ap.parse_args(argv)
+    if args.table:
+        print(markdown_table(json.loads(args.table.read_text())))
+        return 0
 
     import onnxruntime
     import torch
