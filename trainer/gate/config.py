@@ -36,7 +36,9 @@ class GateTrainConfig(StrictModel):
     )
     width: int = Field(16, ge=4, le=256, description="random backbone: channels of its first convolution")
     bank_size: int = Field(4096, ge=16, le=65536, description="normal patch features kept (greedy coreset)")
-    max_candidates: int = Field(200_000, ge=1000, description="patches sampled from the images for the coreset")
+    max_candidates: int = Field(
+        100_000, ge=1000, description="patches sampled from the images for the coreset (the coreset time grows with it)"
+    )
     projection_dim: int = Field(64, ge=4, description="random projection used only to pick the coreset")
     smoothing_sigma: float = Field(1.0, ge=0.0, le=8.0, description="Gaussian smoothing of the patch map, in cells")
     holdout: float = Field(0.2, gt=0.0, lt=1.0, description="share of the normal training images held out")
