@@ -27,6 +27,10 @@ through ONNX Runtime on 2 threads (batch 1; the methods are timed round-robin in
 share the machine's load, with the spread over rounds). Plus `fit_400`: seconds to fit the default
 gate on 400 good images. Writes bench/results/gate_compare.json.
 
+Memory: anomalib's PatchCore coreset selection on the synthetic station grew to 8.8 GB (stopped
+there) and, once, 21 GB (the OOM killer ended that run) on this machine; with random inputs of the
+same size it stays at 1.1 GB. The cause was not found: watch memory, or use `--no-anomalib`.
+
     nice -n 10 python bench/gate_compare.py [--quick] [--no-anomalib] [--rounds 5]
     python bench/gate_compare.py --table bench/results/gate_compare.json   # the README's table
 """
