@@ -39,9 +39,11 @@ DEMO_NOTE = (
     "The demo model is a tiny Qwen2.5-VL (2 layers, hidden width 256) trained for a few minutes on synthetic "
     "washers with large drawn defects (adfm-train warmstart). It answers in the inspection format with "
     "boxes, but it has not learnt to see the defects in that time: greedy, it answers 'no' for every part, so "
-    "the demo samples its answers (temperature 0.5, seed 0), which shows the defect answer and its boxes; "
-    "its answers do not follow the parts, so read its accuracy as chance. A toy trained on synthetic parts, "
-    "not a model for real inspection; pass --model DIR with a model exported by adfm-export for your own."
+    "the demo samples its answers (temperature 0.5, seed 0), which shows the defect answer and its boxes. "
+    "Its answers do not follow the parts and its boxes miss the defects: what the station gets right here "
+    "comes from the screening gate, which passes the parts it finds normal before the model sees them. A toy "
+    "trained on synthetic parts, not a model for real inspection; pass --model DIR with a model exported by "
+    "adfm-export for your own."
 )
 #: The demo samples the tiny model's answers: greedy, it writes the normal answer for every part.
 DEMO_TEMPERATURE = 0.5
