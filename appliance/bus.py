@@ -28,6 +28,7 @@ from adfm.schema import (
     ErrorReply,
     InspectionResult,
     ReplayReply,
+    RecipeRequest,
     ReplayRequest,
     StationStatus,
     StatusRequest,
@@ -110,6 +111,7 @@ class ResultBus:
         status_interval_s: float = 5.0,
         send_hwm: int = 10_000,
         context: zmq.Context | None = None,
+        on_recipe: Callable[[str], None] | None = None,
     ) -> None:
         for ep in [*publish, *control]:
             why = check_endpoint_security(ep, curve is not None, insecure)
@@ -118,6 +120,7 @@ class ResultBus:
         self.station = station
         self.journal = journal
         self.status_provider = status_provider
+        self.on_recipe = on_recipe  # product changeover command (stations with recipes)
         self.publish_endpoints = list(publish)
         self.control_endpoints = list(control)
         self.curve = curve
@@ -289,6 +292,11 @@ class ResultBus:
                 return self.status_provider()
             if isinstance(request, VerdictRequest):
                 return self._verdict(request, pub)
+            if isinstance(request, RecipeRequest):
+                if self.on_recipe is None:
+                    return ErrorReply(error=f"station {self.station!r} has no recipes")
+                self.on_recipe(request.recipe)
+                return Ack(detail=f"recipe {request.recipe} selected for the next parts")
         except Exception as exc:  # a request must never take the bus down
             log.warning("control request failed: %s", exc)
             return ErrorReply(error=str(exc))

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SourceKind = Literal["v4l2", "usb", "rtsp", "http", "folder", "replay"]
-TriggerMode = Literal["free-run", "external", "folder"]
+TriggerMode = Literal["free-run", "external", "folder", "link"]
 
 _PREFIXES: tuple[tuple[str, SourceKind], ...] = (
     ("v4l2:", "v4l2"),
@@ -108,6 +108,8 @@ class TriggerConfig(BaseModel):
     - `free-run`: the stream is sampled at `parts_per_s` (every frame when unset).
     - `external`: each ZeroMQ message on `endpoint` carries a part id; the next frame taken gets it.
     - `folder`: each file arriving in a `folder:` source is a part named after the file.
+    - `link`: the station's PLC link fires each trigger in-process (`CameraWorker.fire`); the first
+      frame captured at or after the trigger is the part.
     Left unset, the mode follows the URL: `folder` for `folder:` sources, `free-run` otherwise.
     """
 

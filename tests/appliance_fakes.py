@@ -20,7 +20,7 @@ import numpy as np
 from adfm.camera.frame import Frame
 from adfm.schema import CameraStatus, InspectionResult, StationStatus
 
-ACTIONS = ("yes", "no", "slow", "malformed", "crash", "hang", "error", "exit")
+ACTIONS = ("yes", "no", "slow", "late", "malformed", "crash", "hang", "error", "exit")
 
 
 @dataclass(frozen=True)
@@ -43,11 +43,15 @@ class ScriptedBackend:
             os.kill(os.getpid(), signal.SIGKILL)
         self.actions: list[str] = spec["actions"]
         self.box = spec.get("box", [10, 20, 60, 80])  # grid pixels of the query image
+        self.late_s = float(spec.get("late_s", 1.0))  # "late": answers yes after this long
+        self.cycle = bool(spec.get("cycle", False))  # repeat the whole list instead of its last action
 
     def _next_action(self) -> tuple[int, str]:
         counter = self.script.with_suffix(".calls")
         n = int(counter.read_text()) + 1 if counter.exists() else 1
         counter.write_text(str(n))
+        if self.cycle:
+            return n, self.actions[(n - 1) % len(self.actions)]
         return n, self.actions[min(n, len(self.actions)) - 1]
 
     def generate(self, images, *, prompt_version=None, product=None, max_tokens=256, temperature=0.0, seed=0):
@@ -64,6 +68,9 @@ class ScriptedBackend:
         elif action == "slow":
             time.sleep(0.4)
             text = format_response(False, [], version=version)
+        elif action == "late":
+            time.sleep(self.late_s)
+            text = format_response(True, [self.box], ["scratch"], version=version)
         elif action == "no":
             text = format_response(False, [], version=version)
         elif action == "malformed":
@@ -86,8 +93,10 @@ def make_backend(**kwargs):
     return ScriptedBackend(**kwargs)
 
 
-def write_script(path: Path, actions: list[str], box: list[int] | None = None) -> Path:
-    path.write_text(json.dumps({"actions": actions, **({"box": box} if box else {})}))
+def write_script(path: Path, actions: list[str], box: list[int] | None = None, late_s: float | None = None,
+                 cycle: bool = False) -> Path:
+    path.write_text(json.dumps({"actions": actions, "cycle": cycle, **({"box": box} if box else {}),
+                                **({"late_s": late_s} if late_s is not None else {})}))
     return path
 
 
