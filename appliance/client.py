@@ -222,6 +222,8 @@ class StationClient:
             if topic == self._topics[0]:
                 result = InspectionResult.model_validate_json(payload)
                 if result.seq < self._next:
+                    if result.revision > 0:  # a later verdict on a delivered part (line stations)
+                        out.append(result)
                     return  # already delivered (replayed before it arrived live)
                 if result.seq > self._next:
                     self._held[result.seq] = result

@@ -238,7 +238,8 @@ class StationConfig(_Section):
         if self.plc is not None:
             trigger = next(c for c in self.cameras if c.id == cam).trigger.mode
             if trigger != "link":
-                raise ValueError(f"camera {cam!r} is fired by the PLC: its trigger.mode must be 'link', not {trigger!r}")
+                raise ValueError(f"camera {cam!r} is fired by the PLC: its trigger.mode must be 'link', "
+                                 f"not {trigger!r}")
             ejector = self.plc.modbus.ejector
             if ejector is not None and ejector.delay_ms is not None:
                 for r in [None, *self.recipes]:

@@ -220,7 +220,7 @@ class LineController:
             log.info("recipe changed to %s", event[1])
 
     def _recipe_for(self, trigger: LineTrigger) -> Recipe:
-        if trigger.recipe_code is not None:
+        if trigger.recipe_code:  # 0: the PLC selects none
             recipe = self.by_code.get(trigger.recipe_code)
             if recipe is not None:
                 return recipe

@@ -59,7 +59,8 @@ class RecipeSection(_Section):
     """A product recipe; the PLC's recipe register (or a control command) selects it by `code`."""
 
     name: str = Field(min_length=1, max_length=64)
-    code: int = Field(ge=0, le=65535, description="value of plc.modbus.recipe_register selecting this recipe")
+    code: int = Field(ge=1, le=65535, description="value of plc.modbus.recipe_register selecting this recipe "
+                      "(0 there: the PLC selects none, the recipe chosen by command applies)")
     product: str | None = Field(None, description="name from `products` (reference image, prompt product)")
     model_dir: Path | None = Field(None, description="this product's exported model (default: model.dir)")
     deadline_ms: float | None = Field(None, gt=0, le=600_000, description="default: line.deadline_ms")
@@ -165,10 +166,17 @@ class OpcUaSection(_Section):
     endpoint: str = Field("opc.tcp://127.0.0.1:4840/adfm/", description="opc.tcp://host:port/path")
     namespace: str = Field("urn:adfm:station")
     last_results: int = Field(10, ge=1, le=1000)
+    insecure: bool = Field(False, description="allow an endpoint reachable off this machine (no OPC UA security)")
 
-    @field_validator("endpoint")
-    @classmethod
-    def _opc_tcp(cls, v: str) -> str:
+    @model_validator(mode="after")
+    def _opc_tcp(self) -> OpcUaSection:
+        from urllib.parse import urlsplit
+
+        v = self.endpoint
         if not v.startswith("opc.tcp://"):
-            raise ValueError(f"endpoint {v!r} must start with opc.tcp://")
-        return v
+            raise ValueError(f"opcua.endpoint {v!r} must start with opc.tcp://")
+        host = urlsplit(v).hostname or ""
+        if host not in ("127.0.0.1", "localhost", "::1") and not self.insecure:
+            raise ValueError(f"opcua.endpoint {v!r} is reachable off this machine and the server offers no OPC UA "
+                             "security: bind 127.0.0.1 (and tunnel), or set insecure: true explicitly")
+        return self

@@ -160,15 +160,16 @@ class LineStation:
         return out
 
     def start(self) -> None:
-        self.runner.start(preload=DEFAULT_MODEL)
-        self.controller.start()
-        if self.link is not None:
-            self.link.start()
+        """Everything up before the PLC link: the PLC sees the heartbeat only once the line can decide."""
         if self.cfg.opcua is not None:
             from adfm.appliance.opcua_server import StationOpcUa
 
             self.opcua = StationOpcUa(self.cfg.opcua, self)
             self.opcua.start()
+        self.runner.start(preload=DEFAULT_MODEL)
+        self.controller.start()
+        if self.link is not None:
+            self.link.start()
 
     def step(self, timeout_s: float) -> None:
         self.controller.step(timeout_s)

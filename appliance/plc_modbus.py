@@ -18,6 +18,7 @@ while it was down are reported as missed ejections (their parts went by).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -179,10 +180,8 @@ class ModbusLink:
                 self._lost(str(exc))
             self._stop.wait(max(0.0, period - (time.monotonic() - t0)))
         if self.connected and self._pulse_until is not None:
-            try:
+            with contextlib.suppress(PlcError):
                 self.client.write_coil(self.cfg.ejector.coil, False)  # type: ignore[union-attr]
-            except PlcError:
-                pass
 
     def _connect(self) -> None:
         try:

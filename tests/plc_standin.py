@@ -1,11 +1,12 @@
 """A PLC stand-in for the line tests and bench: pymodbus's own Modbus/TCP server on 127.0.0.1 plus a
 small "PLC program" that presents parts. Test-only code; run as a process so a test can SIGKILL it.
 
-    python -m tests.plc_standin --port 5020 --log plc.jsonl --rate 5 --parts 600 --first-id 1
+    python -m tests.plc_standin --port 5020 --log plc.jsonl --rate 5 --parts 600
 
-Program: wait for the station's heartbeat (register RESULT_HR+4), then, per part: write the part id (two holding registers, low word first) and the encoder
-count, raise the trigger discrete input, drop it `--high-ms` later. Every event goes to `--log`
-as one JSON line with `time.monotonic()` (CLOCK_MONOTONIC, shared by processes on one machine):
+Program: wait for the station's heartbeat (register RESULT_HR+4), then, per part: write the part
+id (two holding registers, low word first) and the encoder count, raise the trigger discrete
+input, drop it `--high-ms` later. Every event goes to `--log` as one JSON line with
+`time.monotonic()` (CLOCK_MONOTONIC, shared by processes on one machine):
 `{"ev": "trigger", "t": …, "part_id": …}` and, for each write the station makes,
 `{"ev": "write", "t": …, "fc": …, "address": …, "values": […]}`.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -116,10 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--start-delay", type=float, default=0.0)
     a = p.parse_args(argv)
     standin = Standin(a.port, a.log)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(standin.serve(a.rate, a.parts, a.first_id, a.high_ms, a.recipe, a.start_delay))
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

@@ -16,11 +16,11 @@ import pytest
 
 pytest.importorskip("pymodbus")
 
-from adfm.appliance import journal as journal_mod  # noqa: E402
-from adfm.appliance.journal import Journal  # noqa: E402
-from adfm.appliance.line_config import DECISION_CODES, SOURCE_CODES  # noqa: E402
-from tests.appliance_fakes import write_script  # noqa: E402
-from tests.line_support import Plc, free_port, line_config, start_line  # noqa: E402
+from adfm.appliance import journal as journal_mod
+from adfm.appliance.journal import Journal
+from adfm.appliance.line_config import DECISION_CODES, SOURCE_CODES
+from tests.appliance_fakes import write_script
+from tests.line_support import Plc, free_port, line_config, start_line
 
 RATE = 5.0
 DEADLINE_MS = 500.0
