@@ -20,7 +20,8 @@ from adfm.appliance import journal as journal_mod
 from adfm.appliance.journal import Journal
 from adfm.appliance.line_config import DECISION_CODES, SOURCE_CODES
 from tests.appliance_fakes import write_script
-from tests.line_support import Plc, free_port, line_config, start_line
+from tests.line_support import ENCODER_HR, Plc, free_port, line_config, start_line
+from tests.plc_standin import REJECT_COIL
 
 RATE = 5.0
 DEADLINE_MS = 500.0
@@ -213,3 +214,32 @@ def test_full_disk_gives_minimal_records_and_no_crash(tmp_path, monkeypatch):
     for d in minimal:
         assert d.action == "reject" and d.image_path == "" and any("minimal record" in p for p in d.problems)
     assert decisions[-1].decision_source == "vlm" and decisions[-1].image_path  # recovered once there is room
+
+
+@pytest.mark.slow
+def test_encoder_ejector_fires_when_the_part_has_travelled_its_distance(tmp_path):
+    parts = 15
+    port = free_port()
+    plc = Plc(port, tmp_path / "plc.jsonl")
+    plc.start(rate=RATE, parts=parts)  # the conveyor's encoder advances 1000 counts per part
+    cfg = line_config(tmp_path, port, deadline_ms=300)
+    cfg["plc"]["modbus"]["ejector"] = {"coil": REJECT_COIL, "pulse_ms": 60, "encoder_register": ENCODER_HR,
+                                       "distance_counts": 3000}
+    script = write_script(tmp_path / "script.json", ["yes", "no", "no"], cycle=True)
+    run, _ = start_line(cfg, script)
+    try:
+        _wait(plc.done, 30, "the PLC's parts")
+        _wait(lambda: len(plc.result_writes()) >= parts, 10, "every decision")
+        time.sleep(0.5)
+    finally:
+        run.stop()
+        plc.kill()
+    triggers = plc.triggers()
+    with _journal(tmp_path) as journal:
+        action = {d.part_id: d.action for d in _decisions(journal)}
+    # A part reaches the ejector 3000 counts on, i.e. when the third part after it is presented.
+    due = [triggers[k + 3]["t"] for k, t in enumerate(triggers[:-3]) if action[t["part_id"]] == "reject"]
+    pulses = plc.pulses()
+    assert len(due) >= 3 and len(pulses) == len(due), (len(pulses), len(due))
+    for (rise, _), t_due in zip(pulses, due, strict=True):
+        assert 0 <= (rise - t_due) * 1000 <= TOLERANCE_MS
