@@ -117,7 +117,7 @@ class LineController:
         default_recipe: str,
         model_ids: dict[str, tuple[str, str]],
         *,
-        margin_ms: float = 30.0,
+        margin_ms: float = 50.0,
         outputs: list[DecisionOutput] | None = None,
         on_result: Callable[[InspectionResult], None] | None = None,
     ) -> None:

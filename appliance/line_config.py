@@ -51,7 +51,7 @@ class LineSection(_Section):
     camera: str | None = Field(None, description="camera the PLC trigger fires (default: the first)")
     deadline_ms: float = Field(1000.0, gt=0, le=600_000)
     failsafe: FailSafe = Field("reject", description="decision when the VLM cannot decide in time")
-    margin_ms: float = Field(30.0, ge=0, description="the fail-safe goes out this long before the deadline")
+    margin_ms: float = Field(50.0, ge=0, description="the fail-safe goes out this long before the deadline")
     vlm_backlog: int = Field(16, ge=0, le=10_000, description="late parts the VLM still inspects for revisions")
 
 

@@ -225,3 +225,27 @@ def frame(i: int, size=(200, 150), camera="cam0") -> Frame:
     img = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
     return Frame(camera_id=camera, image=img, frame_number=i, part_id=f"part-{i}",
                  captured_mono=time.monotonic(), captured_wall=time.time(), source_name=f"{i}.png")
+
+
+class SlowedBackend:
+    """A real backend (the exported GGUF through llama.cpp) made slower on every `slow_every`-th
+    call by `slow_s`, so a test or bench can push some parts past their deadline on purpose."""
+
+    def __init__(self, slow_every: int = 5, slow_s: float = 1.0, **gguf_kwargs: object) -> None:
+        from adfm.appliance.worker import gguf_backend
+
+        self.inner = gguf_backend(**gguf_kwargs)  # type: ignore[arg-type]
+        self.slow_every = slow_every
+        self.slow_s = slow_s
+        self.calls = 0
+
+    def generate(self, images, **kwargs):
+        self.calls += 1
+        if self.slow_every and self.calls % self.slow_every == 0:
+            time.sleep(self.slow_s)
+        return self.inner.generate(images, **kwargs)
+
+
+def make_slowed_backend(**kwargs):
+    """The worker's factory for SlowedBackend (`tests.appliance_fakes:make_slowed_backend`)."""
+    return SlowedBackend(**kwargs)

@@ -143,7 +143,7 @@ def line_config(tmp_path: Path, port: int, *, deadline_ms: float = 500, delay_ms
     cfg = station_dict(
         tmp_path,
         cameras=[{"id": "cam0", "url": f"replay:{tmp_path}", "trigger": {"mode": "link"}, "queue_size": 2}],
-        line={"deadline_ms": deadline_ms, "failsafe": failsafe, "margin_ms": 30, "vlm_backlog": 64},
+        line={"deadline_ms": deadline_ms, "failsafe": failsafe, "margin_ms": 50, "vlm_backlog": 64},
         plc={"modbus": standin_modbus(port, {"coil": REJECT_COIL, "pulse_ms": 60, "delay_ms": delay_ms},
                                       recipes=bool(recipes))},
         **over,
@@ -154,8 +154,9 @@ def line_config(tmp_path: Path, port: int, *, deadline_ms: float = 500, delay_ms
     return cfg
 
 
-def start_line(config_dict: dict, script: Path, fps: float = 30.0):
-    """Start a line-mode service on a synthetic camera; returns (run, source)."""
+def start_line(config_dict: dict, script: Path | None, fps: float = 30.0, backend=None):
+    """Start a line-mode service on a synthetic camera (the scripted model, or `backend`); returns
+    (run, source)."""
     from adfm.appliance.config import parse_config
     from adfm.appliance.service import Service
     from adfm.appliance.worker import BackendSpec
@@ -167,11 +168,12 @@ def start_line(config_dict: dict, script: Path, fps: float = 30.0):
     source = SyntheticStream(cam_cfg, fps=fps)
     camera = CameraWorker(cam_cfg, source=source)
     results: list = []
-    service = Service(config, cameras={"cam0": camera}, backend=BackendSpec(FACTORY, {"script": str(script)}),
+    backend = backend or BackendSpec(FACTORY, {"script": str(script)})
+    service = Service(config, cameras={"cam0": camera}, backend=backend,
                       on_result=results.append)
     run = LineRun(service, threading.Thread(target=service.run, name="line-service", daemon=True), results)
     run.thread.start()
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 300
     while getattr(service, "line", None) is None or service.line.link is None or not service.line.link.connected:
         assert run.thread.is_alive(), "the service ended during start-up"
         assert time.monotonic() < deadline, "the line did not come up"
