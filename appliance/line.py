@@ -28,6 +28,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -90,6 +91,10 @@ class _Part:
     result: InspectionResult | None = None
     vlm_pending: bool = False
     disk_full: str = ""
+    attaching: bool = False  # its image is being written (journal thread)
+    waiting: tuple | None = None  # a gate/VLM decision waiting for the image to be journaled
+    unrecorded: bool = False  # decided (and sent to the PLC) while its image was still being written
+    late_verdict: tuple | None = None  # a revision that came before the decision was journaled
     latency: dict[str, float] = field(default_factory=dict)
 
 
@@ -148,6 +153,7 @@ class LineController:
         self._pump_stop = threading.Event()
         self._pump: threading.Thread | None = None
         self.recent: list[InspectionResult] = []
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adfm-line-journal")
 
     # ---- inputs (any thread) ------------------------------------------------------------------
 
@@ -175,6 +181,14 @@ class LineController:
         self._pump_stop.set()
         if self._pump is not None:
             self._pump.join(2.0)
+        self._writer.shutdown(wait=True)
+        while True:  # images written meanwhile: record the decisions that waited for them
+            try:
+                event = self.events.get_nowait()
+            except queue.Empty:
+                break
+            if event[0] == "attached":
+                self._handle(event)
 
     def _pump_frames(self) -> None:
         while not self._pump_stop.is_set():
@@ -215,6 +229,8 @@ class LineController:
             if part is not None:
                 part.vlm_pending = False
                 self._forget_if_done(part)
+        elif kind == "attached":
+            self._on_attached(event[1], event[2], event[3])
         elif kind == "recipe":
             self.active_recipe = event[1]
             log.info("recipe changed to %s", event[1])
@@ -256,21 +272,15 @@ class LineController:
                         frame.part_id)
             return
         part.frame = frame
-        t0 = time.monotonic()
         part.latency["trigger_to_frame"] = _ms(part.trigger.at_mono, frame.captured_mono)
-        try:
-            part.row = self.journal.attach_image(part.row, frame.image, frame_number=frame.frame_number,
-                                                 captured_wall=frame.captured_wall)
-            self.health.clear("journal")
-        except JournalError as exc:
-            part.disk_full = str(exc)
-            self.health.problem("journal", str(exc))
-        part.latency["journal"] = _ms(t0, time.monotonic())
+        # The image is written (PNG, fsync) in the journal thread: the loop keeps serving deadlines.
+        part.attaching = True
+        row, t0 = part.row, time.monotonic()
+        future = self._writer.submit(self.journal.attach_image, row, frame.image, frame_number=frame.frame_number,
+                                     captured_wall=frame.captured_wall)
+        future.add_done_callback(lambda f, key=part.key: self.events.put(("attached", key, f, t0)))
         if part.result is not None:  # the frame came after the deadline: inspect it for the revision
             self._submit_vlm(part)
-            return
-        if part.disk_full:
-            self._decide_failsafe(part, "failsafe_disk_full", f"image not journaled: {part.disk_full}")
             return
         recipe = part.recipe
         if recipe.gate is not None and recipe.gate_mode != "off":
@@ -286,9 +296,44 @@ class LineController:
             part.latency["gate"] = _ms(t0, time.monotonic())
             if recipe.gate_mode == "screen" and not suspicious:
                 reason = f"screening gate: score {part.gate_score:.4f} below its threshold"
-                self._decide(part, "pass", "pass", "gate", reason)
+                self._decide_when_journaled(part, ("pass", "pass", "gate", reason, None))
                 return
         self._submit_vlm(part)
+
+    def _decide_when_journaled(self, part: _Part, decision: tuple) -> None:
+        """A gate or VLM decision counts once the part's image is journaled (a full disk turns it into
+        the fail-safe); until then it waits — the deadline's fail-safe still comes first if due."""
+        if part.attaching:
+            part.waiting = decision
+        elif part.disk_full:
+            self._decide_failsafe(part, "failsafe_disk_full", f"image not journaled: {part.disk_full}")
+        else:
+            self._decide(part, *decision)
+
+    def _on_attached(self, key: str, future: Future, t0: float) -> None:
+        part = self.parts.get(key)
+        if part is None:
+            return
+        part.attaching = False
+        part.latency["journal"] = _ms(t0, time.monotonic())
+        try:
+            part.row = future.result()
+            self.health.clear("journal")
+        except Exception as exc:  # JournalFullError above all: the row stays, as a minimal record
+            part.disk_full = str(exc)
+            self.health.problem("journal", str(exc))
+        if part.result is None:
+            if part.disk_full:
+                self._decide_failsafe(part, "failsafe_disk_full", f"image not journaled: {part.disk_full}")
+            elif part.waiting is not None:
+                self._decide(part, *part.waiting)
+        elif part.unrecorded:
+            part.unrecorded = False
+            self._record(part, self._with_image(part, part.result))
+            if part.late_verdict is not None:
+                self._revise(part, *part.late_verdict)
+                part.late_verdict = None
+        self._forget_if_done(part)
 
     def _submit_vlm(self, part: _Part) -> None:
         if self.runner is None or part.frame is None:
@@ -309,7 +354,7 @@ class LineController:
             action: LineAction = {"pass": "pass", "fail": "reject"}.get(verdict, part.recipe.failsafe)  # type: ignore[assignment]
             if verdict == "review":
                 reason += f"; fail-safe action {part.recipe.failsafe}"
-            self._decide(part, verdict, action, "vlm", reason, inference)
+            self._decide_when_journaled(part, (verdict, action, "vlm", reason, inference))
         elif part.result is not None:
             self._revise(part, verdict, reason, inference)
         self._forget_if_done(part)
@@ -342,33 +387,52 @@ class LineController:
         part.result = result
         self.decided += 1
         self.counts[source] = self.counts.get(source, 0) + 1
-        seq = 0
-        if part.row is not None:
-            seq = part.row.seq
+        for out in self.outputs:  # the PLC first: its write is what the deadline is for
+            try:
+                out.decided(part.row.seq if part.row is not None else 0, action, source, part.trigger)
+            except Exception:
+                log.exception("decision output failed")
+        if part.attaching:
+            part.unrecorded = True  # journaled and published once its image is written
+        else:
+            self._record(part, result)
+        self._forget_if_done(part)
+
+    def _with_image(self, part: _Part, result: InspectionResult) -> InspectionResult:
+        row = part.row
+        update: dict[str, Any] = {}
+        if row is not None:
+            update = {"image_path": row.image_path, "image_width": row.image_width, "image_height": row.image_height,
+                      "latency_ms": dict(part.latency)}
+        if part.disk_full and not any(p.startswith("minimal record") for p in result.problems):
+            update["problems"] = [*result.problems, f"minimal record: {part.disk_full}"]
+        return result.model_copy(update=update) if update else result
+
+    def _record(self, part: _Part, result: InspectionResult) -> None:
+        """Journal a decision, then count and publish it (after the PLC already has it)."""
+        part.result = result
+        if part.row is None:
+            self._unjournaled.append(part)
+        else:
             try:
                 result = self.journal.complete(result)
                 part.result = result
             except JournalError as exc:
-                self.health.problem("journal", f"decision of seq {seq} not journaled yet: {exc}")
+                self.health.problem("journal", f"decision of seq {part.row.seq} not journaled yet: {exc}")
                 self._unjournaled.append(part)
-        else:
-            self._unjournaled.append(part)
-        for out in self.outputs:
-            try:
-                out.decided(seq, action, source, part.trigger)
-            except Exception:
-                log.exception("decision output failed")
-        if seq:
+                return
             self.health.record_part(result, {"trigger_to_decision": part.latency["trigger_to_decision"]})
             self._queue_publish(result)
         if self.on_result is not None:
             self.on_result(result)
         self.recent = [*self.recent[-99:], result]
-        self._forget_if_done(part)
 
     def _revise(self, part: _Part, verdict: str, reason: str, inference: Inference) -> None:
         first = part.result
         assert first is not None
+        if part.unrecorded:
+            part.late_verdict = (verdict, reason, inference)
+            return
         revision = self._result(part, verdict, reason + " (after the line's decision)", inference,
                                 revision=first.revision + 1, source="vlm", action=first.action,
                                 decided_wall=time.time())
@@ -429,6 +493,8 @@ class LineController:
         )
 
     def _forget_if_done(self, part: _Part) -> None:
+        if part.attaching or part.unrecorded:
+            return
         if part.result is not None and not part.vlm_pending and (part.frame is not None or part.row is None
                                                                   or time.monotonic() > part.deadline_mono):
             self.parts.pop(part.key, None)

@@ -53,6 +53,7 @@ class LineSection(_Section):
     failsafe: FailSafe = Field("reject", description="decision when the VLM cannot decide in time")
     margin_ms: float = Field(50.0, ge=0, description="the fail-safe goes out this long before the deadline")
     vlm_backlog: int = Field(16, ge=0, le=10_000, description="late parts the VLM still inspects for revisions")
+    vlm_nice: int = Field(10, ge=0, le=19, description="the model process runs this much nicer than the service")
 
 
 class RecipeSection(_Section):

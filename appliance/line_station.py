@@ -87,7 +87,7 @@ class LineStation:
         self.models = models
         self.runner = VlmRunner(models, self._vlm_done, self._vlm_skipped, backlog=line.vlm_backlog,
                                 hang_s=cfg.model.deadline_s, load_timeout_s=cfg.model.load_timeout_s,
-                                max_tokens=cfg.model.max_tokens)
+                                max_tokens=cfg.model.max_tokens, nice=line.vlm_nice)
         self.link = None
         outputs = []
         if cfg.plc is not None:

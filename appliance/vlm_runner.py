@@ -3,13 +3,16 @@
 The VLM on a CPU is much slower than a line, so parts queue for it. The runner takes the part
 that can still make its deadline soonest; parts already past their deadline (decided by the
 fail-safe) are inspected afterwards for their revision, newest `backlog` of them only — older
-ones are skipped rather than let the queue grow without end. A recipe may name its own model:
-the runner then switches the worker's model before that part (one model loaded at a time).
+ones are skipped rather than let the queue grow without end. The worker process runs `nice`
+below the service, so the model never delays a deadline or a reject pulse on a busy CPU. A recipe
+may name its own model: the runner then switches the worker's model before that part (one model
+loaded at a time).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -56,6 +59,7 @@ class VlmRunner:
         hang_s: float = 120.0,
         load_timeout_s: float = 600.0,
         max_tokens: int = 256,
+        nice: int = 10,
     ) -> None:
         self.models = models
         self.on_done = on_done
@@ -64,6 +68,8 @@ class VlmRunner:
         self.hang_s = hang_s
         self.load_timeout_s = load_timeout_s
         self.max_tokens = max_tokens
+        self.nice = nice
+        self._reniced: int | None = None
         self._jobs: list[VlmJob] = []
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -165,6 +171,18 @@ class VlmRunner:
         self._worker.start()
         self.down_reason = ""
 
+    def _renice(self) -> None:
+        """Run the model below the line's own threads: on a busy CPU the PLC polling, the
+        fail-safe and the reject pulse must not wait for llama.cpp's compute threads."""
+        pid = self._worker.pid if self._worker is not None else None
+        if pid is None or pid == self._reniced or not self.nice:
+            return
+        try:
+            os.setpriority(os.PRIO_PROCESS, pid, os.getpriority(os.PRIO_PROCESS, 0) + self.nice)
+        except OSError as exc:
+            log.warning("cannot lower the inference worker's priority: %s", exc)
+        self._reniced = pid
+
     def _infer(self, job: VlmJob) -> Inference:
         out = Inference(parsed=None)
         info = self.models[job.model].info
@@ -179,6 +197,7 @@ class VlmRunner:
             try:
                 self._switch(job.model)
                 assert self._worker is not None
+                self._renice()
                 reply = self._worker.generate(images, prompt_version=info.prompt_version, product=job.product,
                                               max_tokens=self.max_tokens, temperature=0.0, seed=0)
                 self.down_reason = ""
