@@ -134,6 +134,7 @@ class ModbusLink:
         self.write_latency_ms: list[tuple[int, float]] = []
         self._decisions: queue.Queue = queue.Queue()
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._backoff = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s)
         self._retry_at = 0.0
@@ -152,6 +153,7 @@ class ModbusLink:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(5.0)
         self.client.close()
@@ -159,6 +161,7 @@ class ModbusLink:
     def decided(self, seq: int, action: str, source: str, trigger: LineTrigger) -> None:
         """A part's decision (called by the line controller, any thread)."""
         self._decisions.put((seq, action, source, trigger))
+        self._wake.set()  # written now, not at the next poll
 
     # ---- thread -------------------------------------------------------------------------------
 
@@ -178,7 +181,8 @@ class ModbusLink:
                 self._cycle()
             except PlcError as exc:
                 self._lost(str(exc))
-            self._stop.wait(max(0.0, period - (time.monotonic() - t0)))
+            self._wake.wait(max(0.0, period - (time.monotonic() - t0)))
+            self._wake.clear()
         if self.connected and self._pulse_until is not None:
             with contextlib.suppress(PlcError):
                 self.client.write_coil(self.cfg.ejector.coil, False)  # type: ignore[union-attr]
