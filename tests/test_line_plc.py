@@ -20,6 +20,7 @@ from adfm.appliance import journal as journal_mod
 from adfm.appliance.journal import Journal
 from adfm.appliance.line_config import DECISION_CODES, SOURCE_CODES
 from tests.appliance_fakes import write_script
+from tests.conftest import needs_llama
 from tests.line_support import ENCODER_HR, Plc, free_port, line_config, start_line
 from tests.plc_standin import REJECT_COIL
 
@@ -245,3 +246,38 @@ def test_encoder_ejector_fires_when_the_part_has_travelled_its_distance(tmp_path
     assert len(due) >= 3 and len(pulses) == len(due), (len(pulses), len(due))
     for (rise, _), t_due in zip(pulses, due, strict=True):
         assert 0 <= (rise - t_due) * 1000 <= TOLERANCE_MS
+
+
+@pytest.mark.slow
+@needs_llama
+def test_the_tiny_model_slowed_past_the_deadline_on_the_line(tmp_path, tiny_gguf_dir):
+    """The real model path (llama.cpp in the inference worker) with every 3rd call slowed by 1.5 s:
+    the same guarantees as with the scripted model."""
+    from adfm.appliance.worker import BackendSpec
+
+    parts = 30
+    port = free_port()
+    plc = Plc(port, tmp_path / "plc.jsonl")
+    plc.start(rate=RATE, parts=parts)
+    cfg = line_config(tmp_path, port, deadline_ms=1000, delay_ms=1200)
+    cfg["model"].update(dir=str(tiny_gguf_dir), max_tokens=24)
+    backend = BackendSpec("tests.appliance_fakes:make_slowed_backend",
+                          {"model_dir": str(tiny_gguf_dir), "slow_every": 3, "slow_s": 1.5, "check_hashes": False})
+    run, _ = start_line(cfg, None, backend=backend)
+    try:
+        _wait(plc.done, 60, "the PLC's parts")
+        _wait(lambda: len(plc.result_writes()) >= parts, 20, "every decision")
+        time.sleep(1.5)
+    finally:
+        run.stop()
+        plc.kill()
+    triggers = {t["part_id"]: t["t"] for t in plc.triggers()}
+    with _journal(tmp_path) as journal:
+        decisions = _decisions(journal)
+        revised = [d for d in decisions if len(journal.revisions(d.seq)) == 2]
+    assert sorted(d.part_id for d in decisions) == sorted(triggers)
+    assert all(d.latency_ms["trigger_to_decision"] <= 1000 + TOLERANCE_MS for d in decisions)
+    assert any(d.decision_source == "failsafe_timeout" for d in decisions) and revised
+    assert all(r.model_id and r.prompt_version for r in decisions)
+    rejects = sorted(triggers[d.part_id] for d in decisions if d.action == "reject")
+    assert len(plc.pulses()) == len(rejects)
