@@ -1,7 +1,13 @@
-"""adfm: AD-FM visual inspection — shared contracts (protocol, geometry, schema, model manifest).
+"""adfm: AD-FM visual inspection.
 
-Everything in this package is light (numpy, scipy, pillow, pydantic): the appliance imports it on
-line PCs without torch. Subpackages: adfm.trainer, adfm.export, adfm.camera, adfm.appliance.
+Layers, from the bottom (import-linter checks them; see `.importlinter`):
+- contracts, light (numpy, scipy, pillow, pydantic): protocol, geometry, schema, manifest, files,
+  config, offline, synthetic;
+- `adfm.runtime` (runs exported artefacts: llama.cpp VLM, ONNX gate) and `adfm.camera`;
+- `adfm.appliance` (the line PC), beside the build side `adfm.export` and `adfm.trainer`.
+The line side never imports torch or the build side. The subpackages live in the repository's
+top-level folders (`appliance/` is `adfm.appliance`); `adfm/<folder>` links to each, so editors
+and type checkers resolve `adfm.*` from a checkout.
 """
 
 from importlib.metadata import PackageNotFoundError, version

@@ -203,7 +203,7 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace, from_seq: int | None = None):
-    from adfm.appliance.client import StationClient
+    from adfm.appliance.bus_client import StationClient
     from adfm.appliance.keys import CurveKeyError, load_client_curve
 
     curve = None
@@ -219,7 +219,7 @@ def _client(args: argparse.Namespace, from_seq: int | None = None):
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
-    from adfm.appliance.client import StationError
+    from adfm.appliance.bus_client import StationError
 
     from_seq = 1 if args.all else args.from_seq
     n = 0
@@ -239,7 +239,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from adfm.appliance.client import StationError
+    from adfm.appliance.bus_client import StationError
 
     client = _client(args)
     try:
@@ -253,7 +253,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_verdict(args: argparse.Namespace) -> int:
-    from adfm.appliance.client import StationError
+    from adfm.appliance.bus_client import StationError
 
     client = _client(args)
     try:

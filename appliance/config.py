@@ -14,22 +14,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from adfm.appliance.line_config import LineSection, OpcUaSection, PlcSection, RecipeSection
 from adfm.camera.config import CameraConfig
+from adfm.config import ConfigError, StrictModel, validation_problems
 from adfm.protocol import PROMPT_VERSIONS
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 MB = 1024 * 1024
 
 
-class ConfigError(ValueError):
-    """A station config that cannot run; `problems` lists each as 'file: key: why'."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("invalid station config:\n  " + "\n  ".join(problems))
+def _invalid(problems: list[str]) -> ConfigError:
+    """The station's ConfigError: every problem under one heading, so an integrator fixes them in one go."""
+    return ConfigError(problems, "invalid station config")
 
 
 def _resolve(value: Any, info: ValidationInfo) -> Any:
@@ -43,8 +41,8 @@ def _resolve(value: Any, info: ValidationInfo) -> Any:
     return path
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Section(StrictModel):
+    """A station config section (validated on assignment too)."""
 
 
 class ModelSection(_Section):
@@ -61,7 +59,7 @@ class ModelSection(_Section):
     deadline_s: float = Field(120.0, gt=0, description="longest one part may take before the worker is killed")
     load_timeout_s: float = Field(600.0, gt=0)
     backend: str = Field(
-        "adfm.appliance.worker:gguf_backend", description="module:callable building the inference backend"
+        "adfm.appliance.inference_worker:gguf_backend", description="module:callable building the inference backend"
     )
 
     _paths = field_validator("dir", mode="before")(_resolve)
@@ -158,7 +156,7 @@ class BusSection(_Section):
 
     @model_validator(mode="after")
     def _secure(self) -> BusSection:
-        from adfm.appliance.bus import check_endpoint_security
+        from adfm.appliance.bus_server import check_endpoint_security
 
         for ep in [*self.publish, *self.control]:
             why = check_endpoint_security(ep, self.curve is not None, self.insecure)
@@ -268,32 +266,18 @@ class StationConfig(_Section):
             return self.state_dir
         env = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
         if not env:
-            raise ConfigError(["state_dir: not set, and $STATE_DIRECTORY (set by systemd) is not either"])
+            raise _invalid(["state_dir: not set, and $STATE_DIRECTORY (set by systemd) is not either"])
         return Path(env)
-
-
-def _format_loc(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in loc) or "(top level)"
-
-
-def _format_errors(source: str, exc: ValidationError) -> list[str]:
-    out = []
-    for e in exc.errors():
-        msg = e["msg"].removeprefix("Value error, ")
-        value = e.get("input")
-        shown = "" if e["type"] in ("missing", "model_type") or isinstance(value, dict) else f" (got {value!r})"
-        out.append(f"{source}: {_format_loc(e['loc'])}: {msg}{shown}")
-    return out
 
 
 def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = None) -> StationConfig:
     """Validate a config mapping; ConfigError names `source`, each bad key and why."""
     if not isinstance(data, dict):
-        raise ConfigError([f"{source}: the top level must be a mapping of keys, got {type(data).__name__}"])
+        raise _invalid([f"{source}: the top level must be a mapping of keys, got {type(data).__name__}"])
     try:
         return StationConfig.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
-        raise ConfigError(_format_errors(source, exc)) from None
+        raise _invalid(validation_problems(source, exc)) from None
 
 
 def read_config(path: str | Path) -> StationConfig:
@@ -302,14 +286,14 @@ def read_config(path: str | Path) -> StationConfig:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError([f"{path}: cannot read the config: {exc.strerror or exc}"]) from None
+        raise _invalid([f"{path}: cannot read the config: {exc.strerror or exc}"]) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([f"{path}{where}: not valid YAML: {problem}"]) from None
+        raise _invalid([f"{path}{where}: not valid YAML: {problem}"]) from None
     return parse_config(data, str(path), path.resolve().parent)
 
 
@@ -380,5 +364,5 @@ def load_config(path: str | Path) -> StationConfig:
     config = read_config(path)
     problems = check_resources(config, str(path))
     if problems:
-        raise ConfigError(problems)
+        raise _invalid(problems)
     return config

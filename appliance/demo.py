@@ -27,23 +27,13 @@ from typing import Any
 
 import yaml
 
+from adfm.offline import offline_env
+
 UNTRAINED_NOTE = (
     "The demo model is a tiny network with random weights that was never trained: its verdicts "
     "are meaningless. The demo shows the appliance's machinery (camera, journal, model worker, bus, "
     "health), not inspection quality. Pass --model DIR with a model exported by adfm-export for real verdicts."
 )
-
-_BUILD = """
-import sys
-from pathlib import Path
-from adfm.testing.tiny_model import build_tiny_qwen25vl
-from adfm.testing.tiny_gguf import build_tiny_gguf
-hf, out = Path(sys.argv[1]), Path(sys.argv[2])
-if not (hf / "adfm_tiny.json").is_file():
-    build_tiny_qwen25vl(hf)
-print(build_tiny_gguf(out, quant="q4_k_m", base_dir=hf))
-"""
-
 
 class DemoError(RuntimeError):
     """The demo cannot run; the message says what to install or pass."""
@@ -89,9 +79,10 @@ def ensure_model(cache: Path, model: Path | None, progress: Callable[[str], None
     if out.exists():
         shutil.rmtree(out)
     _say(progress, f"building the tiny model and its GGUF in {cache} (once; about a minute)…")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, "-c", _BUILD, str(cache / "tiny-hf"), str(out)],
-                          capture_output=True, text=True, env=env, check=False)
+    env = offline_env(TOKENIZERS_PARALLELISM="false")
+    # The build side's own command, in a child process: the appliance never imports torch or export.
+    command = [sys.executable, "-m", "adfm.export.tiny", "--out", str(out), "--base", str(cache / "tiny-hf")]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
         raise DemoError(f"building the tiny model failed:\n{tail}")
@@ -103,7 +94,7 @@ def ensure_model(cache: Path, model: Path | None, progress: Callable[[str], None
 def write_station(run_dir: Path, model_dir: Path, cache: Path) -> Path:
     """A synthetic station: a looping replay camera over synthetic washers (normal and defective,
     interleaved), a golden reference, loopback bus endpoints. Returns the config path."""
-    from adfm.testing.synthetic import make_synthetic_dataset
+    from adfm.synthetic import make_synthetic_dataset
 
     data = cache / "parts"
     if not (data / "normal").is_dir():
@@ -144,7 +135,7 @@ class _Subscriber(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
-        from adfm.appliance.client import StationClient, StationError
+        from adfm.appliance.bus_client import StationClient, StationError
 
         while not self.stop.is_set() and not (self.service.bus is not None and self.service.bus.bound):
             time.sleep(0.05)

@@ -23,8 +23,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from adfm.appliance.health import Health
+from adfm.appliance.inference_worker import InferenceWorker, WorkerFailure, WorkerStartError
 from adfm.appliance.journal import AcceptedPart, Journal, JournalError
-from adfm.appliance.worker import InferenceWorker, WorkerFailure, WorkerStartError
 from adfm.camera.frame import Frame
 from adfm.geometry import ModelGrid
 from adfm.protocol import ParsedResponse, parse_response
@@ -319,7 +319,7 @@ class Pipeline:
         """Journal the gate's heat map next to the part's image; '' when it could not be stored."""
         save = self._save_heatmap
         if save is None:
-            from adfm.appliance.gate import save_heatmap as save
+            from adfm.runtime.gate import save_heatmap as save
         try:
             return self.journal.attach_map_file(part.seq, lambda path: save(gate_result, path))
         except (JournalError, OSError, ValueError) as exc:

@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adfm.appliance.bus import ResultBus
+from adfm.appliance.bus_server import ResultBus
 from adfm.appliance.config import StationConfig
 from adfm.appliance.health import Health, Metrics
+from adfm.appliance.inference_worker import BackendSpec, InferenceWorker
 from adfm.appliance.journal import Journal, JournalError, RetentionPolicy, journal_summary
 from adfm.appliance.notify import SystemdNotifier
 from adfm.appliance.pipeline import Camera, GenerationOptions, ModelInfo, Pipeline, load_reference
-from adfm.appliance.worker import BackendSpec, InferenceWorker
 from adfm.schema import InspectionResult
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ class Service:
                     raise ServiceError(f"products.{product.name}.reference: {product.reference}: {exc}") from exc
         gate = None
         if cfg.gate.mode != "off":
-            from adfm.appliance.gate import Gate
+            from adfm.runtime.gate import Gate
 
             try:
                 gate = Gate.load(cfg.gate.path)

@@ -35,6 +35,8 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from adfm.offline import force_offline
+
 OWN_STAGES = ("journal_wait", "resize", "ipc", "parse", "complete", "publish")
 RESULTS = Path(__file__).resolve().parent / "results" / "appliance_overhead.json"
 
@@ -53,7 +55,7 @@ def stats(values: list[float]) -> dict[str, float]:
 
 
 def part_image(size: tuple[int, int]) -> np.ndarray:
-    from adfm.testing.synthetic import make_sample
+    from adfm.synthetic import make_sample
 
     return make_sample("washer", "scratch", np.random.default_rng(7), size).image
 
@@ -112,8 +114,8 @@ def run_paired(model_dir: Path, image: np.ndarray, resized: np.ndarray, n: int, 
     machine load."""
     from adfm.appliance.config import load_config
     from adfm.appliance.service import Service
-    from adfm.appliance.vlm import GgufVlm
     from adfm.camera.frame import Frame
+    from adfm.runtime.vlm import GgufVlm
 
     config_path = work / "station.yaml"
     config_path.write_text(yaml.safe_dump({
@@ -194,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-ctx", type=int, default=2048)
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    force_offline()
 
     from adfm.appliance.demo import default_cache, ensure_model
     from adfm.manifest import load_model_dir

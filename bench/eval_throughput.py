@@ -22,13 +22,15 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from adfm.offline import force_offline
+
+force_offline()
 
 RESULTS = Path(__file__).resolve().parent / "results" / "eval_throughput.json"
 
 
 def _split(work: Path, n_samples: int) -> Path:
-    from adfm.testing.synthetic import make_synthetic_dataset
+    from adfm.synthetic import make_synthetic_dataset
     from adfm.trainer.data.records import write_manifest
     from adfm.trainer.data.splits import DatasetSource, SplitConfig, make_split
 
@@ -86,8 +88,8 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=32, help="max new tokens per answer (default 32)")
     args = parser.parse_args()
 
-    from adfm.testing.tiny_gguf import build_tiny_gguf
-    from adfm.testing.tiny_model import build_tiny_qwen25vl
+    from adfm.export.tiny import build_tiny_gguf
+    from adfm.trainer.tiny_model import build_tiny_qwen25vl
 
     work = args.work or Path(tempfile.mkdtemp(prefix="adfm-eval-bench-"))
     work.mkdir(parents=True, exist_ok=True)

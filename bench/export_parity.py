@@ -25,7 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from adfm.offline import force_offline
+
+force_offline()
 
 TYPES = ("f32", "f16", "q8_0", "q5_k_m", "q4_k_m")
 WIDE = {"hidden_size": 3584, "num_layers": 2, "num_heads": 28, "num_kv_heads": 4, "intermediate_size": 18944,
@@ -44,11 +46,11 @@ def main() -> int:
     import numpy as np
     from PIL import Image
 
-    from adfm.appliance.vlm import GgufVlm
     from adfm.export import export_model
-    from adfm.testing.synthetic import make_sample
-    from adfm.testing.tiny_gguf import make_tiny_adapter
-    from adfm.testing.tiny_model import build_tiny_qwen25vl
+    from adfm.export.tiny import make_tiny_adapter
+    from adfm.runtime.vlm import GgufVlm
+    from adfm.synthetic import make_sample
+    from adfm.trainer.tiny_model import build_tiny_qwen25vl
 
     work = args.work or Path(tempfile.mkdtemp(prefix="adfm-export-bench-"))
     base = work / ("hf-wide" if args.wide else "hf")

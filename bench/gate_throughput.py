@@ -27,7 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from adfm.offline import force_offline
+
+force_offline()
 
 
 def _time(fn: Callable[[], object], frames: int, warmup: int = 5) -> dict:
@@ -48,7 +50,7 @@ def _time(fn: Callable[[], object], frames: int, warmup: int = 5) -> dict:
 
 
 def _train_default_gate(workdir: Path) -> tuple[Path, float]:
-    from adfm.testing.synthetic import make_synthetic_dataset
+    from adfm.synthetic import make_synthetic_dataset
     from adfm.trainer.gate import GateTrainConfig, train_gate
 
     station = make_synthetic_dataset(workdir / "station", layout="folder", seed=1)
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import onnxruntime
 
-    from adfm.appliance.gate import Gate, preprocess
+    from adfm.runtime.gate import Gate, preprocess
 
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="adfm-gate-bench-") as tmp:

@@ -26,8 +26,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+from adfm.offline import force_offline
+
+force_offline()
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -141,11 +142,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from adfm.testing.tiny_model import build_tiny_qwen25vl
     from adfm.trainer.config import SyntheticSection
     from adfm.trainer.data.training_view import ViewOptions, training_view
     from adfm.trainer.modeling import load_model
     from adfm.trainer.synthetic_split import build_synthetic_split
+    from adfm.trainer.tiny_model import build_tiny_qwen25vl
     from adfm.trainer.warmstart import supervised_warm_start
 
     scale_name = args.scale if args.scale != "auto" else ("gpu" if torch.cuda.is_available() else "cpu")

@@ -100,7 +100,7 @@ SPECS: dict[str, ModelSpec] = {
         ),
         ModelSpec(
             name="tiny",
-            source="toy size for the CPU test (adfm.testing's tiny model proportions)",
+            source="toy size for the CPU test (the tiny test model's proportions)",
             hidden_size=256,
             num_layers=2,
             num_heads=4,
@@ -194,7 +194,7 @@ def hf_config(spec: ModelSpec, token_ids: dict[str, int]) -> Any:
 
 
 def _test_tokenizer() -> Any:
-    from adfm.testing.tiny_model import build_tokenizer
+    from adfm.trainer.tiny_model import build_tokenizer
 
     return build_tokenizer()
 
@@ -247,7 +247,7 @@ def build_random_checkpoint(
     with tempfile.TemporaryDirectory(prefix="adfm-bench-processor-") as tmp:
         source = Path(processor_from) if processor_from is not None else None
         if source is None:
-            from adfm.testing.tiny_model import build_tiny_qwen25vl
+            from adfm.trainer.tiny_model import build_tiny_qwen25vl
 
             source = build_tiny_qwen25vl(Path(tmp) / "tiny", min_pixels=min_pixels, max_pixels=max_pixels)
         processor = load_processor(source, min_pixels, max_pixels)

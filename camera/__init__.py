@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 from adfm.camera.frame import Frame
 
 if TYPE_CHECKING:
+    from adfm.camera.capture_thread import CameraWorker
     from adfm.camera.config import CameraConfig, FolderOptions, TriggerConfig
     from adfm.camera.errors import CameraError, FrameError, SourceError, SourceFinished
     from adfm.camera.source import FrameSource, open_source
-    from adfm.camera.worker import CameraWorker
 
 _LAZY = {
     "CameraConfig": "adfm.camera.config",
@@ -36,7 +36,7 @@ _LAZY = {
     "SourceFinished": "adfm.camera.errors",
     "FrameSource": "adfm.camera.source",
     "open_source": "adfm.camera.source",
-    "CameraWorker": "adfm.camera.worker",
+    "CameraWorker": "adfm.camera.capture_thread",
 }
 
 __all__ = [

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from adfm.config import StrictModel
 
 SourceKind = Literal["v4l2", "usb", "rtsp", "http", "folder", "replay"]
 TriggerMode = Literal["free-run", "external", "folder", "link"]
@@ -70,7 +72,7 @@ def _is_loopback_host(host: str) -> bool:
         return False
 
 
-class FolderOptions(BaseModel):
+class FolderOptions(StrictModel):
     """How a `folder:` source treats the files a line-scan system or PLC drops into it.
 
     A file is one part. It is read once its size and modification time have not changed for
@@ -78,7 +80,6 @@ class FolderOptions(BaseModel):
     renamed with `mark_suffix`. Files that stay undecodable go to `error_dir`; nothing is deleted.
     """
 
-    model_config = ConfigDict(extra="forbid")
 
     done_action: Literal["move", "mark"] = "move"
     done_dir: str = Field("done", min_length=1, description="subfolder (or absolute path) for done files")
@@ -102,7 +103,7 @@ class FolderOptions(BaseModel):
         return v
 
 
-class TriggerConfig(BaseModel):
+class TriggerConfig(StrictModel):
     """What makes a frame a part.
 
     - `free-run`: the stream is sampled at `parts_per_s` (every frame when unset).
@@ -113,7 +114,6 @@ class TriggerConfig(BaseModel):
     Left unset, the mode follows the URL: `folder` for `folder:` sources, `free-run` otherwise.
     """
 
-    model_config = ConfigDict(extra="forbid")
 
     mode: TriggerMode | None = None
     parts_per_s: float | None = Field(None, gt=0)
@@ -149,10 +149,9 @@ class TriggerConfig(BaseModel):
                 )
 
 
-class CameraConfig(BaseModel):
+class CameraConfig(StrictModel):
     """One camera of a station (see the package docstring for the URL forms)."""
 
-    model_config = ConfigDict(extra="forbid")
 
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     url: str

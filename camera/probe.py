@@ -124,8 +124,8 @@ def build_config(args: argparse.Namespace) -> Any:
 
 def probe(config: Any, frames: int, timeout_s: float, save: Path | None = None) -> ProbeReport:
     """Run a CameraWorker on `config` until `frames` frames arrive, the source ends, or the timeout."""
+    from adfm.camera.capture_thread import CameraWorker
     from adfm.camera.source import open_source
-    from adfm.camera.worker import CameraWorker
 
     worker = CameraWorker(config, open_source(config, keep_files=True))
     received: list[Any] = []

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +21,7 @@ from pathlib import Path
 from adfm.export.errors import ExportError
 from adfm.export.pipeline import DEFAULT_AGREEMENT_FLOOR, MMPROJ_CHOICES, ExportConfig, Progress, run_export
 from adfm.export.quantize import QUANT_TYPES
+from adfm.offline import force_offline
 from adfm.protocol import DEFAULT_PROMPT_VERSION, PROMPT_VERSIONS
 
 DTYPE_CHOICES = ("float32", "bfloat16", "float16")
@@ -93,27 +93,26 @@ def _llama_log(verbose: bool) -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    cfg = ExportConfig(
-        base_dir=args.base,
-        out_dir=args.out,
-        adapter_dir=args.adapter,
-        quant=args.quant,
-        mmproj_type=args.mmproj_type,
-        prompt_version=args.prompt_version,
-        min_pixels=args.min_pixels,
-        max_pixels=args.max_pixels,
-        verify=args.verify,
-        verify_tokens=args.verify_tokens,
-        agreement_floor=args.agreement_floor,
-        verify_images=list(args.verify_images),
-        dtype=args.dtype,
-        device=args.device,
-        n_threads=args.threads,
-        save_merged=args.save_merged,
-    )
+    force_offline()
     try:
+        cfg = ExportConfig.from_values(
+            base_dir=args.base,
+            out_dir=args.out,
+            adapter_dir=args.adapter,
+            quant=args.quant,
+            mmproj_type=args.mmproj_type,
+            prompt_version=args.prompt_version,
+            min_pixels=args.min_pixels,
+            max_pixels=args.max_pixels,
+            verify=args.verify,
+            verify_tokens=args.verify_tokens,
+            agreement_floor=args.agreement_floor,
+            verify_images=list(args.verify_images),
+            dtype=args.dtype,
+            device=args.device,
+            n_threads=args.threads,
+            save_merged=args.save_merged,
+        )
         with _llama_log(args.verbose):
             manifest = run_export(cfg, Progress())
     except ExportError as exc:

@@ -11,12 +11,14 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field, ValidationError
+
 import adfm
+from adfm.config import StrictModel, validation_problems
 from adfm.export.errors import ExportError
 from adfm.export.files import OutputDir, check_free_space, writing
 from adfm.export.quantize import APPROX_BITS, FLOAT_TYPES, QUANT_TYPES
@@ -36,9 +38,9 @@ DEFAULT_AGREEMENT_FLOOR = 0.8
 STEPS = 7
 
 
-@dataclass
-class ExportConfig:
-    """Everything one export needs; `validate` names the field and value that are wrong."""
+class ExportConfig(StrictModel):
+    """Everything one export needs: types are checked on construction (`from_values` turns a type
+    error into an ExportError), `check` names the field and value that are wrong."""
 
     base_dir: Path
     out_dir: Path
@@ -51,13 +53,21 @@ class ExportConfig:
     verify: bool = True
     verify_tokens: int = 16
     agreement_floor: float = DEFAULT_AGREEMENT_FLOOR
-    verify_images: list[Path] = field(default_factory=list)
+    verify_images: list[Path] = Field(default_factory=list)
     dtype: str = "float32"
     device: str = "cpu"
     n_threads: int | None = None
     save_merged: Path | None = None
 
-    def validate(self) -> ExportConfig:
+    @classmethod
+    def from_values(cls, **values: Any) -> ExportConfig:
+        """The config, or an ExportError naming each field whose value has the wrong type."""
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise ExportError("; ".join(validation_problems("export", exc))) from None
+
+    def check(self) -> ExportConfig:
         if self.quant not in QUANT_TYPES:
             raise ExportError(f"quant {self.quant!r} is not one of {', '.join(QUANT_TYPES)}")
         if self.mmproj_type not in MMPROJ_CHOICES:
@@ -109,17 +119,12 @@ class Progress:
 
 def processor_pixel_budget(processor: Any) -> tuple[int, int]:
     """The base image processor's (min_pixels, max_pixels)."""
-    ip = processor.image_processor
-    size = getattr(ip, "size", None)
-    lo = getattr(size, "shortest_edge", None) if size is not None else None
-    hi = getattr(size, "longest_edge", None) if size is not None else None
-    if isinstance(size, dict):
-        lo, hi = size.get("shortest_edge", lo), size.get("longest_edge", hi)
-    lo = lo or getattr(ip, "min_pixels", None)
-    hi = hi or getattr(ip, "max_pixels", None)
-    if not lo or not hi:
-        raise ExportError("the base image processor records no pixel budget; pass --min-pixels/--max-pixels")
-    return int(lo), int(hi)
+    from adfm.trainer.modeling import image_processor_pixel_budget
+
+    try:
+        return image_processor_pixel_budget(processor)
+    except ValueError as exc:
+        raise ExportError(f"{exc}; pass --min-pixels/--max-pixels") from exc
 
 
 def _file_entry(path: Path, final_name: str, role: str, quant: str) -> FileEntry:
@@ -141,9 +146,9 @@ def _verify(
     note: Callable[[str], None],
 ) -> dict[str, Any]:
     """Compare each (model, mmproj, label, float check?) GGUF pair with the merged HF model."""
-    from adfm.appliance.vlm import GgufVlm
     from adfm.export import verify
     from adfm.protocol import VISION_SPECIAL_TOKENS
+    from adfm.runtime.vlm import GgufVlm
 
     cases = (
         verify.load_cases(cfg.verify_images, manifest.min_pixels, manifest.max_pixels)
@@ -203,7 +208,7 @@ def run_export(cfg: ExportConfig, progress: Progress | None = None) -> ModelMani
     from adfm.export.merge import check_adapter_dir, check_base_dir, load_merged, save_merged
     from adfm.export.quantize import quantize_model
 
-    cfg.validate()
+    cfg.check()
     steps = progress or Progress()
     with steps.step("checking inputs"):
         base = check_base_dir(cfg.base_dir)
@@ -321,7 +326,7 @@ def export_model(
     The pixel budget defaults to the base processor's. `progress` receives one line per step
     (default: stderr). Raises ExportError with a clear message; nothing is left under final names.
     """
-    cfg = ExportConfig(
+    cfg = ExportConfig.from_values(
         base_dir=Path(base_dir),
         out_dir=Path(out_dir),
         adapter_dir=Path(adapter_dir) if adapter_dir is not None else None,

@@ -28,7 +28,7 @@ def quantize_model(src: Path, dst: Path, quant: str, n_threads: int | None = Non
     """Quantize GGUF `src` (f16/f32) to `dst` as `quant`; raises ExportError when llama.cpp fails."""
     import llama_cpp
 
-    from adfm.appliance.vlm import recent_llama_errors, route_llama_logs
+    from adfm.runtime.vlm import recent_llama_errors, route_llama_logs
 
     if quant not in QUANT_FTYPES:
         raise ExportError(f"quantization {quant!r} is not one of {', '.join(QUANT_FTYPES)}")

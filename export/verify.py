@@ -40,8 +40,8 @@ from adfm.protocol import attach_images, build_messages, parse_response
 if TYPE_CHECKING:
     from PIL import Image
 
-    from adfm.appliance.vlm import GgufVlm
     from adfm.export.merge import MergedModel
+    from adfm.runtime.vlm import GgufVlm
 
 #: A float export's logits may differ from HF's by at most this fraction of HF's logit spread
 #: (standard deviation). Measured at f16: 0.5 % on the tiny model, 2.7 % at Qwen2.5-VL-7B widths
@@ -147,7 +147,7 @@ def default_cases(min_pixels: int, max_pixels: int) -> list[VerifyCase]:
     """Built-in deterministic parts: a normal washer, a scratched non-square tile, a reference pair."""
     from PIL import Image as PILImage
 
-    from adfm.testing.synthetic import make_sample
+    from adfm.synthetic import make_sample
 
     rng = np.random.default_rng(20250806)
 

@@ -158,7 +158,7 @@ class BusStation:
 
     def __init__(self, root, curve=None, status_interval_s=0.2):
         # Imported here: the scripted backend's child process needs none of this.
-        from adfm.appliance.bus import ResultBus
+        from adfm.appliance.bus_server import ResultBus
         from adfm.appliance.journal import Journal
 
         self.journal = Journal(root, "st1")
@@ -183,7 +183,7 @@ class BusStation:
         return result
 
     def client(self, **kw):
-        from adfm.appliance.client import StationClient
+        from adfm.appliance.bus_client import StationClient
 
         return StationClient(self.publish_ep, self.control_ep, timeout_s=kw.pop("timeout_s", 2.0), **kw)
 

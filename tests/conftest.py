@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+from adfm.offline import force_offline
+
+force_offline()
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
@@ -34,7 +34,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight Qwen2.5-VL checkpoint directory (hidden 256, 2 layers)."""
     if not HAS_TORCH:
         pytest.skip("needs the trainer extra (torch, transformers)")
-    from adfm.testing.tiny_model import build_tiny_qwen25vl
+    from adfm.trainer.tiny_model import build_tiny_qwen25vl
 
     return build_tiny_qwen25vl(tmp_path_factory.mktemp("tiny-qwen25vl"))
 
@@ -42,7 +42,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_mvtec(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic dataset in MVTec AD's layout (washer, tile; scratch, spot)."""
-    from adfm.testing.synthetic import make_synthetic_dataset
+    from adfm.synthetic import make_synthetic_dataset
 
     return make_synthetic_dataset(tmp_path_factory.mktemp("mvtec"), layout="mvtec", seed=0)
 
@@ -50,7 +50,7 @@ def synthetic_mvtec(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A customer-station folder layout: normal/, anomalous/, masks/."""
-    from adfm.testing.synthetic import make_synthetic_dataset
+    from adfm.synthetic import make_synthetic_dataset
 
     return make_synthetic_dataset(tmp_path_factory.mktemp("station"), layout="folder", seed=1)
 
@@ -60,6 +60,6 @@ def tiny_gguf_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
     """The tiny model exported through `adfm-export` (q4_k_m GGUF + f16 mmproj + manifest)."""
     if not HAS_LLAMA:
         pytest.skip("needs llama-cpp-python (appliance/export extra)")
-    from adfm.testing.tiny_gguf import build_tiny_gguf
+    from adfm.export.tiny import build_tiny_gguf
 
     return build_tiny_gguf(tmp_path_factory.mktemp("tiny-gguf"), quant="q4_k_m", base_dir=tiny_model_dir)

@@ -29,7 +29,7 @@ def trained_gate(tmp_path_factory: pytest.TempPathFactory, station: Path) -> Pat
 def fresh_station(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A second synthetic station (another seed): images no gate was fitted or calibrated on."""
     if "fresh" not in _CACHE:
-        from adfm.testing.synthetic import make_synthetic_dataset
+        from adfm.synthetic import make_synthetic_dataset
 
         _CACHE["fresh"] = make_synthetic_dataset(tmp_path_factory.mktemp("fresh-station"), layout="folder", seed=7)
     return _CACHE["fresh"]

@@ -153,7 +153,7 @@ class LoopbackStation:
                              verdict_counts=self.journal.counts())
 
     def start(self) -> None:
-        from adfm.appliance.bus import ResultBus
+        from adfm.appliance.bus_server import ResultBus
 
         self.bus = ResultBus(self.station, self.journal, self.status, publish=[self.publish_ep],
                              control=[self.control_ep], status_interval_s=self.status_interval_s, curve=self.curve)

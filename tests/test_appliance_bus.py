@@ -7,8 +7,8 @@ import time
 import pytest
 import zmq
 
-from adfm.appliance.bus import BusError, ResultBus, check_endpoint_security, is_local_endpoint
-from adfm.appliance.client import StationAuthError, StationClient, StationError, StationUnreachable
+from adfm.appliance.bus_client import StationAuthError, StationClient, StationError, StationUnreachable
+from adfm.appliance.bus_server import BusError, ResultBus, check_endpoint_security, is_local_endpoint
 from adfm.appliance.journal import Journal
 from adfm.appliance.keys import generate_keys, load_client_curve, load_server_curve
 from adfm.schema import OperatorVerdict

@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from adfm.appliance.client import StationClient
+from adfm.appliance.bus_client import StationClient
 from adfm.appliance.config import parse_config
 from adfm.appliance.service import Service
-from adfm.testing.synthetic import make_synthetic_dataset
+from adfm.synthetic import make_synthetic_dataset
 
 pytestmark = pytest.mark.slow
 

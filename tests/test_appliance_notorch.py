@@ -1,4 +1,4 @@
-"""The appliance runs on line PCs without torch: no appliance module may import it."""
+"""The line side runs on line PCs without torch: no appliance, camera or runtime module may import it."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ _PROBE = textwrap.dedent(
                 raise ImportError(f"{name} is blocked: the appliance must not import it")
 
     sys.meta_path.insert(0, Block())
-    import adfm.appliance
-    names = sorted(m.name for m in pkgutil.walk_packages(adfm.appliance.__path__, "adfm.appliance."))
+    import adfm.appliance, adfm.camera, adfm.runtime
+    names = sorted(m.name for pkg in (adfm.appliance, adfm.camera, adfm.runtime)
+                   for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."))
     for name in names:
         importlib.import_module(name)
     from adfm.appliance.cli import build_parser
@@ -36,11 +37,13 @@ _PROBE = textwrap.dedent(
 )
 
 
-def test_every_appliance_module_imports_without_torch():
+def test_every_line_side_module_imports_without_torch():
     proc = subprocess.run([sys.executable, "-c", _PROBE, ",".join(BLOCKED)], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     imported = proc.stdout.split()
-    for module in ("bus", "client", "config", "demo", "health", "install", "journal", "keys", "notify",
-                   "pipeline", "service", "worker", "vlm", "cli"):
+    for module in ("bus_server", "bus_client", "config", "demo", "health", "install", "journal", "keys", "notify",
+                   "pipeline", "service", "inference_worker", "cli"):
         assert f"adfm.appliance.{module}" in imported
+    for module in ("adfm.runtime.vlm", "adfm.runtime.gate", "adfm.camera.capture_thread"):
+        assert module in imported

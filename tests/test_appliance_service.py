@@ -22,10 +22,10 @@ from PIL import Image
 
 from adfm.appliance import journal as journal_mod
 from adfm.appliance.config import parse_config
+from adfm.appliance.inference_worker import BackendSpec
 from adfm.appliance.journal import Journal
 from adfm.appliance.pipeline import verdict_for
 from adfm.appliance.service import Service
-from adfm.appliance.worker import BackendSpec
 from adfm.camera.frame import Frame
 from adfm.geometry import ModelGrid
 from adfm.protocol import format_response, parse_response
@@ -151,7 +151,7 @@ def test_screen_gate_passes_unsuspicious_parts_without_the_model(tmp_path, monke
     def save_heatmap(result, path):
         Image.fromarray((result.heatmap * 255).astype(np.uint8)).save(path)
 
-    monkeypatch.setitem(sys.modules, "adfm.appliance.gate",
+    monkeypatch.setitem(sys.modules, "adfm.runtime.gate",
                         types.SimpleNamespace(Gate=FakeGate, save_heatmap=save_heatmap))
     gate_file = tmp_path / "gate.onnx"
     gate_file.write_bytes(b"onnx")
@@ -196,7 +196,7 @@ def test_full_disk_leaves_the_frame_unacknowledged(tmp_path, monkeypatch):
 
 
 def test_status_and_health_reach_a_client(tmp_path):
-    from adfm.appliance.client import StationClient
+    from adfm.appliance.bus_client import StationClient
 
     script = write_script(tmp_path / "script.json", ["no"])
     cam = ListCamera()
@@ -229,7 +229,7 @@ def test_status_and_health_reach_a_client(tmp_path):
 @pytest.mark.slow
 def test_appliance_sigkilled_and_restarted_keeps_journal_and_seq(tmp_path):
     """The real `adfm-appliance run` process over a folder camera, SIGKILLed twice mid-run."""
-    from adfm.appliance.client import StationClient
+    from adfm.appliance.bus_client import StationClient
 
     drop = tmp_path / "drop"
     drop.mkdir()

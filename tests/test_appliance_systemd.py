@@ -13,10 +13,10 @@ import pytest
 
 from adfm.appliance.cli import main
 from adfm.appliance.config import parse_config
+from adfm.appliance.inference_worker import BackendSpec
 from adfm.appliance.install import render_unit
 from adfm.appliance.notify import SystemdNotifier
 from adfm.appliance.service import Service
-from adfm.appliance.worker import BackendSpec
 from tests.appliance_fakes import FACTORY, ListCamera, frame, station_dict, write_script
 
 REPO = Path(__file__).resolve().parents[1]

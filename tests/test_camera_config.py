@@ -12,13 +12,13 @@ from pydantic import ValidationError
 
 from adfm.camera import CameraConfig, Frame, FrameError, TriggerConfig
 from adfm.camera.backoff import Backoff
+from adfm.camera.capture_thread import FrameQueue, RateMeter
 from adfm.camera.config import redact_url, source_kind
 from adfm.camera.images import decode_image, image_format, natural_key
 from adfm.camera.pacing import Pacer
 from adfm.camera.shaping import FrameShaper
 from adfm.camera.source import default_part_id
 from adfm.camera.triggers import FreeRunTrigger, parse_part_id
-from adfm.camera.worker import FrameQueue, RateMeter
 from tests.camera_support import encode
 
 

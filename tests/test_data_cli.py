@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adfm.testing.synthetic import SYNTHETIC_LAYOUTS, make_synthetic_dataset
+from adfm.synthetic import SYNTHETIC_LAYOUTS, make_synthetic_dataset
 from adfm.trainer.data import read_manifest
 from adfm.trainer.data.cli import build_parser, main
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adfm.testing.synthetic import SYNTHETIC_LAYOUTS, make_synthetic_dataset
+from adfm.synthetic import SYNTHETIC_LAYOUTS, make_synthetic_dataset
 from adfm.trainer.data import BoxConfig, DataFileError, check_samples, detect_layout, read_mask, scan_dataset
 
 SIZE = (96, 96)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from adfm.testing.synthetic import make_synthetic_dataset
+from adfm.synthetic import make_synthetic_dataset
 from adfm.trainer.data import DatasetSource, SplitConfig, make_split, read_manifest
 from adfm.trainer.data.cli import main
 from adfm.trainer.data.splits import SplitError

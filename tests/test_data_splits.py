@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from adfm.testing.synthetic import make_synthetic_dataset
+from adfm.synthetic import make_synthetic_dataset
 from adfm.trainer.data import DatasetSource, Sample, SplitConfig, assign_references, make_split, read_manifest
 from adfm.trainer.data.cli import main
 from adfm.trainer.data.references import image_features, rank_similar, ssim

@@ -20,7 +20,7 @@ COMMON = ["--max-new-tokens", "6", "--quiet"]
 @pytest.fixture(scope="module")
 def eval_split(tmp_path_factory: pytest.TempPathFactory, synthetic_mvtec: Path) -> Path:
     """Two MVTec-layout test images (normal, anomalous with pseudo-boxes) and two MMAD images with questions."""
-    from adfm.testing.synthetic import make_synthetic_dataset
+    from adfm.synthetic import make_synthetic_dataset
     from adfm.trainer.data.records import write_manifest
     from adfm.trainer.data.splits import DatasetSource, SplitConfig, make_split
 
@@ -110,7 +110,7 @@ def test_cli_names_bad_inputs(tiny_model_dir: Path, eval_split: Path, tmp_path, 
 
 
 def test_an_adapters_run_record_sets_prompt_version_and_pixel_budget(tiny_model_dir: Path, tmp_path):
-    from adfm.testing.tiny_gguf import make_tiny_adapter
+    from adfm.export.tiny import make_tiny_adapter
     from adfm.trainer.evaluation.backends import TransformersBackend
 
     adapter = make_tiny_adapter(tiny_model_dir, tmp_path / "lora")

@@ -87,7 +87,7 @@ def test_adapter_with_other_shapes_is_refused(tiny_model_dir: Path, tmp_path: Pa
     import torch
     from safetensors.torch import load_file, save_file
 
-    from adfm.testing.tiny_gguf import make_tiny_adapter
+    from adfm.export.tiny import make_tiny_adapter
 
     adapter = make_tiny_adapter(tiny_model_dir, tmp_path / "adapter")
     config = json.loads((adapter / "adapter_config.json").read_text())

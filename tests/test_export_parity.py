@@ -23,7 +23,7 @@ ANSWER_TOKENS = 16
 @pytest.fixture(scope="module")
 def f16_export(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     from adfm.export import export_model
-    from adfm.testing.tiny_gguf import make_tiny_adapter
+    from adfm.export.tiny import make_tiny_adapter
 
     root = tmp_path_factory.mktemp("parity")
     adapter = make_tiny_adapter(tiny_model_dir, root / "lora", seed=3)
@@ -61,8 +61,8 @@ def _hf_greedy(base: Path, adapter: Path, image: Image.Image) -> tuple[list[int]
 
 @pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 def test_f16_gguf_reproduces_hf_greedy_tokens(f16_export: tuple[Path, Path], tiny_model_dir: Path) -> None:
-    from adfm.appliance.vlm import GgufVlm
-    from adfm.testing.synthetic import make_sample
+    from adfm.runtime.vlm import GgufVlm
+    from adfm.synthetic import make_sample
 
     model_dir, adapter = f16_export
     original = Image.fromarray(make_sample("tile", "crack", np.random.default_rng(11), size=(300, 220)).image)

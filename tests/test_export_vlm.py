@@ -1,4 +1,4 @@
-"""`adfm.appliance.vlm.GgufVlm` on the tiny exported model: answers, counts, refusals."""
+"""`adfm.runtime.vlm.GgufVlm` on the tiny exported model: answers, counts, refusals."""
 
 from __future__ import annotations
 
@@ -16,14 +16,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.needs_llama, pytest.mark.needs_torch
 
 @pytest.fixture(scope="module")
 def vlm(tiny_gguf_dir: Path):
-    from adfm.appliance.vlm import GgufVlm
+    from adfm.runtime.vlm import GgufVlm
 
     with GgufVlm(tiny_gguf_dir, n_ctx=2048) as model:
         yield model
 
 
 def _part(seed: int, size: tuple[int, int]) -> Image.Image:
-    from adfm.testing.synthetic import make_sample
+    from adfm.synthetic import make_sample
 
     sample = make_sample("washer", "spot" if seed % 2 else None, np.random.default_rng(seed), size=size)
     return Image.fromarray(sample.image)
@@ -80,7 +80,7 @@ def test_refuses_a_prompt_beyond_the_context(vlm) -> None:
 
 
 def test_refuses_a_directory_whose_files_do_not_match(tiny_gguf_dir: Path, tmp_path: Path) -> None:
-    from adfm.appliance.vlm import GgufVlm
+    from adfm.runtime.vlm import GgufVlm
 
     copy = tmp_path / "model"
     shutil.copytree(tiny_gguf_dir, copy)

@@ -35,9 +35,9 @@ def _pick(gate, paths: list[Path], lowest: bool) -> tuple[Path, float]:
 
 def test_screen_mode_with_a_trained_gate(tmp_path, tmp_path_factory, synthetic_folder):
     from adfm.appliance.config import parse_config
-    from adfm.appliance.gate import Gate
+    from adfm.appliance.inference_worker import BackendSpec
     from adfm.appliance.service import Service
-    from adfm.appliance.worker import BackendSpec
+    from adfm.runtime.gate import Gate
 
     gate_path = trained_gate(tmp_path_factory, synthetic_folder)
     gate = Gate.load(gate_path)

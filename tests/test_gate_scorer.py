@@ -1,4 +1,4 @@
-"""The line's gate scorer (`adfm.appliance.gate`): scores and heat maps, refusing bad files and
+"""The line's gate scorer (`adfm.runtime.gate`): scores and heat maps, refusing bad files and
 bad images, the heat map PNG, and no torch on the appliance side."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adfm.appliance.gate import Gate, GateError, GateResult, metadata_path, render_heatmap, save_heatmap
+from adfm.runtime.gate import Gate, GateError, GateResult, metadata_path, render_heatmap, save_heatmap
 from tests.conftest import HAS_TORCH
 from tests.gate_support import read_rgb, trained_gate
 
@@ -149,7 +149,7 @@ def test_heat_map_png_uses_a_fixed_scale_and_can_overlay(tmp_path):
 def test_appliance_side_scores_without_importing_torch(gate_path, tmp_path):
     code = (
         "import sys, numpy as np\n"
-        "from adfm.appliance.gate import Gate, save_heatmap\n"
+        "from adfm.runtime.gate import Gate, save_heatmap\n"
         f"g = Gate.load({str(gate_path)!r}, threads=1)\n"
         "r = g.score(np.full((120, 160, 3), 128, np.uint8))\n"
         f"save_heatmap(r, {str(tmp_path / 'm.png')!r})\n"

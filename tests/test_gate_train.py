@@ -22,8 +22,8 @@ def gate_path(tmp_path_factory, synthetic_folder) -> Path:
 
 
 def test_training_writes_graph_metadata_and_the_images_it_fitted_on(gate_path, synthetic_folder):
-    from adfm.appliance.gate import metadata_path, read_metadata
     from adfm.manifest import sha256_file
+    from adfm.runtime.gate import metadata_path, read_metadata
     from adfm.trainer.data.records import read_manifest
 
     meta = read_metadata(metadata_path(gate_path))
@@ -58,7 +58,7 @@ def test_acceptance_auroc_and_vlm_fraction_on_a_fresh_station(gate_path, tmp_pat
 
 
 def test_report_leaves_out_training_images_and_scores_the_rest(gate_path, synthetic_folder, capsys):
-    from adfm.appliance.gate import Gate
+    from adfm.runtime.gate import Gate
     from adfm.trainer.evaluation.gate_report import evaluate_gate
     from adfm.trainer.evaluation.metrics import flag_rate
 
@@ -76,7 +76,7 @@ def test_report_leaves_out_training_images_and_scores_the_rest(gate_path, synthe
 
 def test_split_manifest_with_a_category_and_no_anomalies(tmp_path, synthetic_mvtec):
     """A split manifest works as --data; without anomalous images the threshold is a normal quantile."""
-    from adfm.appliance.gate import metadata_path, read_metadata
+    from adfm.runtime.gate import metadata_path, read_metadata
     from adfm.trainer.data import scan_dataset, write_manifest
     from adfm.trainer.gate.cli import main
 
@@ -100,7 +100,7 @@ def test_split_manifest_with_a_category_and_no_anomalies(tmp_path, synthetic_mvt
 
 
 def test_an_unreadable_training_image_is_reported_not_fatal(tmp_path, synthetic_folder):
-    from adfm.appliance.gate import metadata_path, read_metadata
+    from adfm.runtime.gate import metadata_path, read_metadata
     from adfm.trainer.gate import GateTrainConfig, train_gate
 
     station = tmp_path / "station"
@@ -144,7 +144,7 @@ def test_bad_input_fails_with_a_clear_message(args, message, tmp_path, synthetic
 def test_export_parity_check_catches_a_graph_that_scores_differently(gate_path, tmp_path, synthetic_folder):
     import torch
 
-    from adfm.appliance.gate import GateSession
+    from adfm.runtime.gate import GateSession
     from adfm.trainer.gate.export import GateExportError, check_parity
     from adfm.trainer.gate.model import PatchKNNGate, RandomFeatures
     from tests.gate_support import read_rgb

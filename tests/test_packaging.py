@@ -26,7 +26,7 @@ BLOCK_TORCH = (
 def test_light_side_imports_without_torch():
     code = BLOCK_TORCH + (
         "import adfm.protocol, adfm.geometry, adfm.schema, adfm.manifest, adfm.appliance, adfm.camera\n"
-        "import adfm.testing.synthetic\n"
+        "import adfm.synthetic, adfm.config, adfm.offline, adfm.runtime.vlm, adfm.runtime.gate\n"
         "print('ok')\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")

@@ -8,7 +8,7 @@ from datetime import UTC
 
 import pytest
 
-from adfm.appliance.client import StationClient
+from adfm.appliance.bus_client import StationClient
 from adfm.appliance.review.app import ReviewApp
 from adfm.appliance.review.outbox import VerdictOutbox
 from adfm.appliance.review.sources import LiveOptions, LiveSource

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adfm.testing.synthetic import DEFECT_KINDS, PART_KINDS, make_sample, make_synthetic_dataset
+from adfm.synthetic import DEFECT_KINDS, PART_KINDS, make_sample, make_synthetic_dataset
 
 
 def _files(root):

@@ -9,9 +9,9 @@ import pytest
 
 from adfm.geometry import ModelGrid
 from adfm.protocol import VISION_SPECIAL_TOKENS, attach_images, build_messages, parse_response
-from adfm.testing.synthetic import make_sample
-from adfm.testing.tiny_model import SPECIAL_TOKENS
+from adfm.synthetic import make_sample
 from adfm.trainer.modeling import vision_token_ids
+from adfm.trainer.tiny_model import SPECIAL_TOKENS
 from tests.conftest import needs_torch
 
 pytestmark = [needs_torch, pytest.mark.slow]
@@ -74,7 +74,7 @@ def test_load_and_generate_on_an_image(tiny_model_dir):
 def test_same_seed_same_weights(tmp_path):
     from safetensors.numpy import load_file
 
-    from adfm.testing.tiny_model import build_tiny_qwen25vl
+    from adfm.trainer.tiny_model import build_tiny_qwen25vl
 
     a = load_file(build_tiny_qwen25vl(tmp_path / "a", seed=3) / "model.safetensors")
     b = load_file(build_tiny_qwen25vl(tmp_path / "b", seed=3) / "model.safetensors")

@@ -9,7 +9,7 @@ import pytest
 
 from adfm.protocol import format_response
 from adfm.trainer import cli
-from adfm.trainer.variance import SampledResponses, analyse, read_responses, write_responses
+from adfm.trainer.reward_variance import SampledResponses, analyse, read_responses, write_responses
 
 SIZE = {"orig_width": 200, "orig_height": 200, "grid_width": 200, "grid_height": 200}
 GT = [[50.0, 50.0, 100.0, 100.0]]

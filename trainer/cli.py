@@ -162,14 +162,14 @@ def _delegate(argv: list[str]) -> int:
             print(f"adfm-train gate: the screening-gate trainer is not available: {exc}", file=sys.stderr)
             return 2
         return int(gate_main(rest) or 0)
-    from adfm.trainer import variance
+    from adfm.trainer import reward_variance
 
-    parser = argparse.ArgumentParser(prog="adfm-train variance", description=variance.__doc__,
+    parser = argparse.ArgumentParser(prog="adfm-train variance", description=reward_variance.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    variance.add_arguments(parser)
+    reward_variance.add_arguments(parser)
     args = parser.parse_args(rest)
     try:
-        return variance.run(args)
+        return reward_variance.run(args)
     except (ValueError, FileNotFoundError) as exc:
         print(f"adfm-train variance: {exc}", file=sys.stderr)
         return 2

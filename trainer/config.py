@@ -14,20 +14,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from adfm.config import ConfigError, StrictModel, validation_problems
 from adfm.geometry import GRID_FACTOR
-from adfm.testing.synthetic import DEFECT_KINDS, PART_KINDS
+from adfm.synthetic import DEFECT_KINDS, PART_KINDS
 from adfm.trainer.modeling import ATTENTION, DTYPES
 from adfm.trainer.presets import PRESETS
 
 
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message names the file, the field and the value."""
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+class _Section(StrictModel):
+    """A training config section."""
 
 
 class ModelSection(_Section):
@@ -183,21 +180,11 @@ class TrainConfig(_Section):
         return v
 
 
-def _format_errors(exc: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid configuration:"]
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        got = err.get("input")
-        shown = "" if isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"  {where}: {err['msg']}{shown}")
-    return "\n".join(lines)
-
-
 def validate_config(data: dict[str, Any], source: str = "configuration") -> TrainConfig:
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, source)) from None
+        raise ConfigError(validation_problems(source, exc), "invalid configuration") from None
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -110,7 +110,7 @@ def prepare_inputs(cfg: TrainConfig) -> Path:
     """
     model_path = Path(cfg.model.path)
     if not model_path.exists() and cfg.model.build_tiny:
-        from adfm.testing.tiny_model import build_tiny_qwen25vl
+        from adfm.trainer.tiny_model import build_tiny_qwen25vl
 
         log.info("building the tiny random Qwen2.5-VL at %s", model_path)
         build_tiny_qwen25vl(model_path, min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels)
@@ -244,8 +244,8 @@ def train(
     """
     from accelerate import PartialState
 
+    from adfm.offline import force_offline
     from adfm.trainer.data.training_view import ViewOptions, label_counts, training_view
-    from adfm.trainer.modeling import force_offline
 
     force_offline()
     preset = get_preset(cfg.preset)

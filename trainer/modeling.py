@@ -7,11 +7,11 @@ and which vision special tokens generation must never emit.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from adfm.offline import force_offline
 from adfm.protocol import VISION_SPECIAL_TOKENS
 
 _CONFIG_TOKEN_IDS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
@@ -36,13 +36,6 @@ class LoadedModel:
     @property
     def tokenizer(self) -> Any:
         return self.processor.tokenizer
-
-
-def force_offline() -> None:
-    """Make any stray hub lookup fail instead of downloading (set before transformers is imported)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
 def check_model_dir(path: str | Path) -> Path:
@@ -173,3 +166,20 @@ def language_model_lora_pattern(target_modules: list[str] | tuple[str, ...]) -> 
         raise ValueError("LoRA target_modules must name at least one linear layer (e.g. q_proj)")
     names = "|".join(sorted(set(target_modules)))
     return rf".*language_model\..*\.({names})"
+
+
+def image_processor_pixel_budget(processor: Any) -> tuple[int, int]:
+    """An HF processor's own (min_pixels, max_pixels); ValueError when it records none.
+
+    The export and the evaluation read a base model's budget through this one function."""
+    ip = processor.image_processor
+    size = getattr(ip, "size", None)
+    lo = getattr(size, "shortest_edge", None) if size is not None else None
+    hi = getattr(size, "longest_edge", None) if size is not None else None
+    if isinstance(size, dict):
+        lo, hi = size.get("shortest_edge", lo), size.get("longest_edge", hi)
+    lo = lo or getattr(ip, "min_pixels", None)
+    hi = hi or getattr(ip, "max_pixels", None)
+    if not lo or not hi:
+        raise ValueError("the base image processor records no pixel budget")
+    return int(lo), int(hi)

@@ -2,7 +2,7 @@
 
 Real datasets put their defects in the test folders; GRPO needs normal and anomalous parts in
 one training split, each with its defect box. This writes synthetic parts (from
-`adfm.testing.synthetic`) with their masks, one drawn defect per anomalous image, and a split
+`adfm.synthetic`) with their masks, one drawn defect per anomalous image, and a split
 manifest of `Sample` records whose boxes are the masks' pseudo-boxes (`adfm.trainer.data.boxes`),
 in original pixels.
 Each sample's reference is a separate normal part of the same category.
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from adfm.testing.synthetic import make_sample
+from adfm.synthetic import make_sample
 from adfm.trainer.config import SyntheticSection
 from adfm.trainer.data.boxes import pseudo_boxes
 from adfm.trainer.data.records import Sample, iter_manifest, write_manifest

@@ -21,8 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from adfm.appliance.bus import is_local_endpoint
-from adfm.appliance.client import StationAuthError, StationClient, StationError, StationUnreachable
+from adfm.appliance.bus_client import StationAuthError, StationClient, StationError, StationUnreachable
+from adfm.appliance.bus_server import is_local_endpoint
 from adfm.appliance.review.journal_reader import JournalReader, JournalReadError
 from adfm.schema import Ack, InspectionResult, OperatorVerdict, StationStatus, VerdictRequest
 

@@ -10,7 +10,7 @@ backend hands them to `GgufVlm.generate`, which renders that same function's mes
   tokens suppressed, images passed with `do_resize=False` (they are on the grid already). The
   checkpoint's own sampling defaults (repetition penalty, top-k) are overridden so that decoding
   is the llama.cpp backend's: greedy, or softmax(logits / temperature) (+ top-p).
-- gguf: `adfm.appliance.vlm.GgufVlm` on a model directory with a manifest (hashes checked); one
+- gguf: `adfm.runtime.vlm.GgufVlm` on a model directory with a manifest (hashes checked); one
   query at a time, greedy or sampled with a per-item seed (no top-p: it samples the full softmax).
 
 What a backend needs to know about the model — prompt version and pixel budget — comes from the
@@ -198,12 +198,11 @@ def resolve_hf_paths(model: Path, adapter: Path | None) -> tuple[Path, Path | No
 
 def _processor_budget(processor: Any, where: Path) -> tuple[int, int]:
     """The processor's own pixel budget, read the way the export reads it (one definition)."""
-    from adfm.export.errors import ExportError
-    from adfm.export.pipeline import processor_pixel_budget
+    from adfm.trainer.modeling import image_processor_pixel_budget
 
     try:
-        return processor_pixel_budget(processor)
-    except ExportError as exc:
+        return image_processor_pixel_budget(processor)
+    except ValueError as exc:
         raise BackendError(f"{where}: {exc}") from exc
 
 
@@ -236,7 +235,8 @@ class TransformersBackend(Backend):
         attn_implementation: str = "sdpa",
         device_map: str | None = None,
     ) -> None:
-        from adfm.trainer.modeling import ModelLoadError, force_offline, load_model, vision_token_ids
+        from adfm.offline import force_offline
+        from adfm.trainer.modeling import ModelLoadError, load_model, vision_token_ids
 
         force_offline()
         if batch_size < 1:
@@ -392,7 +392,7 @@ class GgufBackend(Backend):
 
         if importlib.util.find_spec("llama_cpp") is None:
             raise BackendError("the GGUF backend needs llama-cpp-python (pip install 'adfm[appliance]')")
-        from adfm.appliance.vlm import GgufVlm
+        from adfm.runtime.vlm import GgufVlm
 
         try:
             self.vlm = GgufVlm(

@@ -70,7 +70,7 @@ def evaluate_gate(
     """The report as a dict (see the module docstring); raises GateError / GateConfigError."""
     from tqdm import tqdm
 
-    from adfm.appliance.gate import Gate
+    from adfm.runtime.gate import Gate
     from adfm.trainer.evaluation.metrics import flag_rate, score_report
     from adfm.trainer.gate.data import load_images, read_samples
 
@@ -173,7 +173,7 @@ def text_report(r: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from adfm.appliance.gate import GateError
+    from adfm.runtime.gate import GateError
     from adfm.trainer.gate.config import GateConfigError
 
     if args.batch_size < 1:

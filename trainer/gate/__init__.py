@@ -3,7 +3,7 @@
 `train_gate(GateTrainConfig(...))` reads the data (a split manifest or a dataset root), fits the
 gate on normal images (holding some out), exports one ONNX graph (score and heat map inside),
 calibrates its threshold through ONNX Runtime and writes the metadata JSON the line reads
-(`adfm.appliance.gate`). `adfm-train gate` is the command. Why this method: see `model.py`.
+(`adfm.runtime.gate`). `adfm-train gate` is the command. Why this method: see `model.py`.
 torch is imported only when training is asked for, so the config and calibration stay light.
 """
 

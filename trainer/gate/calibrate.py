@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from adfm.appliance.gate import Calibration
+from adfm.runtime.gate import Calibration
 
 
 def recall_threshold(anomalous_scores: Sequence[float], target_recall: float) -> float:

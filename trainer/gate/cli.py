@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefinedType
+
+from adfm.offline import force_offline
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -30,42 +34,60 @@ def _size(text: str) -> tuple[int, int]:
     return w, h
 
 
+#: Fields set by their own options (or not from the command line at all).
+_SPECIAL = {"data", "out", "categories", "long_side", "input_size", "progress"}
+
+
+def _option_type(annotation: Any) -> Any:
+    """The argparse type of a config field: its scalar type, with `| None` removed."""
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if len(args) == 1:
+        return args[0]
+    return annotation
+
+
+def _help(field: FieldInfo) -> str:
+    text = field.description or ""
+    if field.default is None:
+        return text or "(default: none)"
+    if not isinstance(field.default, PydanticUndefinedType):
+        return f"{text} (default {field.default})".strip()
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """Options and defaults come from GateTrainConfig, so help text and behaviour cannot drift apart."""
+    from adfm.trainer.gate.config import GateTrainConfig
+
+    fields = GateTrainConfig.model_fields
     p = argparse.ArgumentParser(prog="adfm-train gate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, required=True, help="split manifest (.jsonl) or dataset root")
-    p.add_argument("--out", type=Path, required=True, help="the gate's .onnx file (metadata goes beside it)")
-    p.add_argument("--layout", help="force the dataset layout (default: detected)")
+    p.add_argument("--data", type=Path, required=True, help=fields["data"].description)
+    p.add_argument("--out", type=Path, required=True, help=fields["out"].description)
     p.add_argument("--category", dest="categories", action="append", default=[], metavar="NAME",
                    help="fit on this category only (repeatable; default: every category in --data)")
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--long-side", type=int, help="input long side in pixels (default 256; aspect from the images)")
-    size.add_argument("--input-size", type=_size, metavar="WxH", help="exact input size, multiples of 8")
-    p.add_argument("--width", type=int, help="random feature channels of the first layer (default 16)")
-    p.add_argument("--bank-size", type=int, help="normal patch features kept (default 1024)")
-    p.add_argument("--max-candidates", type=int, help="patches sampled for the coreset (default 200000)")
-    p.add_argument("--smoothing-sigma", type=float, help="heat map smoothing in feature cells (default 1.0)")
-    p.add_argument("--holdout", type=float, help="share of normal images held out for calibration (default 0.2)")
-    p.add_argument("--target-recall", type=float, help="recall kept on the anomalous images (default 0.95)")
-    p.add_argument("--normal-quantile", type=float,
-                   help="without anomalous images: threshold at this quantile of held-out normal scores (default 0.99)")
-    p.add_argument("--seed", type=int, help="random features, hold-out and coreset seed (default 0)")
-    p.add_argument("--batch-size", type=int, help="images per batch (default 16)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="fitting device (default: auto)")
-    p.add_argument("--threads", type=int, help="ONNX Runtime threads for calibration (default: all cores)")
+    size.add_argument("--long-side", type=int, help=_help(fields["long_side"]))
+    size.add_argument("--input-size", type=_size, metavar="WxH", help=_help(fields["input_size"]))
+    for name, field in fields.items():
+        if name in _SPECIAL:
+            continue
+        flag = "--" + name.replace("_", "-")
+        annotation = field.annotation
+        if get_origin(annotation) is Literal:
+            p.add_argument(flag, choices=list(get_args(annotation)), help=_help(field))
+        else:
+            p.add_argument(flag, type=_option_type(annotation), help=_help(field))
     p.add_argument("--json", action="store_true", help="print the gate's metadata as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     return p
 
 
-_FIELDS = ("layout", "long_side", "input_size", "width", "bank_size", "max_candidates", "smoothing_sigma", "holdout",
-           "target_recall", "normal_quantile", "seed", "batch_size", "device", "threads")
-
-
 def _config(args: argparse.Namespace):
     from adfm.trainer.gate.config import GateTrainConfig
 
-    values = {k: getattr(args, k) for k in _FIELDS if getattr(args, k) is not None}
+    names = set(GateTrainConfig.model_fields) - {"data", "out", "categories", "progress"}
+    values = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
     return GateTrainConfig(data=args.data, out=args.out, categories=args.categories,
                            progress=not args.quiet, **values)
 
@@ -94,8 +116,8 @@ def _summary(result) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from adfm.appliance.gate import GateError
+    force_offline()
+    from adfm.runtime.gate import GateError
     from adfm.trainer.gate.config import GateConfigError
     from adfm.trainer.gate.export import GateExportError
     from adfm.trainer.gate.train import train_gate

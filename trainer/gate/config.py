@@ -5,21 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from adfm.config import ConfigError, StrictModel
 
 #: The graph downsamples by 8 (three stride-2 convolutions): input sides are multiples of this.
 STRIDE = 8
 
 
-class GateConfigError(ValueError):
+class GateConfigError(ConfigError):
     """A gate run that cannot start; the message names the setting or the file."""
 
 
-class GateTrainConfig(BaseModel):
+class GateTrainConfig(StrictModel):
     """What `adfm-train gate` does. The defaults fit a station's normal images in seconds on a CPU;
     `width`, `bank_size` and `long_side` are the knobs for larger settings."""
-
-    model_config = ConfigDict(extra="forbid")
 
     data: Path = Field(description="split manifest (.jsonl) or dataset root (generic folder layout or any known)")
     out: Path = Field(description="the gate's .onnx file; the metadata JSON and training manifest go beside it")

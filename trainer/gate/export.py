@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adfm.appliance.gate import FILE_MODE, INPUT_NAME, MAP_OUTPUT, SCORE_OUTPUT, GateSession
+from adfm.runtime.gate import FILE_MODE, INPUT_NAME, MAP_OUTPUT, SCORE_OUTPUT, GateSession
 from adfm.trainer.gate.model import PatchKNNGate
 
 OPSET = 17

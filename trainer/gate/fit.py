@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from adfm.appliance.gate import GateError, preprocess
+from adfm.runtime.gate import GateError, preprocess
 from adfm.trainer.data.imageio import DataFileError, image_size
 from adfm.trainer.data.records import Sample
 from adfm.trainer.gate.config import GateConfigError, GateTrainConfig, input_size_for

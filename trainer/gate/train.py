@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 import adfm
-from adfm.appliance.gate import GateMetadata, GateSession, metadata_path, write_metadata
 from adfm.manifest import sha256_file
+from adfm.runtime.gate import GateMetadata, GateSession, metadata_path, write_metadata
 from adfm.trainer.data.records import Sample, write_manifest
 from adfm.trainer.gate.calibrate import calibrate, display_range
 from adfm.trainer.gate.config import STRIDE, GateConfigError, GateTrainConfig

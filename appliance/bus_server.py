@@ -143,7 +143,7 @@ class ResultBus:
         if self.curve is not None:
             from zmq.auth.thread import ThreadAuthenticator
 
-            self._auth = ThreadAuthenticator(self._ctx, log=logging.getLogger("adfm.appliance.bus.auth"))
+            self._auth = ThreadAuthenticator(self._ctx, log=logging.getLogger("adfm.appliance.bus_server.auth"))
             self._auth.start()
             self._auth.configure_curve(domain="*", location=str(self.curve.authorized_clients))
         self._thread = threading.Thread(target=self._run, name="adfm-bus", daemon=True)

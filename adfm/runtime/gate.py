@@ -1,4 +1,4 @@
-"""The screening gate on the line: a fast ONNX Runtime anomaly scorer in front of the VLM.
+"""The screening gate's runtime: a fast ONNX Runtime anomaly scorer in front of the VLM.
 
 A gate (trained by `adfm-train gate`) is two files side by side:
 

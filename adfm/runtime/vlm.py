@@ -25,6 +25,7 @@ import atexit
 import base64
 import contextlib
 import ctypes
+import hashlib
 import io
 import logging
 import math
@@ -159,6 +160,8 @@ class Generation:
     image_tokens: tuple[int, ...] = ()
     #: True when the model ended its answer; False when max_tokens cut it
     finished: bool = False
+    #: prompt positions taken from the kept prefix (system prompt, reference image) instead of evaluated
+    prefix_reused: int = 0
 
 
 @dataclass(frozen=True)
@@ -176,6 +179,8 @@ class _Prompt:
 
     token_ids: tuple[int, ...]
     image_tokens: tuple[int, ...]
+    #: positions of the prefix that were already in the KV cache and not evaluated again
+    reused_positions: int = 0
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -206,6 +211,7 @@ class GgufVlm:
         *,
         n_gpu_layers: int = 0,
         cpu_extra_buffers: bool | None = None,
+        reuse_prefix: bool = True,
     ) -> None:
         model_dir = Path(model_dir)
         manifest = load_model_dir(model_dir, check_hashes=check_hashes)
@@ -218,6 +224,7 @@ class GgufVlm:
             n_gpu_layers=n_gpu_layers,
             cpu_extra_buffers=cpu_extra_buffers,
         )
+        self.reuse_prefix = reuse_prefix
 
     @classmethod
     def from_files(
@@ -237,6 +244,7 @@ class GgufVlm:
             Path(model_path), Path(mmproj_path), manifest,
             n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers, cpu_extra_buffers=cpu_extra_buffers,
         )
+        self.reuse_prefix = False  # verification compares fresh evaluations
         return self
 
     # ------------------------------------------------------------------------------------------
@@ -260,6 +268,8 @@ class GgufVlm:
         self._lock = threading.Lock()
         self._mtmd_ctx = None
         self._llama = None
+        self.reuse_prefix = True
+        self._prefix: tuple[Any, int] | None = None  # (key of the kept prefix, its positions)
         self.manifest = manifest
         self.model_path = model_path
         self.mmproj_path = mmproj_path
@@ -419,6 +429,7 @@ class GgufVlm:
                 token_ids=tuple(ids),
                 image_tokens=prompt.image_tokens,
                 finished=finished,
+                prefix_reused=prompt.reused_positions,
             )
 
     def forced_logits(
@@ -525,7 +536,9 @@ class GgufVlm:
         return self._formatter(messages=messages).prompt
 
     def _chunks(self, images: Sequence[Image.Image], messages: list[dict[str, Any]]):
-        """Tokenize text + images with mtmd; returns (chunks handle, bitmaps) — caller frees both."""
+        """Tokenize text + images with mtmd; returns (chunks handle, bitmaps) — caller frees both.
+
+        `self._last_digests` holds each image's PNG digest, in prompt order (the prefix key)."""
         import llama_cpp.mtmd_cpp as mtmd
 
         checked = self._check_images(images)
@@ -534,6 +547,7 @@ class GgufVlm:
             buf = io.BytesIO()
             img.save(buf, format="PNG", compress_level=1)
             pngs.append(buf.getvalue())
+        self._last_digests = tuple(hashlib.blake2b(p, digest_size=16).digest() for p in pngs)
         urls = ["data:image/png;base64," + base64.b64encode(p).decode("ascii") for p in pngs]
         text = self._render(urls, messages).encode("utf-8")
         bitmaps = []
@@ -562,7 +576,8 @@ class GgufVlm:
         return chunks, bitmaps
 
     def _eval_prompt(self, images, messages: list[dict[str, Any]], *, reserve: int) -> _Prompt:
-        """Clear the context and evaluate the prompt; the last logits predict the first answer token."""
+        """Evaluate the prompt into the context (reusing a kept prefix when it matches, otherwise from
+        an empty context); the last logits predict the first answer token."""
         import llama_cpp
         import llama_cpp.mtmd_cpp as mtmd
 
@@ -582,16 +597,42 @@ class GgufVlm:
             last = mtmd.mtmd_input_chunks_get(chunks, n_chunks - 1) if n_chunks else None
             if last is None or mtmd.mtmd_input_chunk_get_type(last) != mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT:
                 raise RuntimeError("the rendered prompt does not end with text; the chat template is unusable")
-            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(llama.ctx), True)
-            llama.reset()
+            kinds = [mtmd.mtmd_input_chunk_get_type(mtmd.mtmd_input_chunks_get(chunks, i)) for i in range(n_chunks)]
+            texts = [self._chunk_tokens(mtmd.mtmd_input_chunks_get(chunks, i))
+                     if kind == mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT else None for i, kind in enumerate(kinds)]
+            # Everything before the last image (system prompt, reference image, the text up to the
+            # query) is the same for every part of a recipe: kept in the KV cache, it is not evaluated
+            # again. The key holds the prefix's token ids and its images' digests.
+            images_at = [i for i, kind in enumerate(kinds) if kind == mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE]
+            split = images_at[-1] if images_at and self.reuse_prefix else 0
+            digests = iter(self._last_digests)
+            key = tuple(texts[i] if texts[i] is not None else next(digests) for i in range(split))
             ids: list[int] = []
             image_tokens: list[int] = []
-            for i in range(n_chunks):
+            memory = llama_cpp.llama_get_memory(llama.ctx)
+            start, reused = 0, 0
+            if split and self._prefix is not None and self._prefix[0] == key and llama_cpp.llama_memory_seq_rm(
+                memory, llama_cpp.llama_seq_id(0), llama_cpp.llama_pos(self._prefix[1]), llama_cpp.llama_pos(-1)
+            ):
+                start, reused = split, self._prefix[1]
+                llama.n_tokens = reused
+                for i in range(split):  # the prefix's ids, as an evaluation would have listed them
+                    tokens = texts[i]
+                    if tokens is None:
+                        n_img = int(mtmd.mtmd_input_chunk_get_n_tokens(mtmd.mtmd_input_chunks_get(chunks, i)))
+                        image_tokens.append(n_img)
+                        tokens = (self.image_pad_id,) * n_img
+                    ids.extend(tokens)
+            else:
+                self._prefix = None
+                llama_cpp.llama_memory_clear(memory, True)
+                llama.reset()
+            for i in range(start, n_chunks):
+                if split and i == split and not reused:
+                    self._prefix = (key, llama.n_tokens)
                 chunk = mtmd.mtmd_input_chunks_get(chunks, i)
-                if mtmd.mtmd_input_chunk_get_type(chunk) == mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT:
-                    n = ctypes.c_size_t()
-                    ptr = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
-                    tokens = [int(ptr[j]) for j in range(n.value)]
+                tokens = texts[i]
+                if tokens is not None:
                     if tokens:
                         llama.eval(tokens)
                     ids.extend(tokens)
@@ -603,15 +644,24 @@ class GgufVlm:
                     llama_cpp.llama_seq_id(0), llama.n_batch, False, ctypes.byref(new_n_past),
                 )
                 if rc != 0:
+                    self._prefix = None
                     raise RuntimeError(f"llama.cpp failed to encode an image (code {rc}; {recent_llama_errors()})")
                 llama.n_tokens = new_n_past.value
                 image_tokens.append(n_img)
                 ids.extend([self.image_pad_id] * n_img)
-            return _Prompt(tuple(ids), tuple(image_tokens))
+            return _Prompt(tuple(ids), tuple(image_tokens), reused)
         finally:
             mtmd.mtmd_input_chunks_free(chunks)
             for bmp in bitmaps:
                 mtmd.mtmd_bitmap_free(bmp)
+
+    @staticmethod
+    def _chunk_tokens(chunk: Any) -> tuple[int, ...]:
+        import llama_cpp.mtmd_cpp as mtmd
+
+        n = ctypes.c_size_t()
+        ptr = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
+        return tuple(int(ptr[j]) for j in range(n.value))
 
     def _last_logits(self) -> np.ndarray:
         import llama_cpp

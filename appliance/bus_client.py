@@ -2,7 +2,7 @@
 
 This is what the review TUI and integrators use to follow a station::
 
-    from adfm.appliance.client import StationClient
+    from adfm.appliance.bus_client import StationClient
 
     with StationClient("tcp://10.0.0.5:5560", "tcp://10.0.0.5:5561",
                        curve=ClientCurve(...), from_seq=1) as client:

@@ -2,7 +2,8 @@
 
 Tests, the demo station and benchmarks get a model directory (GGUF language model + mmproj +
 manifest.json) that llama.cpp runs, built offline in seconds. Needs the export extra (torch,
-transformers, peft, gguf, llama-cpp-python).
+transformers, peft, gguf, llama-cpp-python). `python -m adfm.export.tiny --out DIR` is the build-side
+command the appliance demo runs in a child process, so the line side never imports torch or export.
 
 The export verifies itself as always. Its quantized agreement floor is lowered for this model only:
 random weights give near-flat logits, so 4-bit rounding flips many near-ties (q4_k_m keeps about
@@ -11,9 +12,12 @@ random weights give near-flat logits, so 4-bit rounding flips many near-ties (q4
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
+import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 #: Quantized token/decision agreement the tiny model's export must keep (see the module note).
@@ -73,7 +77,7 @@ def build_tiny_gguf(
     if base_dir is None:
         base = out.with_name(out.name + "-hf")
         if not (base / "config.json").is_file():
-            from adfm.testing.tiny_model import build_tiny_qwen25vl
+            from adfm.trainer.tiny_model import build_tiny_qwen25vl
 
             build_tiny_qwen25vl(base)
     else:
@@ -93,3 +97,33 @@ def build_tiny_gguf(
     if rc != 0:
         raise RuntimeError(f"adfm-export of the tiny model failed (exit {rc}):\n{log.getvalue()}")
     return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Build (or reuse) the tiny export; print the model directory on the last line of stdout."""
+    from adfm.offline import force_offline
+
+    p = argparse.ArgumentParser(prog="python -m adfm.export.tiny", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="model directory to write")
+    p.add_argument("--base", type=Path, metavar="DIR",
+                   help="tiny HF checkpoint to reuse or build (default: <out>-hf)")
+    p.add_argument("--quant", default="q4_k_m", help="language model type (default %(default)s)")
+    args = p.parse_args(argv)
+    force_offline()
+    base = args.base
+    if base is not None and not (base / "config.json").is_file():
+        from adfm.trainer.tiny_model import build_tiny_qwen25vl
+
+        build_tiny_qwen25vl(base)
+    try:
+        out = build_tiny_gguf(args.out, quant=args.quant, base_dir=base)
+    except RuntimeError as exc:
+        print(f"adfm.export.tiny: {exc}", file=sys.stderr)
+        return 1
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -30,7 +30,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BACKEND = "adfm.appliance.worker:gguf_backend"
+DEFAULT_BACKEND = "adfm.appliance.inference_worker:gguf_backend"
 FailureKind = Literal["crash", "hang", "error"]
 
 
@@ -64,7 +64,7 @@ class GenerationReply:
 
 def gguf_backend(model_dir: str, n_ctx: int = 4096, n_threads: int | None = None, check_hashes: bool = True):
     """The production backend: the exported GGUF model through llama-cpp-python."""
-    from adfm.appliance.vlm import GgufVlm
+    from adfm.runtime.vlm import GgufVlm
 
     return GgufVlm(model_dir, n_ctx=n_ctx, n_threads=n_threads, check_hashes=check_hashes)
 
