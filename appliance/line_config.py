@@ -11,7 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from adfm.config import StrictModel
 
 FailSafe = Literal["reject", "hold", "pass"]
 
@@ -28,16 +30,15 @@ SOURCE_CODES: dict[str, int] = {
 }
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Section(StrictModel):
+    """A line config section (unknown keys are errors)."""
 
 
 def _resolve(value: Any, info: ValidationInfo) -> Any:
-    if value is None or value == "":
-        return value
-    path = Path(str(value)).expanduser()
-    base = (info.context or {}).get("base_dir")
-    return Path(base) / path if not path.is_absolute() and base is not None else path
+    """Relative paths are read from the config file's folder, as everywhere in station.yaml."""
+    from adfm.appliance.config import _resolve as resolve  # the station config imports this module
+
+    return resolve(value, info)
 
 
 class LineSection(_Section):

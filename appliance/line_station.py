@@ -17,11 +17,11 @@ import numpy as np
 
 from adfm.appliance.config import StationConfig
 from adfm.appliance.health import Health
+from adfm.appliance.inference_worker import BackendSpec
 from adfm.appliance.journal import Journal, JournalError
 from adfm.appliance.line import LineController, LineTrigger, Recipe
 from adfm.appliance.pipeline import ModelInfo
 from adfm.appliance.vlm_runner import VlmModel, VlmRunner
-from adfm.appliance.worker import BackendSpec
 from adfm.schema import InspectionResult
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class LineStation:
             recipe_gate = gate
             if r.gate_path is not None and mode != "off":
                 if r.gate_path not in gates:
-                    from adfm.appliance.gate import Gate
+                    from adfm.runtime.gate import Gate
 
                     gates[r.gate_path] = Gate.load(r.gate_path)
                 recipe_gate = gates[r.gate_path]

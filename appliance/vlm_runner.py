@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from adfm.appliance.inference_worker import BackendSpec, InferenceWorker, WorkerFailure, WorkerStartError
 from adfm.appliance.pipeline import Inference, ModelInfo
-from adfm.appliance.worker import BackendSpec, InferenceWorker, WorkerFailure, WorkerStartError
 from adfm.protocol import parse_response
 
 log = logging.getLogger(__name__)

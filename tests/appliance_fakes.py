@@ -232,7 +232,7 @@ class SlowedBackend:
     call by `slow_s`, so a test or bench can push some parts past their deadline on purpose."""
 
     def __init__(self, slow_every: int = 5, slow_s: float = 1.0, **gguf_kwargs: object) -> None:
-        from adfm.appliance.worker import gguf_backend
+        from adfm.appliance.inference_worker import gguf_backend
 
         self.inner = gguf_backend(**gguf_kwargs)  # type: ignore[arg-type]
         self.slow_every = slow_every

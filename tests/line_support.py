@@ -158,9 +158,9 @@ def start_line(config_dict: dict, script: Path | None, fps: float = 30.0, backen
     """Start a line-mode service on a synthetic camera (the scripted model, or `backend`); returns
     (run, source)."""
     from adfm.appliance.config import parse_config
+    from adfm.appliance.inference_worker import BackendSpec
     from adfm.appliance.service import Service
-    from adfm.appliance.worker import BackendSpec
-    from adfm.camera.worker import CameraWorker
+    from adfm.camera.capture_thread import CameraWorker
     from tests.appliance_fakes import FACTORY
 
     config = parse_config(config_dict)

@@ -253,7 +253,7 @@ def test_encoder_ejector_fires_when_the_part_has_travelled_its_distance(tmp_path
 def test_the_tiny_model_slowed_past_the_deadline_on_the_line(tmp_path, tiny_gguf_dir):
     """The real model path (llama.cpp in the inference worker) with every 3rd call slowed by 1.5 s:
     the same guarantees as with the scripted model."""
-    from adfm.appliance.worker import BackendSpec
+    from adfm.appliance.inference_worker import BackendSpec
 
     parts = 30
     port = free_port()

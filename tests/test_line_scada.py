@@ -50,7 +50,7 @@ def test_recipes_from_the_plc_register_and_by_command_and_the_opcua_nodes(tmp_pa
         _wait(plc.done, 30, "the PLC's parts")
         _wait(lambda: len(plc.result_writes()) >= 8 and not service.line.controller.parts, 20, "decisions")
         # Changeover by command: a trigger whose recipe register reads 0 takes the commanded recipe.
-        from adfm.appliance.client import StationClient, StationError
+        from adfm.appliance.bus_client import StationClient, StationError
 
         bus = service.bus.bound
         with StationClient(bus["publish"][0], bus["control"][0], timeout_s=3.0) as client:

@@ -14,10 +14,10 @@ from adfm.appliance import journal as journal_mod
 from adfm.appliance.config import ConfigError, parse_config
 from adfm.appliance.journal import Journal, JournalError, JournalFullError
 from adfm.camera.capture import device_capture_mono
+from adfm.camera.capture_thread import CameraWorker
 from adfm.camera.config import CameraConfig
 from adfm.camera.frame import Frame
 from adfm.camera.triggers import LinkTrigger
-from adfm.camera.worker import CameraWorker
 from adfm.schema import InspectionResult
 from tests.line_support import SyntheticStream, line_config
 
