@@ -152,7 +152,6 @@ class LineController:
         self.counts: dict[str, int] = {}
         self._pump_stop = threading.Event()
         self._pump: threading.Thread | None = None
-        self.recent: list[InspectionResult] = []
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adfm-line-journal")
 
     # ---- inputs (any thread) ------------------------------------------------------------------
@@ -425,7 +424,6 @@ class LineController:
             self._queue_publish(result)
         if self.on_result is not None:
             self.on_result(result)
-        self.recent = [*self.recent[-99:], result]
 
     def _revise(self, part: _Part, verdict: str, reason: str, inference: Inference) -> None:
         first = part.result
@@ -512,8 +510,11 @@ class LineController:
             except (JournalError, JournalFullError):
                 return
             self._unjournaled.remove(part)
+            self.health.clear("journal")
             self.health.record_part(stored)
             self._queue_publish(stored)
+            if self.on_result is not None:
+                self.on_result(stored)
 
     @property
     def unjournaled(self) -> int:

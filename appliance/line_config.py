@@ -126,11 +126,6 @@ class ModbusSection(_Section):
     recipe_register: int | None = Field(None, ge=0, le=65535, description="holding register with the recipe code")
     result: ResultRegisters = Field(default_factory=ResultRegisters)
     ejector: EjectorSection | None = None
-    on_link_lost: Literal["failsafe", "stop"] = Field(
-        "failsafe",
-        description="failsafe: parts already triggered are still decided and journaled (their outputs "
-        "are written once the link is back if still due); stop: also refuse control-command triggers",
-    )
 
     @model_validator(mode="after")
     def _no_overlap(self) -> ModbusSection:

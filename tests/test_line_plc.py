@@ -193,6 +193,15 @@ def test_full_disk_gives_minimal_records_and_no_crash(tmp_path, monkeypatch):
         return real(path, data)
 
     monkeypatch.setattr(journal_mod, "write_durable", maybe_full)
+    real_open = Journal.open_part
+    rows_full = {"on": False}
+
+    def open_part(self, **kw):  # a disk so full that not even the part's row fits
+        if rows_full["on"]:
+            raise journal_mod.JournalFullError("database or disk is full (test)")
+        return real_open(self, **kw)
+
+    monkeypatch.setattr(Journal, "open_part", open_part)
     port = free_port()
     plc = Plc(port, tmp_path / "plc.jsonl")
     plc.start(rate=RATE, parts=20)
@@ -201,7 +210,10 @@ def test_full_disk_gives_minimal_records_and_no_crash(tmp_path, monkeypatch):
     try:
         _wait(lambda: len(plc.triggers()) >= 5, 20, "parts before the disk fills")
         full["on"] = True
-        _wait(lambda: len(plc.triggers()) >= 12, 20, "parts on a full disk")
+        _wait(lambda: len(plc.triggers()) >= 9, 20, "parts on a full disk")
+        rows_full["on"] = True
+        _wait(lambda: len(plc.triggers()) >= 11, 20, "parts on a disk without room for a row")
+        rows_full["on"] = False
         full["on"] = False
         _wait(plc.done, 20, "every part")
         _wait(lambda: len(plc.result_writes()) >= 20, 10, "every decision")
@@ -217,6 +229,9 @@ def test_full_disk_gives_minimal_records_and_no_crash(tmp_path, monkeypatch):
     for d in minimal:
         assert d.action == "reject" and d.image_path == "" and any("minimal record" in p for p in d.problems)
     assert decisions[-1].decision_source == "vlm" and decisions[-1].image_path  # recovered once there is room
+    rowless = [d for d in minimal if "part not journaled" in d.reason]  # journaled later, when there was room
+    assert rowless and all("database or disk is full" in d.reason for d in rowless)
+    assert sum(w["seq"] == 0 for w in plc.result_writes()) == len(rowless)  # the PLC got them at once, seq 0
 
 
 @pytest.mark.slow
