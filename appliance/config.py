@@ -324,6 +324,14 @@ def check_resources(config: StationConfig, source: str = "<config>") -> list[str
             problems += _check_image(product.reference, f"{source}: products.{i}.reference")
     if config.gate.mode != "off" and config.gate.path is not None and not config.gate.path.is_file():
         problems.append(f"{source}: gate.path: {config.gate.path} not found")
+    for i, recipe in enumerate(config.recipes):
+        if recipe.gate_path is not None and not recipe.gate_path.is_file():
+            problems.append(f"{source}: recipes.{i}.gate_path: {recipe.gate_path} not found")
+        if recipe.model_dir is not None:
+            try:
+                read_manifest(recipe.model_dir)
+            except ManifestError as exc:
+                problems.append(f"{source}: recipes.{i}.model_dir: {exc}")
     if config.bus.curve is not None:
         from adfm.appliance.keys import CurveKeyError, load_server_curve
 

@@ -44,6 +44,10 @@ from adfm.schema import Box, DecisionSource, InspectionResult, LineAction
 
 log = logging.getLogger(__name__)
 
+#: Health key of the line's journal alarms (a full disk). Not a critical key: the line keeps deciding
+#: with minimal records, so the watchdog must not restart the service over it.
+JOURNAL_ALARM = "line.journal"
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -253,9 +257,9 @@ class LineController:
         try:
             part.row = self.journal.open_part(part_id=part_id, camera=self.camera_id, triggered_wall=trigger.at_wall,
                                               product=recipe.product or "")
-            self.health.clear("journal")
+            self.health.clear(JOURNAL_ALARM)
         except JournalError as exc:
-            self.health.problem("journal", str(exc))
+            self.health.problem(JOURNAL_ALARM, str(exc))
             part.disk_full = str(exc)
             self._decide_failsafe(part, "failsafe_disk_full", f"part not journaled: {exc}")
             return
@@ -317,10 +321,10 @@ class LineController:
         part.latency["journal"] = _ms(t0, time.monotonic())
         try:
             part.row = future.result()
-            self.health.clear("journal")
+            self.health.clear(JOURNAL_ALARM)
         except Exception as exc:  # JournalFullError above all: the row stays, as a minimal record
             part.disk_full = str(exc)
-            self.health.problem("journal", str(exc))
+            self.health.problem(JOURNAL_ALARM, str(exc))
         if part.result is None:
             if part.disk_full:
                 self._decide_failsafe(part, "failsafe_disk_full", f"image not journaled: {part.disk_full}")
@@ -417,7 +421,7 @@ class LineController:
                 result = self.journal.complete(result)
                 part.result = result
             except JournalError as exc:
-                self.health.problem("journal", f"decision of seq {part.row.seq} not journaled yet: {exc}")
+                self.health.problem(JOURNAL_ALARM, f"decision of seq {part.row.seq} not journaled yet: {exc}")
                 self._unjournaled.append(part)
                 return
             self.health.record_part(result, {"trigger_to_decision": part.latency["trigger_to_decision"]})
@@ -439,7 +443,7 @@ class LineController:
         try:
             stored = self.journal.revise(revision)
         except JournalError as exc:
-            self.health.problem("journal", f"revision of seq {part.row.seq} not journaled: {exc}")
+            self.health.problem(JOURNAL_ALARM, f"revision of seq {part.row.seq} not journaled: {exc}")
             return
         self.revised += 1
         self._queue_publish(stored)
@@ -510,7 +514,7 @@ class LineController:
             except (JournalError, JournalFullError):
                 return
             self._unjournaled.remove(part)
-            self.health.clear("journal")
+            self.health.clear(JOURNAL_ALARM)
             self.health.record_part(stored)
             self._queue_publish(stored)
             if self.on_result is not None:

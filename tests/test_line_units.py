@@ -145,3 +145,13 @@ def test_encoder_distance_survives_the_counter_wrapping():
                if ModbusLink._reached(part, 0.0, c % U32)]
     assert [(c - start) for c in reached] == [2000, 2500]
     assert words_to_u32(*u32_to_words(U32 + 7)) == 7 and u32_to_words(70000) == [70000 - 65536, 1]
+
+
+def test_recipe_files_are_checked(tmp_path):
+    from adfm.appliance.config import check_resources
+
+    cfg = line_config(tmp_path, 1502, recipes=[{"name": "a", "code": 1, "model_dir": str(tmp_path / "nomodel"),
+                                                "gate_mode": "screen", "gate_path": str(tmp_path / "no.onnx")}])
+    problems = check_resources(parse_config(cfg, "station.yaml"), "station.yaml")
+    assert any(p.startswith("station.yaml: recipes.0.gate_path:") and "not found" in p for p in problems), problems
+    assert any(p.startswith("station.yaml: recipes.0.model_dir:") for p in problems), problems
