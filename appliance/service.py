@@ -385,12 +385,13 @@ class Service:
 
     def _summary(self) -> RunSummary:
         verdicts: dict[str, int] = {}
-        for r in self._results:
+        firsts = [r for r in self._results if r.revision == 0]  # a line's later verdicts are no new parts
+        for r in firsts:
             verdicts[r.verdict] = verdicts.get(r.verdict, 0) + 1
         health, journal = self.health, self.journal
         return RunSummary(
             station=self.config.station,
-            parts=len(self._results),
+            parts=len(firsts),
             verdicts=verdicts,
             latency_ms_p50=health.percentiles(50) if health else {},
             latency_ms_p95=health.percentiles(95) if health else {},

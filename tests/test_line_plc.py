@@ -34,6 +34,32 @@ TOLERANCE_MS = 150.0
 ACTIONS = ["no", "yes", "no", "late", "no"]
 
 
+class BusSubscriber:
+    """A StationClient on the station's bus in a thread, collecting every result it delivers."""
+
+    def __init__(self, publish: str, control: str) -> None:
+        import threading
+
+        from adfm.appliance.bus_client import StationClient
+
+        self.results: list = []
+        self._stop = threading.Event()
+        self._client = StationClient(publish, control, from_seq=1, timeout_s=5.0)
+        self._client.connect()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.results += self._client.receive(0.2)
+
+    def stop(self) -> list:
+        self._stop.set()
+        self._thread.join(5)
+        self._client.close()
+        return self.results
+
+
 def _wait(pred, timeout: float, what: str) -> None:
     end = time.monotonic() + timeout
     while not pred():
@@ -64,12 +90,15 @@ def test_steady_line_every_trigger_one_decision_in_time_and_pulses_for_rejects(t
     plc.start(rate=RATE, parts=parts)
     script = write_script(tmp_path / "script.json", ACTIONS, late_s=1.2, cycle=True)
     run, _ = start_line(line_config(tmp_path, port, deadline_ms=DEADLINE_MS, delay_ms=DELAY_MS), script)
+    bus = run.service.bus.bound
+    subscriber = BusSubscriber(bus["publish"][0], bus["control"][0])
     try:
         _wait(plc.done, seconds + 30, "the PLC to present every part")
         _wait(lambda: len(plc.result_writes()) >= parts and not run.service.line.controller.parts, 20,
               "every decision and revision")
         time.sleep(DELAY_MS / 1000 + 0.3)  # the last pulses
     finally:
+        on_bus = subscriber.stop()
         run.stop()
         plc.kill()
 
@@ -105,9 +134,11 @@ def test_steady_line_every_trigger_one_decision_in_time_and_pulses_for_rejects(t
             if d.decision_source == "vlm":
                 assert len(journal.revisions(d.seq)) == 1
         rejects = sorted(triggers[d.part_id]["t"] for d in decisions if d.action == "reject")
-    # The bus carried every revision too (same seq and part id as the first result).
-    published_revisions = {(r.seq, r.part_id) for r in run.results if r.revision == 1}
-    assert published_revisions == {(d.seq, d.part_id) for d in late}
+    # A subscriber (StationClient) got every decision once, in seq order, and every revision with the
+    # same seq and part id as the decision it revises.
+    firsts_on_bus = [r.seq for r in on_bus if r.revision == 0]
+    assert firsts_on_bus == list(range(1, parts + 1))
+    assert {(r.seq, r.part_id) for r in on_bus if r.revision == 1} == {(d.seq, d.part_id) for d in late}
 
     pulses = plc.pulses()
     assert len(pulses) == len(rejects), (len(pulses), len(rejects))
