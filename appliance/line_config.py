@@ -74,9 +74,11 @@ class RecipeSection(_Section):
 
 
 class TriggerInput(_Section):
-    """The PLC's part-present signal: a rising edge (0 → 1) is one trigger."""
+    """The PLC's part-present signal: a rising edge (0 → 1) of a coil or discrete input is one part;
+    or (`counter`) a holding register the PLC increments by one per part — no part is lost when a
+    poll comes late, where an edge must stay high longer than the polling gap."""
 
-    table: Literal["coil", "discrete_input"] = "discrete_input"
+    table: Literal["coil", "discrete_input", "counter"] = "discrete_input"
     address: int = Field(0, ge=0, le=65535)
 
 
@@ -132,6 +134,8 @@ class ModbusSection(_Section):
         if self.reconnect_max_s < self.reconnect_min_s:
             raise ValueError("reconnect_max_s must be >= reconnect_min_s")
         regs: dict[str, range] = {"result": range(self.result.base, self.result.base + 5)}
+        if self.trigger.table == "counter":
+            regs["trigger"] = range(self.trigger.address, self.trigger.address + 1)
         if self.part_id_register is not None:
             regs["part_id_register"] = range(self.part_id_register, self.part_id_register + 2)
         if self.recipe_register is not None:

@@ -40,6 +40,23 @@ MAX_UNWRITTEN_RESULTS = 64
 EJECTOR_ALARM_S = 300.0
 
 
+#: A trigger counter that jumps further than this between two polls was reset, not advanced.
+MAX_COUNTER_STEP = 64
+
+
+def new_parts(table: str, last: int, now: int) -> int:
+    """Parts presented between two reads of the trigger: a rising edge of a coil or discrete input
+    is one; a counter register's advance (modulo 2**16) is that many — a counter loses no part
+    when a poll comes late, an edge shorter than the polling gap can be missed."""
+    if table != "counter":
+        return int(bool(now) and not last)
+    step = (now - last) % 65536
+    if step > MAX_COUNTER_STEP:
+        log.warning("trigger counter went from %d to %d: taken as a reset, no parts", last, now)
+        return 0
+    return step
+
+
 class PlcError(RuntimeError):
     """A Modbus request failed (connection lost, timeout, exception response)."""
 
@@ -99,12 +116,15 @@ class ModbusClient:
             raise PlcError(f"{what}: the PLC answered {rr}")
         return rr
 
-    def read_trigger(self) -> bool:
+    def read_trigger(self) -> int:
+        """The trigger input: 0/1 for a coil or discrete input, the part count for a counter register."""
         t = self.cfg.trigger
         if t.table == "coil":
-            return bool(self._call(f"read coil {t.address}", self._client.read_coils, t.address, count=1).bits[0])
-        return bool(self._call(f"read discrete input {t.address}", self._client.read_discrete_inputs, t.address,
-                               count=1).bits[0])
+            return int(self._call(f"read coil {t.address}", self._client.read_coils, t.address, count=1).bits[0])
+        if t.table == "counter":
+            return int(self.read_registers(t.address, 1)[0])
+        return int(self._call(f"read discrete input {t.address}", self._client.read_discrete_inputs, t.address,
+                              count=1).bits[0])
 
     def read_registers(self, address: int, count: int) -> list[int]:
         return list(self._call(f"read holding registers {address}..{address + count - 1}",
@@ -138,7 +158,7 @@ class ModbusLink:
         self._thread: threading.Thread | None = None
         self._backoff = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s)
         self._retry_at = 0.0
-        self._last_input: bool | None = None
+        self._last_input: int | None = None
         self._in_flight: list[_InFlight] = []
         self._pending_results: list[tuple[int, int, int, float]] = []
         self._next_heartbeat = 0.0
@@ -219,8 +239,10 @@ class ModbusLink:
     def _cycle(self) -> None:
         level = self.client.read_trigger()
         now = time.monotonic()
-        if level and self._last_input is False:
-            self._triggered(now)
+        if self._last_input is not None:
+            n = new_parts(self.cfg.trigger.table, self._last_input, level)
+            if n:
+                self._triggered(now, n)
         self._last_input = level
         self._take_decisions()
         while self._pending_results:
@@ -239,7 +261,9 @@ class ModbusLink:
             self.health.clear("plc.ejector")
             self._ejector_alarm_until = None
 
-    def _triggered(self, seen_mono: float) -> None:
+    def _triggered(self, seen_mono: float, n: int = 1) -> None:
+        """`n` parts seen at once (a counter that advanced by n between polls): the registers hold the
+        newest part's id, so the earlier ones get station-made ids."""
         cfg = self.cfg
         part_id = recipe = encoder = None
         if cfg.part_id_register is not None:
@@ -248,9 +272,11 @@ class ModbusLink:
             recipe = self.client.read_registers(cfg.recipe_register, 1)[0]
         if cfg.ejector is not None and cfg.ejector.encoder_register is not None:
             encoder = words_to_u32(*self.client.read_registers(cfg.ejector.encoder_register, 2))
-        self.stats.triggers += 1
-        self.on_trigger(LineTrigger(at_mono=seen_mono, at_wall=time.time() - (time.monotonic() - seen_mono),
-                                    part_id=part_id, recipe_code=recipe, encoder=encoder))
+        at_wall = time.time() - (time.monotonic() - seen_mono)
+        for i in range(n):
+            self.stats.triggers += 1
+            self.on_trigger(LineTrigger(at_mono=seen_mono, at_wall=at_wall, part_id=part_id if i == n - 1 else None,
+                                        recipe_code=recipe, encoder=encoder))
 
     def _take_decisions(self) -> None:
         ej = self.cfg.ejector

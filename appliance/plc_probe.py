@@ -2,7 +2,7 @@
 
 Connects to the PLC named in the config's `plc.modbus` section and reads what the station would
 read: the trigger input, the part id, recipe and encoder registers and the result block. With
-`--watch S` it counts trigger edges for S seconds (what a part passing the sensor looks like).
+`--watch S` it counts the parts the trigger reports for S seconds (what a part passing the sensor looks like).
 Nothing is written unless `--pulse-reject` is given: then the reject coil is pulsed once, for the
 configured width — an output that moves a real ejector, so only with the line in a safe state.
 """
@@ -36,7 +36,7 @@ def probe(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     if config.plc is None:
         return EXIT_CONFIG, {"ok": False, "error": f"{args.config}: no plc section to probe"}
     try:
-        from adfm.appliance.plc_modbus import ModbusClient, PlcError, words_to_u32
+        from adfm.appliance.plc_modbus import ModbusClient, PlcError, new_parts, words_to_u32
     except ImportError as exc:
         return EXIT_FAIL, {"ok": False, "error": f"the PLC link needs the `plc` extra (pip install 'adfm[plc]'): {exc}"}
     cfg = config.plc.modbus
@@ -47,7 +47,9 @@ def probe(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
         client.connect()
         level = client.read_trigger()
         out["round_trip_ms"] = round((time.perf_counter() - t0) * 1000.0, 2)
-        out["trigger"] = {"table": cfg.trigger.table, "address": cfg.trigger.address, "level": level}
+        key = "count" if cfg.trigger.table == "counter" else "level"
+        out["trigger"] = {"table": cfg.trigger.table, "address": cfg.trigger.address,
+                          key: level if key == "count" else bool(level)}
         if cfg.part_id_register is not None:
             out["part_id"] = words_to_u32(*client.read_registers(cfg.part_id_register, 2))
         if cfg.recipe_register is not None:
@@ -61,13 +63,13 @@ def probe(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
         out["result"] = {"seq": words_to_u32(regs[0], regs[1]), "decision": regs[2], "source": regs[3],
                          "heartbeat": regs[4]}
         if args.watch > 0:
-            edges, last, end = 0, level, time.monotonic() + args.watch
+            parts, last, end = 0, level, time.monotonic() + args.watch
             while time.monotonic() < end:
                 now = client.read_trigger()
-                edges += int(now and not last)
+                parts += new_parts(cfg.trigger.table, last, now)
                 last = now
                 time.sleep(cfg.poll_ms / 1000.0)
-            out["watch"] = {"seconds": args.watch, "rising_edges": edges}
+            out["watch"] = {"seconds": args.watch, "parts": parts}
         if args.pulse_reject:
             if ej is None:
                 return EXIT_CONFIG, {**out, "error": "--pulse-reject: no plc.modbus.ejector configured"}

@@ -1,7 +1,7 @@
 """Line rate: sustained parts/s and trigger-to-decision latency, measured at the PLC.
 
     python bench/line_rate.py [--seconds 120] [--rate 5] [--deadline-ms 500] [--model scripted|tiny|DIR]
-                              [--slow-every 5] [--slow-s 1.2]
+                              [--slow-every 5] [--slow-s 1.2] [--trigger counter|edge]
 
 The real station service in line mode against the PLC stand-in (pymodbus's Modbus/TCP server in its
 own process on 127.0.0.1, tests/plc_standin.py) presenting parts at `--rate`, a synthetic 30 fps
@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slow-every", type=int, default=5)
     p.add_argument("--slow-s", type=float, default=1.2)
     p.add_argument("--max-tokens", type=int, default=16)
+    p.add_argument("--trigger", choices=["counter", "edge"], default="counter",
+                   help="PLC trigger as a part counter register or a discrete-input edge (80 ms high)")
     p.add_argument("--out", type=Path)
     a = p.parse_args(argv)
 
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="adfm-line-rate-"))
     port = free_port()
-    cfg = line_config(tmp, port, deadline_ms=a.deadline_ms, delay_ms=a.delay_ms)
+    cfg = line_config(tmp, port, deadline_ms=a.deadline_ms, delay_ms=a.delay_ms, counter=a.trigger == "counter")
     cfg["line"]["vlm_backlog"] = 16
     cfg["model"]["max_tokens"] = a.max_tokens
     script = None
@@ -126,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in load_after],
         "model": a.model,
-        "settings": {"seconds": a.seconds, "rate": a.rate, "deadline_ms": a.deadline_ms, "delay_ms": a.delay_ms,
+        "settings": {"trigger": a.trigger, "seconds": a.seconds, "rate": a.rate, "deadline_ms": a.deadline_ms,
+                     "delay_ms": a.delay_ms,
                      "slow_every": a.slow_every, "slow_s": a.slow_s, "max_tokens": a.max_tokens},
         "triggered": len(triggers),
         "decided": len(firsts),

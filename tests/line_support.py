@@ -137,7 +137,7 @@ class LineRun:
 
 
 def line_config(tmp_path: Path, port: int, *, deadline_ms: float = 500, delay_ms: float = 700,
-                failsafe: str = "reject", recipes: list | None = None, **over) -> dict:
+                failsafe: str = "reject", recipes: list | None = None, counter: bool = False, **over) -> dict:
     from tests.appliance_fakes import station_dict
 
     cfg = station_dict(
@@ -145,7 +145,7 @@ def line_config(tmp_path: Path, port: int, *, deadline_ms: float = 500, delay_ms
         cameras=[{"id": "cam0", "url": f"replay:{tmp_path}", "trigger": {"mode": "link"}, "queue_size": 2}],
         line={"deadline_ms": deadline_ms, "failsafe": failsafe, "margin_ms": 50, "vlm_backlog": 64},
         plc={"modbus": standin_modbus(port, {"coil": REJECT_COIL, "pulse_ms": 60, "delay_ms": delay_ms},
-                                      recipes=bool(recipes))},
+                                      recipes=bool(recipes), counter=counter)},
         **over,
     )
     cfg["model"]["deadline_s"] = 20

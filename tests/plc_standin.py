@@ -5,8 +5,9 @@ small "PLC program" that presents parts. Test-only code; run as a process so a t
 
 Program: wait for the station's heartbeat (register RESULT_HR+4), then, per part: write the part
 id (two holding registers, low word first) and the encoder count, raise the trigger discrete
-input, drop it `--high-ms` later. Every event goes to `--log` as one JSON line with
-`time.monotonic()` (CLOCK_MONOTONIC, shared by processes on one machine):
+input and add one to the trigger counter register, drop the input `--high-ms` later. Every event
+goes to `--log` as one JSON line with `time.monotonic()` (CLOCK_MONOTONIC, shared by processes on
+one machine):
 `{"ev": "trigger", "t": …, "part_id": …}` and, for each write the station makes,
 `{"ev": "write", "t": …, "fc": …, "address": …, "values": […]}`.
 """
@@ -29,12 +30,13 @@ TRIGGER_DI = 0
 REJECT_COIL = 8
 PART_ID_HR = 10  # 10, 11
 RECIPE_HR = 12
+COUNTER_HR = 13  # trigger counter: +1 per part
 ENCODER_HR = 20  # 20, 21
 RESULT_HR = 100  # 100..104
 WRITE_FCS = {5, 6, 15, 16, 23}
 
 
-def standin_modbus(port: int, ejector: dict | None = None, recipes: bool = False) -> dict:
+def standin_modbus(port: int, ejector: dict | None = None, recipes: bool = False, counter: bool = False) -> dict:
     """The station config's `plc.modbus` section matching this stand-in's registers."""
     return {
         "host": "127.0.0.1",
@@ -44,7 +46,8 @@ def standin_modbus(port: int, ejector: dict | None = None, recipes: bool = False
         "timeout_s": 0.5,
         "reconnect_min_s": 0.1,
         "reconnect_max_s": 0.5,
-        "trigger": {"table": "discrete_input", "address": TRIGGER_DI},
+        "trigger": {"table": "counter", "address": COUNTER_HR} if counter else
+                   {"table": "discrete_input", "address": TRIGGER_DI},
         "part_id_register": PART_ID_HR,
         "recipe_register": RECIPE_HR if recipes else None,
         "result": {"base": RESULT_HR, "heartbeat_ms": 200},
@@ -97,6 +100,7 @@ class Standin:
             await ctx.async_setValues(1, 16, PART_ID_HR, [part & 0xFFFF, part >> 16])
             await ctx.async_setValues(1, 16, ENCODER_HR, [encoder & 0xFFFF, encoder >> 16])
             await ctx.async_setValues(1, 2, TRIGGER_DI, [True])
+            await ctx.async_setValues(1, 6, COUNTER_HR, [(i + 1) % 65536])
             self.event(ev="trigger", part_id=str(part), encoder=encoder)
             await asyncio.sleep(high_ms / 1000.0)
             await ctx.async_setValues(1, 2, TRIGGER_DI, [False])
@@ -113,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=5.0, help="parts per second")
     p.add_argument("--parts", type=int, default=0)
     p.add_argument("--first-id", type=int, default=1)
-    p.add_argument("--high-ms", type=float, default=30.0)
+    p.add_argument("--high-ms", type=float, default=80.0, help="how long the trigger input stays high")
     p.add_argument("--recipe", type=int, default=0)
     p.add_argument("--start-delay", type=float, default=0.0)
     a = p.parse_args(argv)

@@ -89,7 +89,8 @@ def test_steady_line_every_trigger_one_decision_in_time_and_pulses_for_rejects(t
     plc = Plc(port, tmp_path / "plc.jsonl")
     plc.start(rate=RATE, parts=parts)
     script = write_script(tmp_path / "script.json", ACTIONS, late_s=1.2, cycle=True)
-    run, _ = start_line(line_config(tmp_path, port, deadline_ms=DEADLINE_MS, delay_ms=DELAY_MS), script)
+    # The trigger as a part counter: under any load no part is lost between two polls.
+    run, _ = start_line(line_config(tmp_path, port, deadline_ms=DEADLINE_MS, delay_ms=DELAY_MS, counter=True), script)
     bus = run.service.bus.bound
     subscriber = BusSubscriber(bus["publish"][0], bus["control"][0])
     try:

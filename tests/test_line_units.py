@@ -155,3 +155,12 @@ def test_recipe_files_are_checked(tmp_path):
     problems = check_resources(parse_config(cfg, "station.yaml"), "station.yaml")
     assert any(p.startswith("station.yaml: recipes.0.gate_path:") and "not found" in p for p in problems), problems
     assert any(p.startswith("station.yaml: recipes.0.model_dir:") for p in problems), problems
+
+
+def test_trigger_edges_and_counters():
+    from adfm.appliance.plc_modbus import new_parts
+
+    assert [new_parts("discrete_input", a, b) for a, b in ((0, 1), (1, 1), (1, 0), (0, 0))] == [1, 0, 0, 0]
+    assert new_parts("counter", 7, 10) == 3  # a late poll loses no part
+    assert new_parts("counter", 65535, 1) == 2  # wraps at 2**16
+    assert new_parts("counter", 500, 0) == 0  # a reset is no parts
