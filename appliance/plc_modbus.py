@@ -23,6 +23,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -150,8 +151,8 @@ class ModbusLink:
         self.stats = LinkStats()
         self.connected = False
         self.last_error = ""
-        #: (seq, trigger→result-write-done ms) for each decision written, for the bench
-        self.write_latency_ms: list[tuple[int, float]] = []
+        #: (seq, trigger→result-write-done ms) of the latest decisions written
+        self.write_latency_ms: deque[tuple[int, float]] = deque(maxlen=10_000)
         self._decisions: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self._wake = threading.Event()
