@@ -25,6 +25,7 @@ import heapq
 import itertools
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -36,7 +37,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from adfm.appliance.health import Health
-from adfm.appliance.journal import AcceptedPart, Journal, JournalError, JournalFullError
+from adfm.appliance.journal import AcceptedPart, Journal, JournalError
 from adfm.appliance.pipeline import Inference, verdict_for
 from adfm.appliance.vlm_runner import VlmJob, VlmRunner
 from adfm.camera.frame import Frame
@@ -47,6 +48,8 @@ log = logging.getLogger(__name__)
 #: Health key of the line's journal alarms (a full disk). Not a critical key: the line keeps deciding
 #: with minimal records, so the watchdog must not restart the service over it.
 JOURNAL_ALARM = "line.journal"
+#: What a journal write can raise on a full or failing disk (SQLite's own errors included).
+JOURNAL_FAILURES = (JournalError, sqlite3.Error, OSError)
 
 
 @dataclass(frozen=True)
@@ -258,7 +261,7 @@ class LineController:
             part.row = self.journal.open_part(part_id=part_id, camera=self.camera_id, triggered_wall=trigger.at_wall,
                                               product=recipe.product or "")
             self.health.clear(JOURNAL_ALARM)
-        except JournalError as exc:
+        except JOURNAL_FAILURES as exc:
             self.health.problem(JOURNAL_ALARM, str(exc))
             part.disk_full = str(exc)
             self._decide_failsafe(part, "failsafe_disk_full", f"part not journaled: {exc}")
@@ -420,7 +423,7 @@ class LineController:
             try:
                 result = self.journal.complete(result)
                 part.result = result
-            except JournalError as exc:
+            except JOURNAL_FAILURES as exc:
                 self.health.problem(JOURNAL_ALARM, f"decision of seq {part.row.seq} not journaled yet: {exc}")
                 self._unjournaled.append(part)
                 return
@@ -442,7 +445,7 @@ class LineController:
             return
         try:
             stored = self.journal.revise(revision)
-        except JournalError as exc:
+        except JOURNAL_FAILURES as exc:
             self.health.problem(JOURNAL_ALARM, f"revision of seq {part.row.seq} not journaled: {exc}")
             return
         self.revised += 1
@@ -511,7 +514,7 @@ class LineController:
                                                       triggered_wall=part.trigger.at_wall,
                                                       product=part.recipe.product or "")
                 stored = self.journal.complete(part.result.model_copy(update={"seq": part.row.seq}))
-            except (JournalError, JournalFullError):
+            except JOURNAL_FAILURES:
                 return
             self._unjournaled.remove(part)
             self.health.clear(JOURNAL_ALARM)

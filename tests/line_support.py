@@ -29,8 +29,10 @@ class SyntheticStream(FrameSource):
 
     streaming = True
 
-    def __init__(self, config: CameraConfig, fps: float = 30.0, size: tuple[int, int] = (96, 72)):
+    def __init__(self, config: CameraConfig, fps: float = 30.0, size: tuple[int, int] = (96, 72), noise: bool = False):
         super().__init__(config)
+        self.noise = noise  # random pixels: images that take real room on disk
+        self._rng = np.random.default_rng(0)
         self.fps = fps
         self.size = size
         self.down = False
@@ -54,7 +56,8 @@ class SyntheticStream(FrameSource):
         self._next = max(self._next + 1.0 / self.fps, time.monotonic() - 0.5)
         mono, wall = now_pair()
         n = self._next_number
-        image = np.full((self.size[1], self.size[0], 3), n % 251, np.uint8)
+        shape = (self.size[1], self.size[0], 3)
+        image = self._rng.integers(0, 256, shape, dtype=np.uint8) if self.noise else np.full(shape, n % 251, np.uint8)
         return self._make_frame(image, f"synthetic#{n}", mono, wall)
 
     def close(self) -> None:
@@ -154,7 +157,7 @@ def line_config(tmp_path: Path, port: int, *, deadline_ms: float = 500, delay_ms
     return cfg
 
 
-def start_line(config_dict: dict, script: Path | None, fps: float = 30.0, backend=None):
+def start_line(config_dict: dict, script: Path | None, fps: float = 30.0, backend=None, noise: bool = False):
     """Start a line-mode service on a synthetic camera (the scripted model, or `backend`); returns
     (run, source)."""
     from adfm.appliance.config import parse_config
@@ -165,7 +168,7 @@ def start_line(config_dict: dict, script: Path | None, fps: float = 30.0, backen
 
     config = parse_config(config_dict)
     cam_cfg = config.cameras[0].camera_config()
-    source = SyntheticStream(cam_cfg, fps=fps)
+    source = SyntheticStream(cam_cfg, fps=fps, noise=noise)
     camera = CameraWorker(cam_cfg, source=source)
     results: list = []
     backend = backend or BackendSpec(FACTORY, {"script": str(script)})

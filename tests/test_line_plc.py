@@ -328,3 +328,69 @@ def test_the_tiny_model_slowed_past_the_deadline_on_the_line(tmp_path, tiny_gguf
     assert all(r.model_id and r.prompt_version for r in decisions)
     rejects = sorted(triggers[d.part_id] for d in decisions if d.action == "reject")
     assert len(plc.pulses()) == len(rejects)
+
+
+class _Ballast:
+    """Keeps a filesystem full: a thread tops up a ballast file whenever anything freed room."""
+
+    def __init__(self, folder) -> None:
+        import threading
+
+        self.path = folder / "ballast"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        with open(self.path, "ab", buffering=0) as f:
+            while not self._stop.is_set():
+                try:
+                    while True:
+                        f.write(b"\0" * 4096)
+                except OSError:
+                    pass
+                self._stop.wait(0.02)
+
+    def remove(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.path.unlink()
+
+
+@pytest.mark.slow
+def test_a_really_full_filesystem(tmp_path):
+    """The journal on a real 8 MB tmpfs filled to the last byte while parts keep coming."""
+    import subprocess
+
+    state = tmp_path / "state"
+    state.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8M", "tmpfs", str(state)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("needs permission to mount a tmpfs")
+    try:
+        port = free_port()
+        plc = Plc(port, tmp_path / "plc.jsonl")
+        plc.start(rate=RATE, parts=25)
+        cfg = line_config(tmp_path, port)
+        cfg["retention"] = {"min_free_mb": 0}
+        run, _ = start_line(cfg, write_script(tmp_path / "script.json", ["no"]), noise=True)
+        try:
+            _wait(lambda: len(plc.triggers()) >= 5, 20, "parts before the disk fills")
+            ballast = _Ballast(state)
+            _wait(lambda: len(plc.triggers()) >= 15, 20, "parts on a full disk")
+            ballast.remove()
+            _wait(plc.done, 20, "every part")
+            _wait(lambda: len(plc.result_writes()) >= 25 and not run.service.line.controller.unjournaled, 20,
+                  "every decision journaled")
+            assert run.thread.is_alive(), "the service must not stop on a full disk"
+        finally:
+            run.stop()
+            plc.kill()
+        with _journal(tmp_path) as journal:
+            decisions = _decisions(journal)
+        assert sorted(d.part_id for d in decisions) == sorted(t["part_id"] for t in plc.triggers())
+        full = [d for d in decisions if d.decision_source == "failsafe_disk_full"]
+        assert full and all(d.action == "reject" and d.image_path == "" for d in full)
+        assert decisions[-1].image_path and decisions[-1].decision_source == "vlm"
+    finally:
+        subprocess.run(["umount", "-l", str(state)], capture_output=True)
