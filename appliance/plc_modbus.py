@@ -117,6 +117,20 @@ class ModbusClient:
             raise PlcError(f"{what}: the PLC answered {rr}")
         return rr
 
+    @property
+    def counter_with_id(self) -> bool:
+        """A trigger counter right after the part id registers: both come in one read, so a count is
+        never paired with the next part's id."""
+        t, pid = self.cfg.trigger, self.cfg.part_id_register
+        return t.table == "counter" and pid is not None and t.address == pid + 2
+
+    def read_trigger_and_id(self) -> tuple[int, str | None]:
+        """The trigger state and, when it comes in the same read, the part id."""
+        if self.counter_with_id:
+            lo, hi, count = self.read_registers(self.cfg.part_id_register, 3)  # type: ignore[arg-type]
+            return int(count), str(words_to_u32(lo, hi))
+        return self.read_trigger(), None
+
     def read_trigger(self) -> int:
         """The trigger input: 0/1 for a coil or discrete input, the part count for a counter register."""
         t = self.cfg.trigger
@@ -238,12 +252,12 @@ class ModbusLink:
         self.client.close()
 
     def _cycle(self) -> None:
-        level = self.client.read_trigger()
+        level, part_id = self.client.read_trigger_and_id()
         now = time.monotonic()
         if self._last_input is not None:
             n = new_parts(self.cfg.trigger.table, self._last_input, level)
             if n:
-                self._triggered(now, n)
+                self._triggered(now, n, part_id)
         self._last_input = level
         self._take_decisions()
         while self._pending_results:
@@ -262,12 +276,12 @@ class ModbusLink:
             self.health.clear("plc.ejector")
             self._ejector_alarm_until = None
 
-    def _triggered(self, seen_mono: float, n: int = 1) -> None:
+    def _triggered(self, seen_mono: float, n: int = 1, part_id: str | None = None) -> None:
         """`n` parts seen at once (a counter that advanced by n between polls): the registers hold the
         newest part's id, so the earlier ones get station-made ids."""
         cfg = self.cfg
-        part_id = recipe = encoder = None
-        if cfg.part_id_register is not None:
+        recipe = encoder = None
+        if cfg.part_id_register is not None and part_id is None:
             part_id = str(words_to_u32(*self.client.read_registers(cfg.part_id_register, 2)))
         if cfg.recipe_register is not None:
             recipe = self.client.read_registers(cfg.recipe_register, 1)[0]

@@ -64,6 +64,14 @@ class SyntheticStream(FrameSource):
         self._open = False
 
 
+def _die_with_parent() -> None:
+    """The stand-in ends with the test process, however that ends (Linux PR_SET_PDEATHSIG)."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -83,7 +91,7 @@ class Plc:
                "--rate", str(rate), "--parts", str(parts), "--first-id", str(first_id),
                "--start-delay", str(start_delay), "--recipe", str(recipe)]
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     env={**os.environ, "PYTHONPATH": str(REPO)})
+                                     env={**os.environ, "PYTHONPATH": str(REPO)}, preexec_fn=_die_with_parent)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         assert b"listening" in line, f"the PLC stand-in did not start: {line!r}"

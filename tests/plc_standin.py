@@ -29,8 +29,8 @@ from pymodbus.simulator.simdata import DataType
 TRIGGER_DI = 0
 REJECT_COIL = 8
 PART_ID_HR = 10  # 10, 11
-RECIPE_HR = 12
-COUNTER_HR = 13  # trigger counter: +1 per part
+COUNTER_HR = 12  # trigger counter, +1 per part: right after the part id, so one read gets both
+RECIPE_HR = 13
 ENCODER_HR = 20  # 20, 21
 RESULT_HR = 100  # 100..104
 WRITE_FCS = {5, 6, 15, 16, 23}
@@ -97,10 +97,10 @@ class Standin:
             part = first_id + i
             t_next += period
             encoder = (encoder + 1000) % (1 << 32)
-            await ctx.async_setValues(1, 16, PART_ID_HR, [part & 0xFFFF, part >> 16])
+            # part id and counter in one write, as a PLC scan would: a read never sees one without the other
+            await ctx.async_setValues(1, 16, PART_ID_HR, [part & 0xFFFF, part >> 16, (i + 1) % 65536])
             await ctx.async_setValues(1, 16, ENCODER_HR, [encoder & 0xFFFF, encoder >> 16])
             await ctx.async_setValues(1, 2, TRIGGER_DI, [True])
-            await ctx.async_setValues(1, 6, COUNTER_HR, [(i + 1) % 65536])
             self.event(ev="trigger", part_id=str(part), encoder=encoder)
             await asyncio.sleep(high_ms / 1000.0)
             await ctx.async_setValues(1, 2, TRIGGER_DI, [False])
