@@ -156,6 +156,7 @@ class LineController:
         self._keys = itertools.count(1)
         self.decided = 0
         self.revised = 0
+        self.skipped = 0  # late parts the VLM never inspected (backlog full): their fail-safe stands alone
         self.counts: dict[str, int] = {}
         self._pump_stop = threading.Event()
         self._pump: threading.Thread | None = None
@@ -231,6 +232,7 @@ class LineController:
         elif kind == "vlm":
             self._on_vlm(event[1], event[2])
         elif kind == "skipped":
+            self.skipped += 1
             part = self.parts.get(event[1])
             if part is not None:
                 part.vlm_pending = False

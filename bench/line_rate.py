@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.2)
         time.sleep(a.delay_ms / 1000 + 0.3)
         link = run.service.line.link.status()
+        vlm_skipped = run.service.line.controller.skipped
     finally:
         run.stop()
         plc.kill()
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         "latency_trigger_to_decision_station_ms": pct(station_ms),
         "decision_sources": sources,
         "revisions": revised,
+        "late_parts_the_vlm_skipped": vlm_skipped,
         "rejects": rejects,
         "reject_pulses": len(plc.pulses()),
         "link": link,

@@ -16,7 +16,7 @@ pytest.importorskip("asyncua")
 
 from adfm.appliance.journal import Journal
 from adfm.schema import Ack, RecipeRequest
-from tests.appliance_fakes import write_script
+from tests.appliance_fakes import calls, make_model_dir, write_script
 from tests.line_support import REPO, Plc, free_port, line_config, start_line
 from tests.plc_standin import REJECT_COIL
 
@@ -42,7 +42,11 @@ def test_recipes_from_the_plc_register_and_by_command_and_the_opcua_nodes(tmp_pa
     plc = Plc(port, tmp_path / "plc.jsonl")
     plc.start(rate=5, parts=8, recipe=2)  # the PLC selects widget-b
     script = write_script(tmp_path / "script.json", ["no", "late"], late_s=1.0, cycle=True)
-    cfg = line_config(tmp_path, port, deadline_ms=500, recipes=RECIPES,
+    # widget-b has its own model (here: the same scripted backend behind a model exported with
+    # another prompt version), so the runner switches the worker's model for its parts.
+    model_b = make_model_dir(tmp_path / "model-b", prompt_version="one-stage-v1")
+    recipes = [RECIPES[0], {**RECIPES[1], "model_dir": str(model_b)}]
+    cfg = line_config(tmp_path, port, deadline_ms=500, recipes=recipes,
                       opcua={"endpoint": endpoint, "namespace": "urn:adfm:test", "last_results": 5})
     run, _ = start_line(cfg, script)
     service = run.service
@@ -84,6 +88,10 @@ def test_recipes_from_the_plc_register_and_by_command_and_the_opcua_nodes(tmp_pa
     with Journal(tmp_path / "state", "st1") as journal:
         firsts = [journal.revisions(s)[0] for s in range(1, journal.last_seq() + 1)]
     assert [r.recipe for r in firsts] == ["widget-b"] * 8 + ["widget-a"]
+    assert [r.prompt_version for r in firsts] == ["one-stage-v1"] * 8 + ["multi-stage-v1"]
+    seen = calls(script)
+    assert {c["prompt_version"] for c in seen} == {"one-stage-v1", "multi-stage-v1"}
+    assert len({c["pid"] for c in seen}) >= 2  # a worker per model, one loaded at a time
     assert {r.deadline_ms for r in firsts[:8]} == {600.0}
     assert all(r.action == "hold" for r in firsts[:8] if r.decision_source == "failsafe_timeout")
 
