@@ -64,14 +64,6 @@ class SyntheticStream(FrameSource):
         self._open = False
 
 
-def _die_with_parent() -> None:
-    """The stand-in ends with the test process, however that ends (Linux PR_SET_PDEATHSIG)."""
-    import ctypes
-    import signal
-
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -89,9 +81,9 @@ class Plc:
     def start(self, *, rate: float, parts: int, first_id: int = 1, start_delay: float = 0.5, recipe: int = 0) -> None:
         cmd = [sys.executable, "-m", "tests.plc_standin", "--port", str(self.port), "--log", str(self.log),
                "--rate", str(rate), "--parts", str(parts), "--first-id", str(first_id),
-               "--start-delay", str(start_delay), "--recipe", str(recipe)]
+               "--start-delay", str(start_delay), "--recipe", str(recipe), "--die-with-parent"]
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     env={**os.environ, "PYTHONPATH": str(REPO)}, preexec_fn=_die_with_parent)
+                                     env={**os.environ, "PYTHONPATH": str(REPO)})
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         assert b"listening" in line, f"the PLC stand-in did not start: {line!r}"

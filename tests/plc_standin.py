@@ -120,7 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--high-ms", type=float, default=80.0, help="how long the trigger input stays high")
     p.add_argument("--recipe", type=int, default=0)
     p.add_argument("--start-delay", type=float, default=0.0)
+    p.add_argument("--die-with-parent", action="store_true", help="end when the process that started it ends")
     a = p.parse_args(argv)
+    if a.die_with_parent:  # Linux PR_SET_PDEATHSIG: a test that dies leaves no PLC behind
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
     standin = Standin(a.port, a.log)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(standin.serve(a.rate, a.parts, a.first_id, a.high_ms, a.recipe, a.start_delay))
