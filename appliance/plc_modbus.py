@@ -78,6 +78,8 @@ class LinkStats:
     missed_ejections: int = 0
     disconnects: int = 0
     heartbeat: int = 0
+    #: the longest gap between two reads of the trigger (a starved machine shows here first)
+    poll_gap_ms_max: float = 0.0
 
 
 def words_to_u32(low: int, high: int) -> int:
@@ -174,6 +176,7 @@ class ModbusLink:
         self._backoff = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s)
         self._retry_at = 0.0
         self._last_input: int | None = None
+        self._last_read: float | None = None
         self._in_flight: list[_InFlight] = []
         self._pending_results: list[tuple[int, int, int, float]] = []
         self._next_heartbeat = 0.0
@@ -243,6 +246,7 @@ class ModbusLink:
             self.stats.disconnects += 1
             log.error("PLC link lost: %s", why)
         self.connected = False
+        self._last_read = None
         self.last_error = why
         delay = self._backoff.next()
         self._retry_at = time.monotonic() + delay
@@ -254,6 +258,9 @@ class ModbusLink:
     def _cycle(self) -> None:
         level, part_id = self.client.read_trigger_and_id()
         now = time.monotonic()
+        if self._last_read is not None:
+            self.stats.poll_gap_ms_max = max(self.stats.poll_gap_ms_max, round((now - self._last_read) * 1000.0, 1))
+        self._last_read = now
         if self._last_input is not None:
             n = new_parts(self.cfg.trigger.table, self._last_input, level)
             if n:

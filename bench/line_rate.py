@@ -135,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         "triggered": len(triggers),
         "decided": len(firsts),
         "triggers_with_exactly_one_decision": sum(len(per_part.get(pid, [])) == 1 for pid in triggers),
+        # decided, but under a station-made id: the trigger counter advanced by 2 between two polls
+        # (a starved machine), and the PLC's registers hold only the newest part's id
+        "decided_under_station_made_id": sum(pid not in triggers for pid in per_part),
         "sustained_parts_per_s": round(len(firsts) / span, 3) if span else None,
         "decided_within_deadline": in_time,
         "latency_trigger_to_plc_write_ms": pct(plc_ms),
