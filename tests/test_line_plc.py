@@ -28,8 +28,9 @@ RATE = 5.0
 DEADLINE_MS = 500.0
 DELAY_MS = 700.0
 #: How far a PLC-side time may lag the station's own deadline: trigger polling (5 ms), the Modbus
-#: round trips and scheduling on a loaded 2-core machine.
-TOLERANCE_MS = 150.0
+#: round trips and scheduling on a shared 2-core machine (at load 10 a thread can wait 150 ms for a
+#: core; the link reports its longest polling gap in `stats.poll_gap_ms_max`).
+TOLERANCE_MS = 200.0
 # Every 5th part the model answers after 0.7 s (past the 500 ms deadline); the others at once. The
 # VLM then still keeps up on average (5 parts in ~0.75 s), so every late part gets its revision; a
 # VLM slower than the line gets revisions for the newest `vlm_backlog` late parts only.
