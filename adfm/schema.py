@@ -138,6 +138,8 @@ class CameraStatus(BaseModel):
     errors: int = 0
     reconnects: int = 0
     last_error: str = ""
+    streaming: bool = Field(True, description="frames flow continuously; False for folders and triggered "
+                            "cameras, where a long silence is an idle line, not a stall")
 
 
 class StationStatus(_Message):

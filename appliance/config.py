@@ -342,6 +342,11 @@ def check_resources(config: StationConfig, source: str = "<config>") -> list[str
     for i, cam in enumerate(config.cameras):
         if cam.kind in ("folder", "replay") and not cam.path.exists():
             problems.append(f"{source}: cameras.{i}.url: {cam.path} does not exist")
+        if cam.kind == "aravis":
+            from adfm.camera.aravis import aravis_available
+
+            if (missing := aravis_available()) is not None:
+                problems.append(f"{source}: cameras.{i}.url: {missing}")
     try:
         state = config.journal_dir
         state.mkdir(parents=True, exist_ok=True)

@@ -115,7 +115,7 @@ class Health:
                 out[f"camera.{c.camera}"] = f"camera {c.camera} disconnected" + (
                     f": {c.last_error}" if c.last_error else ""
                 )
-            elif c.last_frame_age_s is not None and c.last_frame_age_s > self.camera_stall_s:
+            elif c.streaming and c.last_frame_age_s is not None and c.last_frame_age_s > self.camera_stall_s:
                 out[f"camera.{c.camera}"] = f"camera {c.camera}: no frame for {c.last_frame_age_s:.0f} s"
         return out
 

@@ -1,4 +1,4 @@
-"""adfm.camera: frame sources (USB/V4L2, RTSP, HTTP MJPEG, folder, replay) and triggers.
+"""adfm.camera: frame sources (USB/V4L2, RTSP, HTTP MJPEG, folder, replay, GenICam) and triggers.
 
     from adfm.camera import CameraConfig, CameraWorker
     worker = CameraWorker(CameraConfig(id="cam1", url="rtsp://10.0.0.5/stream1"))
@@ -9,7 +9,8 @@
     worker.stop()
 
 URL forms: `v4l2:/dev/video0`, `usb:0`, `rtsp://…`, `http://…` (MJPEG), `folder:/path`,
-`replay:/path/video.mp4`, `replay:/path/dir`. Names are imported lazily so that importing the
+`replay:/path/video.mp4`, `replay:/path/dir`, `aravis:[id | serial=S | address=A]` (GenICam:
+GigE Vision / USB3 Vision through Aravis). Names are imported lazily so that importing the
 package (the appliance's CLI does at start) does not load OpenCV and ZeroMQ.
 """
 

@@ -205,6 +205,7 @@ class CameraWorker:
                 errors=c.errors,
                 reconnects=c.reconnects,
                 last_error=self._last_error,
+                streaming=self.source.streaming,
             )
 
     @property
@@ -296,7 +297,7 @@ class CameraWorker:
             self._meter.add(frame.captured_mono)
 
     def _deliver(self, frame: Frame) -> None:
-        if not self.source.streaming:  # a folder: its files wait on disk, so wait rather than drop
+        if not self.source.streaming:  # a folder or a triggered camera: each frame is a part, never dropped
             if not self._queue.put_wait(frame, self._stop):
                 return  # stopping: the part stays in its source (a folder file) for the next run
             with self._lock:
@@ -336,8 +337,11 @@ class _CaptureLoop:
     def step(self) -> None:
         now = time.monotonic()
         if self.trigger_ready:
+            before = self.trigger.accepted
             for problem in self.trigger.poll(now):
                 self.w._error(problem)
+            if self.source_ready:
+                self._fire(self.trigger.accepted - before)
         if not (self.trigger_ready and self.source_ready):
             if now < self.retry_at:
                 self.w._stop.wait(min(self.retry_at - now, _IDLE_S))
@@ -365,6 +369,16 @@ class _CaptureLoop:
         self.w._opened(reconnect=self.ever_opened)
         self.ever_opened = True
         self.progress_at = time.monotonic()
+
+    def _fire(self, triggers: int) -> None:
+        """Let an on-demand source expose once per new trigger (its frames then carry the part ids)."""
+        for _ in range(triggers):
+            try:
+                self.w.source.on_trigger()
+            except SourceError as exc:
+                self.w._disconnect(str(exc))
+                self.schedule_retry()
+                return
 
     def _read_one(self) -> None:
         w = self.w

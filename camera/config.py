@@ -14,10 +14,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, field_validator, model_validator
 
+from adfm.camera.genicam import GenicamOptions, parse_target
 from adfm.config import StrictModel
 
-SourceKind = Literal["v4l2", "usb", "rtsp", "http", "folder", "replay"]
-TriggerMode = Literal["free-run", "external", "folder", "link"]
+SourceKind = Literal["v4l2", "usb", "rtsp", "http", "folder", "replay", "aravis"]
+TriggerMode = Literal["free-run", "external", "folder", "camera", "link"]
 
 _PREFIXES: tuple[tuple[str, SourceKind], ...] = (
     ("v4l2:", "v4l2"),
@@ -28,8 +29,12 @@ _PREFIXES: tuple[tuple[str, SourceKind], ...] = (
     ("https://", "http"),
     ("folder:", "folder"),
     ("replay:", "replay"),
+    ("aravis:", "aravis"),
 )
-URL_FORMS = "v4l2:/dev/videoN, usb:N, rtsp://…, http://… (MJPEG), folder:/path, replay:/path"
+URL_FORMS = (
+    "v4l2:/dev/videoN, usb:N, rtsp://…, http://… (MJPEG), folder:/path, replay:/path, "
+    "aravis:[device id | serial=S | address=A] (GigE Vision / USB3 Vision)"
+)
 
 
 def source_kind(url: str) -> SourceKind:
@@ -109,9 +114,14 @@ class TriggerConfig(StrictModel):
     - `free-run`: the stream is sampled at `parts_per_s` (every frame when unset).
     - `external`: each ZeroMQ message on `endpoint` carries a part id; the next frame taken gets it.
     - `folder`: each file arriving in a `folder:` source is a part named after the file.
+    - `camera`: each exposure of a triggered `aravis:` camera (genicam.trigger software or line) is
+      a part, and none is dropped. With genicam.trigger `software`, mode `external` instead fires
+      the camera once per ZeroMQ message, and that exposure is the message's part.
     - `link`: the station's PLC link fires each trigger in-process (`CameraWorker.fire`); the first
-      frame captured at or after the trigger is the part.
-    Left unset, the mode follows the URL: `folder` for `folder:` sources, `free-run` otherwise.
+      frame captured at or after the trigger is the part (a software-triggered `aravis:` camera is
+      fired once per trigger).
+    Left unset, the mode follows the source: `folder` for `folder:` sources, `camera` for triggered
+    `aravis:` cameras, `free-run` otherwise.
     """
 
 
@@ -169,6 +179,7 @@ class CameraConfig(StrictModel):
     reconnect_max_s: float = Field(30.0, gt=0)
     trigger: TriggerConfig = Field(default_factory=TriggerConfig)
     folder: FolderOptions = Field(default_factory=FolderOptions)
+    genicam: GenicamOptions | None = Field(None, description="aravis: camera control (exposure, gain, trigger…)")
 
     @field_validator("url")
     @classmethod
@@ -181,6 +192,8 @@ class CameraConfig(StrictModel):
             raise ValueError(f"{kind} url {v!r} needs a path after '{kind}:'")
         if kind in ("rtsp", "http") and not urlsplit(v).hostname:
             raise ValueError(f"url {redact_url(v)!r} has no host")
+        if kind == "aravis":
+            parse_target(location)
         return v
 
     @field_validator("roi")
@@ -206,9 +219,21 @@ class CameraConfig(StrictModel):
                 f"reconnect_min_s {self.reconnect_min_s} is larger than reconnect_max_s {self.reconnect_max_s}"
             )
         kind = self.kind
+        self._check_genicam(kind)
+        camera_trigger = self.genicam.trigger if kind == "aravis" and self.genicam is not None else "off"
+        triggered_camera = camera_trigger != "off"
         if self.trigger.mode is None:
-            mode: TriggerMode = "folder" if kind == "folder" else "free-run"
+            mode: TriggerMode = "folder" if kind == "folder" else "camera" if triggered_camera else "free-run"
             self.trigger = self.trigger.model_copy(update={"mode": mode})
+        software_on_message = self.trigger.mode in ("external", "link") and camera_trigger == "software"
+        if triggered_camera and self.trigger.mode != "camera" and not software_on_message:
+            raise ValueError(
+                f"genicam.trigger {camera_trigger!r}: every exposure is a part, so trigger.mode must be "
+                f"'camera' (or unset), or 'external' or 'link' with genicam.trigger 'software', "
+                f"not {self.trigger.mode!r}"
+            )
+        if self.trigger.mode == "camera" and not triggered_camera:
+            raise ValueError("trigger.mode 'camera' needs an aravis: url with genicam.trigger 'software' or 'line'")
         if kind == "folder" and self.trigger.mode != "folder":
             raise ValueError(
                 f"a folder: source is triggered by file arrival; trigger.mode {self.trigger.mode!r} "
@@ -222,6 +247,18 @@ class CameraConfig(StrictModel):
                 f"stall_timeout_s {self.stall_timeout_s}: the camera would count as stalled"
             )
         return self
+
+    def _check_genicam(self, kind: SourceKind) -> None:
+        if kind != "aravis":
+            if self.genicam is not None:
+                raise ValueError(f"genicam settings apply to aravis: urls, not {kind}:")
+            return
+        if self.genicam is None:
+            self.genicam = GenicamOptions()
+        if self.fps is not None:
+            raise ValueError("fps does not apply to aravis: cameras; set genicam.frame_rate_hz")
+        if self.resolution is not None:
+            raise ValueError("resolution does not apply to aravis: cameras; set genicam.sensor_roi")
 
     @property
     def kind(self) -> SourceKind:

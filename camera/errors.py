@@ -23,3 +23,12 @@ class FrameError(CameraError):
 
 class SourceFinished(CameraError):
     """A finite source (a replay with `loop: false`) has delivered everything it has."""
+
+
+class CameraSettingsError(SourceError):
+    """The camera refuses a configured setting: no such feature, out of its range, not one of its
+    entries. The message names the config key and the GenICam feature.
+
+    It is a SourceError, so the capture thread keeps retrying with backoff (a camera swapped for
+    the right model then starts working) while its status shows the message.
+    """

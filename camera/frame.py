@@ -23,6 +23,11 @@ class Frame:
     captured_wall: float  # time.time() at capture, for records
     source_name: str = ""  # file name or stream URL the frame came from, for error messages
     meta: dict[str, str] = field(default_factory=dict)
+    # GenICam cameras (aravis:) only, None elsewhere: the camera's own frame (block) id and its
+    # timestamp in ns on the camera's clock. They tie a frame to the trigger pulse that exposed
+    # it (a PLC counting pulses, or latching the camera clock), independent of host delays.
+    camera_frame_id: int | None = None
+    camera_timestamp_ns: int | None = None
 
     @property
     def width(self) -> int:

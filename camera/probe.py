@@ -2,7 +2,10 @@
 
 The integrator's first command at a new station: it runs the same capture thread as the service
 (reconnects, stall detection, trigger) and prints resolution, frame rate, counters and errors.
-A folder source is only looked at: the probe never moves, marks or rejects a file.
+A folder source is only looked at: the probe never moves, marks or rejects a file. For `aravis:`
+urls it first lists the GenICam cameras found on the searched interfaces, then reports the opened
+camera's key features (sensor, pixel formats, exposure/gain/frame-rate ranges, trigger sources)
+and its stream statistics.
 Exit status: 0 when the frames asked for arrived, 1 when they did not, 2 for a bad config.
 
 examples:
@@ -11,6 +14,9 @@ examples:
   adfm-appliance camera-probe 'rtsp://user:pass@10.0.0.5/stream1' --frames 50
   adfm-appliance camera-probe replay:recordings/line3.mp4 --json
   adfm-appliance camera-probe folder:/srv/linescan/out --config camera.yaml --save part.png
+  adfm-appliance camera-probe aravis:                   # every GigE Vision / USB3 Vision camera, then the first
+  adfm-appliance camera-probe aravis:serial=21234567 --config camera.yaml
+  adfm-appliance camera-probe aravis:Fake_1 --interface Fake   # Aravis's simulated camera
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ DEFAULT_TIMEOUT_S = 30.0
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("url", help="camera url: v4l2:/dev/videoN, usb:N, rtsp://…, http://…, "
-                        "folder:/path, replay:/path/video.mp4 or replay:/path/dir")
+                        "folder:/path, replay:/path/video.mp4, replay:/path/dir, or aravis:[id | serial=S | address=A]")
     parser.add_argument("--frames", type=_positive_int, default=DEFAULT_FRAMES, metavar="N",
                         help=f"frames to wait for (default {DEFAULT_FRAMES})")
     parser.add_argument("--timeout", type=_positive_float, default=DEFAULT_TIMEOUT_S, metavar="S",
@@ -45,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resolution", type=int, nargs=2, metavar=("W", "H"),
                         help="size to ask of a v4l2/usb device")
     parser.add_argument("--save", type=Path, metavar="PATH", help="write the last frame received (PNG/JPEG)")
+    parser.add_argument("--interface", action="append", choices=("GigEVision", "USB3Vision", "Fake"),
+                        help="aravis: interface to search (repeat for several; default GigEVision and "
+                        "USB3Vision, or genicam.interfaces from --config)")
 
 
 def _positive_int(text: str) -> int:
@@ -81,6 +90,8 @@ class ProbeReport:
     errors: list[str]
     saved: str = ""
     problems: list[str] = field(default_factory=list)
+    cameras: list[dict[str, str]] = field(default_factory=list)  # aravis: cameras found
+    stream: dict[str, int] = field(default_factory=dict)  # aravis: stream statistics
 
 
 class ConfigProblem(Exception):
@@ -111,6 +122,10 @@ def build_config(args: argparse.Namespace) -> Any:
         value = getattr(args, name)
         if value is not None:
             data[name] = value
+    if getattr(args, "interface", None):
+        given = data.get("genicam")
+        genicam: dict[str, Any] = given if isinstance(given, dict) else {}
+        data["genicam"] = {**genicam, "interfaces": args.interface}
     try:
         return CameraConfig.model_validate(data)
     except ValidationError as exc:
@@ -127,6 +142,7 @@ def probe(config: Any, frames: int, timeout_s: float, save: Path | None = None) 
     from adfm.camera.capture_thread import CameraWorker
     from adfm.camera.source import open_source
 
+    cameras, listing_problem = _list_cameras(config)
     worker = CameraWorker(config, open_source(config, keep_files=True))
     received: list[Any] = []
     stamps: list[float] = []
@@ -148,6 +164,7 @@ def probe(config: Any, frames: int, timeout_s: float, save: Path | None = None) 
     finally:
         elapsed = time.monotonic() - start
         status = worker.status()  # as the camera was during the probe, before stop closes it
+        statistics: dict[str, int] = getattr(worker.source, "statistics", dict)()
         worker.stop(timeout=5.0)
     last = received[-1] if received else None
     report = ProbeReport(
@@ -168,7 +185,11 @@ def probe(config: Any, frames: int, timeout_s: float, save: Path | None = None) 
         finished=worker.finished,
         part_ids=[f.part_id for f in received[:3]],
         errors=worker.recent_errors(),
+        cameras=cameras,
+        stream=statistics,
     )
+    if listing_problem:
+        report.problems.append(listing_problem)
     if not received:
         report.problems.append(f"no frame within {timeout_s:g} s")
     elif not report.ok:
@@ -178,6 +199,21 @@ def probe(config: Any, frames: int, timeout_s: float, save: Path | None = None) 
     if save is not None and last is not None:
         _save(last.image, save, report)
     return report
+
+
+def _list_cameras(config: Any) -> tuple[list[dict[str, str]], str]:
+    """The GenICam cameras on the configured interfaces (aravis: urls only), and a problem if any."""
+    if config.kind != "aravis":
+        return [], ""
+    from adfm.camera.aravis import camera_list_report
+    from adfm.camera.errors import SourceError
+
+    try:
+        found = camera_list_report(config.genicam.interfaces)
+    except SourceError as exc:
+        return [], str(exc)
+    where = ", ".join(config.genicam.interfaces)
+    return found, "" if found else f"no GenICam camera found on {where}"
 
 
 def _save(image: Any, path: Path, report: ProbeReport) -> None:
@@ -215,7 +251,14 @@ def format_report(report: ProbeReport) -> str:
         f"  connected    {'yes' if status['connected'] else 'no'}"
         + (f", last frame {age:.2f} s ago" if age is not None else ""),
     ]
-    if report.source:
+    if report.kind == "aravis":
+        lines.append(f"  cameras      {len(report.cameras)} found")
+        lines.extend(f"    {c['url']}  {c['vendor']} {c['model']}, serial {c['serial']}, {c['protocol']}"
+                     + (f" at {c['address']}" if c["address"] else "") for c in report.cameras)
+        lines.extend(f"  {k:<16} {v}" for k, v in report.source.items() if v)
+        if report.stream:
+            lines.append("  stream       " + ", ".join(f"{k.removeprefix('n_')} {v}" for k, v in report.stream.items()))
+    elif report.source:
         lines.append("  source       " + ", ".join(f"{k} {v}" for k, v in report.source.items() if v))
     if report.part_ids:
         more = " …" if report.frames_received > len(report.part_ids) else ""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from datetime import UTC, datetime
-from typing import ClassVar
 
 import numpy as np
 
@@ -35,9 +34,9 @@ class FrameSource(ABC):
     flight) survives reconnects.
     """
 
-    #: True when frames arrive continuously, so silence means a stall; False for folders, where
-    #: no new file for an hour is normal.
-    streaming: ClassVar[bool] = True
+    #: True when frames arrive continuously, so silence means a stall; False for folders and
+    #: triggered cameras, where no new part for an hour is normal (a source may set it per instance).
+    streaming: bool = True
 
     def __init__(self, config: CameraConfig):
         self.config = config
@@ -54,6 +53,10 @@ class FrameSource(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    def on_trigger(self) -> None:  # noqa: B027 - optional hook
+        """An external trigger message arrived: a source that exposes on demand (a software-triggered
+        camera) takes its picture now; SourceError when it cannot."""
+
     def ack(self, frame: Frame) -> None:  # noqa: B027 - optional hook
         """The consumer has journaled `frame`; sources with something to finish (folders) do it now."""
 
@@ -69,6 +72,8 @@ class FrameSource(ABC):
         captured_wall: float,
         part_id: str | None = None,
         meta: dict[str, str] | None = None,
+        camera_frame_id: int | None = None,
+        camera_timestamp_ns: int | None = None,
     ) -> Frame:
         """Shape raw OpenCV pixels (FrameError if they do not fit) and number the frame."""
         image = self._shape(raw, source_name)
@@ -83,6 +88,8 @@ class FrameSource(ABC):
             captured_wall=captured_wall,
             source_name=source_name,
             meta=meta or {},
+            camera_frame_id=camera_frame_id,
+            camera_timestamp_ns=camera_timestamp_ns,
         )
 
     def __enter__(self) -> FrameSource:
@@ -112,6 +119,10 @@ def open_source(config: CameraConfig, *, keep_files: bool = False) -> FrameSourc
         from adfm.camera.replay import ReplaySource
 
         return ReplaySource(config)
+    if kind == "aravis":
+        from adfm.camera.aravis import AravisSource
+
+        return AravisSource(config)
     from adfm.camera.capture import VideoCaptureSource
 
     return VideoCaptureSource(config)

@@ -24,6 +24,9 @@ MAX_PENDING_TRIGGERS = 256
 
 
 class Trigger(ABC):
+    #: trigger events accepted so far; the capture thread fires an on-demand source once per new one
+    accepted: int = 0
+
     def open(self) -> None:  # noqa: B027 - optional hook
         """Acquire what the trigger listens on (SourceError when it cannot)."""
 
@@ -146,6 +149,7 @@ class ExternalTrigger(Trigger):
                     lost = self._pending.popleft()
                     problems.append(f"trigger for part {lost.part_id!r} dropped: {MAX_PENDING_TRIGGERS} pending")
                 self._pending.append(_Pending(part_id, time.monotonic()))
+                self.accepted += 1
         while self._pending and now - self._pending[0].received_mono > self.config.max_age_s:
             stale = self._pending.popleft()
             problems.append(
@@ -180,16 +184,20 @@ class LinkTrigger(Trigger):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pending: deque[tuple[str, float, float]] = deque()
+        self._fired = 0  # fired since the last poll; counted into `accepted` there
 
     def fire(self, part_id: str, at_mono: float, expires_mono: float) -> None:
         with self._lock:
             if len(self._pending) >= MAX_PENDING_TRIGGERS:
                 self._pending.popleft()
             self._pending.append((part_id, at_mono, expires_mono))
+            self._fired += 1
 
     def poll(self, now: float) -> list[str]:
         problems = []
         with self._lock:
+            self.accepted += self._fired  # the capture thread fires an on-demand camera once for each
+            self._fired = 0
             while self._pending and self._pending[0][2] <= now:
                 part_id, _, _ = self._pending.popleft()
                 problems.append(f"trigger for part {part_id!r} expired without a frame")
@@ -209,6 +217,14 @@ class LinkTrigger(Trigger):
             return len(self._pending)
 
 
+class CameraTrigger(Trigger):
+    """A triggered camera (hardware line or software): the trigger already chose the frame, so every
+    frame is a part."""
+
+    def take(self, frame: Frame) -> str | None:
+        return frame.part_id
+
+
 def make_trigger(config: TriggerConfig) -> Trigger:
     if config.mode == "link":
         return LinkTrigger()
@@ -216,4 +232,6 @@ def make_trigger(config: TriggerConfig) -> Trigger:
         return ExternalTrigger(config)
     if config.mode == "folder":
         return FolderTrigger()
+    if config.mode == "camera":
+        return CameraTrigger()
     return FreeRunTrigger(config.parts_per_s)

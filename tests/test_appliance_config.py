@@ -123,6 +123,18 @@ def test_resources_are_checked(tmp_path):
     assert f"{path}: bus.curve: {tmp_path / 'keys' / 'clients'}: folder of authorized client keys not found" in text
 
 
+def test_aravis_camera_on_a_machine_without_aravis_is_named(tmp_path, monkeypatch):
+    import adfm.camera.aravis as aravis
+
+    monkeypatch.setattr(aravis, "aravis_available", lambda: "Aravis is not available: apt-get install …")
+    data = good(tmp_path)
+    data["cameras"][0]["url"] = "aravis:serial=21234567"
+    problems = check_resources(parse_config(data, "s.yaml", tmp_path), "s.yaml")
+    assert "s.yaml: cameras.0.url: Aravis is not available: apt-get install …" in problems
+    monkeypatch.setattr(aravis, "aravis_available", lambda: None)
+    assert not any("cameras.0" in p for p in check_resources(parse_config(data, "s.yaml", tmp_path), "s.yaml"))
+
+
 def test_missing_model_manifest_is_named(tmp_path):
     data = good(tmp_path)
     (tmp_path / "model" / "manifest.json").unlink()

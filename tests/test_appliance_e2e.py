@@ -58,6 +58,46 @@ def test_replay_camera_to_subscriber_with_the_tiny_gguf(tmp_path, tiny_gguf_dir)
     assert summary.worker_restarts == 0
 
 
+def test_simulated_genicam_camera_to_subscriber_with_the_tiny_gguf(tmp_path, tiny_gguf_dir):
+    """The same station with Aravis's simulated GenICam camera (`Fake` interface) as its source."""
+    from tests.aravis_support import require_aravis
+
+    require_aravis()
+    parts = 3
+    config = parse_config({
+        "station": "e2e-gige",
+        "state_dir": str(tmp_path / "state"),
+        "model": {"dir": str(tiny_gguf_dir), "max_tokens": 24, "n_ctx": 2048, "deadline_s": 300},
+        "cameras": [{"id": "gige0", "url": "aravis:Fake_1",
+                     "genicam": {"interfaces": ["Fake"], "pixel_format": "RGB8", "sensor_roi": [0, 0, 128, 96],
+                                 "exposure_us": 5000, "gain_db": 2, "frame_rate_hz": 10}}],
+        "bus": {"publish": "tcp://127.0.0.1:*", "control": "tcp://127.0.0.1:*", "status_interval_s": 0.5},
+    })
+    service = Service(config)
+    outcome: dict = {}
+    runner = threading.Thread(target=lambda: outcome.update(summary=service.run(max_parts=parts)))
+    runner.start()
+    received = []
+    try:
+        deadline = time.monotonic() + 600
+        while not (service.bus and service.bus.bound) and runner.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        bound = service.bus.bound
+        with StationClient(bound["publish"][0], bound["control"][0], station="e2e-gige", from_seq=1) as client:
+            while len(received) < parts and time.monotonic() < deadline:
+                received += client.receive(0.5)
+    finally:
+        runner.join(600)
+    summary = outcome["summary"]
+    assert summary.parts == parts and summary.last_seq == parts
+    assert [r.seq for r in received] == list(range(1, parts + 1))
+    for r in received:
+        assert r.camera == "gige0" and r.verdict in ("pass", "fail", "review")
+        assert r.image_width == 128 and r.image_height == 96 and r.latency_ms["vlm"] > 0
+        assert r.verdict != "review" or r.reason.startswith("unreadable model answer")
+    assert summary.worker_restarts == 0
+
+
 def test_demo_reuses_the_cached_model_and_says_it_is_untrained(tmp_path, tiny_gguf_dir, capsys):
     from adfm.appliance.cli import main
     from adfm.appliance.demo import format_summary

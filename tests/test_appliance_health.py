@@ -46,6 +46,8 @@ def test_problems_and_the_watchdog_condition():
     assert not h.pipeline_ok() and "disk full" in h.snapshot().problems
     h.clear("journal")
     assert h.pipeline_ok()
+    idle = [CameraStatus(camera="trig0", connected=True, last_frame_age_s=900.0, streaming=False)]
+    assert make_health(idle).snapshot().healthy  # a triggered camera or a folder on an idle line
     assert not h.pipeline_ok(max_heartbeat_age_s=-1.0)  # a stuck main loop stops the watchdog
 
 
