@@ -164,3 +164,18 @@ def test_trigger_edges_and_counters():
     assert new_parts("counter", 7, 10) == 3  # a late poll loses no part
     assert new_parts("counter", 65535, 1) == 2  # wraps at 2**16
     assert new_parts("counter", 500, 0) == 0  # a reset is no parts
+
+
+def test_link_triggers_fire_an_on_demand_camera_once_each():
+    """The capture thread fires a software-triggered camera once per trigger accepted during a poll."""
+    trig = LinkTrigger()
+    t = time.monotonic()
+    for i in range(3):
+        trig.fire(f"p{i}", t, t + 5.0)
+    before = trig.accepted
+    trig.poll(t)
+    assert trig.accepted - before == 3
+    trig.poll(t)
+    assert trig.accepted - before == 3  # counted once
+    cfg = CameraConfig(id="c", url="aravis:Fake_1", genicam={"trigger": "software"}, trigger={"mode": "link"})
+    assert cfg.trigger.mode == "link"
