@@ -294,7 +294,7 @@ def test_encoder_ejector_fires_when_the_part_has_travelled_its_distance(tmp_path
     port = free_port()
     plc = Plc(port, tmp_path / "plc.jsonl")
     plc.start(rate=RATE, parts=parts)  # the conveyor's encoder advances 1000 counts per part
-    cfg = line_config(tmp_path, port, deadline_ms=300)
+    cfg = line_config(tmp_path, port, deadline_ms=300, counter=True)
     cfg["plc"]["modbus"]["ejector"] = {"coil": REJECT_COIL, "pulse_ms": 60, "encoder_register": ENCODER_HR,
                                        "distance_counts": 3000}
     script = write_script(tmp_path / "script.json", ["yes", "no", "no"], cycle=True)

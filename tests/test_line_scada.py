@@ -78,7 +78,7 @@ def test_recipes_from_the_plc_register_and_by_command_and_the_opcua_nodes(tmp_pa
             assert node("Recipe") == "widget-a" and node("ModelId")
             assert node("LastSeq") == 9
             assert node("Counters", "Vlm") + node("Counters", "FailSafeTimeout") == 9
-            assert node("Counters", "Hold") == node("Counters", "FailSafeTimeout") > 0  # widget-b's fail-safe
+            counters = {k: node("Counters", k) for k in ("Pass", "Reject", "Hold", "FailSafeTimeout")}
             last = [json.loads(x) for x in node("LastResults")]
             assert len(last) == 5 and last[0]["part_id"] == "cmd-1" and last[0]["recipe"] == "widget-a"
             assert isinstance(node("Alarms"), list)
@@ -94,6 +94,15 @@ def test_recipes_from_the_plc_register_and_by_command_and_the_opcua_nodes(tmp_pa
     assert len({c["pid"] for c in seen}) >= 2  # a worker per model, one loaded at a time
     assert {r.deadline_ms for r in firsts[:8]} == {600.0}
     assert all(r.action == "hold" for r in firsts[:8] if r.decision_source == "failsafe_timeout")
+    # The OPC UA counters are the journal's: widget-b's fail-safe is hold (widget-a's part may also
+    # time out while the worker switches back to its model: that one is a reject).
+    assert counters == {
+        "Pass": sum(r.action == "pass" for r in firsts),
+        "Reject": sum(r.action == "reject" for r in firsts),
+        "Hold": sum(r.action == "hold" for r in firsts),
+        "FailSafeTimeout": sum(r.decision_source == "failsafe_timeout" for r in firsts),
+    }
+    assert counters["Hold"] > 0
 
 
 @pytest.mark.slow
