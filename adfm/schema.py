@@ -111,12 +111,12 @@ class InspectionResult(_Message):
     attempts: int = Field(1, ge=0)
     operator: OperatorVerdict | None = None
     # ---- line decisions (stations with a deadline; None/0 on results made without one) --------
-    revision: int = Field(0, ge=0, description="0: the decision the line acted on; 1+: later verdicts")
+    revision: int = Field(default=0, ge=0, description="0: the decision the line acted on; 1+: later verdicts")
     decision_source: DecisionSource | None = None
-    action: LineAction | None = Field(None, description="what the line did with the part")
+    action: LineAction | None = Field(default=None, description="what the line did with the part")
     decided_at: datetime | None = None
     triggered_at: datetime | None = None
-    deadline_ms: float | None = Field(None, gt=0)
+    deadline_ms: float | None = Field(default=None, gt=0)
     recipe: str = ""
 
     @property
@@ -159,7 +159,7 @@ class StationStatus(_Message):
     latency_ms_p95: dict[str, float] = Field(default_factory=dict)
     model_id: str = ""
     problems: list[str] = Field(default_factory=list)
-    recipe: str = Field("", description="the product recipe in use (stations with recipes)")
+    recipe: str = Field(default="", description="the product recipe in use (stations with recipes)")
 
 
 # ---- control socket (ROUTER): requests and replies ------------------------------------------

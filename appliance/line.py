@@ -286,7 +286,12 @@ class LineController:
         row, t0 = part.row, time.monotonic()
         future = self._writer.submit(self.journal.attach_image, row, frame.image, frame_number=frame.frame_number,
                                      captured_wall=frame.captured_wall)
-        future.add_done_callback(lambda f, key=part.key: self.events.put(("attached", key, f, t0)))
+        key = part.key
+
+        def attached(f: Future) -> None:
+            self.events.put(("attached", key, f, t0))
+
+        future.add_done_callback(attached)
         if part.result is not None:  # the frame came after the deadline: inspect it for the revision
             self._submit_vlm(part)
             return

@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,10 +19,14 @@ from adfm.appliance.config import StationConfig
 from adfm.appliance.health import Health
 from adfm.appliance.inference_worker import BackendSpec
 from adfm.appliance.journal import Journal, JournalError
-from adfm.appliance.line import LineController, LineTrigger, Recipe
+from adfm.appliance.line import DecisionOutput, LineController, LineTrigger, Recipe
 from adfm.appliance.pipeline import ModelInfo
 from adfm.appliance.vlm_runner import VlmModel, VlmRunner
 from adfm.schema import InspectionResult
+
+if TYPE_CHECKING:
+    from adfm.appliance.opcua_server import StationOpcUa
+    from adfm.appliance.plc_modbus import ModbusLink
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +92,14 @@ class LineStation:
         self.runner = VlmRunner(models, self._vlm_done, self._vlm_skipped, backlog=line.vlm_backlog,
                                 hang_s=cfg.model.deadline_s, load_timeout_s=cfg.model.load_timeout_s,
                                 max_tokens=cfg.model.max_tokens, nice=line.vlm_nice)
-        self.link = None
-        outputs = []
+        self.link: ModbusLink | None = None
+        outputs: list[DecisionOutput] = []
         if cfg.plc is not None:
             from adfm.appliance.plc_modbus import ModbusLink
 
             self.link = ModbusLink(cfg.plc.modbus, self.trigger, health)
             outputs.append(self.link)
-        self.opcua = None
+        self.opcua: StationOpcUa | None = None
         self.controller = LineController(
             cfg.station, journal, publish, health, camera, cfg.line_camera, self.runner, recipes,
             next(iter(recipes)), {k: (m.info.model_id, m.info.prompt_version) for k, m in models.items()},

@@ -51,7 +51,7 @@ class StationOpcUa:
     def __init__(self, cfg: OpcUaSection, line: Any) -> None:
         self.cfg = cfg
         self.line = line
-        self._server = None
+        self._server: Any = None
         self._nodes: dict[str, Any] = {}
         self._counts: dict[str, int] = {}
         self._recent: list[str] = []
