@@ -7,6 +7,7 @@ lines of the form `source: key.path: why (got value)`, the same on every side.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +29,15 @@ class ConfigError(ValueError):
         super().__init__("\n".join(lines))
 
 
+#: `scheme://user:password@` anywhere in a text (a URL inside an error message, a repr, a log line)
+_URL_CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^\s/@:'\"]*):(?P<password>[^\s/@'\"]+)@")
+
+
+def redact_secrets(text: str) -> str:
+    """`text` with every URL password replaced by ***: for config errors, logs, anything shown."""
+    return _URL_CREDENTIALS.sub(lambda m: f"{m['head']}:***@", text)
+
+
 def key_path(loc: tuple[Any, ...]) -> str:
     """`('cameras', 0, 'url')` as `cameras.0.url`."""
     return ".".join(str(p) for p in loc) or "(top level)"
@@ -40,5 +50,6 @@ def validation_problems(source: str, exc: ValidationError) -> list[str]:
         msg = err["msg"].removeprefix("Value error, ")
         value = err.get("input")
         shown = "" if err["type"] in ("missing", "model_type") or isinstance(value, dict) else f" (got {value!r})"
-        out.append(f"{source}: {key_path(err['loc'])}: {msg}{shown}")
+        # a URL's password must not reach the screen or the system log, even from a bad config
+        out.append(redact_secrets(f"{source}: {key_path(err['loc'])}: {msg}{shown}"))
     return out

@@ -31,6 +31,16 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+#: Size limits on what a client may send: a control request is refused whole when any field is
+#: longer (the bus also refuses frames over MAX_REQUEST_BYTES before parsing them).
+MAX_ID_CHARS = 64
+MAX_NAME_CHARS = 128
+MAX_NOTE_CHARS = 2000
+MAX_REQUEST_BYTES = 16 * 1024
+
+Epoch = Annotated[str, Field(max_length=MAX_ID_CHARS)]
+
+
 class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -69,14 +79,21 @@ class OperatorVerdict(_Message):
     """A person's decision on a part, journaled with who and when."""
 
     type: Literal["operator_verdict"] = "operator_verdict"
-    station: str
+    station: str = Field(max_length=MAX_ID_CHARS)
     seq: int = Field(ge=1)
     decision: OperatorDecision
-    operator: str = Field(min_length=1)
-    note: str = ""
+    operator: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
+    note: str = Field("", max_length=MAX_NOTE_CHARS)
     at: datetime = Field(default_factory=utcnow)
     #: Client-chosen id so a verdict re-sent after a reconnect is journaled once.
-    verdict_id: str = Field(min_length=1)
+    verdict_id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
+    #: The part the operator judged and the journal it was read from: the station refuses the
+    #: verdict when seq now names another part (a replaced journal, a queued verdict).
+    part_id: str = Field("", max_length=MAX_NAME_CHARS * 2)
+    epoch: Epoch = ""
+    #: Set by the station, never by the client: the name of the CURVE key that sent the verdict
+    #: ("local" without CURVE).
+    client: str = Field("", max_length=MAX_NAME_CHARS)
 
 
 class InspectionResult(_Message):
@@ -85,6 +102,7 @@ class InspectionResult(_Message):
     type: Literal["result"] = "result"
     station: str
     seq: int = Field(ge=1, description="per-station sequence number, assigned by the journal")
+    epoch: str = Field("", description="the journal's identity: seqs restart when it changes")
     part_id: str
     camera: str
     frame_number: int = Field(ge=0)
@@ -150,6 +168,7 @@ class StationStatus(_Message):
     at: datetime = Field(default_factory=utcnow)
     healthy: bool
     last_seq: int = Field(0, ge=0)
+    epoch: str = Field("", description="the journal's identity; a new one means seqs restarted")
     cameras: list[CameraStatus] = Field(default_factory=list)
     worker_alive: bool = False
     worker_restarts: int = 0
@@ -188,7 +207,18 @@ class RecipeRequest(_Message):
     recipe: str = Field(min_length=1, max_length=64)
 
 
-ControlRequest = Annotated[ReplayRequest | VerdictRequest | StatusRequest | RecipeRequest, Field(discriminator="type")]
+class ImageRequest(_Message):
+    """A part's journaled image (or gate heat map), for dashboards without access to its files."""
+
+    type: Literal["image_request"] = "image_request"
+    seq: int = Field(ge=1)
+    kind: Literal["image", "gate_map"] = "image"
+    epoch: Epoch = ""
+
+
+ControlRequest = Annotated[
+    ReplayRequest | VerdictRequest | StatusRequest | ImageRequest | RecipeRequest, Field(discriminator="type")
+]
 
 
 class ReplayReply(_Message):
@@ -196,6 +226,16 @@ class ReplayReply(_Message):
     results: list[InspectionResult]
     last_seq: int = Field(ge=0, description="the journal's newest seq when the reply was made")
     more: bool = False
+    epoch: str = ""
+
+
+class ImageReply(_Message):
+    type: Literal["image_reply"] = "image_reply"
+    seq: int = Field(ge=1)
+    kind: Literal["image", "gate_map"] = "image"
+    epoch: str = ""
+    media_type: str
+    data_b64: str = Field(description="the file's bytes, base64")
 
 
 class Ack(_Message):
@@ -209,18 +249,20 @@ class ErrorReply(_Message):
     error: str
 
 
-ControlReply = Annotated[ReplayReply | Ack | ErrorReply | StationStatus, Field(discriminator="type")]
+ControlReply = Annotated[
+    ReplayReply | Ack | ErrorReply | StationStatus | ImageReply, Field(discriminator="type")
+]
 
 _REQUEST = TypeAdapter(ControlRequest)
 _REPLY = TypeAdapter(ControlReply)
 
 
-def parse_request(data: bytes | str) -> ReplayRequest | VerdictRequest | StatusRequest | RecipeRequest:
+def parse_request(data: bytes | str) -> ReplayRequest | VerdictRequest | StatusRequest | ImageRequest | RecipeRequest:
     """Decode a control request; raises pydantic.ValidationError naming the bad field."""
     return _REQUEST.validate_json(data)
 
 
-def parse_reply(data: bytes | str) -> ReplayReply | Ack | ErrorReply | StationStatus:
+def parse_reply(data: bytes | str) -> ReplayReply | Ack | ErrorReply | StationStatus | ImageReply:
     return _REPLY.validate_json(data)
 
 

@@ -18,13 +18,21 @@ status message carries the journal's `last_seq`, so a result that was never publ
 restart, a subscriber that was down) is fetched too. Requests time out and are re-sent on a fresh
 socket (ZeroMQ's "lazy pirate"); operator verdicts carry a client-chosen id so a re-sent verdict is
 journaled once.
+
+A seq names a part only within one journal *epoch* (carried by every result, status and replay
+reply). When the station's journal is replaced, the epoch changes and seqs restart: the client
+then yields a `JournalReplaced` event and delivers the new journal from its first seq, and
+verdicts carry the part id and epoch they were made against, so the station refuses a verdict
+whose seq now names another part.
 """
 
 from __future__ import annotations
 
+import base64
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import zmq
@@ -33,6 +41,8 @@ from pydantic import ValidationError
 from adfm.schema import (
     Ack,
     ErrorReply,
+    ImageReply,
+    ImageRequest,
     InspectionResult,
     OperatorDecision,
     OperatorVerdict,
@@ -50,7 +60,18 @@ from adfm.schema import (
 if TYPE_CHECKING:
     from adfm.appliance.keys import ClientCurve
 
-Event = InspectionResult | OperatorVerdict | StationStatus
+
+
+@dataclass(frozen=True)
+class JournalReplaced:
+    """The station's journal has a new epoch: seqs restarted; results from it follow, from seq 1."""
+
+    station: str
+    old_epoch: str
+    new_epoch: str
+
+
+Event = InspectionResult | OperatorVerdict | StationStatus | JournalReplaced
 
 
 class StationError(RuntimeError):
@@ -72,7 +93,9 @@ class StationClient:
     `bus.control` config, with a host clients can reach). `from_seq`: the first seq to deliver
     (1: the whole journal; None: only results newer than the station's last at connection).
     `station`: its id; asked from the station when omitted. `curve`: keys when the station uses
-    CURVE (see `adfm.appliance.keys.load_client_curve`).
+    CURVE (see `adfm.appliance.keys.load_client_curve`). `epoch`: the journal epoch `from_seq`
+    counts in (a resuming subscriber's `client.epoch`); if the station has another, delivery
+    starts at the new journal's seq 1 instead.
     """
 
     def __init__(
@@ -86,6 +109,7 @@ class StationClient:
         timeout_s: float = 5.0,
         retries: int = 3,
         context: zmq.Context | None = None,
+        epoch: str | None = None,
     ) -> None:
         if from_seq is not None and from_seq < 1:
             raise ValueError(f"from_seq must be ≥ 1 or None, got {from_seq}")
@@ -97,6 +121,8 @@ class StationClient:
         self.station = station
         self.last_status: StationStatus | None = None
         self.gaps_filled = 0  # results fetched by replay rather than received live
+        self.epoch: str | None = epoch or None  # the journal epoch the delivered seqs belong to
+        self.epoch_changes = 0
         self._ctx = context or zmq.Context.instance()
         self._from_seq = from_seq
         self._next: int | None = None  # next seq to deliver, once connected
@@ -136,6 +162,7 @@ class StationClient:
         # received live, and duplicates are dropped by seq.
         if self._from_seq is None:
             status = self.status()
+            self.epoch = status.epoch or None
             self._next = status.last_seq + 1
         else:
             self._next = self._from_seq
@@ -221,6 +248,9 @@ class StationClient:
         try:
             if topic == self._topics[0]:
                 result = InspectionResult.model_validate_json(payload)
+                if self._epoch_changed(result.epoch, out):
+                    self._catch_up(None, out)
+                    return
                 if result.seq < self._next:
                     if result.revision > 0:  # a later verdict on a delivered part (line stations)
                         out.append(result)
@@ -236,12 +266,28 @@ class StationClient:
                 status = StationStatus.model_validate_json(payload)
                 self.last_status = status
                 out.append(status)
-                if status.last_seq >= self._next:
+                if self._epoch_changed(status.epoch, out) or status.last_seq >= self._next:
                     self._catch_up(status.last_seq, out)
             elif topic == self._topics[2]:
                 out.append(OperatorVerdict.model_validate_json(payload))
         except ValidationError:
             return  # a message from a newer, incompatible station: skip it rather than die
+
+    def _epoch_changed(self, epoch: str, out: list[Event]) -> bool:
+        """Note the station's epoch; on a new one, restart delivery at seq 1 of the new journal."""
+        if not epoch:
+            return False
+        if self.epoch is None:
+            self.epoch = epoch
+            return False
+        if epoch == self.epoch:
+            return False
+        out.append(JournalReplaced(self.station or "", self.epoch, epoch))
+        self.epoch = epoch
+        self.epoch_changes += 1
+        self._held.clear()
+        self._next = 1
+        return True
 
     def _release_held(self, out: list[Event]) -> None:
         assert self._next is not None
@@ -257,13 +303,21 @@ class StationClient:
         sink = self._pending if out is None else out
         while to_seq is None or self._next <= to_seq:
             reply = self._replay_page(self._next, to_seq)
+            if self._epoch_changed(reply.epoch, sink):
+                to_seq = None  # the old range means nothing in the new journal: take all of it
+                continue
             for result in reply.results:
-                if result.seq == self._next:
+                if result.seq >= self._next:  # a seq the journal lacks (a rebuilt journal) is skipped
                     sink.append(result)
-                    self._next += 1
+                    self._next = result.seq + 1
                     self.gaps_filled += 1
             self._release_held(sink)
             if not reply.more or not reply.results:
+                # Every done part up to the journal's last seq was in the replies: seqs in between
+                # that came back empty are not in the journal, so do not wait for them.
+                upper = reply.last_seq if to_seq is None else min(to_seq, reply.last_seq)
+                if self._next <= upper:
+                    self._next = upper + 1
                 break
         self._release_held(sink)
 
@@ -303,11 +357,22 @@ class StationClient:
         operator: str,
         note: str = "",
         verdict_id: str | None = None,
+        *,
+        part_id: str | None = None,
+        epoch: str | None = None,
     ) -> Ack:
         """Journal an operator's decision on result `seq`. Safe to call again after a timeout with
-        the same `verdict_id`: the station stores it once."""
+        the same `verdict_id`: the station stores it once.
+
+        `part_id`/`epoch`: the part the operator saw (from its result). When omitted they are read
+        from the station now, for a decision taken on what the station holds at this moment."""
         if self.station is None:
             self.status()
+        if part_id is None:
+            found = self.replay(seq, seq)
+            if not found or found[0].seq != seq:
+                raise StationError(f"{self.control_endpoint}: no inspected part with seq {seq}")
+            part_id, epoch = found[0].part_id, found[0].epoch
         verdict = OperatorVerdict(
             station=self.station,
             seq=seq,
@@ -315,13 +380,23 @@ class StationClient:
             operator=operator,
             note=note,
             verdict_id=verdict_id or uuid.uuid4().hex,
+            part_id=part_id,
+            epoch=epoch if epoch is not None else (self.epoch or ""),
         )
         reply = self.request(VerdictRequest(verdict=verdict))
         if not isinstance(reply, Ack):
             raise StationError(f"verdict on seq {seq}: unexpected reply {reply.type!r}")
         return reply
 
-    def request(self, message) -> Ack | ReplayReply | StationStatus | ErrorReply:
+    def fetch_image(self, seq: int, kind: str = "image", epoch: str | None = None) -> tuple[bytes, str]:
+        """A part's journaled image (or gate heat map) over the control socket: (bytes, media type).
+        For dashboards on other machines; the station refuses files over its size limit."""
+        reply = self.request(ImageRequest(seq=seq, kind=kind, epoch=epoch or ""))
+        if not isinstance(reply, ImageReply):
+            raise StationError(f"image of seq {seq}: unexpected reply {reply.type!r}")
+        return base64.b64decode(reply.data_b64), reply.media_type
+
+    def request(self, message) -> Ack | ReplayReply | StationStatus | ErrorReply | ImageReply:
         """Send one control request; retry on a fresh socket after each timeout. Raises
         StationError for an error reply, StationUnreachable / StationAuthError when none comes."""
         payload = message.model_dump_json().encode()

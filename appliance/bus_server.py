@@ -8,10 +8,16 @@ Wire format (see BUS.md): PUB multipart `[topic, seq, json]` with topics `result
 `status.<station>` and `verdict.<station>`; control requests and replies are single JSON frames
 after the DEALER/REQ envelope. CURVE encryption and authentication cover both sockets whenever
 keys are configured; an open (non-CURVE) endpoint off loopback is refused unless `insecure`.
+
+Nothing a client sends can make the bus thread work without bound: request frames over
+MAX_REQUEST_BYTES are dropped by ZeroMQ itself (MAXMSGSIZE), every field has a length limit, and
+replies are bounded (replays are paged by bytes, images capped at MAX_IMAGE_BYTES). With CURVE, a
+verdict is attributed to the key that sent it, never to the name the client claims alone.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import threading
 import time
@@ -24,8 +30,11 @@ import zmq
 from pydantic import ValidationError
 
 from adfm.schema import (
+    MAX_REQUEST_BYTES,
     Ack,
     ErrorReply,
+    ImageReply,
+    ImageRequest,
     InspectionResult,
     RecipeRequest,
     ReplayReply,
@@ -46,6 +55,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _INPROC = "inproc://adfm-bus-publish-{}"
+#: the largest image file sent over the control socket (journal PNGs of line cameras are far smaller)
+MAX_IMAGE_BYTES = 16 * 1024 * 1024
+_MEDIA_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
+#: the identity recorded for verdicts that came without CURVE (only possible on local endpoints)
+LOCAL_CLIENT = "local"
 
 
 class BusError(RuntimeError):
@@ -195,6 +209,8 @@ class ResultBus:
         sock.setsockopt(zmq.LINGER, 500)
         if kind == zmq.PUB:
             sock.setsockopt(zmq.SNDHWM, self.send_hwm)
+        if kind == zmq.ROUTER:  # a peer sending a bigger message is disconnected by ZeroMQ
+            sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
         if self.curve is not None:
             sock.curve_secretkey = self.curve.keys.secret
             sock.curve_publickey = self.curve.keys.public
@@ -256,9 +272,16 @@ class ResultBus:
             for s in sockets:
                 s.close()
 
+    def _status(self) -> StationStatus:
+        """The provider's status, stamped with the journal's epoch."""
+        status = self.status_provider()
+        if not status.epoch:
+            status = status.model_copy(update={"epoch": self.journal.epoch})
+        return status
+
     def _publish_status(self, pub: zmq.Socket) -> None:
         try:
-            status = self.status_provider()
+            status = self._status()
         except Exception:
             log.exception("status provider failed")
             return
@@ -267,15 +290,21 @@ class ResultBus:
     def _serve_control(self, router: zmq.Socket, pub: zmq.Socket) -> None:
         while True:
             try:
-                frames = router.recv_multipart(zmq.NOBLOCK)
+                frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
             self.stats.requests += 1
-            envelope, payload = frames[:-1], frames[-1]
-            reply = self._answer(payload, pub)
+            envelope, last = [f.bytes for f in frames[:-1]], frames[-1]
+            client = LOCAL_CLIENT
+            if self.curve is not None:
+                client = self.curve.client_name(last.get("User-Id")) or ""
+            reply = self._answer(last.bytes, pub, client)
             router.send_multipart([*envelope, reply.model_dump_json().encode()])
 
-    def _answer(self, payload: bytes, pub: zmq.Socket):
+    def _answer(self, payload: bytes, pub: zmq.Socket, client: str = LOCAL_CLIENT):
+        if len(payload) > MAX_REQUEST_BYTES:
+            self.stats.bad_requests += 1
+            return ErrorReply(error=f"bad request: {len(payload)} bytes, more than {MAX_REQUEST_BYTES}")
         try:
             request = parse_request(payload)
         except ValidationError as exc:
@@ -287,11 +316,13 @@ class ResultBus:
         try:
             if isinstance(request, ReplayRequest):
                 results, last, more = self.journal.replay(request.from_seq, request.to_seq, request.limit)
-                return ReplayReply(results=results, last_seq=last, more=more)
+                return ReplayReply(results=results, last_seq=last, more=more, epoch=self.journal.epoch)
             if isinstance(request, StatusRequest):
-                return self.status_provider()
+                return self._status()
             if isinstance(request, VerdictRequest):
-                return self._verdict(request, pub)
+                return self._verdict(request, pub, client)
+            if isinstance(request, ImageRequest):
+                return self._image(request)
             if isinstance(request, RecipeRequest):
                 if self.on_recipe is None:
                     return ErrorReply(error=f"station {self.station!r} has no recipes")
@@ -302,11 +333,46 @@ class ResultBus:
             return ErrorReply(error=str(exc))
         return ErrorReply(error=f"unsupported request type {request.type!r}")
 
-    def _verdict(self, request: VerdictRequest, pub: zmq.Socket) -> Ack:
-        outcome = self.journal.add_verdict(request.verdict)
+    def _verdict(self, request: VerdictRequest, pub: zmq.Socket, client: str) -> Ack | ErrorReply:
+        v = request.verdict
+        if not client:
+            return ErrorReply(error="verdict refused: this client's key is not in the station's registry")
+        if not v.part_id:
+            return ErrorReply(error=f"bad request: verdict.part_id: required (the part judged as seq {v.seq})")
+        if self.curve is not None:
+            why = self.curve.check_operator(client, v.operator)
+            if why:
+                log.warning("verdict %s refused: %s", v.verdict_id, why)
+                return ErrorReply(error=f"verdict refused: {why}")
+        outcome = self.journal.add_verdict(v, client=client)
         if outcome.stored:
             self.stats.verdicts += 1
-            v = request.verdict
+            v = v.model_copy(update={"client": client, "epoch": self.journal.epoch})
             pub.send_multipart([self._topics[2], str(v.seq).encode(), v.model_dump_json().encode()])
-            return Ack(detail=f"verdict {v.verdict_id} on seq {v.seq} journaled")
-        return Ack(detail=f"verdict {request.verdict.verdict_id} was already journaled")
+            return Ack(detail=f"verdict {v.verdict_id} on seq {v.seq} journaled (key {client!r})")
+        return Ack(detail=f"verdict {v.verdict_id} was already journaled")
+
+    def _image(self, request: ImageRequest) -> ImageReply | ErrorReply:
+        """A part's image file, base64, when it is still kept and not larger than MAX_IMAGE_BYTES."""
+        epoch = self.journal.epoch
+        if request.epoch and request.epoch != epoch:
+            return ErrorReply(error=f"image of seq {request.seq}: journal epoch {request.epoch!r} is gone "
+                                    f"(the station now keeps epoch {epoch!r})")
+        result = self.journal.get(request.seq)
+        if result is None:
+            return ErrorReply(error=f"image of seq {request.seq}: no inspected part with that seq")
+        rel = result.image_path if request.kind == "image" else result.gate_map_path
+        if not rel:
+            return ErrorReply(error=f"{request.kind} of seq {request.seq}: not kept (pruned, or none made)")
+        path = self.journal.image_file(rel)
+        try:
+            size = path.stat().st_size
+            if size > MAX_IMAGE_BYTES:
+                return ErrorReply(error=f"{request.kind} of seq {request.seq}: {size} bytes, over the "
+                                        f"{MAX_IMAGE_BYTES}-byte limit of the control socket")
+            data = path.read_bytes()
+        except OSError as exc:
+            return ErrorReply(error=f"{request.kind} of seq {request.seq}: cannot read it: {exc.strerror or exc}")
+        media = _MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream")
+        return ImageReply(seq=request.seq, kind=request.kind, epoch=epoch, media_type=media,
+                          data_b64=base64.b64encode(data).decode("ascii"))

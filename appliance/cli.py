@@ -3,7 +3,9 @@
     adfm-appliance run --config /etc/adfm/station.yaml     the station service (systemd runs this)
     adfm-appliance check --config station.yaml            validate a config and what it points at
     adfm-appliance demo [--parts N] [--json]              a synthetic station with a tiny model
-    adfm-appliance keys --dir /etc/adfm/keys --client review   CURVE keys for the result bus
+    adfm-appliance keys --dir /etc/adfm/keys [--admit review=review.key]   station CURVE keys, admit clients
+    adfm-appliance client-key --dir ~/.config/adfm/keys --name review   a client's own key pair
+    adfm-appliance journal check|recover --config station.yaml   verify / mend the journal
     adfm-appliance install [--print]                      the systemd unit and an example config
     adfm-appliance tail | status | verdict                follow a station's bus, ask its health,
                                                           record an operator's decision
@@ -19,14 +21,26 @@ import os
 import sys
 from pathlib import Path
 
-EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
+EXIT_OK, EXIT_FAIL, EXIT_CONFIG, EXIT_JOURNAL = 0, 1, 2, 3  # the unit's RestartPreventExitStatus: 2 3
+
+
+class RedactingFormatter(logging.Formatter):
+    """Log lines (tracebacks included) with URL passwords replaced: a camera URL inside an
+    exception must not reach the system log."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from adfm.config import redact_secrets
+
+        return redact_secrets(super().format(record))
 
 
 def _setup_logging(level: str) -> None:
     # Under systemd, journald stamps each line itself.
     fmt = "%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM") else (
         "%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format=fmt, stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(RedactingFormatter(fmt))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
 
 
 def _add_client_args(p: argparse.ArgumentParser, publish: bool) -> None:
@@ -85,11 +99,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", type=Path, metavar="DIR", help="where the tiny model and runs are kept "
                    "(default $XDG_CACHE_HOME/adfm/demo)")
 
-    p = sub.add_parser("keys", help="create CURVE keys for the result bus")
+    p = sub.add_parser("keys", help="the station's CURVE keys; admit clients' public keys", description=(
+        "Creates the station's key pair (once) and admits clients: each client makes its own pair "
+        "with `adfm-appliance client-key` on its machine and sends only NAME.key here."))
     p.add_argument("--dir", required=True, type=Path, metavar="DIR", help="key directory (e.g. /etc/adfm/keys)")
-    p.add_argument("--client", action="append", default=[], metavar="NAME",
-                   help="create a client key pair (repeatable), e.g. review, mes")
+    p.add_argument("--admit", action="append", default=[], metavar="NAME=FILE",
+                   help="admit a client's public key file (repeatable), e.g. review=/tmp/review.key")
+    p.add_argument("--operators", metavar="A,B", help="with one --admit: the operator names that key may sign "
+                   "verdicts as (default: any, recorded with the key's name)")
     p.add_argument("--force", action="store_true", help="replace existing keys (locks out old clients)")
+
+    p = sub.add_parser("client-key", help="create this client's CURVE key pair (run on the client)")
+    p.add_argument("--dir", required=True, type=Path, metavar="DIR", help="this client's key folder")
+    p.add_argument("--name", required=True, help="the client's name, e.g. review")
+    p.add_argument("--force", action="store_true", help="replace an existing pair")
+
+    p = sub.add_parser("journal", help="check or recover the station journal (service stopped)")
+    p.add_argument("action", choices=["check", "recover"])
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", type=Path, metavar="FILE", help="station YAML (its state_dir)")
+    where.add_argument("--dir", type=Path, metavar="DIR", help="the journal directory")
+    p.add_argument("--station", help="station id, when a damaged journal no longer says")
 
     p = sub.add_parser("install", help="install the systemd unit and an example station config")
     p.add_argument("--print", action="store_true", dest="print_only", help="print the unit, write nothing")
@@ -116,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decision", required=True, choices=["confirmed_defect", "false_alarm", "skip"])
     p.add_argument("--operator", required=True)
     p.add_argument("--note", default="")
+    p.add_argument("--part-id", help="the part judged (default: the part the station holds under --seq now)")
     return parser
 
 
@@ -123,7 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from adfm.appliance.bus_server import BusError
     from adfm.appliance.config import ConfigError, load_config
+    from adfm.appliance.inference_worker import WorkerStartError
+    from adfm.appliance.journal import JournalCorrupt, JournalError
     from adfm.appliance.pipeline import PipelineFatal
     from adfm.appliance.service import Service, ServiceError
 
@@ -132,10 +166,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
+    log = logging.getLogger("adfm.appliance")
     try:
         summary = Service(config).run(max_parts=args.max_parts, stop_when_finished=args.until_sources_end)
-    except (ServiceError, PipelineFatal) as exc:
-        logging.getLogger("adfm.appliance").error("%s", exc)
+    except ServiceError as exc:
+        log.error("%s", exc)
+        return exc.exit_code
+    except JournalCorrupt as exc:
+        log.error("%s", exc)
+        return EXIT_JOURNAL
+    except (PipelineFatal, WorkerStartError, BusError, JournalError) as exc:
+        log.error("%s", exc)
         return EXIT_FAIL
     logging.getLogger("adfm.appliance").info(
         "stopped (%s): %d parts this run, journal last seq %d", summary.stopped_because, summary.parts,
@@ -154,29 +195,88 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.json:
         print(config.model_dump_json(indent=2))
     else:
-        from adfm.manifest import read_manifest
+        from adfm.appliance.model_check import CACHE_NAME, verify_model_dir
+        from adfm.manifest import ManifestError
 
-        manifest = read_manifest(config.model.dir)
+        try:  # the full check: every file hashed, and the start-up cache refreshed
+            manifest, hashed = verify_model_dir(config.model.dir, config.journal_dir / CACHE_NAME, full=True)
+        except ManifestError as exc:
+            print(f"{args.config}: model.dir: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
         print(f"{args.config}: OK — station {config.station}, model {manifest.model_id} "
               f"({manifest.prompt_version}), {len(config.cameras)} camera(s), journal in {config.journal_dir}, "
-              f"bus {', '.join(config.bus.publish)} / {', '.join(config.bus.control)}")
+              f"bus {', '.join(config.bus.publish)} / {', '.join(config.bus.control)}; "
+              f"{hashed} model file(s) hashed and matching")
     return EXIT_OK
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from adfm.appliance.keys import generate_keys
+    from adfm.appliance.keys import CurveKeyError, admit_client, generate_server_keys
 
+    if args.operators is not None and len(args.admit) != 1:
+        print("adfm-appliance keys: --operators goes with exactly one --admit", file=sys.stderr)
+        return EXIT_FAIL
     try:
-        made = generate_keys(args.dir, args.client, force=args.force)
-    except (FileExistsError, ValueError, OSError) as exc:
+        made = generate_server_keys(args.dir, force=args.force and not args.admit)
+        admitted = []
+        for item in args.admit:
+            name, sep, file = item.partition("=")
+            if not sep:
+                raise ValueError(f"--admit {item!r}: use NAME=FILE (the client's public NAME.key)")
+            operators = [o.strip() for o in args.operators.split(",")] if args.operators is not None else None
+            admitted.append((name, admit_client(args.dir, name, file, operators, force=args.force)))
+    except (FileExistsError, ValueError, OSError, CurveKeyError) as exc:
         print(f"adfm-appliance keys: {exc}", file=sys.stderr)
         return EXIT_FAIL
     print(f"station key pair: {made.server_secret} (secret, stays here), {made.server_public} (give to clients)")
-    print(f"admitted client keys: {made.authorized_clients}/*.key")
-    for name, path in made.client_secrets.items():
-        print(f"client {name}: {path} (give to that client only)")
+    for name, path in admitted:
+        print(f"admitted client {name}: {path}")
+    print(f"admitted client keys: {made.authorized_clients}/*.key (restart the service after changes)")
     print("station.yaml:\n  bus:\n    curve:\n"
           f"      server_secret: {made.server_secret}\n      authorized_clients: {made.authorized_clients}")
+    return EXIT_OK
+
+
+def cmd_client_key(args: argparse.Namespace) -> int:
+    from adfm.appliance.keys import generate_client_keys
+
+    try:
+        public, secret = generate_client_keys(args.dir, args.name, force=args.force)
+    except (FileExistsError, ValueError, OSError) as exc:
+        print(f"adfm-appliance client-key: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    print(f"secret key: {secret} (mode 0600; never copy it off this machine)")
+    print(f"public key: {public} — send it to the station's administrator, who runs\n"
+          f"  adfm-appliance keys --dir /etc/adfm/keys --admit {args.name}={public.name}")
+    print(f"and copy the station's server.key into {args.dir}")
+    return EXIT_OK
+
+
+def cmd_journal(args: argparse.Namespace) -> int:
+    from adfm.appliance.journal import JournalError
+    from adfm.appliance.journal_repair import check_journal, recover_journal
+
+    station = args.station
+    root = args.dir
+    if args.config is not None:
+        from adfm.appliance.config import ConfigError, read_config
+
+        try:
+            config = read_config(args.config)
+            root, station = config.journal_dir, station or config.station
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return EXIT_CONFIG
+    try:
+        if args.action == "check":
+            report = check_journal(root)
+            print(json.dumps(report.to_json(), indent=2))
+            return EXIT_OK if report.ok else EXIT_FAIL
+        done = recover_journal(root, station)
+    except JournalError as exc:
+        print(f"adfm-appliance journal {args.action}: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    print(json.dumps(done.to_json(), indent=2))
     return EXIT_OK
 
 
@@ -257,7 +357,7 @@ def cmd_verdict(args: argparse.Namespace) -> int:
 
     client = _client(args)
     try:
-        ack = client.send_verdict(args.seq, args.decision, args.operator, note=args.note)
+        ack = client.send_verdict(args.seq, args.decision, args.operator, note=args.note, part_id=args.part_id)
         print(ack.detail)
     except StationError as exc:
         print(f"adfm-appliance verdict: {exc}", file=sys.stderr)
@@ -285,7 +385,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "run": cmd_run, "check": cmd_check, "keys": cmd_keys, "install": cmd_install, "tail": cmd_tail,
-    "status": cmd_status, "verdict": cmd_verdict, "demo": cmd_demo,
+    "status": cmd_status, "verdict": cmd_verdict, "demo": cmd_demo, "client-key": cmd_client_key,
+    "journal": cmd_journal,
 }
 
 

@@ -8,9 +8,10 @@ Two levels of health:
 - `StationStatus.healthy` (what operators see) is False while any problem stands — a camera
   disconnected or stalled, a full disk, a failing worker.
 - `pipeline_ok()` (what the systemd watchdog is fed on) is False only for failures a restart of
-  the service can cure: the main loop stuck, the bus thread gone, the worker unable to start, the
-  journal unable to write. A camera problem does not stop the watchdog: the capture thread already
-  reconnects, and restarting the service cannot plug a cable back in.
+  the service can cure: the main loop stuck, the bus thread gone, the worker unable to start. A
+  camera problem does not stop the watchdog (the capture thread already reconnects, and a restart
+  cannot plug a cable back in), nor does a full disk (a restart cannot free space: the pipeline
+  holds the parts back, raises the alarm and resumes once the journal can write).
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ STAGES = ("capture", "journal", "journal_wait", "gate", "resize", "vlm", "model"
           "total", "trigger_to_frame", "trigger_to_decision")
 PARTS_RATE_WINDOW_S = 300.0
 
-#: problems that mean the service itself is broken (watchdog stops), by key prefix
-CRITICAL_PREFIXES = ("worker", "journal", "bus", "loop")
+#: problems that mean the service itself is broken (watchdog stops), by key prefix. Journal and
+#: disk problems are not among them: a restart cannot free a disk, so the service stays up,
+#: reports the problem and resumes by itself when the journal can write again.
+CRITICAL_PREFIXES = ("worker", "bus", "loop")
 
 
 class Health:
@@ -116,6 +119,7 @@ class Health:
                     f": {c.last_error}" if c.last_error else ""
                 )
             elif c.streaming and c.last_frame_age_s is not None and c.last_frame_age_s > self.camera_stall_s:
+                # a folder camera waits for files: a pause between parts is normal, not a stall
                 out[f"camera.{c.camera}"] = f"camera {c.camera}: no frame for {c.last_frame_age_s:.0f} s"
         return out
 

@@ -30,6 +30,10 @@ UNIT_TEMPLATE = """\
 Description=adfm inspection appliance (station service)
 Wants=network-online.target
 After=network-online.target
+# A service that keeps failing stops being restarted after 5 starts in 10 minutes (systemctl
+# status says so) instead of reloading the model every few seconds forever.
+StartLimitIntervalSec=600
+StartLimitBurst=5
 
 [Service]
 Type=notify
@@ -41,6 +45,9 @@ ExecStart=/usr/bin/env adfm-appliance run --config {config}
 WatchdogSec=60
 Restart=on-failure
 RestartSec=5
+# Exit 2: the config is wrong; exit 3: the journal is damaged (`adfm-appliance journal recover`).
+# A restart cannot fix either: the unit stays failed with the reason in its log.
+RestartPreventExitStatus=2 3
 # Loading and hash-checking a large model takes a while; a stop abandons the part in hand (it is
 # journaled and finished on the next start), so stopping is quick.
 TimeoutStartSec=900
@@ -113,7 +120,8 @@ class InstallPlan:
         return [
             f"getent passwd {self.user} >/dev/null || useradd --system --user-group --groups video "
             f"--home-dir /var/lib/adfm-appliance --shell /usr/sbin/nologin {self.user}",
-            f"adfm-appliance keys --dir {self.config_path.parent}/keys --client review   # if the bus leaves loopback",
+            f"adfm-appliance keys --dir {self.config_path.parent}/keys   # if the bus leaves loopback; admit "
+            "clients' public keys with --admit NAME=FILE",
             f"chown -R root:{self.user} {self.config_path.parent} && chmod -R g+rX,o-rwx {self.config_path.parent}",
             f"$EDITOR {self.config_path}   # station id, cameras, model.dir, bus",
             f"adfm-appliance check --config {self.config_path}",

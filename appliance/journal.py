@@ -11,12 +11,21 @@ Parts complete in seq order, so the done rows always form a prefix of the seqs: 
 
 Images are kept within a retention policy (age and disk quota); pruning deletes image files,
 oldest first, and marks their rows `image_pruned` — result rows are never deleted.
+
+Every journal has an *epoch*, a random id made when its database is created: a seq names a part
+only together with the epoch. A replaced or rebuilt journal starts a new epoch, so followers know
+their seqs are void and verdicts queued against the old journal are refused, not misapplied.
+
+Every SQLite failure leaves as a JournalError: JournalFullError (disk full, the service degrades
+and retries), JournalCorrupt (a damaged database: `adfm-appliance journal recover`), or plain
+JournalError (anything else); no raw sqlite3 exception reaches the pipeline.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import secrets
 import shutil
 import sqlite3
 import threading
@@ -70,7 +79,9 @@ CREATE TABLE IF NOT EXISTS operator_verdicts (
     operator TEXT NOT NULL,
     at TEXT NOT NULL,
     verdict_json TEXT NOT NULL,
-    received_wall REAL NOT NULL
+    received_wall REAL NOT NULL,
+    part_id TEXT NOT NULL DEFAULT '',
+    client TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS verdicts_by_seq ON operator_verdicts (seq);
 CREATE TABLE IF NOT EXISTS revisions (
@@ -82,6 +93,11 @@ CREATE TABLE IF NOT EXISTS revisions (
     PRIMARY KEY (seq, revision)
 );
 """
+#: columns added after version 1 was first written; added on open to older files
+_ADDED_COLUMNS = {"operator_verdicts": (("part_id", "TEXT NOT NULL DEFAULT ''"),
+                                        ("client", "TEXT NOT NULL DEFAULT ''"))}
+#: a replay reply stops adding results once their JSON reaches this many bytes (at least one is sent)
+REPLAY_MAX_BYTES = 4 * 1024 * 1024
 
 
 class JournalError(RuntimeError):
@@ -90,6 +106,24 @@ class JournalError(RuntimeError):
 
 class JournalFullError(JournalError):
     """The disk (or quota) is full even after pruning: the part was NOT accepted."""
+
+
+class JournalCorrupt(JournalError):
+    """The database file is damaged; restarting cannot fix it (`adfm-appliance journal recover`)."""
+
+
+def new_epoch() -> str:
+    return secrets.token_hex(8)
+
+
+def journal_error(exc: sqlite3.DatabaseError, where: Path, what: str) -> JournalError:
+    """The JournalError for a SQLite failure: full, corrupt, or other."""
+    text = f"{where}: {what}: {exc}"
+    if _is_disk_full(exc):
+        return JournalFullError(text)
+    if not isinstance(exc, sqlite3.OperationalError) or "malformed" in str(exc).lower():
+        return JournalCorrupt(text + "; stop the service and run `adfm-appliance journal recover`")
+    return JournalError(text)
 
 
 @dataclass(frozen=True)
@@ -217,8 +251,10 @@ class Journal:
         except OSError as exc:
             raise JournalError(f"{self.root}: cannot create the journal directory: {exc.strerror}") from exc
         self.db_path = self.root / DB_NAME
+        self.epoch = ""
         self._init_db()
-        self._image_bytes = self._sum_image_bytes()
+        with self._sql("opening"):
+            self._image_bytes = self._sum_image_bytes()
         self._sweep_orphans()
 
     # ---- connections ------------------------------------------------------------------------
@@ -234,7 +270,7 @@ class Journal:
                 conn.execute("PRAGMA synchronous = FULL")
                 conn.execute("PRAGMA foreign_keys = ON")
             except sqlite3.DatabaseError as exc:
-                raise JournalError(f"{self.db_path}: cannot open the journal: {exc}") from exc
+                raise journal_error(exc, self.db_path, "cannot open the journal") from exc
             self._local.conn = conn
             with self._conns_lock:
                 self._conns.append(conn)
@@ -242,31 +278,62 @@ class Journal:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction (BEGIN IMMEDIATE … COMMIT); rolled back on any error."""
+        """A write transaction (BEGIN IMMEDIATE … COMMIT); rolled back on any error, a failed
+        COMMIT included (SQLite may already have rolled back then, so ROLLBACK's own error is moot)."""
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                with suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
+
+    @contextmanager
+    def _sql(self, what: str) -> Iterator[None]:
+        """Turn any SQLite failure inside into the matching JournalError naming the database."""
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            raise journal_error(exc, self.db_path, what) from exc
 
     def _init_db(self) -> None:
         try:
+            conn = self._conn()
+            status = conn.execute("PRAGMA quick_check").fetchall()
+            if [r[0] for r in status] != ["ok"]:
+                raise JournalCorrupt(
+                    f"{self.db_path}: the journal database is damaged ({'; '.join(r[0] for r in status[:3])}); "
+                    "stop the service and run `adfm-appliance journal recover`"
+                )
             with self._write() as conn:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         conn.execute(statement)
+                for table, columns in _ADDED_COLUMNS.items():
+                    have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+                    for name, decl in columns:
+                        if name not in have:
+                            conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
                 meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
                 if not meta:
-                    conn.executemany(
-                        "INSERT INTO meta (key, value) VALUES (?, ?)",
-                        [("journal_version", str(JOURNAL_VERSION)), ("station", self.station)],
-                    )
                     meta = {"journal_version": str(JOURNAL_VERSION), "station": self.station}
+                    conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", list(meta.items()))
+                if "epoch" not in meta:  # a new journal, or one written before epochs existed
+                    meta["epoch"] = new_epoch()
+                    conn.execute("INSERT INTO meta (key, value) VALUES ('epoch', ?)", (meta["epoch"],))
+        except JournalError:
+            raise
         except sqlite3.DatabaseError as exc:
-            raise JournalError(f"{self.db_path}: not a usable journal database: {exc}") from exc
+            if _is_disk_full(exc):
+                raise JournalFullError(f"{self.db_path}: cannot open the journal: disk full") from exc
+            raise JournalCorrupt(
+                f"{self.db_path}: not a usable journal database: {exc}; if it is the station's journal, "
+                "run `adfm-appliance journal recover`"
+            ) from exc
+        self.epoch = meta["epoch"]
         if meta.get("journal_version") != str(JOURNAL_VERSION):
             raise JournalError(
                 f"{self.db_path}: journal version {meta.get('journal_version')!r}, this adfm reads "
@@ -331,20 +398,24 @@ class Journal:
         try:
             return self._accept_once(image, data, part_id, camera, frame_number, captured_wall, product,
                                      dedupe_key)
-        except (OSError, sqlite3.OperationalError) as exc:
+        except (OSError, sqlite3.DatabaseError) as exc:
             if not _is_disk_full(exc):
+                if isinstance(exc, sqlite3.DatabaseError):
+                    raise journal_error(exc, self.db_path, f"cannot journal part {part_id!r}") from exc
                 raise JournalError(f"{self.root}: cannot journal part {part_id!r}: {exc}") from exc
         # Disk full: prune harder (everything the policy allows beyond a margin) and try once more.
         self.prune(extra_bytes=4 * len(data) + self.retention.min_free_bytes)
         try:
             return self._accept_once(image, data, part_id, camera, frame_number, captured_wall, product,
                                      dedupe_key)
-        except (OSError, sqlite3.OperationalError) as exc:
+        except (OSError, sqlite3.DatabaseError) as exc:
             if _is_disk_full(exc):
                 raise JournalFullError(
                     f"{self.root}: disk full ({self._free_bytes()} bytes free) — part {part_id!r} from "
                     f"camera {camera!r} was not accepted; free space or lower retention.max_image_mb"
                 ) from exc
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise journal_error(exc, self.db_path, f"cannot journal part {part_id!r}") from exc
             raise JournalError(f"{self.root}: cannot journal part {part_id!r}: {exc}") from exc
 
     def _accept_once(
@@ -358,12 +429,21 @@ class Journal:
         product: str,
         dedupe_key: str | None,
     ) -> AcceptedPart:
+        """Write the image under the next seq's name, then insert its row in a short transaction:
+        the write lock is never held across the image's fsync (verdicts do not wait behind it),
+        and the file is removed again whenever the row is not committed."""
         height, width = int(image.shape[0]), int(image.shape[1])
-        with self._write() as conn:
-            seq = conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM parts").fetchone()[0]
-            rel = self._image_rel(seq, captured_wall, "." + self.image_format)
-            write_durable(self.image_file(rel), data)
-            try:
+        suffix = "." + self.image_format
+        seq = self._conn().execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM parts").fetchone()[0]
+        rel = self._image_rel(seq, captured_wall, suffix)
+        write_durable(self.image_file(rel), data)
+        try:
+            with self._write() as conn:
+                actual = conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM parts").fetchone()[0]
+                if actual != seq:  # another writer took that seq meanwhile: the file follows the row
+                    moved = self._image_rel(actual, captured_wall, suffix)
+                    os.replace(self.image_file(rel), self.image_file(moved))
+                    seq, rel = actual, moved
                 conn.execute(
                     "INSERT INTO parts (seq, state, dedupe_key, part_id, camera, product, frame_number, "
                     "captured_wall, image_path, image_width, image_height, image_bytes, accepted_wall) "
@@ -371,9 +451,9 @@ class Journal:
                     (seq, dedupe_key, part_id, camera, product, int(frame_number), float(captured_wall),
                      rel, width, height, len(data), time.time()),
                 )
-            except BaseException:
-                self.image_file(rel).unlink(missing_ok=True)
-                raise
+        except BaseException:
+            self.image_file(rel).unlink(missing_ok=True)
+            raise
         self._image_bytes += len(data)
         return AcceptedPart(seq, part_id, camera, product, int(frame_number), float(captured_wall), rel,
                             width, height)
@@ -470,18 +550,20 @@ class Journal:
         return [] if one is None else [one]
 
     def _find_dedupe(self, key: str) -> AcceptedPart | None:
-        row = self._conn().execute(
+        with self._sql("looking up a re-delivered part"):
+            row = self._conn().execute(
             "SELECT seq, part_id, camera, product, frame_number, captured_wall, image_path, image_width, "
-            "image_height FROM parts WHERE dedupe_key = ?",
-            (key,),
-        ).fetchone()
+                "image_height FROM parts WHERE dedupe_key = ?",
+                (key,),
+            ).fetchone()
         return None if row is None else AcceptedPart(*row, duplicate=True)
 
     def attach_map_file(self, seq: int, write: Callable[[Path], None], suffix: str = ".gate.png") -> str:
         """Store a companion image of a pending part (the gate's heat map): `write(path)` writes it;
         returns its journal-relative path. A crash mid-write leaves the part pending, and its
         re-inspection rewrites the file."""
-        row = self._conn().execute("SELECT captured_wall FROM parts WHERE seq = ?", (seq,)).fetchone()
+        with self._sql("storing a gate map"):
+            row = self._conn().execute("SELECT captured_wall FROM parts WHERE seq = ?", (seq,)).fetchone()
         if row is None:
             raise JournalError(f"{self.db_path}: no part with seq {seq}")
         rel = self._image_rel(seq, row[0], suffix)
@@ -498,16 +580,20 @@ class Journal:
             raise (JournalFullError if _is_disk_full(exc) else JournalError)(
                 f"{path}: cannot store the gate map: {exc.strerror or exc}"
             ) from exc
-        with self._write() as conn:
-            conn.execute("UPDATE parts SET map_path = ?, map_bytes = ? WHERE seq = ?", (rel, size, seq))
+        try:
+            with self._sql("storing a gate map"), self._write() as conn:
+                conn.execute("UPDATE parts SET map_path = ?, map_bytes = ? WHERE seq = ?", (rel, size, seq))
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
         self._image_bytes += size
         return rel
 
     def complete(self, result: InspectionResult) -> InspectionResult:
         """Record a pending part's result (state `done`). Completing a done part changes nothing
         and returns what was recorded first, so a retried completion never records twice."""
-        payload = result.model_copy(update={"operator": None}).model_dump_json()
-        with self._write() as conn:
+        payload = result.model_copy(update={"operator": None, "epoch": ""}).model_dump_json()
+        with self._sql(f"completing seq {result.seq}"), self._write() as conn:
             cur = conn.execute(
                 "UPDATE parts SET state = 'done', verdict = ?, result_json = ?, completed_wall = ? "
                 "WHERE seq = ? AND state = 'pending'",
@@ -523,15 +609,16 @@ class Journal:
 
     def pending(self) -> list[AcceptedPart]:
         """Accepted parts without a result (left by a crash), oldest first."""
-        rows = self._conn().execute(
-            "SELECT seq, part_id, camera, product, frame_number, captured_wall, image_path, image_width, "
-            "image_height FROM parts WHERE state = 'pending' ORDER BY seq"
-        ).fetchall()
+        with self._sql("listing pending parts"):
+            rows = self._conn().execute(
+                "SELECT seq, part_id, camera, product, frame_number, captured_wall, image_path, image_width, "
+                "image_height FROM parts WHERE state = 'pending' ORDER BY seq"
+            ).fetchall()
         return [AcceptedPart(*r) for r in rows]
 
     def note_recovery(self, seq: int) -> int:
         """Count one more start-up that found this part pending; returns the new count."""
-        with self._write() as conn:
+        with self._sql(f"counting a recovery of seq {seq}"), self._write() as conn:
             conn.execute("UPDATE parts SET recoveries = recoveries + 1 WHERE seq = ?", (seq,))
             row = conn.execute("SELECT recoveries FROM parts WHERE seq = ?", (seq,)).fetchone()
         return int(row[0]) if row else 0
@@ -542,10 +629,10 @@ class Journal:
     # ---- reading ------------------------------------------------------------------------------
 
     @staticmethod
-    def result_from_row(result_json: str, operator_json: str | None, pruned: int) -> InspectionResult:
+    def result_from_row(result_json: str, operator_json: str | None, pruned: int, epoch: str = "") -> InspectionResult:
         """Decode a journal row exactly as the station replays it (the read-only reader uses it too)."""
         result = InspectionResult.model_validate_json(result_json)
-        update: dict = {}
+        update: dict = {"epoch": epoch} if epoch else {}
         if operator_json:
             update["operator"] = OperatorVerdict.model_validate_json(operator_json)
         if pruned:
@@ -556,65 +643,98 @@ class Journal:
 
     def get(self, seq: int) -> InspectionResult | None:
         """The result of a done part (with its latest operator verdict), None otherwise."""
-        row = self._conn().execute(
-            "SELECT result_json, operator_json, image_pruned FROM parts WHERE seq = ? AND state = 'done'",
-            (seq,),
-        ).fetchone()
-        return None if row is None else self.result_from_row(*row)
+        with self._sql(f"reading seq {seq}"):
+            row = self._conn().execute(
+                "SELECT result_json, operator_json, image_pruned FROM parts WHERE seq = ? AND state = 'done'",
+                (seq,),
+            ).fetchone()
+        return None if row is None else self.result_from_row(*row, epoch=self.epoch)
 
     def last_seq(self) -> int:
         """The newest seq such that every part up to it has its result (0 for an empty journal)."""
-        conn = self._conn()
-        first_pending = conn.execute("SELECT MIN(seq) FROM parts WHERE state = 'pending'").fetchone()[0]
-        if first_pending is not None:
-            return int(first_pending) - 1
-        return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM parts").fetchone()[0])
+        with self._sql("reading the last seq"):
+            conn = self._conn()
+            first_pending = conn.execute("SELECT MIN(seq) FROM parts WHERE state = 'pending'").fetchone()[0]
+            if first_pending is not None:
+                return int(first_pending) - 1
+            return int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM parts").fetchone()[0])
 
     def replay(
-        self, from_seq: int, to_seq: int | None = None, limit: int = 500
+        self, from_seq: int, to_seq: int | None = None, limit: int = 500, max_bytes: int = REPLAY_MAX_BYTES
     ) -> tuple[list[InspectionResult], int, bool]:
-        """Results with from_seq ≤ seq ≤ min(to_seq, last_seq), oldest first, at most `limit`.
+        """Results with from_seq ≤ seq ≤ min(to_seq, last_seq), oldest first, at most `limit` and
+        about `max_bytes` of JSON (always at least one result, so a reader always progresses).
 
         Returns (results, last_seq, more): `more` says further results in range were left out.
         """
         conn = self._conn()
-        conn.execute("BEGIN")  # one snapshot for last_seq and the rows
-        try:
-            last = self.last_seq()
-            upper = last if to_seq is None else min(to_seq, last)
-            rows = conn.execute(
-                "SELECT result_json, operator_json, image_pruned FROM parts "
-                "WHERE seq >= ? AND seq <= ? AND state = 'done' ORDER BY seq LIMIT ?",
-                (from_seq, upper, limit + 1),
-            ).fetchall()
-        finally:
-            conn.execute("COMMIT")
-        more = len(rows) > limit
-        return [self.result_from_row(*r) for r in rows[:limit]], last, more
+        rows: list[tuple] = []
+        more = False
+        with self._sql(f"replaying from seq {from_seq}"):
+            conn.execute("BEGIN")  # one snapshot for last_seq and the rows
+            try:
+                last = self.last_seq()
+                upper = last if to_seq is None else min(to_seq, last)
+                cur = conn.execute(
+                    "SELECT result_json, operator_json, image_pruned FROM parts "
+                    "WHERE seq >= ? AND seq <= ? AND state = 'done' ORDER BY seq LIMIT ?",
+                    (from_seq, upper, limit + 1),
+                )
+                size = 0
+                for row in cur:
+                    grown = size + len(row[0]) + len(row[1] or "")
+                    if len(rows) >= limit or (rows and grown > max_bytes):
+                        more = True
+                        break
+                    rows.append(row)
+                    size = grown
+                cur.close()
+            finally:
+                conn.execute("COMMIT")
+        return [self.result_from_row(*r, epoch=self.epoch) for r in rows], last, more
 
     def counts(self) -> dict[str, int]:
         """Verdict counts over the whole journal."""
-        rows = self._conn().execute(
-            "SELECT verdict, COUNT(*) FROM parts WHERE state = 'done' GROUP BY verdict"
-        ).fetchall()
+        with self._sql("counting verdicts"):
+            rows = self._conn().execute(
+                "SELECT verdict, COUNT(*) FROM parts WHERE state = 'done' GROUP BY verdict"
+            ).fetchall()
         return {str(v): int(n) for v, n in rows}
 
     # ---- operator verdicts --------------------------------------------------------------------
 
-    def add_verdict(self, verdict: OperatorVerdict) -> VerdictOutcome:
-        """Journal an operator's decision on a result. A verdict_id seen before is not stored again."""
+    def add_verdict(self, verdict: OperatorVerdict, client: str | None = None) -> VerdictOutcome:
+        """Journal an operator's decision on a result. A verdict_id seen before is not stored again.
+
+        The verdict must name the part it judged: a `part_id` (or `epoch`) that does not match the
+        part now journaled under its seq is refused — that seq belongs to another part (the journal
+        was replaced since the operator saw it). `client`: the authenticated sender, recorded.
+        """
         if verdict.station != self.station:
             raise JournalError(f"verdict for station {verdict.station!r} sent to station {self.station!r}")
+        if verdict.epoch and verdict.epoch != self.epoch:
+            raise JournalError(
+                f"verdict {verdict.verdict_id} on seq {verdict.seq} was made against journal epoch "
+                f"{verdict.epoch!r}, but station {self.station!r} now keeps journal epoch {self.epoch!r} "
+                "(its journal was replaced): refused, that seq may be another part"
+            )
+        if client is not None:
+            verdict = verdict.model_copy(update={"client": client})
         payload = verdict.model_dump_json()
-        with self._write() as conn:
-            row = conn.execute("SELECT state FROM parts WHERE seq = ?", (verdict.seq,)).fetchone()
+        with self._sql(f"journaling verdict {verdict.verdict_id}"), self._write() as conn:
+            row = conn.execute("SELECT state, part_id FROM parts WHERE seq = ?", (verdict.seq,)).fetchone()
             if row is None or row[0] != "done":
                 raise JournalError(f"no inspected part with seq {verdict.seq} on station {self.station!r}")
+            if verdict.part_id and verdict.part_id != row[1]:
+                raise JournalError(
+                    f"verdict {verdict.verdict_id} is for part {verdict.part_id!r} but seq {verdict.seq} on "
+                    f"station {self.station!r} is part {row[1]!r}: refused"
+                )
             cur = conn.execute(
                 "INSERT OR IGNORE INTO operator_verdicts (verdict_id, seq, decision, operator, at, "
-                "verdict_json, received_wall) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "verdict_json, received_wall, part_id, client) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (verdict.verdict_id, verdict.seq, verdict.decision, verdict.operator, verdict.at.isoformat(),
-                 payload, time.time()),
+                 payload, time.time(), row[1], verdict.client),
             )
             stored = cur.rowcount == 1
             if stored:
@@ -625,9 +745,10 @@ class Journal:
 
     def verdicts(self, seq: int) -> list[OperatorVerdict]:
         """Every operator verdict on a part, oldest first (the history behind its latest)."""
-        rows = self._conn().execute(
-            "SELECT verdict_json FROM operator_verdicts WHERE seq = ? ORDER BY received_wall, rowid", (seq,)
-        ).fetchall()
+        with self._sql(f"reading the verdicts of seq {seq}"):
+            rows = self._conn().execute(
+                "SELECT verdict_json FROM operator_verdicts WHERE seq = ? ORDER BY received_wall, rowid", (seq,)
+            ).fetchall()
         return [OperatorVerdict.model_validate_json(r[0]) for r in rows]
 
     # ---- retention ----------------------------------------------------------------------------
@@ -659,8 +780,11 @@ class Journal:
         """Apply the retention policy: delete images past their age, then the oldest ones while the
         quota or the free-space floor is exceeded (making room for `extra_bytes` more). Images of
         pending parts are never pruned — the service still needs them."""
+        with self._sql("pruning images"):
+            return self._prune(time.time() if now is None else now, extra_bytes)
+
+    def _prune(self, now: float, extra_bytes: int) -> PruneReport:
         r = self.retention
-        now = time.time() if now is None else now
         conn = self._conn()
         doomed: list[tuple[int, str, str, int]] = []
         if r.max_age_days is not None:

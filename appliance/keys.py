@@ -1,27 +1,31 @@
-"""CURVE key pairs for the result bus (`adfm-appliance keys`).
+"""CURVE key pairs for the result bus (`adfm-appliance keys`, `adfm-appliance client-key`).
 
-Layout of a key directory (ZeroMQ certificate files, as written by `zmq.auth`)::
+A secret key never leaves the machine that made it. On the station::
 
     server.key                    the station's public key — give it to every client
-    server.key_secret             the station's secret key — stays on the line PC (mode 0600)
+    server.key_secret             the station's secret key (mode 0600)
     clients/<name>.key            public keys of the clients the station admits
-    client-secrets/<name>.key_secret   each client's own key pair — give it to that client only
+    clients/<name>.operators      optional: the operator names that key may sign verdicts as
 
-The station admits exactly the public keys found in `clients/`: adding or removing a file there
-and restarting the service grants or revokes a client.
+Each client makes its own pair (`adfm-appliance client-key --dir DIR --name review`: `review.key`
+and `review.key_secret`, mode 0600 in a 0700 folder) and sends only `review.key` to the station's
+administrator, who admits it (`adfm-appliance keys --dir /etc/adfm/keys --admit review=review.key`).
+The station admits exactly the public keys found in `clients/`; the file's name is the identity
+the journal records with every verdict that key sends.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 SERVER_NAME = "server"
 CLIENTS_DIR = "clients"
+#: where older versions put client secrets on the station; clients still find their key there
 CLIENT_SECRETS_DIR = "client-secrets"
+OPERATORS_SUFFIX = ".operators"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -37,10 +41,26 @@ class CurveKeyPair:
 
 @dataclass(frozen=True)
 class ServerCurve:
-    """What a station needs to serve CURVE: its key pair and the folder of admitted client keys."""
+    """What a station needs to serve CURVE: its key pair, the folder of admitted client keys, and
+    the registry built from it: public key (z85) → client name, client name → allowed operators
+    (None: any name the client gives, recorded next to the key's name)."""
 
     keys: CurveKeyPair
     authorized_clients: Path
+    clients: dict[str, str] = field(default_factory=dict)
+    operators: dict[str, frozenset[str] | None] = field(default_factory=dict)
+
+    def client_name(self, user_id: str | None) -> str | None:
+        """The admitted client's name for the User-Id ZeroMQ reports (its public key, z85)."""
+        return None if user_id is None else self.clients.get(user_id)
+
+    def check_operator(self, client: str, operator: str) -> str | None:
+        """Why `client` may not sign as `operator` (None when it may)."""
+        allowed = self.operators.get(client)
+        if allowed is None or operator in allowed:
+            return None
+        return (f"operator {operator!r} is not registered for client key {client!r} "
+                f"(registered: {', '.join(sorted(allowed)) or 'none'}); see {CLIENTS_DIR}/{client}{OPERATORS_SUFFIX}")
 
 
 @dataclass(frozen=True)
@@ -79,58 +99,125 @@ def load_server_curve(secret_file: str | Path, authorized_clients: str | Path) -
     folder = Path(authorized_clients)
     if not folder.is_dir():
         raise CurveKeyError(f"{folder}: folder of authorized client keys not found")
-    if not any(folder.glob("*.key")):
+    key_files = sorted(folder.glob("*.key"))
+    if not key_files:
         raise CurveKeyError(f"{folder}: holds no client public key (*.key); no client could connect")
-    return ServerCurve(load_key_pair(secret_file), folder)
+    clients: dict[str, str] = {}
+    operators: dict[str, frozenset[str] | None] = {}
+    for f in key_files:
+        name = f.stem
+        clients[load_public_key(f).decode("ascii")] = name
+        listed = f.with_suffix(OPERATORS_SUFFIX)
+        if listed.is_file():
+            try:
+                names = [line.strip() for line in listed.read_text(encoding="utf-8").splitlines()]
+            except (OSError, UnicodeDecodeError) as exc:
+                raise CurveKeyError(f"{listed}: cannot read the operator list: {exc}") from exc
+            operators[name] = frozenset(n for n in names if n and not n.startswith("#"))
+        else:
+            operators[name] = None
+    return ServerCurve(load_key_pair(secret_file), folder, clients, operators)
 
 
 def load_client_curve(server_key: str | Path, client_secret: str | Path) -> ClientCurve:
     return ClientCurve(load_public_key(server_key), load_key_pair(client_secret))
 
 
+def _check_name(name: str) -> None:
+    if not _NAME_RE.match(name) or name == SERVER_NAME:
+        raise ValueError(f"client name {name!r}: use 1-64 letters, digits, '.', '_' or '-', not {SERVER_NAME!r}")
+
+
+def _write_cert(path: Path, public: bytes, secret: bytes | None) -> None:
+    """A ZeroMQ certificate file (the format `zmq.auth.load_certificate` reads); a secret one is
+    created with mode 0600 from the start, so it is never readable by anyone else, not even briefly."""
+    lines = ["#   ZeroMQ CURVE " + ("**Secret** Certificate" if secret else "Public Certificate"),
+             "#   adfm: " + ("never copy this file to another machine" if secret else "safe to share"),
+             "", "metadata", "curve", f'    public-key = "{public.decode("ascii")}"']
+    if secret is not None:
+        lines.append(f'    secret-key = "{secret.decode("ascii")}"')
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if secret else 0o644)
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+
+
+def _new_pair(public_file: Path, secret_file: Path) -> None:
+    import zmq
+
+    public, secret = zmq.curve_keypair()
+    _write_cert(secret_file, public, secret)
+    _write_cert(public_file, public, None)
+
+
 @dataclass(frozen=True)
-class GeneratedKeys:
+class ServerKeys:
     server_public: Path
     server_secret: Path
     authorized_clients: Path
-    client_secrets: dict[str, Path]
 
 
-def generate_keys(key_dir: str | Path, clients: list[str], force: bool = False) -> GeneratedKeys:
-    """Create the station key pair (unless present) and one key pair per named client.
+def generate_server_keys(key_dir: str | Path, force: bool = False) -> ServerKeys:
+    """Create the station's key pair (unless present) and its empty `clients/` folder.
 
-    Existing files are never overwritten unless `force`: replacing the server key locks out every
-    client that holds the old public key.
+    An existing pair is never replaced unless `force`: that would lock out every client.
     """
-    import zmq.auth
-
     key_dir = Path(key_dir)
-    for name in clients:
-        if not _NAME_RE.match(name) or name == SERVER_NAME:
-            raise ValueError(
-                f"client name {name!r}: use 1-64 letters, digits, '.', '_' or '-', not {SERVER_NAME!r}"
-            )
     key_dir.mkdir(parents=True, exist_ok=True)
     authorized = key_dir / CLIENTS_DIR
-    secrets = key_dir / CLIENT_SECRETS_DIR
     authorized.mkdir(exist_ok=True)
-    secrets.mkdir(exist_ok=True)
-    os.chmod(secrets, 0o700)
-
     server_public = key_dir / f"{SERVER_NAME}.key"
     server_secret = key_dir / f"{SERVER_NAME}.key_secret"
     if force or not server_secret.exists():
-        zmq.auth.create_certificates(key_dir, SERVER_NAME)
+        _new_pair(server_public, server_secret)
     os.chmod(server_secret, 0o600)
+    return ServerKeys(server_public, server_secret, authorized)
 
-    made: dict[str, Path] = {}
-    for name in clients:
-        secret_file = secrets / f"{name}.key_secret"
-        if secret_file.exists() and not force:
-            raise FileExistsError(f"{secret_file}: client key exists; pass --force to replace it")
-        public_file, secret_path = zmq.auth.create_certificates(secrets, name)
-        os.chmod(secret_path, 0o600)
-        shutil.copyfile(public_file, authorized / f"{name}.key")
-        Path(public_file).unlink()  # the admitted copy lives in clients/
-        made[name] = Path(secret_path)
-    return GeneratedKeys(server_public, server_secret, authorized, made)
+
+def generate_client_keys(key_dir: str | Path, name: str, force: bool = False) -> tuple[Path, Path]:
+    """On the client's own machine: its key pair, `<name>.key` (send to the station) and
+    `<name>.key_secret` (0600 in a 0700 folder; it stays here). Returns (public, secret)."""
+    _check_name(name)
+    key_dir = Path(key_dir)
+    key_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(key_dir, 0o700)
+    public, secret = key_dir / f"{name}.key", key_dir / f"{name}.key_secret"
+    if secret.exists() and not force:
+        raise FileExistsError(f"{secret}: client key exists; pass --force to replace it")
+    _new_pair(public, secret)
+    return public, secret
+
+
+def admit_client(key_dir: str | Path, name: str, public_file: str | Path,
+                 operators: list[str] | None = None, force: bool = False) -> Path:
+    """On the station: admit a client's public key as `clients/<name>.key` (a file holding a
+    secret key is refused). `operators`: the names that key may sign verdicts as."""
+    import zmq.auth
+
+    _check_name(name)
+    public_file = Path(public_file)
+    if not public_file.is_file():
+        raise CurveKeyError(f"{public_file}: key file not found")
+    try:
+        public, secret = zmq.auth.load_certificate(public_file)
+    except (OSError, ValueError) as exc:
+        raise CurveKeyError(f"{public_file}: not a ZeroMQ certificate file: {exc}") from exc
+    if secret:
+        raise CurveKeyError(f"{public_file}: holds a secret key; send only the public {name}.key to the station")
+    authorized = Path(key_dir) / CLIENTS_DIR
+    authorized.mkdir(parents=True, exist_ok=True)
+    target = authorized / f"{name}.key"
+    if target.exists() and not force:
+        raise FileExistsError(f"{target}: a client named {name!r} is admitted already; pass --force to replace it")
+    _write_cert(target, public, None)
+    listed = target.with_suffix(OPERATORS_SUFFIX)
+    if operators is not None:
+        for op in operators:
+            if not op.strip() or "\n" in op or len(op) > 128:
+                raise ValueError(f"operator name {op!r}: 1-128 characters on one line")
+        listed.write_text("".join(f"{op.strip()}\n" for op in operators), encoding="utf-8")
+    elif force:
+        listed.unlink(missing_ok=True)
+    return target

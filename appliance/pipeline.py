@@ -7,6 +7,12 @@ time in seq order, so done rows always form a prefix and subscribers can fill an
 Verdict policy: `fail` when the model answers yes, `pass` when it answers no, `review` when the
 answer cannot be read or the inference worker failed on both attempts (the reason says which).
 With a screening gate in `screen` mode, parts the gate finds unsuspicious `pass` on its word.
+
+When the journal cannot write (a full disk), nothing is lost and the service stays up: a frame
+that cannot be journaled goes back to its camera (a folder delivers the file again), a result
+that cannot be recorded is kept and recorded before any new part is taken, and intake pauses
+(JOURNAL_RETRY_S) between attempts while the `journal` problem is reported. A damaged database
+(JournalCorrupt) is not retried: it leaves the pipeline for the service to stop on.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import numpy as np
 
 from adfm.appliance.health import Health
 from adfm.appliance.inference_worker import InferenceWorker, WorkerFailure, WorkerStartError
-from adfm.appliance.journal import AcceptedPart, Journal, JournalError
+from adfm.appliance.journal import AcceptedPart, Journal, JournalCorrupt, JournalError, JournalFullError
 from adfm.camera.frame import Frame
 from adfm.geometry import ModelGrid
 from adfm.protocol import ParsedResponse, parse_response
@@ -34,6 +40,7 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 2  # the part in hand is retried once after a worker failure
 MAX_RECOVERIES = 2  # start-ups that may find a part pending before it is recorded `review`
+JOURNAL_RETRY_S = (0.5, 5.0)  # pause before the next journal attempt after a failure: first, most
 
 
 class PipelineFatal(RuntimeError):
@@ -45,6 +52,7 @@ class Camera(Protocol):
 
     def get(self, timeout: float) -> Frame | None: ...
     def ack(self, frame: Frame) -> None: ...
+    # optional: def release(self, frame: Frame) -> None — deliver a frame again that was not journaled
     def status(self) -> CameraStatus: ...
     @property
     def finished(self) -> bool: ...
@@ -155,6 +163,9 @@ class Pipeline:
         self.last_record_ms: dict[str, float] = {}
         self._rr = 0
         self._journal_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adfm-journal")
+        self._unrecorded: list[InspectionResult] = []  # results the journal refused, oldest first
+        self._journal_failures = 0
+        self._hold_until = 0.0  # no intake before this (monotonic) after a journal failure
 
     # ---- frames ---------------------------------------------------------------------------------
 
@@ -175,8 +186,48 @@ class Pipeline:
                 return None
 
     def poll(self, timeout_s: float) -> InspectionResult | None:
+        """Record any result the journal refused earlier, then take the next part — unless the
+        journal is failing, in which case wait (at most `timeout_s`) before trying again."""
+        wait = self._hold_until - time.monotonic()
+        if wait > 0:
+            time.sleep(min(wait, timeout_s))
+            return None
+        if self._unrecorded and not self._record_unrecorded():
+            return None
         frame = self.next_frame(timeout_s)
         return None if frame is None else self.process(frame)
+
+    @property
+    def unrecorded(self) -> int:
+        """Results waiting for the journal to accept them."""
+        return len(self._unrecorded)
+
+    def _journal_failed(self, exc: JournalError) -> None:
+        """A journal write failed: report it and pause intake, longer while it keeps failing."""
+        if isinstance(exc, JournalCorrupt):
+            raise exc
+        self._journal_failures += 1
+        first, most = JOURNAL_RETRY_S
+        self._hold_until = time.monotonic() + min(most, first * 2 ** min(self._journal_failures - 1, 8))
+        what = "disk full" if isinstance(exc, JournalFullError) else "journal failing"
+        self.health.problem("journal", f"{what}: parts are held back until it can write again: {exc}")
+        if self._journal_failures == 1 or self._journal_failures % 20 == 0:
+            log.error("%s (failure %d)", exc, self._journal_failures)
+
+    def _journal_ok(self) -> None:
+        if self._journal_failures:
+            log.warning("the journal writes again after %d failures", self._journal_failures)
+        self._journal_failures = 0
+        self._hold_until = 0.0
+        self.health.clear("journal")
+
+    def _record_unrecorded(self) -> bool:
+        """Record the held results in order; True when none is left."""
+        while self._unrecorded:
+            if self._record(self._unrecorded[0], retry=True) is None:
+                return False
+            self._unrecorded.pop(0)
+        return True
 
     def process(self, frame: Frame) -> InspectionResult | None:
         """Journal, inspect, record and publish one frame. None when it could not be accepted
@@ -198,9 +249,12 @@ class Pipeline:
         t0 = time.perf_counter()
         part, journal_ms = self._settle(accepting)
         wait_ms = _ms(t0)
-        if part is None:
-            return None
         cam = self.cameras.get(frame.camera_id)
+        if part is None:
+            release = getattr(cam, "release", None)
+            if release is not None:
+                release(frame)  # a folder delivers the file again once the journal can write
+            return None
         if cam is not None:
             cam.ack(frame)
         if part.duplicate:
@@ -227,11 +281,11 @@ class Pipeline:
         """The journaling's outcome; a journal failure becomes a standing problem, not a crash."""
         try:
             part, ms = accepting.result()
-        except JournalError as exc:  # JournalFullError included
-            self.health.problem("journal", str(exc))
-            log.error("%s", exc)
+        except JournalError as exc:  # JournalFullError included; JournalCorrupt is raised on
+            self._journal_failed(exc)
             return None, 0.0
-        self.health.clear("journal")
+        if not self._unrecorded:
+            self._journal_ok()
         return part, ms
 
     def close(self) -> None:
@@ -247,9 +301,10 @@ class Pipeline:
 
     # ---- recovery -------------------------------------------------------------------------------
 
-    def recover(self) -> list[InspectionResult]:
-        """Finish the parts a previous run accepted but did not complete (oldest first)."""
-        out = []
+    def recover(self) -> list[InspectionResult | None]:
+        """Finish the parts a previous run accepted but did not complete (oldest first); None for
+        a result the journal could not record yet (it is recorded before the next part)."""
+        out: list[InspectionResult | None] = []
         for part in self.journal.pending():
             times = self.journal.note_recovery(part.seq)
             t_pick = time.perf_counter()
@@ -266,7 +321,7 @@ class Pipeline:
             out.append(self.inspect(part, image, {}, t_pick))
         return out
 
-    def _finish_review(self, part: AcceptedPart, reason: str, t_pick: float) -> InspectionResult:
+    def _finish_review(self, part: AcceptedPart, reason: str, t_pick: float) -> InspectionResult | None:
         result = self._result(part, "review", reason, None, "", 0, {"total": _ms(t_pick)})
         return self._record(result)
 
@@ -274,7 +329,7 @@ class Pipeline:
 
     def inspect(
         self, part: AcceptedPart, image: np.ndarray, latency: dict[str, float], t_pick: float
-    ) -> InspectionResult:
+    ) -> InspectionResult | None:
         """Inspect a journaled part (used for parts recovered at start-up)."""
         analysis = self._analyse(image, self.products.get(part.camera) or part.product or None)
         return self._finish(part, analysis, {**latency, **analysis.ms}, t_pick)
@@ -300,7 +355,7 @@ class Pipeline:
 
     def _finish(
         self, part: AcceptedPart, analysis: Analysis, latency: dict[str, float], t_pick: float
-    ) -> InspectionResult:
+    ) -> InspectionResult | None:
         gate_map = self._store_map(part, analysis.gate) if analysis.gate is not None else ""
         inference = analysis.inference
         latency["total"] = _ms(t_pick)
@@ -417,10 +472,19 @@ class Pipeline:
             decided_at=utcnow(),
         )
 
-    def _record(self, result: InspectionResult) -> InspectionResult:
-        """Journal the result, count it, then publish it (so a status never lags a published seq)."""
+    def _record(self, result: InspectionResult, retry: bool = False) -> InspectionResult | None:
+        """Journal the result, count it, then publish it (so a status never lags a published seq).
+        When the journal refuses it, keep it for `poll` to record first and return None."""
         t0 = time.perf_counter()
-        stored = self.journal.complete(result)
+        try:
+            stored = self.journal.complete(result)
+        except JournalError as exc:
+            if not retry:
+                self._unrecorded.append(result)
+            self._journal_failed(exc)
+            return None
+        if retry or not self._unrecorded:
+            self._journal_ok()
         complete_ms = _ms(t0)
         self.health.record_part(stored, {"complete": complete_ms})
         t0 = time.perf_counter()

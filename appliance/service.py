@@ -12,6 +12,7 @@ import logging
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,14 @@ from adfm.appliance.bus_server import ResultBus
 from adfm.appliance.config import StationConfig
 from adfm.appliance.health import Health, Metrics
 from adfm.appliance.inference_worker import BackendSpec, InferenceWorker
-from adfm.appliance.journal import Journal, JournalError, RetentionPolicy, journal_summary
+from adfm.appliance.journal import (
+    Journal,
+    JournalCorrupt,
+    JournalError,
+    JournalFullError,
+    RetentionPolicy,
+    journal_summary,
+)
 from adfm.appliance.notify import SystemdNotifier
 from adfm.appliance.pipeline import Camera, GenerationOptions, ModelInfo, Pipeline, load_reference
 from adfm.schema import InspectionResult
@@ -33,8 +41,20 @@ class ServiceStopping(Exception):
     """Raised inside a wait to abandon the part in hand when a stop was requested."""
 
 
+#: exit statuses of `adfm-appliance run`; the unit's RestartPreventExitStatus lists those a
+#: restart cannot fix (a config to edit, a damaged journal to recover)
+EXIT_FAIL, EXIT_CONFIG, EXIT_JOURNAL = 1, 2, 3
+#: results kept for the end-of-run summary (the journal keeps them all); bounds the service's memory
+SUMMARY_RESULTS = 100
+
+
 class ServiceError(RuntimeError):
-    """The service cannot start or go on; the message says what to fix."""
+    """The service cannot start or go on; the message says what to fix, `exit_code` whether a
+    restart could help (EXIT_FAIL) or not (EXIT_CONFIG, EXIT_JOURNAL)."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_CONFIG) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass
@@ -104,7 +124,10 @@ class Service:
         self._next_prune = 0.0
         self._next_metrics = 0.0
         self._next_status = 0.0
-        self._results: list[InspectionResult] = []
+        self._results: deque[InspectionResult] = deque(maxlen=SUMMARY_RESULTS)
+        self._parts = 0
+        self._verdicts: dict[str, int] = {}
+        self._first_seq: int | None = None
 
     # ---- control --------------------------------------------------------------------------------
 
@@ -126,13 +149,19 @@ class Service:
 
     def start(self) -> None:
         """Open the journal, check the model, bind the bus, load the model, start the cameras."""
+        from adfm.appliance.model_check import CACHE_NAME, verify_model_dir
         from adfm.manifest import ManifestError, load_model_dir
 
         cfg = self.config
         try:
-            manifest = load_model_dir(cfg.model.dir, check_hashes=cfg.model.check_hashes)
+            if cfg.model.check_hashes:  # hashes only files changed since the last full check
+                manifest, _ = verify_model_dir(cfg.model.dir, cfg.journal_dir / CACHE_NAME)
+            else:
+                manifest = load_model_dir(cfg.model.dir, check_hashes=False)
         except ManifestError as exc:
             raise ServiceError(f"model.dir: {exc}") from exc
+        except OSError as exc:
+            raise ServiceError(f"model.dir: {cfg.model.dir}: {exc.strerror or exc}") from exc
         if cfg.model.prompt_version and cfg.model.prompt_version != manifest.prompt_version:
             raise ServiceError(
                 f"model.prompt_version {cfg.model.prompt_version!r} differs from the manifest's "
@@ -148,6 +177,10 @@ class Service:
         try:
             self.journal = Journal(cfg.journal_dir, cfg.station, image_format=r.image_format, retention=retention)
             self.journal.prune()
+        except JournalCorrupt as exc:
+            raise ServiceError(str(exc), EXIT_JOURNAL) from exc
+        except JournalFullError as exc:
+            raise ServiceError(str(exc), EXIT_FAIL) from exc
         except JournalError as exc:
             raise ServiceError(str(exc)) from exc
         references = {}
@@ -281,7 +314,16 @@ class Service:
         )
 
     def _on_result(self, result: InspectionResult) -> None:
+        """Count the result; keep only the last SUMMARY_RESULTS (the journal has every one)."""
         self._results.append(result)
+        if result.revision:  # a line's later verdict on a part already counted
+            if self.on_result is not None:
+                self.on_result(result)
+            return
+        self._parts += 1
+        self._verdicts[result.verdict] = self._verdicts.get(result.verdict, 0) + 1
+        if self._first_seq is None:
+            self._first_seq = result.seq
         if self.on_result is not None:
             self.on_result(result)
 
@@ -384,18 +426,14 @@ class Service:
             self.line.step(0.1)
 
     def _summary(self) -> RunSummary:
-        verdicts: dict[str, int] = {}
-        firsts = [r for r in self._results if r.revision == 0]  # a line's later verdicts are no new parts
-        for r in firsts:
-            verdicts[r.verdict] = verdicts.get(r.verdict, 0) + 1
         health, journal = self.health, self.journal
         return RunSummary(
             station=self.config.station,
-            parts=len(firsts),
-            verdicts=verdicts,
+            parts=self._parts,
+            verdicts=dict(self._verdicts),
             latency_ms_p50=health.percentiles(50) if health else {},
             latency_ms_p95=health.percentiles(95) if health else {},
-            first_seq=self._results[0].seq if self._results else None,
+            first_seq=self._first_seq,
             last_seq=journal.last_seq() if journal else 0,
             worker_restarts=self.worker.restarts if self.worker else 0,
             journal=journal_summary(journal) if journal else {},

@@ -13,12 +13,19 @@ Capture time (what a trigger compares with, so that it never takes a frame expos
   so frames are stamped with the host time after read and decode — later than the exposure by the
   stream's buffering. A trigger then never takes a frame that *arrived* before it, but may take one
   exposed up to that latency earlier; stations that need exact timing use a device or GigE camera.
+
+OpenCV's V4L2 backend takes no read timeout, and a wedged device (a USB camera that stops
+streaming) can block `read()` for ever. Device reads therefore run in a helper thread and are
+given up after `stall_timeout_s`: the source reports the stall and the worker reconnects; the
+stuck capture is released once its read returns, if it ever does.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 
 import cv2
 
@@ -64,6 +71,7 @@ class VideoCaptureSource(FrameSource):
             self._target = config.url
             self._api = cv2.CAP_FFMPEG
         self._cap: cv2.VideoCapture | None = None
+        self._reader: ThreadPoolExecutor | None = None  # device reads, bounded by stall_timeout_s
 
     def open(self) -> None:
         self.close()
@@ -101,7 +109,7 @@ class VideoCaptureSource(FrameSource):
         if self._cap is None:
             raise SourceError(f"{self.name}: not open")
         try:
-            ok, image = self._cap.read()
+            ok, image = self._read_device() if self._device else self._cap.read()
         except cv2.error as exc:
             raise SourceError(f"{self.name}: read failed ({exc.err or exc})") from exc
         mono, wall = now_pair()
@@ -117,10 +125,32 @@ class VideoCaptureSource(FrameSource):
                 meta["clock"] = "device"
         return self._make_frame(image, self.name, mono, wall, meta=meta)
 
+    def _read_device(self) -> tuple[bool, object]:
+        """One device read, given up after stall_timeout_s (V4L2 has no read timeout of its own)."""
+        cap = self._cap
+        assert cap is not None
+        if self._reader is None:
+            self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"adfm-read-{self.config.id}")
+        pending = self._reader.submit(cap.read)
+        try:
+            return pending.result(timeout=self.config.stall_timeout_s)
+        except FutureTimeout:
+            # Abandon the stuck read: never release a capture while a read is inside it; release it
+            # when (if) that read returns. The next open() starts a fresh capture and reader.
+            self._reader.shutdown(wait=False)
+            self._reader = None
+            self._cap = None
+            pending.add_done_callback(lambda _f: cap.release())
+            raise SourceError(f"{self.name}: no frame within stall_timeout_s {self.config.stall_timeout_s:g} s "
+                              "(device stuck); reconnecting") from None
+
     def close(self) -> None:
         if self._cap is not None:
             self._cap.release()
             self._cap = None
+        if self._reader is not None:
+            self._reader.shutdown(wait=False)
+            self._reader = None
 
     def info(self) -> dict[str, str]:
         """What the backend reports (probe output); empty when closed."""

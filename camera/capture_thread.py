@@ -177,6 +177,13 @@ class CameraWorker:
         except CameraError as exc:
             self._error(str(exc))
 
+    def release(self, frame: Frame) -> None:
+        """The frame's part could not be journaled: a source that keeps parts delivers it again."""
+        try:
+            self.source.release(frame)
+        except CameraError as exc:
+            self._error(str(exc))
+
     @property
     def finished(self) -> bool:
         """True when a finite source (replay, loop off) is exhausted and its queue is drained."""

@@ -15,6 +15,7 @@ import os
 import shutil
 import threading
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,6 +143,12 @@ class FolderSource(FrameSource):
             del self._watch[name]
         with self._lock:
             self._settled &= present
+            unmoved = set() if self.keep_files else set(self._settled)
+        for name in sorted(unmoved):  # journaled, but the move failed (the folder was away): again
+            with suppress(OSError):
+                self._finish(self.folder / name)
+                with self._lock:
+                    self._settled.discard(name)
         return [name for *_, name in sorted(ready)]
 
     def _try(self, name: str, now: float) -> Frame | None:
@@ -220,6 +227,11 @@ class FolderSource(FrameSource):
                 if self.keep_files:
                     self._settled.add(name)
                 del self._in_flight[name]
+
+    def release(self, frame: Frame) -> None:
+        """Not journaled (disk full): forget it was delivered, so a later scan delivers it again."""
+        with self._lock:
+            self._in_flight.pop(frame.source_name, None)
 
     def _finish(self, path: Path) -> None:
         if self.options.done_action == "move":

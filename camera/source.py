@@ -60,6 +60,10 @@ class FrameSource(ABC):
     def ack(self, frame: Frame) -> None:  # noqa: B027 - optional hook
         """The consumer has journaled `frame`; sources with something to finish (folders) do it now."""
 
+    def release(self, frame: Frame) -> None:  # noqa: B027 - optional hook
+        """The consumer could not journal `frame` (disk full): sources that keep parts (folders)
+        deliver it again later; a stream cannot, and does nothing."""
+
     def info(self) -> dict[str, str]:
         """What the open source reports about itself (backend, nominal rate…), for the probe."""
         return {}

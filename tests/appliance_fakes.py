@@ -48,8 +48,11 @@ class ScriptedBackend:
 
     def _next_action(self) -> tuple[int, str]:
         counter = self.script.with_suffix(".calls")
-        n = int(counter.read_text()) + 1 if counter.exists() else 1
-        counter.write_text(str(n))
+        text = counter.read_text().strip() if counter.exists() else ""
+        n = int(text) + 1 if text else 1
+        tmp = counter.with_suffix(f".calls.{os.getpid()}")
+        tmp.write_text(str(n))
+        os.replace(tmp, counter)  # a SIGKILL mid-write must not leave the counter empty
         if self.cycle:
             return n, self.actions[(n - 1) % len(self.actions)]
         return n, self.actions[min(n, len(self.actions)) - 1]
@@ -249,3 +252,28 @@ class SlowedBackend:
 def make_slowed_backend(**kwargs):
     """The worker's factory for SlowedBackend (`tests.appliance_fakes:make_slowed_backend`)."""
     return SlowedBackend(**kwargs)
+
+
+# ---- CURVE keys made the way an installation makes them ---------------------------------------
+
+
+@dataclass(frozen=True)
+class MadeKeys:
+    server_public: Path
+    server_secret: Path
+    authorized_clients: Path
+    client_secrets: dict[str, Path]
+
+
+def make_keys(key_dir: Path, clients: list[str], operators: dict[str, list[str]] | None = None) -> MadeKeys:
+    """The station's pair in `key_dir`; each client's pair made in its own folder (as on its own
+    machine) with only the public key admitted to the station."""
+    from adfm.appliance.keys import admit_client, generate_client_keys, generate_server_keys
+
+    server = generate_server_keys(key_dir)
+    secrets: dict[str, Path] = {}
+    for name in clients:
+        public, secret = generate_client_keys(key_dir.parent / f"{key_dir.name}-client-{name}", name)
+        admit_client(key_dir, name, public, (operators or {}).get(name))
+        secrets[name] = secret
+    return MadeKeys(server.server_public, server.server_secret, server.authorized_clients, secrets)

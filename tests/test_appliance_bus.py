@@ -10,9 +10,9 @@ import zmq
 from adfm.appliance.bus_client import StationAuthError, StationClient, StationError, StationUnreachable
 from adfm.appliance.bus_server import BusError, ResultBus, check_endpoint_security, is_local_endpoint
 from adfm.appliance.journal import Journal
-from adfm.appliance.keys import generate_keys, load_client_curve, load_server_curve
+from adfm.appliance.keys import load_client_curve, load_server_curve
 from adfm.schema import OperatorVerdict
-from tests.appliance_fakes import BusStation
+from tests.appliance_fakes import BusStation, make_keys
 
 LOCAL = "tcp://127.0.0.1:*"
 
@@ -157,7 +157,7 @@ def test_open_non_loopback_bind_is_refused(tmp_path):
 
 @pytest.fixture
 def keys(tmp_path):
-    return generate_keys(tmp_path / "keys", ["tui", "mes"])
+    return make_keys(tmp_path / "keys", ["tui", "mes"])
 
 
 def test_curve_admits_known_keys_and_refuses_others(tmp_path, keys):
@@ -171,7 +171,7 @@ def test_curve_admits_known_keys_and_refuses_others(tmp_path, keys):
             assert collect(c, 1) == [1]
             assert c.status().station == "st1"
 
-        stranger = generate_keys(tmp_path / "other", ["intruder"])
+        stranger = make_keys(tmp_path / "other", ["intruder"])
         bad = load_client_curve(keys.server_public, stranger.client_secrets["intruder"])
         c = station.client(curve=bad, station="st1", timeout_s=1.0, retries=1)
         with pytest.raises(StationAuthError, match="refused this client's CURVE key"):
@@ -199,12 +199,17 @@ def test_curve_admits_known_keys_and_refuses_others(tmp_path, keys):
 
 
 def test_keys_are_not_overwritten(tmp_path, keys):
+    from adfm.appliance.keys import admit_client, generate_client_keys, generate_server_keys
+
     secret = keys.server_secret.read_bytes()
-    with pytest.raises(FileExistsError, match=r"tui\.key_secret"):
-        generate_keys(tmp_path / "keys", ["tui"])
-    again = generate_keys(tmp_path / "keys", ["line2"])
-    assert again.server_secret.read_bytes() == secret  # the station key stays
+    assert generate_server_keys(tmp_path / "keys").server_secret.read_bytes() == secret  # the station key stays
+    public, _ = generate_client_keys(tmp_path / "line2-pc", "line2")
+    with pytest.raises(FileExistsError, match=r"line2\.key_secret"):
+        generate_client_keys(tmp_path / "line2-pc", "line2")
+    with pytest.raises(FileExistsError, match="admitted already"):
+        admit_client(tmp_path / "keys", "tui", public)
+    admit_client(tmp_path / "keys", "line2", public)
     assert (keys.authorized_clients / "line2.key").is_file()
     assert oct(keys.server_secret.stat().st_mode & 0o777) == "0o600"
     with pytest.raises(ValueError, match="client name"):
-        generate_keys(tmp_path / "keys", ["../evil"])
+        generate_client_keys(tmp_path / "x", "../evil")

@@ -12,17 +12,29 @@ from adfm.appliance.keys import load_client_curve, load_server_curve
 from tests.appliance_fakes import BusStation, make_model_dir
 
 
-def test_keys_command_creates_usable_keys(tmp_path, capsys):
-    assert main(["keys", "--dir", str(tmp_path / "keys"), "--client", "review", "--client", "mes"]) == 0
+def test_keys_are_made_where_they_are_used_and_only_public_keys_reach_the_station(tmp_path, capsys):
+    station, laptop = tmp_path / "keys", tmp_path / "laptop"
+    assert main(["client-key", "--dir", str(laptop), "--name", "review"]) == 0
+    assert "never copy it off this machine" in capsys.readouterr().out
+    secret = laptop / "review.key_secret"
+    assert oct(secret.stat().st_mode & 0o777) == "0o600" and oct(laptop.stat().st_mode & 0o777) == "0o700"
+    assert main(["keys", "--dir", str(station), "--admit", f"review={laptop / 'review.key'}",
+                 "--operators", "anna,ben"]) == 0
     out = capsys.readouterr().out
     assert "server_secret:" in out and "authorized_clients:" in out
-    keys = tmp_path / "keys"
-    server = load_server_curve(keys / "server.key_secret", keys / "clients")
-    client = load_client_curve(keys / "server.key", keys / "client-secrets" / "mes.key_secret")
-    assert client.server_public == server.keys.public
-    assert sorted(p.name for p in (tmp_path / "keys" / "clients").iterdir()) == ["mes.key", "review.key"]
-    assert main(["keys", "--dir", str(tmp_path / "keys"), "--client", "mes"]) == 1
+    server = load_server_curve(station / "server.key_secret", station / "clients")
+    client = load_client_curve(station / "server.key", secret)
+    assert server.clients == {client.keys.public.decode(): "review"}
+    assert server.operators == {"review": frozenset({"anna", "ben"})}
+    assert oct((station / "server.key_secret").stat().st_mode & 0o777) == "0o600"
+    # No secret of any client exists on the station.
+    assert not [p for p in station.rglob("*") if p.name.endswith("key_secret") and p.stem != "server"]
+    # A secret file sent by mistake is refused; so is a second client of the same name.
+    assert main(["keys", "--dir", str(station), "--admit", f"mes={secret}"]) == 1
+    assert "holds a secret key" in capsys.readouterr().err
+    assert main(["keys", "--dir", str(station), "--admit", f"review={laptop / 'review.key'}"]) == 1
     assert "pass --force" in capsys.readouterr().err
+    assert main(["client-key", "--dir", str(laptop), "--name", "review"]) == 1
 
 
 def test_check_and_run_report_config_errors(tmp_path, capsys):

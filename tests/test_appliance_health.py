@@ -42,9 +42,12 @@ def test_problems_and_the_watchdog_condition():
     assert not s.healthy
     assert s.problems == ["camera cam0 disconnected: rtsp timeout", "camera cam1: no frame for 95 s"]
     assert h.pipeline_ok()  # cameras reconnect on their own; a restart would not help
-    h.problem("journal", "disk full")
-    assert not h.pipeline_ok() and "disk full" in h.snapshot().problems
+    h.problem("journal", "disk full")  # reported, but a restart cannot free a disk: watchdog stays fed
+    assert h.pipeline_ok() and "disk full" in h.snapshot().problems
     h.clear("journal")
+    h.problem("worker", "the model does not load")
+    assert not h.pipeline_ok()
+    h.clear("worker")
     assert h.pipeline_ok()
     idle = [CameraStatus(camera="trig0", connected=True, last_frame_age_s=900.0, streaming=False)]
     assert make_health(idle).snapshot().healthy  # a triggered camera or a folder on an idle line

@@ -137,12 +137,18 @@ def test_watchdog_is_fed_only_while_the_pipeline_is_sound(tmp_path):
         while service.pipeline.processed < 1 and time.monotonic() < deadline:
             time.sleep(0.02)
         assert sink.wait_for("WATCHDOG=1", 3)
+        # A full disk is reported but keeps the watchdog fed: a restart cannot free space.
         service.health.problem("journal", "disk full (test)")
+        before = sink.count("WATCHDOG=1")
+        assert sink.wait_for("WATCHDOG=1", before + 2)
+        assert not service.health.snapshot().healthy
+        service.health.clear("journal")
+        service.health.problem("worker", "the inference worker cannot start (test)")
         time.sleep(0.3)  # a ping already on its way may still land
         before = sink.count("WATCHDOG=1")
         time.sleep(0.6)  # three watchdog half-intervals
         assert sink.count("WATCHDOG=1") == before
-        service.health.clear("journal")
+        service.health.clear("worker")
         assert sink.wait_for("WATCHDOG=1", before + 2)
     finally:
         service.request_stop("test over")

@@ -178,6 +178,10 @@ def test_failed_move_is_counted_and_the_part_not_redelivered(tmp_path, worker_fo
     assert status.errors == 1 and "Q1.png: journaled, but could not be moved" in status.last_error
     assert collect(worker, 1, timeout=0.4) == []
     assert _files(inbox) == {"Q1.png"}
+    # Once the move can succeed (the folder is back, the blocker gone), a later scan finishes it.
+    (tmp_path / "blocker").unlink()
+    assert wait_until(lambda: _files(inbox) == set(), timeout=10)
+    assert (tmp_path / "blocker" / "done" / "Q1.png").is_file()
 
 
 def test_keep_files_touches_nothing(tmp_path):

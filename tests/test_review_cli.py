@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from adfm.appliance.keys import generate_keys
 from adfm.appliance.review.cli import UsageError, build_app, build_parser, control_for, load_curve, main
 from adfm.appliance.review.sources import JournalSource, LiveSource
+from tests.appliance_fakes import make_keys
 
 
 def parse(*argv: str):
@@ -37,13 +37,18 @@ def test_live_app_uses_the_outbox_in_the_state_dir(tmp_path):
 
 
 def test_keys_folder_from_adfm_appliance_keys_is_understood(tmp_path):
-    made = generate_keys(tmp_path / "keys", ["review", "mes"])
-    curve = load_curve(parse("--connect", "tcp://h:1", "--keys", str(tmp_path / "keys")))
+    made = make_keys(tmp_path / "keys", ["review", "mes"])
+    client_dir = tmp_path / "on-the-client"  # what a client machine holds: server.key and its own pair
+    client_dir.mkdir()
+    (client_dir / "server.key").write_bytes(made.server_public.read_bytes())
+    for secret in made.client_secrets.values():
+        (client_dir / secret.name).write_bytes(secret.read_bytes())
+    curve = load_curve(parse("--connect", "tcp://h:1", "--keys", str(client_dir)))
     assert curve is not None and curve.server_public == made.server_public.read_bytes().split(b'"')[1]
-    other = load_curve(parse("--connect", "tcp://h:1", "--keys", str(tmp_path / "keys"), "--client-name", "mes"))
+    other = load_curve(parse("--connect", "tcp://h:1", "--keys", str(client_dir), "--client-name", "mes"))
     assert other.keys.public != curve.keys.public
-    with pytest.raises(UsageError, match=r"no client key 'tui'.*adfm-appliance keys --dir"):
-        load_curve(parse("--connect", "tcp://h:1", "--keys", str(tmp_path / "keys"), "--client-name", "tui"))
+    with pytest.raises(UsageError, match=r"no client key 'tui'.*adfm-appliance client-key --dir"):
+        load_curve(parse("--connect", "tcp://h:1", "--keys", str(client_dir), "--client-name", "tui"))
     with pytest.raises(UsageError, match="both --server-key and --client-key"):
         load_curve(parse("--connect", "tcp://h:1", "--server-key", str(made.server_public)))
     with pytest.raises(UsageError, match="key file not found"):

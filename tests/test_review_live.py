@@ -106,7 +106,8 @@ async def test_disconnect_shows_banner_queues_verdicts_and_reconnect_fills_the_g
 async def test_a_verdict_left_in_the_outbox_is_sent_at_next_start_and_never_twice(station, tmp_path):
     station.part("fail")
     state = tmp_path / "state"
-    left = OperatorVerdict(station="st1", seq=1, decision="confirmed_defect", operator="anna", verdict_id="v-left")
+    left = OperatorVerdict(station="st1", seq=1, decision="confirmed_defect", operator="anna", verdict_id="v-left",
+                           part_id="p1")
     box = VerdictOutbox.in_dir(state)
     box.add(left)  # the previous session quit while the station was unreachable
     box.close()
@@ -138,7 +139,8 @@ async def test_a_verdict_the_station_refuses_is_shown_and_not_retried(station, t
     station.part("fail")
     state = tmp_path / "state"
     box = VerdictOutbox.in_dir(state)
-    box.add(OperatorVerdict(station="st1", seq=99, decision="skip", operator="anna", verdict_id="v-99"))
+    box.add(OperatorVerdict(station="st1", seq=99, decision="skip", operator="anna", verdict_id="v-99",
+                           part_id="p99"))
     box.close()
     app, outbox = live_app(station, state)
     async with app.run_test(size=(80, 24)) as pilot:
@@ -179,9 +181,10 @@ async def test_unreachable_station_at_start_shows_the_banner_with_the_reason(tmp
 
 @run_async
 async def test_curve_keys_from_adfm_appliance_keys_connect_and_a_stranger_is_told_why(tmp_path):
-    from adfm.appliance.keys import generate_keys, load_client_curve, load_server_curve
+    from adfm.appliance.keys import load_client_curve, load_server_curve
+    from tests.appliance_fakes import make_keys
 
-    keys = generate_keys(tmp_path / "keys", ["review"])
+    keys = make_keys(tmp_path / "keys", ["review"])
     station = LoopbackStation(tmp_path / "journal", curve=load_server_curve(keys.server_secret,
                                                                             keys.authorized_clients))
     try:
@@ -196,7 +199,7 @@ async def test_curve_keys_from_adfm_appliance_keys_connect_and_a_stranger_is_tol
             await wait_for(pilot, lambda: station.journal.verdicts(1), what="the verdict over CURVE")
         outbox.close()
 
-        stranger = generate_keys(tmp_path / "other", ["intruder"])
+        stranger = make_keys(tmp_path / "other", ["intruder"])
         bad = load_client_curve(keys.server_public, stranger.client_secrets["intruder"])
         outbox = VerdictOutbox.in_dir(tmp_path / "state2")
         app = ReviewApp(LiveSource(station.publish_ep, station.control_ep, outbox, curve=bad, options=FAST),

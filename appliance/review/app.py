@@ -29,6 +29,7 @@ from adfm.appliance.review.sources import (
     Event,
     Notice,
     ReadOnlySource,
+    Replaced,
     Results,
     Source,
     Status,
@@ -131,6 +132,11 @@ class ReviewApp(App):
             self._connection(event)
         elif isinstance(event, Notice):
             self.say(event.text, event.severity)
+        elif isinstance(event, Replaced):
+            store.reset()
+            self.notes.clear()
+            self.say(f"station {event.station}: its journal was replaced (epoch {event.new_epoch}); "
+                     "parts shown before are cleared, decisions queued for them will be refused", "warning")
 
     def _verdict_update(self, event: VerdictUpdate) -> None:
         v = event.verdict
@@ -238,7 +244,8 @@ class ReviewApp(App):
         note = self.notes.get(seq, "") if note is None else note
         verdict = OperatorVerdict(
             station=part.result.station, seq=seq, decision=decision, operator=self.operator, note=note,
-            at=datetime.fromtimestamp(self.clock(), UTC), verdict_id=uuid.uuid4().hex)
+            at=datetime.fromtimestamp(self.clock(), UTC), verdict_id=uuid.uuid4().hex,
+            part_id=part.result.part_id, epoch=part.result.epoch)
         try:
             self.source.send(verdict)
         except (OutboxError, ReadOnlySource, OSError) as exc:

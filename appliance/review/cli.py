@@ -56,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--control", metavar="ENDPOINT",
                         help="the station's control endpoint (default: the --connect port + 1)")
     parser.add_argument("--keys", type=Path, metavar="DIR",
-                        help="CURVE key folder from `adfm-appliance keys`: server.key and this client's "
-                             "client-secrets/NAME.key_secret (or NAME.key_secret)")
+                        help="CURVE key folder: the station's server.key and this client's NAME.key_secret "
+                             "(from `adfm-appliance client-key`)")
     parser.add_argument("--client-name", default="review", metavar="NAME",
                         help="client key name inside --keys (default: review)")
     parser.add_argument("--server-key", type=Path, metavar="FILE", help="the station's server.key (CURVE)")
@@ -129,8 +129,9 @@ def load_curve(args: argparse.Namespace):
             secret = next((c for c in candidates if c.is_file()), None)
             if secret is None:
                 raise UsageError(f"--keys {args.keys}: no client key {args.client_name!r} (looked for "
-                                 f"{' and '.join(map(str, candidates))}); create it with `adfm-appliance keys "
-                                 f"--dir {args.keys} --client {args.client_name}`")
+                                 f"{' and '.join(map(str, candidates))}); create it on this machine with "
+                                 f"`adfm-appliance client-key --dir {args.keys} --name {args.client_name}` "
+                                 "and have the station admit the public key")
             return load_client_curve(args.keys / "server.key", secret)
         if args.server_key or args.client_key:
             if not (args.server_key and args.client_key):

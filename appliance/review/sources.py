@@ -21,9 +21,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from adfm.appliance.bus_client import StationAuthError, StationClient, StationError, StationUnreachable
+from adfm.appliance.bus_client import (
+    JournalReplaced,
+    StationAuthError,
+    StationClient,
+    StationError,
+    StationUnreachable,
+)
 from adfm.appliance.bus_server import is_local_endpoint
 from adfm.appliance.review.journal_reader import JournalReader, JournalReadError
+from adfm.files import write_atomic
 from adfm.schema import Ack, InspectionResult, OperatorVerdict, StationStatus, VerdictRequest
 
 if TYPE_CHECKING:
@@ -79,7 +86,17 @@ class Notice:
     severity: Literal["information", "warning", "error"] = "information"
 
 
-Event = Results | Announced | Status | Connection | VerdictUpdate | Notice
+@dataclass(frozen=True)
+class Replaced:
+    """The station's journal was replaced (a new epoch): every seq shown so far is void; the new
+    journal's parts follow from its first seq."""
+
+    station: str
+    old_epoch: str
+    new_epoch: str
+
+
+Event = Results | Announced | Status | Connection | VerdictUpdate | Notice | Replaced
 Emit = Callable[[list[Event]], None]
 
 
@@ -198,9 +215,27 @@ class LiveSource(_Threaded):
         self._wake.set()
 
     def image_file(self, result: InspectionResult) -> Path | None:
-        if self.images_dir is None or not result.image_path:
+        """The part's image: from --images when this machine sees the journal folder, otherwise
+        fetched over the (authenticated) control socket once and kept in a local cache."""
+        if not result.image_path:
             return None
-        return self.images_dir / result.image_path
+        if self.images_dir is not None:
+            return self.images_dir / result.image_path
+        cached = (self.outbox.path.parent / "images" / result.station / (result.epoch or "no-epoch")
+                  / f"{result.seq:010d}{Path(result.image_path).suffix}")
+        if cached.is_file():
+            return cached
+        client = StationClient(self.publish, self.control, station=result.station, curve=self.curve,
+                               timeout_s=self.options.timeout_s, retries=1)
+        try:
+            data, _media = client.fetch_image(result.seq, epoch=result.epoch or None)
+        except StationError as exc:
+            log.warning("image of seq %d not fetched: %s", result.seq, exc)
+            return None
+        finally:
+            client.close()
+        write_atomic(cached, data)
+        return cached
 
     # ---- the bus thread ---------------------------------------------------------------------------
 
@@ -273,7 +308,9 @@ class LiveSource(_Threaded):
             if results:
                 out.append(Results(results))
                 results = []
-            if isinstance(e, OperatorVerdict):
+            if isinstance(e, JournalReplaced):
+                out.append(Replaced(e.station, e.old_epoch, e.new_epoch))
+            elif isinstance(e, OperatorVerdict):
                 out.append(Announced(e))
             elif isinstance(e, StationStatus):
                 self._check_journal(e)

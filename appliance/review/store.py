@@ -137,6 +137,12 @@ class PartStore:
 
     # ---- updates --------------------------------------------------------------------------------
 
+    def reset(self) -> None:
+        """Forget every part (the station's journal was replaced: its seqs now name other parts)."""
+        self._parts.clear()
+        self._order.clear()
+        self._early_locals.clear()
+
     def add_results(self, results: Iterable[InspectionResult], products: dict[int, str] | None = None) -> None:
         products = products or {}
         for r in results:
