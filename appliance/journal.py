@@ -517,7 +517,7 @@ class Journal:
         included, stays in `revisions`. A revision already recorded is not recorded again."""
         if result.revision < 1:
             raise ValueError(f"seq {result.seq}: a revision needs revision >= 1, got {result.revision}")
-        payload = result.model_copy(update={"operator": None}).model_dump_json()
+        payload = result.model_copy(update={"operator": None, "epoch": ""}).model_dump_json()
         with self._write() as conn:
             row = conn.execute("SELECT state, part_id, verdict, result_json, completed_wall FROM parts "
                                "WHERE seq = ?", (result.seq,)).fetchone()
@@ -545,7 +545,7 @@ class Journal:
         rows = self._conn().execute(
             "SELECT result_json FROM revisions WHERE seq = ? ORDER BY revision", (seq,)).fetchall()
         if rows:
-            return [InspectionResult.model_validate_json(r[0]) for r in rows]
+            return [self.result_from_row(r[0], None, 0, epoch=self.epoch) for r in rows]
         one = self.get(seq)
         return [] if one is None else [one]
 
