@@ -9,7 +9,8 @@ One thread owns the connection (pymodbus's sync client is not thread-safe). Ever
 - every `heartbeat_ms`, increment the heartbeat register;
 - fire the reject coil for each rejected part when it reaches the ejector (`delay_ms` after its
   trigger, or `distance_counts` encoder counts after it), high for `pulse_ms`. Parts in flight
-  between camera and ejector are kept in order (a shift register); pulses that overlap merge.
+  between camera and ejector are kept in order (a shift register); a part due while the coil is
+  still high gets its own pulse right after.
 A failed request drops the connection; the link raises a `plc` problem in health (so the status
 on the bus carries the alarm) and reconnects with exponential backoff. Decisions made meanwhile
 are still journaled; when the link is back the unwritten results are written (the newest 64), and pulses that fell due
@@ -336,21 +337,28 @@ class ModbusLink:
         return travelled >= (part.due_count - part.start_count) % U32
 
     def _eject(self) -> None:
+        """End a pulse that has lasted its width; then fire for the parts that reached the ejector.
+
+        Pulses do not merge: a part that comes due while the coil is high gets its own pulse right
+        after (one poll of low time between), so a pulse fired late never swallows the next
+        part's. Parts due in the same poll share one pulse — they are at the ejector together."""
         ej = self.cfg.ejector
         if ej is None:
             return
+        if self._pulse_until is not None:
+            if time.monotonic() < self._pulse_until:
+                return
+            self.client.write_coil(ej.coil, False)
+            self._pulse_until = None
+            return  # low for at least one poll before the next pulse
         now = time.monotonic()
         count = self._encoder()
         due = [p for p in self._in_flight if self._reached(p, now, count)]
         if due:
             self._in_flight = [p for p in self._in_flight if p not in due]
-            if self._pulse_until is None:
-                self.client.write_coil(ej.coil, True)
+            self.client.write_coil(ej.coil, True)
             self._pulse_until = time.monotonic() + ej.pulse_ms / 1000.0
             self.stats.pulses += len(due)
-        if self._pulse_until is not None and time.monotonic() >= self._pulse_until:
-            self.client.write_coil(ej.coil, False)
-            self._pulse_until = None
 
     def _drop_overdue(self, now: float) -> None:
         """While the link is down, parts that reach the ejector cannot be rejected: count and report."""
