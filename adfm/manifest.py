@@ -3,21 +3,37 @@
 A model directory holds `manifest.json`, a GGUF language model and a GGUF multimodal projector.
 The appliance and the GGUF evaluation backend load a directory only through `load_model_dir`, which
 refuses files that do not match their recorded size and sha256.
+
+The manifest also carries the training run's record (`adfm_run.json`, written by `adfm-train` next to
+every adapter and read by `adfm-export`): prompt version, pixel budget, whether a normal reference
+image was shown, the longest answer trained. Readers take their defaults from it, and
+`context_needed` says how many llama.cpp context tokens one inspection takes with them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from adfm.files import write_atomic
+from adfm.geometry import GRID_FACTOR
+from adfm.protocol import prompt_text
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
+#: What `adfm-train` writes next to every adapter (and its run directory): the run's record.
+RUN_RECORD = "adfm_run.json"
+#: Fields of a run record that decide how the model must be prompted and read.
+RUN_FIELDS = ("prompt_version", "min_pixels", "max_pixels", "use_reference", "max_completion_tokens")
+#: Chat-template tokens around the prompt text (role markers, newlines, the assistant turn), an upper
+#: bound used only when a manifest does not record its prompt's token count.
+TEMPLATE_TOKEN_BOUND = 48
 
 
 class ManifestError(RuntimeError):
@@ -47,6 +63,18 @@ class ModelManifest(BaseModel):
     adfm_version: str
     created_at: datetime
     verification: dict = Field(default_factory=dict, description="what the export's check measured")
+    use_reference: bool | None = Field(
+        None, description="training showed a normal reference image before the query (None: not recorded)"
+    )
+    max_tokens: int | None = Field(
+        None, gt=0, description="longest answer, in tokens, the model was trained to give (None: not recorded)"
+    )
+    prompt_tokens: int | None = Field(
+        None, gt=0, description="text tokens of the longest prompt (reference form, product 'part'), images excluded"
+    )
+    training: dict[str, Any] | None = Field(
+        None, description="the adapter's run record: preset, rewards, pixel budget, prompt, where it was read"
+    )
 
     def file(self, role: str) -> FileEntry:
         for f in self.files:
@@ -85,6 +113,74 @@ def adapter_identity(adapter_dir: str | Path) -> str:
     if weights is None:
         raise FileNotFoundError(f"{adapter_dir}: no adapter weights ({' or '.join(ADAPTER_WEIGHT_FILES)})")
     return f"{adapter_dir.resolve().name}@{sha256_file(weights)[:12]}"
+
+
+def read_run_record(adapter_dir: str | Path | None) -> tuple[dict[str, Any], Path | None]:
+    """An adapter's run record (in the adapter directory, else its run directory) and where it was.
+
+    ({}, None) without an adapter or a record; a record that is not a JSON object is an error.
+    """
+    if adapter_dir is None:
+        return {}, None
+    adapter_dir = Path(adapter_dir)
+    for candidate in (adapter_dir / RUN_RECORD, adapter_dir.parent / RUN_RECORD):
+        if candidate.is_file():
+            try:
+                data = json.loads(candidate.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise ValueError(f"{candidate}: cannot read the run record: {exc}") from exc
+            if not isinstance(data, dict):
+                raise ValueError(f"{candidate}: a run record must be a JSON object, got {type(data).__name__}")
+            return data, candidate
+    return {}, None
+
+
+def image_tokens(max_pixels: int) -> int:
+    """Most visual tokens one image can take under a pixel budget (one per 28×28 grid cell)."""
+    return max(1, max_pixels // (GRID_FACTOR * GRID_FACTOR))
+
+
+@dataclass(frozen=True)
+class ContextNeed:
+    """Context tokens one inspection takes: images at the budget's top, the prompt, the answer."""
+
+    images: int
+    tokens_per_image: int
+    prompt_tokens: int
+    answer_tokens: int
+    prompt_counted: bool  # False: the prompt's size is an upper bound (the manifest did not record it)
+
+    @property
+    def total(self) -> int:
+        return self.images * self.tokens_per_image + self.prompt_tokens + self.answer_tokens
+
+    def describe(self) -> str:
+        how = "" if self.prompt_counted else " (upper bound)"
+        return (
+            f"{self.images} image(s) × {self.tokens_per_image} tokens + {self.prompt_tokens} prompt tokens{how} "
+            f"+ {self.answer_tokens} answer tokens = {self.total}"
+        )
+
+
+def context_needed(
+    manifest: ModelManifest, *, images: int, max_tokens: int, product: str | None = None,
+    prompt_version: str | None = None,
+) -> ContextNeed:
+    """The context one inspection needs with this model: `images` images, a `max_tokens` answer.
+
+    The prompt is the manifest's counted `prompt_tokens` plus the product name's bytes (byte-level
+    BPE never makes more tokens than bytes); an older manifest without the count gets an upper
+    bound from the prompt text's bytes.
+    """
+    version = prompt_version or manifest.prompt_version
+    name_bytes = len(product.strip().encode("utf-8")) if product and product.strip() else 0
+    uses = 2 if images > 1 else 1  # the product is named twice in the reference form
+    if manifest.prompt_tokens is not None:
+        prompt, counted = manifest.prompt_tokens + uses * name_bytes, True
+    else:
+        text = prompt_text(version, product=product, reference=images > 1)
+        prompt, counted = len(text.encode("utf-8")) + TEMPLATE_TOKEN_BOUND + 4 * images, False
+    return ContextNeed(images, image_tokens(manifest.max_pixels), prompt, max_tokens, counted)
 
 
 def read_manifest(model_dir: str | Path) -> ModelManifest:

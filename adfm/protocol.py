@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -132,6 +133,12 @@ def build_messages(
     ]
 
 
+def prompt_text(version: str = DEFAULT_PROMPT_VERSION, *, product: str | None = None, reference: bool = False) -> str:
+    """All the text of an inspection prompt (system + user), without images or chat template:
+    what sizing a context needs to know."""
+    return _SYSTEM + get_prompt_version(version).user_text(product, reference)
+
+
 def _fill_images(messages: list[dict[str, Any]], blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     slots = sum(
         1
@@ -187,8 +194,13 @@ class ParsedResponse:
     format_ok: bool
     prompt_version: str
     problems: list[str] = field(default_factory=list)
-    #: Regions proposed in `<think>` (original pixels): the m of AD-FM's count and focus rewards.
+    #: The valid regions proposed in `<think>` (original pixels): what AD-FM's GIoU term matches.
     proposed_boxes: list[list[float]] = field(default_factory=list)
+    #: m of AD-FM's count and focus rewards: every `bbox_2d` object of `<think>`, valid or not
+    #: (an invalid one counts here but is not in `proposed_boxes`, so it never matches).
+    proposed_count: int = 0
+    #: The section `boxes` came from ("rethink" or "think"), None when no section held a box list.
+    boxes_from: str | None = None
 
     @property
     def label(self) -> str | None:
@@ -235,6 +247,35 @@ def _collect(value: Any, found: list[tuple[list[float], str]], problems: list[st
                 _collect(item, found, problems)
 
 
+def _proposals(value: Any, found: list[list[float] | None]) -> None:
+    """Collect the `bbox_2d` objects of a decoded JSON value (None for one whose value is not 4
+    finite numbers). Bare coordinate lists and other keys are not proposals."""
+    if isinstance(value, dict):
+        if "bbox_2d" in value:
+            found.append(_coords(value["bbox_2d"]))
+    elif isinstance(value, list):
+        for item in value:
+            if isinstance(item, dict | list):
+                _proposals(item, found)
+
+
+def _json_values(section: str) -> Iterator[tuple[int, Any | None]]:
+    """(start, decoded value or None when the JSON there is malformed) for each JSON candidate."""
+    pos = 0
+    for _ in range(MAX_JSON_CANDIDATES):
+        m = _JSON_START_RE.search(section, pos)
+        if m is None:
+            return
+        try:
+            value, end = _DECODER.raw_decode(section, m.start())
+        except (ValueError, RecursionError):
+            yield m.start(), None
+            pos = m.start() + 1
+            continue
+        yield m.start(), value
+        pos = end
+
+
 def _boxes_in(section: str, problems: list[str]) -> list[tuple[list[float], str]] | None:
     """Boxes written in a section; None when the section holds no box list at all."""
     if len(section) > MAX_BOX_SECTION_CHARS:
@@ -242,25 +283,24 @@ def _boxes_in(section: str, problems: list[str]) -> list[tuple[list[float], str]
         section = section[:MAX_BOX_SECTION_CHARS]
     found: list[tuple[list[float], str]] = []
     saw_list = False
-    pos = 0
-    for _ in range(MAX_JSON_CANDIDATES):
-        m = _JSON_START_RE.search(section, pos)
-        if m is None:
-            break
-        try:
-            value, end = _DECODER.raw_decode(section, m.start())
-        except (ValueError, RecursionError):
-            if any(k in section[m.start() : m.start() + 40] for k in _BOX_KEYS) or section.startswith(
-                "[{", m.start()
-            ):
-                problems.append(f"malformed JSON at char {m.start()}: {section[m.start():m.start() + 60]!r}")
-            pos = m.start() + 1
+    for start, value in _json_values(section):
+        if value is None:
+            if any(k in section[start : start + 40] for k in _BOX_KEYS) or section.startswith("[{", start):
+                problems.append(f"malformed JSON at char {start}: {section[start:start + 60]!r}")
             continue
         if isinstance(value, list):
             saw_list = True
         _collect(value, found, problems)
-        pos = end
     return found if (found or saw_list) else None
+
+
+def _proposed_in(section: str) -> list[list[float] | None]:
+    """The `bbox_2d` objects of a section (the paper's B(y)), None for each invalid one."""
+    found: list[list[float] | None] = []
+    for _, value in _json_values(section[:MAX_BOX_SECTION_CHARS]):
+        if value is not None:
+            _proposals(value, found)
+    return found[:MAX_BOXES]
 
 
 def _sections(text: str, problems: list[str]) -> tuple[dict[str, str], list[tuple[str, int, int, str]]]:
@@ -371,9 +411,10 @@ def _parse(text: str, grid: ModelGrid | None, pv: PromptVersion, problems: list[
     }
     if len(problems) > n_problems:
         format_ok = False
-    final = next((found[name] for name in pv.boxes_from if found.get(name) is not None), None) or []
-    boxes, labels = _place_boxes(final, grid, problems)
-    proposed, _ = _place_boxes(found.get("think") or [], grid, [])
+    source = next((name for name in pv.boxes_from if found.get(name) is not None), None)
+    boxes, labels = _place_boxes((found[source] or []) if source else [], grid, problems)
+    proposals = _proposed_in(sections.get("think", ""))
+    proposed, _ = _place_boxes([(c, "") for c in proposals if c is not None], grid, [])
 
     return ParsedResponse(
         decision=decision,
@@ -386,6 +427,8 @@ def _parse(text: str, grid: ModelGrid | None, pv: PromptVersion, problems: list[
         prompt_version=pv.name,
         problems=problems,
         proposed_boxes=proposed,
+        proposed_count=len(proposals),
+        boxes_from=source,
     )
 
 

@@ -10,8 +10,9 @@ every problem, so an integrator fixes a config in one go.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -20,6 +21,9 @@ from adfm.appliance.line_config import LineSection, OpcUaSection, PlcSection, Re
 from adfm.camera.config import CameraConfig
 from adfm.config import ConfigError, StrictModel, validation_problems
 from adfm.protocol import PROMPT_VERSIONS
+
+if TYPE_CHECKING:
+    from adfm.manifest import ModelManifest
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 MB = 1024 * 1024
@@ -52,10 +56,15 @@ class ModelSection(_Section):
     prompt_version: str | None = Field(
         None, description="expected prompt version; must match the manifest's (default: the manifest's)"
     )
-    n_ctx: int = Field(4096, ge=512, le=131072)
+    n_ctx: int | None = Field(
+        None, ge=512, le=131072,
+        description="llama.cpp context; default: what the manifest's model needs (images + prompt + answer)",
+    )
     n_threads: int | None = Field(None, ge=1, le=512)
     check_hashes: bool = Field(True, description="verify GGUF sha256 against the manifest at start")
-    max_tokens: int = Field(256, ge=8, le=8192)
+    max_tokens: int | None = Field(
+        None, ge=8, le=8192, description="longest answer; default: the manifest's (as trained), else 256"
+    )
     deadline_s: float = Field(120.0, gt=0, description="longest one part may take before the worker is killed")
     load_timeout_s: float = Field(600.0, gt=0)
     backend: str = Field(
@@ -297,6 +306,51 @@ def read_config(path: str | Path) -> StationConfig:
     return parse_config(data, str(path), path.resolve().parent)
 
 
+#: Answer length when neither the config nor the manifest says (a manifest from before run records).
+FALLBACK_MAX_TOKENS = 256
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """The model's context and answer length for this station, and why a config cannot run."""
+
+    n_ctx: int
+    max_tokens: int
+    problems: list[str]
+
+
+def model_limits(config: StationConfig, manifest: ModelManifest, source: str = "<config>") -> ModelLimits:
+    """Context and answer length from the config, defaulting to the manifest's, checked to fit.
+
+    The context one part needs is image tokens × images (two with a product's reference) + the
+    prompt + the answer (adfm.manifest.context_needed); an explicit `n_ctx` below it is refused.
+    """
+    from adfm.manifest import context_needed
+
+    m = config.model
+    max_tokens = m.max_tokens or manifest.max_tokens or FALLBACK_MAX_TOKENS
+    problems: list[str] = []
+    needs = []
+    for product in config.products or [None]:
+        images = 2 if product is not None and product.reference is not None else 1
+        name = product.name if product is not None else None
+        needs.append((name, context_needed(manifest, images=images, max_tokens=max_tokens, product=name)))
+        if product is not None and product.reference is not None and manifest.use_reference is False:
+            problems.append(
+                f"{source}: products.{product.name}.reference: the model was trained without a reference "
+                "image (manifest use_reference false); remove the reference or export a model trained with one"
+            )
+    name, worst = max(needs, key=lambda kv: kv[1].total)
+    n_ctx = m.n_ctx or max(512, -(-worst.total // 256) * 256)
+    if worst.total > n_ctx:
+        what = f"product {name!r}" if name else "a part"
+        problems.append(
+            f"{source}: model.n_ctx: {n_ctx} tokens cannot hold {what}: {worst.describe()}; raise n_ctx to at "
+            f"least {worst.total} (or leave it out to size it from the manifest), or lower model.max_tokens"
+        )
+    return ModelLimits(n_ctx=n_ctx, max_tokens=max_tokens, problems=problems)
+
+
 def check_resources(config: StationConfig, source: str = "<config>") -> list[str]:
     """What the config points at, checked: every problem as 'source: key: why' (empty: all fine)."""
     from adfm.manifest import ManifestError, read_manifest
@@ -317,6 +371,7 @@ def check_resources(config: StationConfig, source: str = "<config>") -> list[str
                     f"{source}: model.prompt_version: {pv!r} differs from {manifest.prompt_version!r}, "
                     "the version this model was trained and exported with"
                 )
+            problems += model_limits(config, manifest, source).problems
     except ManifestError as exc:
         problems.append(f"{source}: model.dir: {exc}")
     for i, product in enumerate(config.products):

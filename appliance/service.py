@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from adfm.appliance.bus_server import ResultBus
-from adfm.appliance.config import StationConfig
+from adfm.appliance.config import StationConfig, model_limits
 from adfm.appliance.health import Health, Metrics
 from adfm.appliance.inference_worker import BackendSpec, InferenceWorker
 from adfm.appliance.journal import (
@@ -168,6 +168,9 @@ class Service:
                 f"{manifest.prompt_version!r}"
             )
         model = ModelInfo(manifest.model_id, manifest.prompt_version, manifest.min_pixels, manifest.max_pixels)
+        limits = model_limits(cfg, manifest, "station config")
+        if limits.problems:
+            raise ServiceError("; ".join(limits.problems))
         r = cfg.retention
         retention = RetentionPolicy(
             max_age_days=r.days,
@@ -213,7 +216,7 @@ class Service:
         self.worker = InferenceWorker(
             self._backend or BackendSpec(cfg.model.backend, {
                 "model_dir": str(cfg.model.dir),
-                "n_ctx": cfg.model.n_ctx,
+                "n_ctx": limits.n_ctx,
                 "n_threads": cfg.model.n_threads,
                 "check_hashes": False,  # checked once above; restarts after a crash stay quick
             }),
@@ -252,7 +255,7 @@ class Service:
             gate=gate,
             gate_mode=cfg.gate.mode,
             dedupe_cameras={c.id for c in cfg.cameras if c.kind == "folder"},
-            generation=GenerationOptions(max_tokens=cfg.model.max_tokens),
+            generation=GenerationOptions(max_tokens=limits.max_tokens),
             on_result=self._on_result,
         )
         for cam in self.cameras.values():

@@ -1,6 +1,8 @@
 """`adfm-export`: turn a trained Qwen2.5-VL (base + LoRA adapter) into a verified GGUF model directory.
 
-Steps, each reported as it runs: check inputs; merge the LoRA into the base weights (peft); write
+Prompt version, pixel budget, reference use and answer length are read from the adapter's
+adfm_run.json (written by adfm-train); a flag that differs from the record overrides it with a
+warning. Steps, each reported as it runs: check inputs; merge the LoRA into the base weights (peft); write
 the language model and the vision projector (mmproj) as GGUF; quantize the language model with
 llama.cpp; verify the GGUF pair against the merged HF model on fixture images; write manifest.json
 (sha256 and size of each file, base and adapter identity, quant types, prompt version, pixel budget).
@@ -43,20 +45,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="language model type: f16, q8_0, q4_k_m, q5_k_m (f32: float reference; default %(default)s)")
     p.add_argument("--mmproj-type", choices=MMPROJ_CHOICES, default="f16",
                    help="vision projector type (default %(default)s)")
-    p.add_argument("--prompt-version", choices=sorted(PROMPT_VERSIONS), default=DEFAULT_PROMPT_VERSION,
-                   help="prompt the model was trained with; recorded in the manifest (default %(default)s)")
+    p.add_argument("--prompt-version", choices=sorted(PROMPT_VERSIONS),
+                   help="prompt the model was trained with (default: the adapter's adfm_run.json, else "
+                        f"{DEFAULT_PROMPT_VERSION}); overriding the record prints a warning")
     p.add_argument("--min-pixels", type=int, metavar="N",
-                   help="model-grid pixel budget, lower bound (default: the base processor's)")
+                   help="model-grid pixel budget, lower bound (default: the adapter's adfm_run.json, else the "
+                        "base processor's)")
     p.add_argument("--max-pixels", type=int, metavar="N",
-                   help="model-grid pixel budget, upper bound (default: the base processor's)")
+                   help="model-grid pixel budget, upper bound (default: as --min-pixels)")
+    p.add_argument("--use-reference", action=argparse.BooleanOptionalAction, default=None,
+                   help="whether the model was trained with a normal reference image (default: the record's)")
+    p.add_argument("--max-tokens", type=int, metavar="N",
+                   help="longest answer the model gives, in tokens (default: the record's max completion length)")
     p.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip the comparison with the merged HF model (not recommended)")
     p.add_argument("--verify-tokens", type=int, default=16, metavar="N",
-                   help="tokens generated per fixture image when verifying (default %(default)s); "
-                        "use a few hundred to compare whole answers and decisions")
+                   help="tokens generated freely per fixture image when verifying (default %(default)s); "
+                        "decisions are read from a fixed answer fed to both models, whatever N")
     p.add_argument("--agreement-floor", type=float, default=DEFAULT_AGREEMENT_FLOOR, metavar="F",
-                   help="quantized exports fail when token or decision agreement with HF is below F "
-                        "(0..1, default %(default)s)")
+                   help="quantized exports fail when decision agreement with HF, over the cases where HF "
+                        "decides, is below F (0..1, default %(default)s); KL divergence and same-top-token "
+                        "bounds per quant type are fixed (adfm.export.verify.QUANT_BOUNDS)")
     p.add_argument("--verify-images", nargs="+", type=Path, default=[], metavar="PATH",
                    help="image files or directories to verify on (default: built-in synthetic parts)")
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32",
@@ -104,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
             prompt_version=args.prompt_version,
             min_pixels=args.min_pixels,
             max_pixels=args.max_pixels,
+            use_reference=args.use_reference,
+            max_tokens=args.max_tokens,
             verify=args.verify,
             verify_tokens=args.verify_tokens,
             agreement_floor=args.agreement_floor,

@@ -70,6 +70,27 @@ def check_base_dir(base_dir: str | Path) -> Path:
     return base
 
 
+#: Files adfm writes beside a checkpoint it built with random weights (the tiny model, benchmark shapes).
+RANDOM_WEIGHT_MARKERS = ("adfm_tiny.json", "adfm_bench_model.json")
+
+
+def random_weight_marker(base_dir: str | Path) -> Path | None:
+    """The marker file saying `base_dir` holds random weights, or None for a real checkpoint.
+
+    Random logits are nearly flat, so quantization flips many near-ties: such a model is no guide to
+    quantized bounds, and the export's verification skips them for it (with a note).
+    """
+    for name in RANDOM_WEIGHT_MARKERS:
+        path = Path(base_dir) / name
+        if path.is_file():
+            try:
+                if json.loads(path.read_text(encoding="utf-8")).get("random_weights") is True:
+                    return path
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+                continue
+    return None
+
+
 def check_adapter_dir(adapter_dir: str | Path, base: Path) -> Path:
     """A local LoRA adapter made for this base (as far as its recorded base tells)."""
     adapter = Path(adapter_dir)

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,14 +25,16 @@ from adfm.export.files import OutputDir, check_free_space, writing
 from adfm.export.quantize import APPROX_BITS, FLOAT_TYPES, QUANT_TYPES
 from adfm.manifest import (
     MANIFEST_NAME,
+    RUN_RECORD,
     FileEntry,
     ManifestError,
     ModelManifest,
     read_manifest,
+    read_run_record,
     sha256_file,
     write_manifest,
 )
-from adfm.protocol import DEFAULT_PROMPT_VERSION, get_prompt_version
+from adfm.protocol import DEFAULT_PROMPT_VERSION, build_messages, get_prompt_version
 
 MMPROJ_CHOICES = ("f16", "q8_0")
 DEFAULT_AGREEMENT_FLOOR = 0.8
@@ -47,9 +50,13 @@ class ExportConfig(StrictModel):
     adapter_dir: Path | None = None
     quant: str = "q4_k_m"
     mmproj_type: str = "f16"
-    prompt_version: str = DEFAULT_PROMPT_VERSION
-    min_pixels: int | None = None  # None: the base processor's
+    # None: the adapter's run record (adfm_run.json), else the default / the base processor's budget.
+    # A value given here that differs from the record overrides it with a printed warning.
+    prompt_version: str | None = None
+    min_pixels: int | None = None
     max_pixels: int | None = None
+    use_reference: bool | None = None
+    max_tokens: int | None = None
     verify: bool = True
     verify_tokens: int = 16
     agreement_floor: float = DEFAULT_AGREEMENT_FLOOR
@@ -72,11 +79,12 @@ class ExportConfig(StrictModel):
             raise ExportError(f"quant {self.quant!r} is not one of {', '.join(QUANT_TYPES)}")
         if self.mmproj_type not in MMPROJ_CHOICES:
             raise ExportError(f"mmproj type {self.mmproj_type!r} is not one of {', '.join(MMPROJ_CHOICES)}")
-        try:
-            get_prompt_version(self.prompt_version)
-        except ValueError as exc:
-            raise ExportError(str(exc)) from exc
-        for name in ("min_pixels", "max_pixels"):
+        if self.prompt_version is not None:
+            try:
+                get_prompt_version(self.prompt_version)
+            except ValueError as exc:
+                raise ExportError(str(exc)) from exc
+        for name in ("min_pixels", "max_pixels", "max_tokens"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ExportError(f"{name} must be positive, got {value}")
@@ -127,6 +135,92 @@ def processor_pixel_budget(processor: Any) -> tuple[int, int]:
         raise ExportError(f"{exc}; pass --min-pixels/--max-pixels") from exc
 
 
+@dataclass
+class TrainedSettings:
+    """How the model was trained to be prompted and read, and where each value came from."""
+
+    prompt_version: str
+    min_pixels: int | None
+    max_pixels: int | None
+    use_reference: bool | None
+    max_tokens: int | None
+    record: dict[str, Any]
+    record_path: Path | None
+    sources: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def training(self) -> dict[str, Any] | None:
+        """What the manifest keeps of the run record (None when the adapter has none)."""
+        if self.record_path is None:
+            return None
+        keep = ("kind", "adfm_version", "preset", "prompt_version", "min_pixels", "max_pixels", "use_reference",
+                "max_completion_tokens", "rewards", "start_adapter")
+        out = {k: self.record[k] for k in keep if k in self.record}
+        out["record"] = str(self.record_path)
+        out["sources"] = dict(self.sources)
+        return out
+
+
+#: ExportConfig field, run record field, command-line flag.
+_RECORDED = (
+    ("prompt_version", "prompt_version", "--prompt-version"),
+    ("min_pixels", "min_pixels", "--min-pixels"),
+    ("max_pixels", "max_pixels", "--max-pixels"),
+    ("use_reference", "use_reference", "--use-reference/--no-use-reference"),
+    ("max_tokens", "max_completion_tokens", "--max-tokens"),
+)
+
+
+def trained_settings(cfg: ExportConfig) -> TrainedSettings:
+    """The adapter's run record, with the export's explicit values laid over it (each with a warning).
+
+    Pixel budget values still None afterwards come from the base processor (after the merge).
+    """
+    try:
+        record, where = read_run_record(cfg.adapter_dir)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from exc
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    warnings: list[str] = []
+    for name, key, flag in _RECORDED:
+        given, recorded = getattr(cfg, name), record.get(key)
+        if given is not None:
+            values[name], sources[name] = given, "command line"
+            if recorded is not None and recorded != given:
+                warnings.append(
+                    f"{flag} {given} overrides the training record's {key} {recorded} ({where}); the line will "
+                    "prompt the model differently from how it was trained"
+                )
+        elif recorded is not None:
+            values[name], sources[name] = recorded, str(where)
+        else:
+            values[name] = None
+    if values["prompt_version"] is None:
+        values["prompt_version"], sources["prompt_version"] = DEFAULT_PROMPT_VERSION, "default"
+    try:
+        get_prompt_version(values["prompt_version"])
+    except ValueError as exc:
+        raise ExportError(f"{sources['prompt_version']}: {exc}") from exc
+    for name in ("min_pixels", "max_pixels", "max_tokens"):
+        v = values[name]
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
+            raise ExportError(f"{sources[name]}: {name} must be a positive integer, got {v!r}")
+    if values["use_reference"] is not None and not isinstance(values["use_reference"], bool):
+        raise ExportError(f"{sources['use_reference']}: use_reference must be true or false")
+    return TrainedSettings(**values, record=record, record_path=where, sources=sources, warnings=warnings)
+
+
+def prompt_token_count(processor: Any, prompt_version: str) -> int:
+    """Text tokens of the longest inspection prompt (reference form, product 'part'), images excluded:
+    the manifest records it so the line can size its context exactly."""
+    messages = build_messages(prompt_version, product="part", reference=True)
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    tokenizer = processor.tokenizer
+    pad = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    return sum(1 for t in tokenizer(text, add_special_tokens=False)["input_ids"] if t != pad)
+
+
 def _file_entry(path: Path, final_name: str, role: str, quant: str) -> FileEntry:
     return FileEntry(path=final_name, role=role, sha256=sha256_file(path), size=path.stat().st_size, quant=quant)
 
@@ -138,15 +232,33 @@ def _old_files(out: Path) -> set[str]:
         return set()
 
 
+def _release_hf_model(merged: Any) -> None:
+    """Free the merged HF weights once nothing needs them, so the peak memory of an export is the
+    larger of the HF model and the GGUF files llama.cpp maps, not their sum."""
+    import gc
+
+    merged.model = None
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
 def _verify(
     cfg: ExportConfig,
     merged: Any,
     manifest: ModelManifest,
-    pairs: list[tuple[Path, Path, str, bool]],
+    pairs: list[tuple[Path, Path, str, bool, str, str]],
     note: Callable[[str], None],
 ) -> dict[str, Any]:
-    """Compare each (model, mmproj, label, float check?) GGUF pair with the merged HF model."""
+    """Compare each (model, mmproj, label, float check?, LM type, mmproj type) GGUF pair with the
+    merged HF model."""
     from adfm.export import verify
+    from adfm.export.merge import random_weight_marker
     from adfm.protocol import VISION_SPECIAL_TOKENS
     from adfm.runtime.vlm import GgufVlm
 
@@ -155,18 +267,24 @@ def _verify(
         if cfg.verify_images
         else verify.default_cases(manifest.min_pixels, manifest.max_pixels)
     )
+    marker = random_weight_marker(cfg.base_dir)
+    if marker is not None:
+        note(f"random-weight model ({marker}): quantized bounds will be reported, not applied")
     tokenizer = merged.processor.tokenizer
     suppress = [tokenizer.convert_tokens_to_ids(t) for t in VISION_SPECIAL_TOKENS]
+    fixed = verify.fixed_answer(tokenizer, manifest.prompt_version)
     if cfg.device != "cpu":
         merged.model.to(cfg.device)
     hf_runs = [
-        verify.hf_run(merged, c, prompt_version=cfg.prompt_version, max_new_tokens=cfg.verify_tokens,
-                      suppress_tokens=suppress, device=cfg.device)
+        verify.hf_run(merged, c, prompt_version=manifest.prompt_version, max_new_tokens=cfg.verify_tokens,
+                      suppress_tokens=suppress, device=cfg.device, fixed=fixed)
         for c in cases
     ]
-    note(f"HF answered {len(cases)} cases ({sum(len(r.tokens) for r in hf_runs)} tokens)")
+    note(f"HF answered {len(cases)} cases ({sum(len(r.tokens) for r in hf_runs)} tokens) and read a "
+         f"{len(fixed.tokens)}-token fixed answer to its decision")
+    _release_hf_model(merged)  # its answers are kept; llama.cpp's files need the memory now
     checks = []
-    for model_path, mmproj_path, label, float_check in pairs:
+    for model_path, mmproj_path, label, float_check, quant, mmproj_type in pairs:
         try:
             with GgufVlm.from_files(model_path, mmproj_path, manifest, n_threads=cfg.n_threads) as vlm:
                 if list(vlm.suppressed_ids) != suppress:
@@ -175,19 +293,26 @@ def _verify(
                     raise ExportError(f"verification failed: {label}: {problem}")
                 check = verify.check_gguf(
                     vlm, hf_runs, cases, label=label, float_check=float_check,
-                    prompt_version=cfg.prompt_version, agreement_floor=cfg.agreement_floor,
+                    prompt_version=manifest.prompt_version, agreement_floor=cfg.agreement_floor,
+                    quant=quant, mmproj_type=mmproj_type, random_weights=marker is not None,
                 )
         except (RuntimeError, ValueError, FileNotFoundError) as exc:
             if isinstance(exc, ExportError):
                 raise
             raise ExportError(f"verification failed: llama.cpp could not run the exported {label}: {exc}") from exc
         s = check.summary()
+        decisions = (
+            "no case decided by HF" if s["decision_agreement"] is None
+            else f"decision agreement {s['decision_agreement']:.0%} of {s['deciding_cases']} deciding cases"
+        )
         note(
-            f"{label}: token agreement {s['token_agreement']:.1%}, decision agreement "
-            f"{s['decision_agreement']:.1%}, free-running prefix ≥ {s['min_free_running_prefix']} tokens, "
+            f"{label}: same top token {s['same_top']:.1%} and mean KL divergence {s['mean_kld']:.4f} over "
+            f"{s['steps_compared']} steps, {decisions}, free-running prefix ≥ {s['min_free_running_prefix']} tokens, "
             f"relative logit error ≤ {s['max_relative_logit_error']:.2%}, "
             f"image embeddings within {s['max_vision_relative_error']:.2%}"
         )
+        for line in check.notes():
+            note(f"note: {line}")
         checks.append(check)
     problems = [p for c in checks for p in c.problems()]
     if problems:
@@ -197,6 +322,8 @@ def _verify(
         "cases": len(cases),
         "fixtures": "given images" if cfg.verify_images else "built-in synthetic parts",
         "verify_tokens": cfg.verify_tokens,
+        "fixed_answer_tokens": len(fixed.tokens),
+        "random_weights": str(marker) if marker is not None else None,
         "checks": [c.summary() for c in checks],
     }
 
@@ -210,17 +337,32 @@ def run_export(cfg: ExportConfig, progress: Progress | None = None) -> ModelMani
 
     cfg.check()
     steps = progress or Progress()
-    with steps.step("checking inputs"):
+    with steps.step("checking inputs") as note:
         base = check_base_dir(cfg.base_dir)
         if cfg.adapter_dir is not None:
             check_adapter_dir(cfg.adapter_dir, base)
+        trained = trained_settings(cfg)
+        for warning in trained.warnings:
+            note(f"warning: {warning}")
+        if trained.record_path is not None:
+            note(f"training record {trained.record_path}: preset {trained.record.get('preset')}, "
+                 f"prompt {trained.prompt_version}")
+        elif cfg.adapter_dir is not None:
+            note(f"warning: {cfg.adapter_dir} has no training record ({RUN_RECORD}); prompt version, "
+                 "pixel budget and answer length come from flags and defaults")
         out = OutputDir(cfg.out_dir)
     try:
         title = f"merging LoRA {cfg.adapter_dir}" if cfg.adapter_dir else "loading the base model (no adapter)"
         with steps.step(title) as note:
             merged = load_merged(base, cfg.adapter_dir, dtype=cfg.dtype)
-            lo, hi = processor_pixel_budget(merged.processor)
-            min_pixels, max_pixels = cfg.min_pixels or lo, cfg.max_pixels or hi
+            if trained.min_pixels is None or trained.max_pixels is None:
+                lo, hi = processor_pixel_budget(merged.processor)
+                for name, value in (("min_pixels", lo), ("max_pixels", hi)):
+                    if getattr(trained, name) is None:
+                        setattr(trained, name, value)
+                        trained.sources[name] = f"{cfg.base_dir} processor"
+            min_pixels, max_pixels = int(trained.min_pixels), int(trained.max_pixels)  # type: ignore[arg-type]
+            prompt_tokens = prompt_token_count(merged.processor, trained.prompt_version)
             if min_pixels > max_pixels:
                 raise ExportError(f"min_pixels {min_pixels} exceeds max_pixels {max_pixels}")
             float_type = "f32" if cfg.quant == "f32" else "f16"
@@ -269,17 +411,22 @@ def run_export(cfg: ExportConfig, progress: Progress | None = None) -> ModelMani
             ],
             base_model=merged.base_identity,
             adapter=merged.adapter_identity,
-            prompt_version=cfg.prompt_version,
+            prompt_version=trained.prompt_version,
             min_pixels=min_pixels,
             max_pixels=max_pixels,
             adfm_version=adfm.__version__,
             created_at=datetime.now(UTC),
+            use_reference=trained.use_reference,
+            max_tokens=trained.max_tokens,
+            prompt_tokens=prompt_tokens,
+            training=trained.training(),
         )
         if cfg.verify:
             with steps.step("verifying against the merged HF model") as note:
-                pairs = [(float_tmp, reference_mmproj, f"{float_type} + mmproj f16", True)]
+                pairs = [(float_tmp, reference_mmproj, f"{float_type} + mmproj f16", True, float_type, "f16")]
                 if model_tmp != float_tmp or mmproj_tmp != reference_mmproj:
-                    pairs.append((model_tmp, mmproj_tmp, f"{cfg.quant} + mmproj {cfg.mmproj_type}", False))
+                    pairs.append((model_tmp, mmproj_tmp, f"{cfg.quant} + mmproj {cfg.mmproj_type}", False,
+                                  cfg.quant, cfg.mmproj_type))
                 manifest.verification = _verify(cfg, merged, manifest, pairs, note)
         else:
             steps.skip("verifying", "turned off")
@@ -308,9 +455,11 @@ def export_model(
     adapter_dir: str | Path | None = None,
     quant: str = "q4_k_m",
     mmproj_type: str = "f16",
-    prompt_version: str = DEFAULT_PROMPT_VERSION,
+    prompt_version: str | None = None,
     min_pixels: int | None = None,
     max_pixels: int | None = None,
+    use_reference: bool | None = None,
+    max_tokens: int | None = None,
     verify: bool = True,
     verify_tokens: int = 16,
     agreement_floor: float = DEFAULT_AGREEMENT_FLOOR,
@@ -323,7 +472,9 @@ def export_model(
 ) -> ModelManifest:
     """Export a Qwen2.5-VL checkpoint (+ LoRA adapter) to a verified GGUF model directory.
 
-    The pixel budget defaults to the base processor's. `progress` receives one line per step
+    Prompt version, pixel budget, reference use and answer length come from the adapter's run
+    record (`adfm_run.json`); values given here override it with a warning. Without a record the
+    pixel budget is the base processor's. `progress` receives one line per step
     (default: stderr). Raises ExportError with a clear message; nothing is left under final names.
     """
     cfg = ExportConfig.from_values(
@@ -335,6 +486,8 @@ def export_model(
         prompt_version=prompt_version,
         min_pixels=min_pixels,
         max_pixels=max_pixels,
+        use_reference=use_reference,
+        max_tokens=max_tokens,
         verify=verify,
         verify_tokens=verify_tokens,
         agreement_floor=agreement_floor,

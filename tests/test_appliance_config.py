@@ -151,3 +151,31 @@ def test_state_dir_defaults_to_systemds_state_directory(tmp_path, monkeypatch):
     monkeypatch.delenv("STATE_DIRECTORY")
     with pytest.raises(ConfigError, match="STATE_DIRECTORY"):
         _ = config.journal_dir
+
+
+def test_context_and_answer_length_default_to_the_manifest_and_must_fit(tmp_path):
+    from adfm.appliance.config import model_limits
+    from adfm.manifest import read_manifest, write_manifest
+
+    data = good(tmp_path)
+    manifest = read_manifest(tmp_path / "model").model_copy(update={"max_tokens": 600, "prompt_tokens": 280})
+    write_manifest(manifest, tmp_path / "model")
+    config = load_config(write(tmp_path, data))
+    limits = model_limits(config, manifest)
+    # washer has a reference: 2 images × 64 tokens + 280 + 2 × 6 ("washer") + 600 = 1020 → 1024
+    assert (limits.max_tokens, limits.n_ctx, limits.problems) == (600, 1024, [])
+
+    data["model"]["n_ctx"] = 1000
+    path = write(tmp_path, data)
+    problems = problems_of(load_config, path)
+    assert problems == [
+        f"{path}: model.n_ctx: 1000 tokens cannot hold product 'washer': 2 image(s) × 64 tokens + 292 prompt "
+        "tokens + 600 answer tokens = 1020; raise n_ctx to at least 1020 (or leave it out to size it from the "
+        "manifest), or lower model.max_tokens"
+    ]
+    data["model"]["max_tokens"] = 256
+    assert model_limits(load_config(write(tmp_path, data)), manifest).max_tokens == 256
+
+    write_manifest(manifest.model_copy(update={"use_reference": False}), tmp_path / "model")
+    problems = problems_of(load_config, write(tmp_path, data))
+    assert any("products.washer.reference: the model was trained without a reference image" in p for p in problems)

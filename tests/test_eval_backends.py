@@ -103,6 +103,15 @@ def test_gguf_refuses_a_pixel_budget_other_than_its_manifests(tmp_path):
         GgufBackend(model)
 
 
-def test_gguf_context_fits_two_images_and_the_answer():
-    n = GgufBackend.context_for(50176, 512)
-    assert n % 256 == 0 and n >= 2 * 64 + 512 + 1024
+def test_gguf_context_fits_two_images_the_prompt_and_the_answer(tiny_gguf_dir: Path):
+    from adfm.manifest import read_manifest
+
+    manifest = read_manifest(tiny_gguf_dir)
+    n = GgufBackend.context_for(manifest, 512)
+    assert manifest.prompt_tokens is not None  # counted at export with the model's tokenizer
+    assert n % 256 == 0 and n >= 2 * 64 + manifest.prompt_tokens + 512 + 256
+
+
+def test_gguf_refuses_a_context_that_cannot_hold_a_query(tiny_gguf_dir: Path):
+    with pytest.raises(BackendError, match=r"--n-ctx 256 cannot hold a query: 2 image\(s\) × 64 tokens \+ \d+ prompt"):
+        GgufBackend(tiny_gguf_dir, n_ctx=256, max_new_tokens=512)

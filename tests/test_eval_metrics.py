@@ -98,6 +98,35 @@ def test_inspection_metrics_match_hand_computed_values():
     assert pooled["f1"] == pytest.approx(2 / 3)
 
 
+def test_localization_is_reported_for_think_and_rethink_boxes():
+    """<think> proposes (the reward trains those), <rethink> confirms (the line shows those)."""
+    samples = {x.id: x for x in [
+        _sample("a1", "mvtec", "washer", "anomalous", boxes=[[10, 10, 50, 50]]),
+        _sample("a2", "mvtec", "washer", "anomalous", boxes=[[60, 60, 100, 100]]),
+        _sample("n1", "mvtec", "washer", "normal", boxes=[]),
+    ]}
+    records = [
+        # think proposes the exact box (GIoU 1) and a far one; rethink keeps a half box: [10,10,50,30],
+        # IoU with [10,10,50,50] = 800/1600 = 0.5, enclosing = union → GIoU 0.5
+        _rec("a1", '<think>[{"bbox_2d": [10, 10, 50, 50]}, {"bbox_2d": [80, 80, 90, 90]}]</think>'
+                   '<rethink>[{"bbox_2d": [10, 10, 50, 30]}]</rethink><answer>yes</answer>'),
+        # think proposes nothing; rethink writes no list, so the line shows think's (empty) list
+        _rec("a2", "<think>[]</think><rethink>looks like a scratch</rethink><answer>yes</answer>"),
+        # a normal part: a proposal in think, discarded in rethink
+        _rec("n1", '<think>[{"bbox_2d": [1, 1, 9, 9]}]</think><rethink>[]</rethink><answer>no</answer>'),
+    ]
+    m = inspection_metrics(samples, records, "multi-stage-v1")["overall"]
+    shown, think, rethink = m["localization"], m["localization_think"], m["localization_rethink"]
+    assert (shown["pred_boxes"], shown["mean_giou"]) == (1, pytest.approx(0.5))
+    assert shown["box_recall_at_50"] == pytest.approx(1 / 2) and shown["normal_with_boxes_rate"] == 0.0
+    assert think["pred_boxes"] == 3 - 1  # a1's two proposals (n1's is on a normal part)
+    assert think["mean_giou"] == pytest.approx(1.0) and think["box_recall_at_50"] == pytest.approx(1 / 2)
+    assert think["box_precision_at_50"] == pytest.approx(1 / 2) and think["normal_with_boxes_rate"] == 1.0
+    assert (rethink["pred_boxes"], rethink["mean_giou"]) == (1, pytest.approx(0.5))
+    one_stage = inspection_metrics(samples, records[:1], "one-stage-v1")["overall"]
+    assert one_stage["localization_rethink"] is None
+
+
 def test_balanced_accuracy_with_one_class_is_that_class_accuracy():
     samples = {"a": _sample("a", "d", "c", "anomalous", boxes=[]), "b": _sample("b", "d", "c", "anomalous", boxes=[])}
     m = inspection_metrics(samples, [_rec("a", format_response(True)), _rec("b", format_response(False))],

@@ -40,7 +40,8 @@ def test_unsupported_vision_settings_are_refused() -> None:
 
 
 def _case(name: str, agree: int, compared: int = 10, *, near_tie: bool = True, diff: float = 0.001,
-          decisions: tuple = (None, None), image_tokens: tuple = ([64], [64])) -> CaseReport:
+          decisions: tuple = (None, None), image_tokens: tuple = ([64], [64]), kld: float = 0.001,
+          forced: tuple = (None, None), vision: float = 0.0) -> CaseReport:
     mismatches = [{"step": i, "hf_token": 1, "gguf_token": 2, "hf_margin": 0.0005, "near_tie": near_tie}
                   for i in range(compared - agree)]
     return CaseReport(
@@ -48,6 +49,8 @@ def _case(name: str, agree: int, compared: int = 10, *, near_tie: bool = True, d
         prompt_match=True, first_prompt_difference=None, compared=compared, agree=agree, prefix=agree,
         hf_tokens=compared, gguf_tokens=compared, max_abs_logit_diff=diff, logit_spread=1.0,
         mismatches=mismatches, decision_hf=decisions[0], decision_gguf=decisions[1],
+        kld=[kld] * compared, same_top=[i < agree for i in range(compared)],
+        forced_decision_hf=forced[0], forced_decision_gguf=forced[1], vision_relative_error=vision,
     )
 
 
@@ -59,14 +62,45 @@ def test_float_check_tolerates_near_ties_only() -> None:
     assert problems and "conversion is wrong" in problems[0]
 
 
-def test_quantized_check_applies_the_floor_to_tokens_and_decisions() -> None:
-    passing = GgufCheck("q4_k_m", False, [_case("a", 9), _case("b", 8)], 0.8)
-    assert passing.token_agreement == pytest.approx(0.85)
-    assert passing.problems() == []
-    low = GgufCheck("q4_k_m", False, [_case("a", 7), _case("b", 8)], 0.8)
-    assert any("token agreement 75.0%" in p for p in low.problems())
-    flipped = GgufCheck("q4_k_m", False, [_case("a", 10, decisions=(True, False)), _case("b", 10)], 0.8)
-    assert any("decision agreement 50.0%" in p for p in flipped.problems())
+def _q4(*cases: CaseReport, random_weights: bool = False, mmproj_type: str = "f16") -> GgufCheck:
+    return GgufCheck("q4_k_m", False, list(cases), 0.8, quant="q4_k_m", mmproj_type=mmproj_type,
+                     random_weights=random_weights)
+
+
+def test_quantized_check_applies_the_bounds_of_its_type() -> None:
+    passing = _q4(_case("a", 9), _case("b", 8))  # same top 85 %, KLD 0.001: inside q4_k_m's bounds
+    assert passing.same_top == pytest.approx(0.85) and passing.problems() == []
+    low = _q4(_case("a", 8), _case("b", 8))
+    assert low.problems() == ["q4_k_m: same top token as HF at 80.0% of steps, below the q4_k_m bound 85%"]
+    far = _q4(_case("a", 10, kld=0.5), _case("b", 10))
+    assert far.problems() == ["q4_k_m: mean KL divergence from HF 0.2505 nats/token exceeds the q4_k_m bound 0.1"]
+    infinite = _q4(_case("a", 10, kld=float("inf")), _case("b", 10))
+    assert "exceeds the q4_k_m bound" in infinite.problems()[0]
+    q8 = GgufCheck("q8_0", False, [_case("a", 9)], 0.8, quant="q8_0")  # 90 % < q8_0's 95 %
+    assert "below the q8_0 bound 95%" in q8.problems()[0]
+
+
+def test_decisions_count_only_where_the_reference_decides() -> None:
+    # HF's free-running answers never reached <answer> (None == None is no agreement); the fixed answer
+    # shows HF deciding in one case only, and the quantized file agreeing there
+    undecided = _q4(_case("a", 10, forced=(None, True)), _case("b", 10, forced=(True, True)))
+    assert undecided.decision_agreement == 1.0 and len(undecided.deciding_cases) == 1
+    flipped = _q4(_case("a", 10, forced=(True, False)), _case("b", 10, forced=(False, False)))
+    assert flipped.decision_agreement == 0.5
+    assert flipped.problems() == [
+        "q4_k_m: decision agreement 50.0% over the 2 cases where HF decides is below the floor 80%"]
+    none = _q4(_case("a", 10), _case("b", 10))
+    assert none.decision_agreement is None and none.problems() == []
+    assert any("decides in none" in n for n in none.notes())
+
+
+def test_a_random_weight_model_skips_the_language_model_bounds_not_the_vision_bound() -> None:
+    bad = (_case("a", 1, kld=3.0, forced=(True, False)), _case("b", 2, vision=0.2))
+    check = _q4(*bad, random_weights=True, mmproj_type="q8_0")
+    assert check.problems() == [
+        "b: the q8_0 projector's image embeddings differ from HF's vision tower by 20.0% of their spread (limit 15%)"]
+    assert any("random-weight model" in n for n in check.notes())
+    assert check.summary()["bounds"] == {"max_mean_kld": 0.1, "min_same_top": 0.85, "applied": False}
 
 
 def test_a_resized_image_fails_any_check() -> None:
@@ -77,8 +111,9 @@ def test_a_resized_image_fails_any_check() -> None:
 def test_summary_is_json_ready() -> None:
     import json
 
-    summary = GgufCheck("q8_0", False, [_case("a", 10)], 0.9).summary()
+    summary = GgufCheck("q8_0", False, [_case("a", 10)], 0.9, quant="q8_0").summary()
     assert json.loads(json.dumps(summary))["token_agreement"] == 1.0
+    assert summary["mean_kld"] == pytest.approx(0.001) and summary["decision_agreement"] is None
     assert np.isfinite(summary["max_relative_logit_error"])
 
 
@@ -114,3 +149,36 @@ def test_tokenizer_probe_reports_where_llama_cpp_parts_from_hf() -> None:
     assert tokenizer_mismatch(same, Tok(), "x") is None
     message = tokenizer_mismatch(other, Tok(), "x")
     assert message is not None and "from token 2" in message and "'34'" in message
+
+
+def test_trained_settings_follow_the_run_record_and_flags_override_with_a_warning(tmp_path) -> None:
+    import json
+
+    from adfm.export.pipeline import ExportConfig, trained_settings
+
+    adapter = tmp_path / "run" / "final"
+    adapter.mkdir(parents=True)
+    (tmp_path / "run" / "adfm_run.json").write_text(json.dumps({
+        "preset": "cls-one-stage", "prompt_version": "one-stage-v1", "min_pixels": 6272, "max_pixels": 28224,
+        "use_reference": False, "max_completion_tokens": 1024, "rewards": {"alpha": 1.0},
+    }))
+    cfg = ExportConfig.from_values(base_dir=tmp_path, out_dir=tmp_path / "out", adapter_dir=adapter)
+    plain = trained_settings(cfg)
+    assert (plain.prompt_version, plain.min_pixels, plain.max_pixels) == ("one-stage-v1", 6272, 28224)
+    assert (plain.use_reference, plain.max_tokens, plain.warnings) == (False, 1024, [])
+    assert plain.training()["preset"] == "cls-one-stage"
+    assert plain.sources["max_tokens"] == str(tmp_path / "run" / "adfm_run.json")
+
+    flagged = trained_settings(cfg.model_copy(update={"prompt_version": "multi-stage-v1", "max_tokens": 1024}))
+    assert flagged.prompt_version == "multi-stage-v1" and flagged.sources["prompt_version"] == "command line"
+    assert len(flagged.warnings) == 1  # the same max_tokens as recorded is no override
+    assert flagged.warnings[0].startswith(
+        "--prompt-version multi-stage-v1 overrides the training record's prompt_version one-stage-v1")
+
+    no_record = trained_settings(ExportConfig.from_values(base_dir=tmp_path, out_dir=tmp_path / "o"))
+    assert no_record.prompt_version == "multi-stage-v1" and no_record.min_pixels is None
+    assert no_record.training() is None
+
+    (tmp_path / "run" / "adfm_run.json").write_text(json.dumps({"max_pixels": "lots"}))
+    with pytest.raises(ExportError, match="max_pixels must be a positive integer, got 'lots'"):
+        trained_settings(cfg)

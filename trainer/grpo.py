@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from adfm.manifest import RUN_RECORD
 from adfm.trainer.config import TrainConfig, dump_config
 from adfm.trainer.modeling import check_model_dir, language_model_lora_pattern, load_model, vision_token_ids
 from adfm.trainer.presets import Preset, get_preset
 
 log = logging.getLogger("adfm.train")
 
-RUN_RECORD = "adfm_run.json"
 METRICS = "metrics.jsonl"
 FINAL = "final"
 RANK_AGREEMENT = "rank_agreement.json"
@@ -46,7 +46,11 @@ class RunResult:
 
 
 def run_record(cfg: TrainConfig, preset: Preset) -> dict[str, Any]:
-    """What export and evaluation need to know about the adapter, saved with every checkpoint."""
+    """What export and evaluation need to know about the adapter, saved with every checkpoint.
+
+    `adfm-export` copies the prompt version, pixel budget, reference use and answer length into the
+    model's manifest (adfm.manifest.RUN_FIELDS), so the line prompts and sizes the model as trained.
+    """
     from adfm import __version__ as adfm_version
 
     return {
@@ -59,6 +63,13 @@ def run_record(cfg: TrainConfig, preset: Preset) -> dict[str, Any]:
         "min_pixels": cfg.data.min_pixels,
         "max_pixels": cfg.data.max_pixels,
         "use_reference": cfg.data.use_reference,
+        "max_completion_tokens": cfg.grpo.max_completion_length,
+        "rewards": {
+            "terms": [*preset.accuracy_terms, "format"],
+            "alpha": cfg.rewards.alpha,
+            "random_sigma": cfg.rewards.random_sigma,
+            "random_seed": cfg.rewards.random_seed,
+        },
         "config": cfg.model_dump(mode="json"),
     }
 

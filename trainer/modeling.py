@@ -160,7 +160,7 @@ def language_model_lora_pattern(target_modules: list[str] | tuple[str, ...]) -> 
     """A PEFT `target_modules` regex for the language model's linear layers only.
 
     Qwen2.5-VL's vision blocks also have gate/up/down projections; anchoring on `language_model`
-    keeps the vision tower (and its merger) frozen, as the paper trains it.
+    keeps the vision tower (and its merger) frozen: adfm's choice (the paper does not say which layers get LoRA).
     """
     if not target_modules:
         raise ValueError("LoRA target_modules must name at least one linear layer (e.g. q_proj)")

@@ -10,6 +10,18 @@ TRL calls a reward function as `f(prompts=…, completions=…, completion_ids=�
 
 Pure helpers (`count_reward`, `focus_reward`, `localization_score`) carry the equations themselves,
 for tests and for the reward-variance analysis.
+
+What counts as a box (the paper's B(y), whose size is m in Eqs. 5–6):
+
+- m counts the `{"bbox_2d": [...]}` objects of `<think>` only (`ParsedResponse.proposed_count`).
+  `<rethink>` examines those proposals and `<answer>` is scored by r_cls; neither adds to m.
+- Coordinates written in prose (`Region [10, 20, 50, 60] …`) are not boxes: they are not in the
+  trained answer format. `Region [10, 20, 50, 60] then [{"bbox_2d": [10, 20, 50, 60]}]` has m = 1.
+- An invalid box — not 4 finite numbers, zero area, or entirely off the image — still counts in m
+  (the model proposed it) but is left out of matching (`ParsedResponse.proposed_boxes`), so it
+  earns no GIoU and can only cost count/focus reward.
+- A normal sample is scored by r_focus(m), an anomalous one by mean matched GIoU + α·r_count(m, n).
+  tests/test_trainer_rewards.py holds these cases worked by hand.
 """
 
 from __future__ import annotations
@@ -77,13 +89,20 @@ def localization_terms(
     label: object,
     alpha: float = DEFAULT_ALPHA,
     use_giou: bool = True,
+    m: int | None = None,
 ) -> LocalizationTerms:
     """Eq. 4 term by term; boxes are xyxy in one pixel frame (original-image pixels in training).
 
     Anomalous: mean GIoU over Hungarian-matched pairs (0 when nothing is matched) + α·r_count(m, n).
     Normal: r_focus(m). `use_giou=False` drops the GIoU term (the count-only ablation).
+    `m` is the number of proposed boxes, invalid ones included (default: `len(pred_boxes)`, the
+    valid ones, which are the only ones matched).
     """
-    m, n = len(pred_boxes), len(gt_boxes)
+    n = len(gt_boxes)
+    if m is None:
+        m = len(pred_boxes)
+    elif m < len(pred_boxes):
+        raise ValueError(f"box count m={m} is below the {len(pred_boxes)} valid boxes given")
     if not is_anomalous(label):
         focus = focus_reward(m)
         return LocalizationTerms(giou=0.0, count=focus, total=focus, matched=0)
@@ -198,13 +217,12 @@ def _localization(
                 f"{name}: completion {i} is for an anomalous sample without ground-truth boxes; "
                 "compute boxes for the split (adfm-data) or choose a preset without localization"
             )
-        # m is the number of regions proposed in <think> (the stage that localizes); <rethink> then
-        # examines them, and the answer is rewarded by r_cls.
-        terms.append(localization_terms(p.proposed_boxes, gt or [], lab, alpha, use_giou))
+        # m: the bbox_2d objects of <think>, invalid ones included (see the module docstring)
+        terms.append(localization_terms(p.proposed_boxes, gt or [], lab, alpha, use_giou, m=p.proposed_count))
     if use_giou:
         _log(kwargs, "localization/giou", [t.giou for t in terms])
     _log(kwargs, "localization/count", [t.count for t in terms])
-    _log(kwargs, "localization/boxes", [float(len(p.proposed_boxes)) for p in parsed])
+    _log(kwargs, "localization/boxes", [float(p.proposed_count) for p in parsed])
     return [t.total for t in terms]
 
 

@@ -13,9 +13,10 @@ backend hands them to `GgufVlm.generate`, which renders that same function's mes
 - gguf: `adfm.runtime.vlm.GgufVlm` on a model directory with a manifest (hashes checked); one
   query at a time, greedy or sampled with a per-item seed (no top-p: it samples the full softmax).
 
-What a backend needs to know about the model — prompt version and pixel budget — comes from the
-model itself: the adapter's `adfm_run.json` (written by `adfm-train`) or the GGUF manifest;
-options given on the command line override it.
+What a backend needs to know about the model — prompt version, pixel budget, whether it was
+trained with a reference image, its longest answer — comes from the model itself: the adapter's
+`adfm_run.json` (written by `adfm-train`) or the GGUF manifest; options given on the command line
+override it.
 """
 
 from __future__ import annotations
@@ -31,15 +32,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from adfm.geometry import GRID_FACTOR, ModelGrid
-from adfm.manifest import MANIFEST_NAME, ManifestError, adapter_identity, checkpoint_identity, load_model_dir
+from adfm.manifest import (
+    MANIFEST_NAME,
+    ManifestError,
+    adapter_identity,
+    checkpoint_identity,
+    context_needed,
+    load_model_dir,
+    read_run_record,
+)
 from adfm.protocol import DEFAULT_PROMPT_VERSION, attach_images, get_prompt_version
 
 if TYPE_CHECKING:
     from PIL import Image
 
 BackendKind = Literal["transformers", "gguf"]
-#: What `adfm-train` writes next to every adapter (see adfm.trainer.grpo.RUN_RECORD).
-RUN_RECORD = "adfm_run.json"
+#: Answer length when neither the command line nor the model's record says.
+DEFAULT_MAX_NEW_TOKENS = 512
+#: Context beyond the inspection prompt's for MMAD's multiple-choice questions (question + options).
+QUESTION_SLACK_TOKENS = 256
 
 
 class BackendError(RuntimeError):
@@ -103,9 +114,14 @@ class ModelInfo:
     path: Path
     adapter: Path | None = None
     sources: dict[str, str] = field(default_factory=dict)
+    #: From the training record: the longest answer trained, whether a reference image was shown.
+    max_tokens: int | None = None
+    use_reference: bool | None = None
 
     def describe(self) -> dict[str, Any]:
         return {
+            "max_tokens": self.max_tokens,
+            "use_reference": self.use_reference,
             "backend": self.kind,
             "model_id": self.model_id,
             "path": str(self.path),
@@ -164,12 +180,10 @@ def detect_kind(model: Path) -> BackendKind:
 
 def _run_record(adapter: Path | None) -> tuple[dict[str, Any], Path | None]:
     """The adapter's adfm_run.json (in the adapter directory or its run directory), if any."""
-    if adapter is None:
-        return {}, None
-    for candidate in (adapter / RUN_RECORD, adapter.parent / RUN_RECORD):
-        if candidate.is_file():
-            return _read_json(candidate), candidate
-    return {}, None
+    try:
+        return read_run_record(adapter)
+    except ValueError as exc:
+        raise BackendError(str(exc)) from exc
 
 
 def resolve_hf_paths(model: Path, adapter: Path | None) -> tuple[Path, Path | None]:
@@ -284,6 +298,8 @@ class TransformersBackend(Backend):
             path=base,
             adapter=adapter_path,
             sources=sources,
+            max_tokens=pick("max_completion_tokens", None),
+            use_reference=pick("use_reference", None),
         )
         loaded.model.eval()
 
@@ -370,7 +386,7 @@ class GgufBackend(Backend):
         n_ctx: int | None = None,
         n_threads: int | None = None,
         n_gpu_layers: int = 0,
-        max_new_tokens: int = 512,
+        max_new_tokens: int | None = None,
         check_hashes: bool = True,
     ) -> None:
         model_dir = Path(model_dir)
@@ -386,8 +402,16 @@ class GgufBackend(Backend):
                 )
         version = prompt_version or manifest.prompt_version
         get_prompt_version(version)
+        answer = max_new_tokens or manifest.max_tokens or DEFAULT_MAX_NEW_TOKENS
+        need = self.context_for(manifest, answer, version)
         if n_ctx is None:
-            n_ctx = self.context_for(manifest.max_pixels, max_new_tokens)
+            n_ctx = need
+        elif n_ctx < need:
+            fit = context_needed(manifest, images=2, max_tokens=answer, prompt_version=version)
+            raise BackendError(
+                f"{model_dir}: --n-ctx {n_ctx} cannot hold a query: {fit.describe()} (+ {QUESTION_SLACK_TOKENS} for "
+                f"question text) = {need}; raise --n-ctx or lower --max-new-tokens"
+            )
         import importlib.util
 
         if importlib.util.find_spec("llama_cpp") is None:
@@ -413,14 +437,17 @@ class GgufBackend(Backend):
                 "min_pixels": str(model_dir / MANIFEST_NAME),
                 "max_pixels": str(model_dir / MANIFEST_NAME),
             },
+            max_tokens=manifest.max_tokens,
+            use_reference=manifest.use_reference,
         )
+        self.n_ctx = n_ctx
 
     @staticmethod
-    def context_for(max_pixels: int, max_new_tokens: int) -> int:
-        """A context that holds two images at the budget's top, the prompt text and the answer."""
-        image_tokens = max_pixels // (GRID_FACTOR * GRID_FACTOR)
-        need = 2 * image_tokens + 1024 + max_new_tokens
-        return int(math.ceil(need / 256) * 256)
+    def context_for(manifest: Any, max_new_tokens: int, prompt_version: str | None = None) -> int:
+        """A context that holds two images at the budget's top, the prompt text (with room for
+        MMAD's questions) and the answer, rounded up to 256."""
+        fit = context_needed(manifest, images=2, max_tokens=max_new_tokens, prompt_version=prompt_version)
+        return int(math.ceil((fit.total + QUESTION_SLACK_TOKENS) / 256) * 256)
 
     def answer(self, queries: Sequence[Query], settings: GenerationSettings) -> list[Answer]:
         if not settings.greedy and settings.top_p < 1:

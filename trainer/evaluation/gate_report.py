@@ -7,7 +7,9 @@ layout, or any layout `adfm-data` reads) through the exported graph with ONNX Ru
 the line does, and reports image AUROC, F1-max, recall at the gate's calibrated threshold and the
 fraction of parts it would send to the VLM (`vlm_fraction`; in `screen` mode the rest pass on
 the gate's word), plus accuracy at that threshold and at the Youden-J threshold. Images the gate
-was fitted on (its `.train.jsonl`) are left out unless `--include-training`: they would flatter it.
+was fitted on and images that set its threshold (matched by the sha256 its metadata records, so
+copies elsewhere count too) are left out unless `--include-training`, and the report says how
+many: a recall measured on the images that chose the threshold only repeats the target.
 Unreadable images are listed, not scored.
 """
 
@@ -43,18 +45,56 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _training_images(model: Path, meta) -> tuple[set[str], str | None]:
-    """Absolute paths of the images the gate was fitted on, and a note when they are unknown."""
+def _hash_list(meta, key: str) -> set[str] | None:
+    """The sha256 list `training[key]` of the metadata, or None when the gate predates it."""
+    values = meta.training.get(key)
+    if values is None:
+        return None
+    if not isinstance(values, list) or not all(isinstance(v, str) and len(v) == 64 for v in values):
+        raise ValueError(f"gate metadata training.{key}: expected a list of sha256 hex digests")
+    return set(values)
+
+
+def _paths_fitted_on(model: Path, meta) -> tuple[set[str], str | None]:
+    """Absolute paths of the images an older gate (no hashes) was fitted on, and a note if unknown."""
     from adfm.trainer.data.records import read_manifest
 
     name = meta.training.get("train_manifest")
     if not name:
         return set(), "the gate's metadata names no training manifest: training images cannot be left out"
-    path = model.parent / name
     try:
-        return {str(Path(s.image).resolve()) for s in read_manifest(path)}, None
+        return {str(Path(s.image).resolve()) for s in read_manifest(model.parent / name)}, None
     except (FileNotFoundError, ValueError) as exc:
         return set(), f"training images cannot be left out: {exc}"
+
+
+def leave_out_gate_images(model: Path, meta, samples: list) -> tuple[list, int, int, list[str]]:
+    """(samples kept, n fitted on, n calibrated on, notes): drops every image the gate was fitted or
+    calibrated on, matched by content hash (by path for a gate whose metadata has no hashes)."""
+    from adfm.manifest import sha256_file
+
+    fit, calibration = _hash_list(meta, "fit_images"), _hash_list(meta, "calibration_images")
+    if fit is None:
+        paths, note = _paths_fitted_on(model, meta)
+        kept = [s for s in samples if str(Path(s.image).resolve()) not in paths]
+        notes = [note] if note else []
+        notes.append("the gate's metadata records no calibration images (trained by an older adfm): "
+                     "figures may include the images that set its threshold")
+        return kept, len(samples) - len(kept), 0, notes
+    kept, n_fit, n_cal = [], 0, 0
+    for s in samples:
+        try:
+            digest = sha256_file(s.image)
+        except OSError:
+            kept.append(s)  # reported as unreadable when scored
+            continue
+        if digest in fit:
+            n_fit += 1
+        elif digest in calibration:
+            n_cal += 1
+        else:
+            kept.append(s)
+    return kept, n_fit, n_cal, []
 
 
 def evaluate_gate(
@@ -76,14 +116,10 @@ def evaluate_gate(
 
     gate = Gate.load(model, threads=threads)
     samples, notes = read_samples(data, layout, categories)
-    excluded = 0
+    n_fit = n_cal = 0
     if not include_training:
-        seen, note = _training_images(model, gate.metadata)
-        if note:
-            notes.append(note)
-        kept = [s for s in samples if str(Path(s.image).resolve()) not in seen]
-        excluded = len(samples) - len(kept)
-        samples = kept
+        samples, n_fit, n_cal, more = leave_out_gate_images(model, gate.metadata, samples)
+        notes += more
     scored: list[tuple[Any, float]] = []
     unreadable: list[str] = []
     gate_s = 0.0
@@ -107,8 +143,8 @@ def evaluate_gate(
     if pending:
         flush()
     if not scored:
-        raise ValueError(f"--data {data}: no image left to score"
-                         + (f" ({excluded} were the gate's training images)" if excluded else ""))
+        raise ValueError(f"--data {data}: no image left to score ({_excluded_text(n_fit, n_cal)}; "
+                         "--include-training scores them anyway, flattering the gate)")
     labels = np.array([s.anomalous for s, _ in scored], dtype=bool)
     scores = np.array([v for _, v in scored], dtype=np.float64)
     t = gate.threshold
@@ -138,10 +174,16 @@ def evaluate_gate(
         "calibration": gate.metadata.calibration.model_dump(),
         "ms_per_image": 1000.0 * gate_s / scores.size,
         "categories": per_category,
-        "excluded_training_images": excluded,
+        "excluded_training_images": n_fit + n_cal,
+        "excluded_fit_images": n_fit,
+        "excluded_calibration_images": n_cal,
         "unreadable": unreadable,
         "notes": notes,
     }
+
+
+def _excluded_text(n_fit: int, n_cal: int) -> str:
+    return f"left out {n_fit} images the gate was fitted on and {n_cal} that set its threshold"
 
 
 def _fmt(v: float | None, pct: bool = True) -> str:
@@ -164,8 +206,7 @@ def text_report(r: dict[str, Any]) -> str:
         for cat, m in r["categories"].items():
             lines.append(f"  {cat}: n {m['n']}, AUROC {_fmt(m['auroc'])}, recall {_fmt(m['recall_at_threshold'])}, "
                          f"to the VLM {_fmt(m['vlm_fraction'])}")
-    if r["excluded_training_images"]:
-        lines.append(f"  left out {r['excluded_training_images']} images the gate was fitted on")
+    lines.append(f"  {_excluded_text(r['excluded_fit_images'], r['excluded_calibration_images'])}")
     lines += [f"  unreadable: {u}" for u in r["unreadable"]]
     lines += [f"  note: {n}" for n in r["notes"]]
     return "\n".join(lines)

@@ -90,6 +90,17 @@ def inspection_markdown(ins: dict[str, Any]) -> str:
         parts += [f"### {name}: per category",
                   table(("category", "n", "accuracy", "balanced acc", "F1", "parse fail", "mean GIoU",
                          "box recall@0.5"), cat_rows)]
+    stage_rows = []
+    for label, key in (("shown (rethink first; what the line shows)", "localization"),
+                       ("<think> proposals (what the reward trains)", "localization_think"),
+                       ("<rethink> list", "localization_rethink")):
+        loc = ins["overall"].get(key)
+        if loc:
+            stage_rows.append([label, str(loc["pred_boxes"]), num(loc["mean_giou"]), pct(loc["box_recall_at_50"]),
+                               pct(loc["box_precision_at_50"]), pct(loc["normal_with_boxes_rate"])])
+    parts += ["### Localization by stage (all images)",
+              table(("boxes", "predicted", "mean GIoU", "box recall@0.5", "box precision@0.5",
+                     "normals with boxes"), stage_rows)]
     c = ins["overall"]["confusion"]
     parts += ["### Confusion (all images)",
               table(("true \\ answer", "no (normal)", "yes (anomalous)", "unread"),

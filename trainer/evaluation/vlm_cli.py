@@ -44,7 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-pixels", type=int, help="grid pixel budget, low (default: the model's)")
     p.add_argument("--max-pixels", type=int, help="grid pixel budget, high (default: the model's)")
     p.add_argument("--reference", choices=("auto", "on", "off"), default="auto",
-                   help="single normal reference protocol: auto = when the sample has one (default), "
+                   help="single normal reference protocol: auto = when the sample has one and the model was "
+                   "trained with references (default), "
                    "on = require it, off = query image only")
     p.add_argument("--no-inspect", dest="inspect", action="store_false",
                    help="skip the inspection prompt (binary + localization)")
@@ -53,14 +54,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    metavar="NAME,NAME", help="only these MMAD subtasks: " + ", ".join(SUBTASKS))
     p.add_argument("--limit", type=int, help="only the first N samples of the split")
     p.add_argument("--batch-size", type=int, default=8, help="queries per generate call (transformers)")
-    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--max-new-tokens", type=int,
+                   help="longest answer (default: the model's recorded max completion length, else 512)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--dtype", default="auto", help="transformers dtype: auto, bfloat16, float16, float32")
     p.add_argument("--attn-implementation", default="sdpa")
     p.add_argument("--device-map", help="transformers device map, e.g. auto or cuda:0")
-    p.add_argument("--n-ctx", type=int, help="llama.cpp context (default: two images + the answer fit)")
+    p.add_argument("--n-ctx", type=int,
+                   help="llama.cpp context (default: two images + prompt + answer fit; a smaller one is refused)")
     p.add_argument("--n-threads", type=int, help="llama.cpp threads")
     p.add_argument("--n-gpu-layers", type=int, default=0, help="llama.cpp layers on the GPU")
     p.add_argument("--fresh", action="store_true",

@@ -17,7 +17,7 @@ import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,10 +29,12 @@ from adfm.trainer.data.imageio import DataFileError, load_rgb
 from adfm.trainer.data.records import Sample, iter_manifest
 from adfm.trainer.data.training_view import product_name
 from adfm.trainer.evaluation.backends import (
+    DEFAULT_MAX_NEW_TOKENS,
     Answer,
     Backend,
     BackendError,
     GenerationSettings,
+    ModelInfo,
     Query,
     open_backend,
 )
@@ -84,14 +86,18 @@ class EvalConfig(BaseModel):
     min_pixels: int | None = Field(None, gt=0)
     max_pixels: int | None = Field(None, gt=0)
     reference: ReferenceMode = Field(
-        "auto", description="auto: show the sample's normal reference when it has one; on: require it; off: never"
+        "auto",
+        description="auto: show the sample's normal reference when it has one, unless the model was trained "
+        "without references; on: require it; off: never",
     )
     inspect: bool = Field(True, description="ask the inspection prompt (binary + localization)")
     mmad: bool = Field(True, description="ask MMAD samples' multiple-choice questions")
     subtasks: list[str] | None = Field(None, description="MMAD subtasks to ask; None: all")
     limit: int | None = Field(None, ge=1, description="only the first N samples of the split")
     batch_size: int = Field(8, ge=1, description="queries per generate call (transformers)")
-    max_new_tokens: int = Field(512, ge=1)
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="None: the model's recorded answer length (as trained), else 512"
+    )
     temperature: float = Field(0.0, ge=0, description="0: greedy")
     top_p: float = Field(1.0, gt=0, le=1)
     seed: int = 0
@@ -126,7 +132,19 @@ class EvalConfig(BaseModel):
 
     @property
     def settings(self) -> GenerationSettings:
-        return GenerationSettings(self.max_new_tokens, self.temperature, self.top_p, self.seed)
+        return GenerationSettings(
+            self.max_new_tokens or DEFAULT_MAX_NEW_TOKENS, self.temperature, self.top_p, self.seed
+        )
+
+    def for_model(self, info: ModelInfo) -> EvalConfig:
+        """This config with the model's recorded defaults filled in: the answer length it was trained
+        with, and no references under `auto` for a model trained without them."""
+        update: dict[str, Any] = {}
+        if self.max_new_tokens is None:
+            update["max_new_tokens"] = info.max_tokens or DEFAULT_MAX_NEW_TOKENS
+        if self.reference == "auto" and info.use_reference is False:
+            update["reference"] = "off"
+        return self.model_copy(update=update)
 
 
 @dataclass(frozen=True)
@@ -426,6 +444,9 @@ def evaluate(cfg: EvalConfig, backend: Backend | None = None) -> dict[str, Any]:
             n_threads=cfg.n_threads, n_gpu_layers=cfg.n_gpu_layers, max_new_tokens=cfg.max_new_tokens,
         )
     try:
+        cfg = cfg.for_model(backend.info)
+        if cfg.reference == "off":
+            items = [replace(it, reference=None) for it in items]
         if backend.info.kind == "gguf" and cfg.temperature > 0 and cfg.top_p < 1:
             raise EvalError("the GGUF backend samples from the full softmax; drop --top-p (or use transformers)")
         cfg.out.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,12 @@ ground-truth boxes with `adfm.geometry.match_boxes` (Hungarian on 1 − GIoU). M
 matched pairs; box recall@0.5 = ground-truth boxes whose matched box has IoU ≥ 0.5 / all
 ground-truth boxes; box precision@0.5 = such pairs / all predicted boxes.
 
+Which boxes: `localization` scores the boxes the line shows (`ParsedResponse.boxes`: `<rethink>`'s
+list when it has one, else `<think>`'s). `localization_think` scores the `<think>` proposals — the
+`bbox_2d` objects the paper's reward trains (GIoU + count term). `localization_rethink` scores
+`<rethink>`'s own list (none when it wrote no list; absent for one-stage prompts, which have no
+`<rethink>`). A model can propose well in `<think>` and then confirm badly, or the reverse.
+
 MMAD subtasks: see `mmad.py` for how answers are read and scored.
 """
 
@@ -25,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adfm.geometry import ModelGrid, iou, match_boxes
-from adfm.protocol import parse_response
+from adfm.protocol import get_prompt_version, parse_response
 from adfm.trainer.data.records import Sample
 from adfm.trainer.evaluation.mmad import ANOMALY_DETECTION, SUBTASKS, MmadQuestion, mmad_questions, parse_choice
 from adfm.trainer.evaluation.responses import INSPECT, ResponseRecord
@@ -158,10 +164,30 @@ class LocalizationCounts:
 @dataclass
 class _Group:
     binary: BinaryCounts = field(default_factory=BinaryCounts)
-    loc: LocalizationCounts = field(default_factory=LocalizationCounts)
+    loc: LocalizationCounts = field(default_factory=LocalizationCounts)  # shown: rethink-first
+    think: LocalizationCounts = field(default_factory=LocalizationCounts)  # <think> proposals (rewarded)
+    rethink: LocalizationCounts = field(default_factory=LocalizationCounts)  # <rethink>'s own list
+    has_rethink: bool = False
+
+    def add(self, anomalous: bool, gt: list[list[float]] | None, shown: list[list[float]],
+            think: list[list[float]], rethink: list[list[float]] | None) -> None:
+        stages = [(self.loc, shown), (self.think, think)]
+        if rethink is not None:
+            self.has_rethink = True
+            stages.append((self.rethink, rethink))
+        for counts, boxes in stages:
+            if anomalous:
+                counts.add_anomalous(boxes, gt)
+            else:
+                counts.add_normal(boxes)
 
     def summary(self) -> dict[str, Any]:
-        return {**self.binary.summary(), "localization": self.loc.summary()}
+        return {
+            **self.binary.summary(),
+            "localization": self.loc.summary(),
+            "localization_think": self.think.summary(),
+            "localization_rethink": self.rethink.summary() if self.has_rethink else None,
+        }
 
 
 def _mean(values: Iterable[float | None]) -> float | None:
@@ -186,12 +212,11 @@ def inspection_metrics(
             continue
         s = samples[r.sample_id]
         parsed = parse_response(r.response, grid=ModelGrid(*r.grid), version=prompt_version)
+        multi_stage = "rethink" in get_prompt_version(parsed.prompt_version).sections
+        rethink = (parsed.boxes if parsed.boxes_from == "rethink" else []) if multi_stage else None
         for g in (overall, datasets[s.dataset], categories[s.dataset][s.category]):
             g.binary.add(s.anomalous, parsed.decision, parsed.format_ok, r.finished)
-            if s.anomalous:
-                g.loc.add_anomalous(parsed.boxes, s.boxes)
-            else:
-                g.loc.add_normal(parsed.boxes)
+            g.add(s.anomalous, s.boxes, parsed.boxes, parsed.proposed_boxes, rethink)
     per_dataset = {}
     for name in sorted(datasets):
         per_dataset[name] = {
@@ -201,6 +226,10 @@ def inspection_metrics(
     average = {k: _mean(d[k] for d in per_dataset.values()) for k in AVERAGED}
     average["mean_giou"] = _mean(d["localization"]["mean_giou"] for d in per_dataset.values())
     average["box_recall_at_50"] = _mean(d["localization"]["box_recall_at_50"] for d in per_dataset.values())
+    for stage in ("think", "rethink"):
+        locs = [d[f"localization_{stage}"] for d in per_dataset.values() if d[f"localization_{stage}"]]
+        average[f"mean_giou_{stage}"] = _mean(loc["mean_giou"] for loc in locs)
+        average[f"box_recall_at_50_{stage}"] = _mean(loc["box_recall_at_50"] for loc in locs)
     return {"overall": overall.summary(), "datasets": per_dataset, "average_over_datasets": average}
 
 

@@ -36,7 +36,7 @@ def calibrate(
     normal_scores: Sequence[float],
     anomalous_scores: Sequence[float],
     target_recall: float = 0.95,
-    normal_quantile: float = 0.99,
+    normal_quantile: float = 0.90,
 ) -> tuple[Calibration, float]:
     """(how the threshold was chosen, the threshold); see the module docstring."""
     normal = np.asarray(normal_scores, dtype=np.float64)
@@ -59,6 +59,17 @@ def calibrate(
         normal_flag_rate=float((normal >= t).mean()) if normal.size else None,
         normal_quantile_threshold=q,
     ), t
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a rate k/n: a threshold set on ~30 parts is noisy, so the
+    figures it is sold with carry their spread."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 #: Heat map pixels of normal parts below this percentile are drawn in the coldest colour.

@@ -3,11 +3,14 @@
     adfm-train gate --data SPLIT_OR_FOLDER --out gate.onnx [options]
 
 `--data` is a split manifest (.jsonl) or a dataset root: the generic layout (`ROOT/normal`,
-`ROOT/anomalous`, optional `ROOT/masks`) or any layout `adfm-data` reads. The gate is fitted on
-normal images only, holding some out; its threshold keeps `--target-recall` of the anomalous
-images when there are some, else it is the `--normal-quantile` of the held-out normal scores.
-Writes gate.onnx, gate.json (metadata: input size, threshold, calibration) and gate.train.jsonl
-(the images fitted on). Uses the GPU when there is one (`--device`).
+`ROOT/anomalous`, optional `ROOT/masks`) or any layout `adfm-data` reads. Commissioning a station:
+the gate is fitted on good parts (ImageNet EfficientNet-Lite0 features by default), holding some
+out; known defective parts (`ROOT/anomalous`) set the threshold that still catches
+`--target-recall` of them (default 95%). Without any, it warns loudly and takes a low
+`--normal-quantile` of the held-out good parts' scores (default 0.90). Either way it prints the cost:
+the share of good parts that will go to the VLM. Writes gate.onnx, gate.json (metadata: input
+size, threshold, calibration, weights provenance, hashes of the fit and calibration images) and
+gate.train.jsonl (the images fitted on). Uses the GPU when there is one (`--device`).
 """
 
 from __future__ import annotations
@@ -92,23 +95,30 @@ def _config(args: argparse.Namespace):
                            progress=not args.quiet, **values)
 
 
+def _rate(rate: float, n: int) -> str:
+    from adfm.trainer.gate.calibrate import wilson_interval
+
+    lo, hi = wilson_interval(round(rate * n), n)
+    return f"{rate:.0%} (95% interval {lo:.0%}–{hi:.0%}, {n} parts)"
+
+
 def _summary(result) -> str:
     m = result.metadata
     c = m.calibration
     lines = [
-        f"gate written: {result.onnx_path} ({m.input_width}x{m.input_height} input, "
+        f"gate written: {result.onnx_path} ({m.method}, {m.input_width}x{m.input_height} input, "
         f"{result.fit.bank_size} normal patches from {result.fit.n_images} images, "
         f"fitted in {result.fit.seconds:.1f} s on {result.fit.device})",
         f"metadata: {result.metadata_path}; fitted on: {result.train_manifest}",
     ]
     if c.method == "recall":
-        lines.append(f"threshold {m.threshold:.4g}: recall {c.recall:.0%} of {c.n_anomalous} anomalous images "
-                     f"(target {c.target:.0%})"
-                     + (f", {c.normal_flag_rate:.0%} of {c.n_normal} held-out normal images sent to the VLM"
-                        if c.normal_flag_rate is not None else ""))
+        lines.append(f"threshold {m.threshold:.4g}: catches {_rate(c.recall, c.n_anomalous)} of the known defective "
+                     f"parts (target {c.target:.0%})")
     else:
-        lines.append(f"threshold {m.threshold:.4g}: quantile {c.target} of {c.n_normal} held-out normal scores "
-                     "(no anomalous images to calibrate on)")
+        lines.append(f"threshold {m.threshold:.4g}: the {c.target:.0%} quantile of {c.n_normal} held-out good parts' "
+                     "scores (no defective parts to calibrate on; see the warning)")
+    if c.normal_flag_rate is not None:
+        lines.append(f"cost: good parts that will go to the VLM: {_rate(c.normal_flag_rate, c.n_normal)}")
     if result.calibration_auroc is not None:
         lines.append(f"AUROC on the calibration images (held-out normal vs anomalous): {result.calibration_auroc:.3f}")
     return "\n".join(lines)
@@ -135,6 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
+    for warning in result.warnings:
+        print(f"\n{'!' * 78}\nWARNING: {warning}\n{'!' * 78}\n", file=sys.stderr)
     if args.json:
         print(json.dumps(result.metadata.model_dump(mode="json"), indent=2))
     else:

@@ -1,5 +1,8 @@
 """Fitting the gate on normal images: input normalization, patch features, the coreset memory bank.
 
+The pretrained backbone keeps its weights' own input scaling; the random one normalizes by the
+training images' channel statistics.
+
 Images are read once, resized with the line's own `preprocess` and kept as uint8 at the input
 size (a 256×256 image is 192 kB), so a station's few hundred images fit in memory. Features and
 the coreset run on the GPU when there is one.
@@ -102,6 +105,22 @@ def channel_stats(images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(mean, dtype=torch.float32), torch.tensor(np.maximum(std, MIN_STD), dtype=torch.float32)
 
 
+def make_features(
+    cfg: GateTrainConfig, images: np.ndarray, input_hw: tuple[int, int]
+) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """(feature extractor, per-channel mean, std) for `cfg.backbone`; see the module docstring."""
+    if cfg.backbone == "random":
+        mean, std = channel_stats(images)
+        return RandomFeatures(cfg.width, cfg.seed), mean, std
+    from adfm.trainer.gate.backbone import NATIVE_MEAN, NATIVE_STD, BackboneUnavailable, PretrainedFeatures
+
+    try:
+        features = PretrainedFeatures(input_hw)
+    except BackboneUnavailable as exc:
+        raise GateConfigError(str(exc)) from exc
+    return features, torch.full((3,), NATIVE_MEAN), torch.full((3,), NATIVE_STD)
+
+
 def fit_gate(cfg: GateTrainConfig, train: Sequence[Sample], size: tuple[int, int]) -> tuple[PatchKNNGate, FitReport]:
     """Fit the gate on the normal images `train` at input `size` (width, height)."""
     from tqdm import tqdm
@@ -114,9 +133,8 @@ def fit_gate(cfg: GateTrainConfig, train: Sequence[Sample], size: tuple[int, int
             f"only {len(used)} of {len(train)} normal training images could be read; a gate needs 2 or more"
             + (f" (first problem: {errors[0]})" if errors else "")
         )
-    mean, std = channel_stats(images)
-    features = RandomFeatures(cfg.width, cfg.seed)
     w, h = size
+    features, mean, std = make_features(cfg, images, (h, w))
     # A gate without a bank yet: used only for its normalization and features.
     probe = PatchKNNGate(features, mean, std, torch.zeros(1, features.channels), (h, w), cfg.smoothing_sigma)
     probe = probe.to(device).eval()

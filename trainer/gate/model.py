@@ -1,24 +1,26 @@
-"""The gate's model: nearest-neighbour distance of image patches to a memory bank of normal patches,
-in a feature space of fixed random convolutions with a modulus non-linearity.
+"""The gate's model: nearest-neighbour distance of image patches to a memory bank of normal patches.
 
-Why this method (and not an autoencoder or a distillation network):
-- It needs no downloaded weights and no gradient training. The features are three stride-2 3×3
-  convolutions with seeded random weights, each followed by |x| and local max pooling — random
-  projections of local patches at three scales that keep the distances between patches (including
-  directions normal data never varied in, which learned-from-normal features tend to discard),
-  with |x| keeping both signs of every projection (a random-filter scattering transform). The
-  only fitted parts are the input normalization and the memory bank.
-- It works from the few normal images a new station has (tens, not thousands) and fits in
-  seconds on a CPU: one forward pass per image plus a greedy k-centre coreset of the patch
-  features (PatchCore's way of keeping the bank small and covering). A station with several
-  part variants is fine: nearest neighbours are multimodal by nature.
-- It is fast on the line: ~0.16 G multiply-adds per 256×256 frame (three small convolutions and
-  one matrix product against the bank). The whole path — normalization, features, distances, smoothing,
-  image score (max of the map) and the heat map upsampled to the input size — is one ONNX graph.
-A convolutional autoencoder tried on the synthetic stations scored thin scratches below the
-normal texture's reconstruction error and took minutes to train on two cores; ReLU instead of |x|
-made the random features depend on the seed (image AUROC 0.84–0.97 over four seeds, 0.96–1.0
-with |x|, in that early comparison; the shipped pipeline measured 0.89–0.98 over seeds 0–3).
+Two feature spaces, one scorer (PatchCore's: a coreset memory bank, the distance of each patch to
+its nearest normal patch, the image score the highest patch distance):
+- `pretrained` (the default): ImageNet EfficientNet-Lite0 stride-8/16 features with 3×3 local
+  aggregation (`backbone.PretrainedFeatures`). On real images pretrained features separate
+  defects from normal variation far better than random ones (issue 16: image AUROC about 0.93
+  against 0.6–0.7 for random weights on the same photos; bench/gate_compare.py measures it on the
+  texture proxy and the synthetic station).
+- `random`: three seeded random 3×3 stride-2 convolutions with |x| (below): no weights at all,
+  enough for synthetic stations; kept as the comparison and as a fallback where the weights
+  package is not installed.
+
+Why a patch memory bank (and not an autoencoder or a distillation network): it needs no gradient
+training, works from the few normal images a new station has (tens, not thousands) and fits in
+seconds to a minute on a CPU — one forward pass per image plus a greedy k-centre coreset of the
+patch features. A station with several part variants is fine: nearest neighbours are multimodal.
+The whole path — normalization, features, distances, smoothing, image score (max of the map) and
+the heat map upsampled to the input size — is one ONNX graph; the bank size sets the line's
+frame rate (matrix product of the image's patches against the bank).
+For the random features: a convolutional autoencoder tried on the synthetic stations scored thin
+scratches below the normal texture's reconstruction error; ReLU instead of |x| made the random
+features depend on the seed (image AUROC 0.84–0.97 over four seeds, 0.96–1.0 with |x|).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-METHOD = "patch-knn-random-features"
+METHODS = {"pretrained": "patch-knn-pretrained-features", "random": "patch-knn-random-features"}
 
 
 class RandomFeatures(nn.Module):
@@ -76,7 +78,7 @@ class PatchKNNGate(nn.Module):
 
     def __init__(
         self,
-        features: RandomFeatures,
+        features: nn.Module,
         mean: torch.Tensor,
         std: torch.Tensor,
         bank: torch.Tensor,

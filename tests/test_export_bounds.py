@@ -1,0 +1,151 @@
+"""Export verification that can fail: quantized bounds on a model with trained weights.
+
+The tiny model fine-tuned to answer in adfm's format (adfm.export.tiny_trained) has peaked logits
+like a trained model, so the q4_k_m bounds apply to it. A good export passes; one tensor of the
+quantized file corrupted, or the projector's weights perturbed, fails verification.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from adfm.export import cli
+from adfm.export import quantize as quantize_module
+from adfm.export.verify import QUANT_BOUNDS, token_divergence
+from adfm.manifest import load_model_dir
+from tests.conftest import HAS_LLAMA
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not HAS_LLAMA, reason="needs llama-cpp-python")]
+
+
+@pytest.fixture(scope="module")
+def tiny_trained_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    from adfm.export.tiny_trained import build_tiny_trained
+
+    return build_tiny_trained(tmp_path_factory.mktemp("tiny-trained") / "model", tiny_model_dir)
+
+
+def _export(base: Path, out: Path, *extra: str) -> tuple[int, str]:
+    import contextlib
+    import io
+
+    log = io.StringIO()
+    with contextlib.redirect_stderr(log):
+        rc = cli.main(["--base", str(base), "--out", str(out), *extra])
+    return rc, log.getvalue()
+
+
+def _reverse_rows(path: Path, tensor: str) -> None:
+    """Corrupt one tensor in place: its rows in reverse order (every value still finite)."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path), "r+")
+    data = next(t for t in reader.tensors if t.name == tensor).data
+    data[...] = np.ascontiguousarray(data[::-1])
+    data.flush() if hasattr(data, "flush") else None
+    del reader
+
+
+def _scale(path: Path, tensor: str, factor: float) -> None:
+    """Perturb one float tensor in place: every weight times `factor`."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path), "r+")
+    data = next(t for t in reader.tensors if t.name == tensor).data
+    data[...] = (data.astype(np.float32) * factor).astype(data.dtype)
+    del reader
+
+
+def test_token_divergence_is_llama_cpps_kl_and_same_top():
+    ref = np.log(np.array([[0.7, 0.2, 0.1], [0.5, 0.3, 0.2]]))
+    other = np.log(np.array([[0.7, 0.2, 0.1], [0.2, 0.5, 0.3]]))
+    kld, same = token_divergence(ref, other)
+    assert kld[0] == pytest.approx(0.0, abs=1e-12)
+    # KL(P‖Q) = Σ p ln(p/q) = 0.5 ln 2.5 + 0.3 ln 0.6 + 0.2 ln(2/3)
+    assert kld[1] == pytest.approx(0.5 * np.log(2.5) + 0.3 * np.log(0.6) + 0.2 * np.log(2 / 3))
+    assert same == [True, False]
+    suppressed = np.array([[0.0, -np.inf, 1.0]])
+    assert token_divergence(suppressed, suppressed.copy())[0] == [pytest.approx(0.0, abs=1e-12)]
+    assert token_divergence(suppressed, np.array([[0.0, -np.inf, np.nan]]))[0] == [float("inf")]
+
+
+def test_a_good_q4_k_m_export_of_trained_weights_passes_the_bounds(tiny_trained_dir: Path, tmp_path: Path):
+    rc, log = _export(tiny_trained_dir, tmp_path / "q4")
+    assert rc == 0, log
+    verification = load_model_dir(tmp_path / "q4").verification
+    assert verification["random_weights"] is None
+    q4 = next(c for c in verification["checks"] if c["quant"] == "q4_k_m")
+    assert q4["bounds"] == {"max_mean_kld": 0.1, "min_same_top": 0.85, "applied": True}
+    assert q4["mean_kld"] <= QUANT_BOUNDS["q4_k_m"].max_mean_kld
+    assert q4["same_top"] >= QUANT_BOUNDS["q4_k_m"].min_same_top
+    # the trained model decides every fixture: yes or no is its top token after <answer>
+    assert q4["deciding_cases"] == 3 and q4["decision_agreement"] == 1.0
+    assert all(c["forced_decision_hf"] is not None for c in q4["cases"])
+
+
+def test_one_corrupted_tensor_of_the_quantized_file_fails(tiny_trained_dir: Path, tmp_path: Path, monkeypatch):
+    real = quantize_module.quantize_model
+
+    def quantize_then_corrupt(src, dst, quant, n_threads=None):
+        real(src, dst, quant, n_threads)
+        _reverse_rows(Path(dst), "blk.0.ffn_down.weight")
+
+    monkeypatch.setattr(quantize_module, "quantize_model", quantize_then_corrupt)
+    rc, log = _export(tiny_trained_dir, tmp_path / "bad")
+    assert rc == 1
+    assert "verification failed: q4_k_m + mmproj f16" in log
+    assert "exceeds the q4_k_m bound" in log or "below the q4_k_m bound" in log
+    assert not (tmp_path / "bad" / "manifest.json").exists()
+
+
+def test_a_perturbed_projector_fails(tiny_trained_dir: Path, tmp_path: Path, monkeypatch):
+    from adfm.export import gguf_mmproj
+
+    real = gguf_mmproj.write_mmproj
+
+    def write_then_perturb(merged, path, mmproj_type="f16", *args, **kwargs):
+        n = real(merged, path, mmproj_type, *args, **kwargs)
+        _scale(Path(path), "mm.2.weight", 1.25)
+        return n
+
+    monkeypatch.setattr(gguf_mmproj, "write_mmproj", write_then_perturb)
+    rc, log = _export(tiny_trained_dir, tmp_path / "bad-mmproj", "--quant", "q8_0")
+    assert rc == 1
+    assert "the projector's image embeddings differ from HF's vision tower" in log
+    assert not (tmp_path / "bad-mmproj" / "manifest.json").exists()
+
+
+def test_a_quantized_projector_is_held_to_the_vision_bound(tiny_trained_dir: Path, tmp_path: Path, monkeypatch):
+    rc, log = _export(tiny_trained_dir, tmp_path / "q8-mmproj", "--quant", "q8_0", "--mmproj-type", "q8_0")
+    assert rc == 0, log
+    checks = load_model_dir(tmp_path / "q8-mmproj").verification["checks"]
+    quant = next(c for c in checks if c["mmproj_type"] == "q8_0")
+    assert quant["vision_bound"] == 0.15 and quant["max_vision_relative_error"] < 0.15
+
+    from adfm.export import gguf_mmproj
+
+    real = gguf_mmproj.write_mmproj
+
+    def perturb_the_quantized_one(merged, path, mmproj_type="f16", *args, **kwargs):
+        n = real(merged, path, mmproj_type, *args, **kwargs)
+        if mmproj_type == "q8_0":  # the f16 reference of the float check stays right
+            _reverse_rows(Path(path), "mm.2.weight")
+        return n
+
+    monkeypatch.setattr(gguf_mmproj, "write_mmproj", perturb_the_quantized_one)
+    rc, log = _export(tiny_trained_dir, tmp_path / "bad-q8-mmproj", "--quant", "q8_0", "--mmproj-type", "q8_0")
+    assert rc == 1
+    assert "the q8_0 projector's image embeddings differ" in log
+
+
+def test_a_random_weight_model_skips_the_quantized_bounds_with_a_note(tiny_model_dir: Path, tmp_path: Path):
+    rc, log = _export(tiny_model_dir, tmp_path / "random")
+    assert rc == 0, log
+    assert "random-weight model" in log and "not applied" in log
+    q4 = next(c for c in load_model_dir(tmp_path / "random").verification["checks"] if c["quant"] == "q4_k_m")
+    assert q4["bounds"]["applied"] is False
+    assert json.loads((tiny_model_dir / "adfm_tiny.json").read_text())["random_weights"] is True
