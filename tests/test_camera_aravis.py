@@ -81,7 +81,7 @@ def test_triggered_camera_makes_every_exposure_a_part():
     ({"url": "aravis:", "genicam": {"trigger": "software"}, "trigger": {"mode": "free-run"}},
      "trigger.mode must be 'camera'"),
     ({"url": "aravis:", "genicam": {"trigger": "line", "trigger_line": "Line1"},
-      "trigger": {"mode": "external", "endpoint": "tcp://127.0.0.1:5601"}}, "or 'external' with genicam.trigger"),
+      "trigger": {"mode": "external", "endpoint": "tcp://127.0.0.1:5601"}}, "or 'external' or 'link' with genicam.trigger 'software'"),
     ({"url": "aravis:", "trigger": {"mode": "camera"}}, "needs an aravis: url with genicam.trigger"),
     ({"url": "aravis:", "fps": 10}, "set genicam.frame_rate_hz"),
     ({"url": "aravis:", "genicam": {"trigger": "software", "frame_rate_hz": 5}}, "frame_rate_hz applies to free run"),
