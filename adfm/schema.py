@@ -17,6 +17,14 @@ SCHEMA_MAJOR = SCHEMA_VERSION.split(".")[0]
 
 Verdict = Literal["pass", "fail", "review"]
 OperatorDecision = Literal["confirmed_defect", "false_alarm", "skip"]
+#: What the line does with a part (the PLC's reject output acts on `reject`).
+LineAction = Literal["pass", "reject", "hold"]
+#: Where a part's decision came from: the screening gate, the VLM in time, or the fail-safe
+#: action because the VLM did not finish in time, was down, the part had no frame, or the
+#: disk was full.
+DecisionSource = Literal[
+    "gate", "vlm", "failsafe_timeout", "failsafe_model_down", "failsafe_missed_frame", "failsafe_disk_full"
+]
 
 
 def utcnow() -> datetime:
@@ -120,6 +128,14 @@ class InspectionResult(_Message):
     latency_ms: dict[str, float] = Field(default_factory=dict)
     attempts: int = Field(1, ge=0)
     operator: OperatorVerdict | None = None
+    # ---- line decisions (stations with a deadline; None/0 on results made without one) --------
+    revision: int = Field(default=0, ge=0, description="0: the decision the line acted on; 1+: later verdicts")
+    decision_source: DecisionSource | None = None
+    action: LineAction | None = Field(default=None, description="what the line did with the part")
+    decided_at: datetime | None = None
+    triggered_at: datetime | None = None
+    deadline_ms: float | None = Field(default=None, gt=0)
+    recipe: str = ""
 
     @property
     def needs_review(self) -> bool:
@@ -162,6 +178,7 @@ class StationStatus(_Message):
     latency_ms_p95: dict[str, float] = Field(default_factory=dict)
     model_id: str = ""
     problems: list[str] = Field(default_factory=list)
+    recipe: str = Field(default="", description="the product recipe in use (stations with recipes)")
 
 
 # ---- control socket (ROUTER): requests and replies ------------------------------------------
@@ -183,6 +200,13 @@ class StatusRequest(_Message):
     type: Literal["status_request"] = "status_request"
 
 
+class RecipeRequest(_Message):
+    """Product changeover: the recipe for the parts triggered from now on."""
+
+    type: Literal["recipe"] = "recipe"
+    recipe: str = Field(min_length=1, max_length=64)
+
+
 class ImageRequest(_Message):
     """A part's journaled image (or gate heat map), for dashboards without access to its files."""
 
@@ -193,7 +217,7 @@ class ImageRequest(_Message):
 
 
 ControlRequest = Annotated[
-    ReplayRequest | VerdictRequest | StatusRequest | ImageRequest, Field(discriminator="type")
+    ReplayRequest | VerdictRequest | StatusRequest | ImageRequest | RecipeRequest, Field(discriminator="type")
 ]
 
 
@@ -233,7 +257,7 @@ _REQUEST = TypeAdapter(ControlRequest)
 _REPLY = TypeAdapter(ControlReply)
 
 
-def parse_request(data: bytes | str) -> ReplayRequest | VerdictRequest | StatusRequest | ImageRequest:
+def parse_request(data: bytes | str) -> ReplayRequest | VerdictRequest | StatusRequest | ImageRequest | RecipeRequest:
     """Decode a control request; raises pydantic.ValidationError naming the bad field."""
     return _REQUEST.validate_json(data)
 

@@ -252,6 +252,8 @@ class StationClient:
                     self._catch_up(None, out)
                     return
                 if result.seq < self._next:
+                    if result.revision > 0:  # a later verdict on a delivered part (line stations)
+                        out.append(result)
                     return  # already delivered (replayed before it arrived live)
                 if result.seq > self._next:
                     self._held[result.seq] = result

@@ -36,6 +36,7 @@ from adfm.schema import (
     ImageReply,
     ImageRequest,
     InspectionResult,
+    RecipeRequest,
     ReplayReply,
     ReplayRequest,
     StationStatus,
@@ -124,6 +125,7 @@ class ResultBus:
         status_interval_s: float = 5.0,
         send_hwm: int = 10_000,
         context: zmq.Context | None = None,
+        on_recipe: Callable[[str], None] | None = None,
     ) -> None:
         for ep in [*publish, *control]:
             why = check_endpoint_security(ep, curve is not None, insecure)
@@ -132,6 +134,7 @@ class ResultBus:
         self.station = station
         self.journal = journal
         self.status_provider = status_provider
+        self.on_recipe = on_recipe  # product changeover command (stations with recipes)
         self.publish_endpoints = list(publish)
         self.control_endpoints = list(control)
         self.curve = curve
@@ -320,6 +323,11 @@ class ResultBus:
                 return self._verdict(request, pub, client)
             if isinstance(request, ImageRequest):
                 return self._image(request)
+            if isinstance(request, RecipeRequest):
+                if self.on_recipe is None:
+                    return ErrorReply(error=f"station {self.station!r} has no recipes")
+                self.on_recipe(request.recipe)
+                return Ack(detail=f"recipe {request.recipe} selected for the next parts")
         except Exception as exc:  # a request must never take the bus down
             log.warning("control request failed: %s", exc)
             return ErrorReply(error=str(exc))

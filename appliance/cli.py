@@ -71,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
         )
     )
 
+    from adfm.appliance import plc_probe
+
+    plc_probe.add_arguments(sub.add_parser(
+        "plc-probe", help="check a station's PLC link: read the trigger (pulse the reject only when asked)",
+        description=plc_probe.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+
     p = sub.add_parser("run", help="run the station service", description=(
         "Run the station: cameras → gate → model → journal → result bus, until SIGTERM/SIGINT. "
         "Under systemd (Type=notify) it reports READY and feeds the watchdog while healthy."))
@@ -393,6 +399,11 @@ def main(argv: list[str] | None = None) -> int:
         from adfm.camera import probe
 
         return probe.run(args)
+    if args.command == "plc-probe":
+        from adfm.appliance import plc_probe
+
+        _setup_logging("ERROR")
+        return plc_probe.run(args)
     _setup_logging("WARNING" if args.command in ("demo", "tail", "status", "verdict") and args.log_level == "INFO"
                    else args.log_level)
     return COMMANDS[args.command](args)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from adfm.appliance.line_config import LineSection, OpcUaSection, PlcSection, RecipeSection
 from adfm.camera.config import CameraConfig
 from adfm.config import ConfigError, StrictModel, validation_problems
 from adfm.protocol import PROMPT_VERSIONS
@@ -201,6 +202,10 @@ class StationConfig(_Section):
     retention: RetentionSection = Field(default_factory=RetentionSection)
     bus: BusSection = Field(default_factory=BusSection)
     health: HealthSection = Field(default_factory=HealthSection)
+    line: LineSection | None = Field(None, description="decisions within a deadline of each trigger")
+    recipes: list[RecipeSection] = Field(default_factory=list)
+    plc: PlcSection | None = None
+    opcua: OpcUaSection | None = None
 
     _paths = field_validator("state_dir", mode="before")(_resolve)
 
@@ -218,7 +223,49 @@ class StationConfig(_Section):
             if cam.product is not None and cam.product not in names:
                 known = ", ".join(names) or "none defined"
                 raise ValueError(f"camera {cam.id!r}: product {cam.product!r} is not in products ({known})")
+        self._check_line(names)
         return self
+
+    def _check_line(self, products: list[str]) -> None:
+        """Recipes, the PLC link and the line section must fit together."""
+        for attr in ("name", "code"):
+            values = [getattr(r, attr) for r in self.recipes]
+            dup = sorted({str(v) for v in values if values.count(v) > 1})
+            if dup:
+                raise ValueError(f"recipe {attr}s must be unique; repeated: {', '.join(dup)}")
+        for r in self.recipes:
+            if r.product is not None and r.product not in products:
+                raise ValueError(f"recipe {r.name!r}: product {r.product!r} is not in products")
+            if (r.gate_mode or self.gate.mode) != "off" and r.gate_path is None and self.gate.path is None:
+                raise ValueError(f"recipe {r.name!r}: gate mode {r.gate_mode!r} needs gate_path (or gate.path)")
+        if (self.plc is not None or self.recipes) and self.line is None:
+            raise ValueError("plc and recipes need a `line` section (deadline and fail-safe)")
+        if self.line is None:
+            return
+        cam = self.line_camera
+        if cam not in [c.id for c in self.cameras]:
+            raise ValueError(f"line.camera {cam!r} is not one of the cameras")
+        if self.plc is not None:
+            trigger = next(c for c in self.cameras if c.id == cam).trigger.mode
+            if trigger != "link":
+                raise ValueError(f"camera {cam!r} is fired by the PLC: its trigger.mode must be 'link', "
+                                 f"not {trigger!r}")
+            ejector = self.plc.modbus.ejector
+            if ejector is not None and ejector.delay_ms is not None:
+                for r in [None, *self.recipes]:
+                    deadline = (r.deadline_ms if r and r.deadline_ms else None) or self.line.deadline_ms
+                    if ejector.delay_ms < deadline:
+                        who = f"recipe {r.name!r}" if r else "line"
+                        raise ValueError(f"plc.modbus.ejector.delay_ms {ejector.delay_ms:g} is shorter than the "
+                                         f"{who} deadline {deadline:g} ms: the part would reach the ejector "
+                                         "before its decision")
+            if self.plc.modbus.recipe_register is not None and not self.recipes:
+                raise ValueError("plc.modbus.recipe_register is set but no recipes are defined")
+
+    @property
+    def line_camera(self) -> str:
+        """The camera the line's triggers fire."""
+        return (self.line.camera if self.line and self.line.camera else None) or self.cameras[0].id
 
     def product_for(self, camera_id: str) -> ProductSection | None:
         cam = next(c for c in self.cameras if c.id == camera_id)
@@ -335,6 +382,14 @@ def check_resources(config: StationConfig, source: str = "<config>") -> list[str
             problems += _check_image(product.reference, f"{source}: products.{i}.reference")
     if config.gate.mode != "off" and config.gate.path is not None and not config.gate.path.is_file():
         problems.append(f"{source}: gate.path: {config.gate.path} not found")
+    for i, recipe in enumerate(config.recipes):
+        if recipe.gate_path is not None and not recipe.gate_path.is_file():
+            problems.append(f"{source}: recipes.{i}.gate_path: {recipe.gate_path} not found")
+        if recipe.model_dir is not None:
+            try:
+                read_manifest(recipe.model_dir)
+            except ManifestError as exc:
+                problems.append(f"{source}: recipes.{i}.model_dir: {exc}")
     if config.bus.curve is not None:
         from adfm.appliance.keys import CurveKeyError, load_server_curve
 

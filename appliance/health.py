@@ -27,7 +27,7 @@ import numpy as np
 from adfm.schema import CameraStatus, InspectionResult, StationStatus
 
 STAGES = ("capture", "journal", "journal_wait", "gate", "resize", "vlm", "model", "parse", "complete", "publish",
-          "total")
+          "total", "trigger_to_frame", "trigger_to_decision")
 PARTS_RATE_WINDOW_S = 300.0
 
 #: problems that mean the service itself is broken (watchdog stops), by key prefix. Journal and
@@ -53,6 +53,7 @@ class Health:
     ) -> None:
         self.station = station
         self.model_id = model_id
+        self.recipe = ""  # the product recipe in use, set by the line
         self.camera_stall_s = camera_stall_s
         self._lock = threading.Lock()
         self._latency: dict[str, deque[float]] = {s: deque(maxlen=window) for s in STAGES}
@@ -142,6 +143,7 @@ class Health:
             latency_ms_p95=self.percentiles(95),
             model_id=self.model_id,
             problems=[problems[k] for k in sorted(problems)],
+            recipe=self.recipe,
         )
 
     def pipeline_ok(self, max_heartbeat_age_s: float = 60.0) -> bool:

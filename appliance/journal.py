@@ -84,6 +84,14 @@ CREATE TABLE IF NOT EXISTS operator_verdicts (
     client TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS verdicts_by_seq ON operator_verdicts (seq);
+CREATE TABLE IF NOT EXISTS revisions (
+    seq INTEGER NOT NULL REFERENCES parts (seq),
+    revision INTEGER NOT NULL,
+    verdict TEXT NOT NULL,
+    result_json TEXT NOT NULL,
+    recorded_wall REAL NOT NULL,
+    PRIMARY KEY (seq, revision)
+);
 """
 #: columns added after version 1 was first written; added on open to older files
 _ADDED_COLUMNS = {"operator_verdicts": (("part_id", "TEXT NOT NULL DEFAULT ''"),
@@ -449,6 +457,97 @@ class Journal:
         self._image_bytes += len(data)
         return AcceptedPart(seq, part_id, camera, product, int(frame_number), float(captured_wall), rel,
                             width, height)
+
+    # ---- line parts: a row at the trigger, the image when the frame comes, revisions later --------
+
+    def open_part(self, *, part_id: str, camera: str, triggered_wall: float, product: str = "") -> AcceptedPart:
+        """Journal a triggered part before it has a frame (state pending, no image), so that every
+        trigger has a seq and a row whatever becomes of its frame. Raises JournalFullError when
+        not even the row fits."""
+        try:
+            with self._write() as conn:
+                seq = conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM parts").fetchone()[0]
+                conn.execute(
+                    "INSERT INTO parts (seq, state, part_id, camera, product, frame_number, captured_wall, "
+                    "image_path, image_width, image_height, accepted_wall) "
+                    "VALUES (?, 'pending', ?, ?, ?, 0, ?, '', 0, 0, ?)",
+                    (seq, part_id, camera, product, float(triggered_wall), time.time()),
+                )
+        except sqlite3.OperationalError as exc:
+            kind = JournalFullError if _is_disk_full(exc) else JournalError
+            raise kind(f"{self.db_path}: cannot journal triggered part {part_id!r}: {exc}") from exc
+        return AcceptedPart(seq, part_id, camera, product, 0, float(triggered_wall), "", 0, 0)
+
+    def attach_image(self, part: AcceptedPart, image: np.ndarray, *, frame_number: int,
+                     captured_wall: float) -> AcceptedPart:
+        """Store the frame of a part opened by `open_part`. JournalFullError (the row stays, without
+        an image: a minimal record) when the disk is full even after pruning."""
+        data = encode_image(image, self.image_format)
+        rel = self._image_rel(part.seq, captured_wall, "." + self.image_format)
+        height, width = int(image.shape[0]), int(image.shape[1])
+        for last_try in (False, True):
+            try:
+                self._ensure_room(len(data))
+                write_durable(self.image_file(rel), data)
+                with self._write() as conn:
+                    conn.execute(
+                        "UPDATE parts SET image_path = ?, image_width = ?, image_height = ?, image_bytes = ?, "
+                        "frame_number = ?, captured_wall = ? WHERE seq = ?",
+                        (rel, width, height, len(data), int(frame_number), float(captured_wall), part.seq),
+                    )
+                break
+            except (OSError, sqlite3.OperationalError) as exc:
+                self.image_file(rel).unlink(missing_ok=True)
+                if not _is_disk_full(exc):
+                    raise JournalError(f"{self.root}: cannot store the image of seq {part.seq}: {exc}") from exc
+                if last_try:
+                    raise JournalFullError(
+                        f"{self.root}: disk full ({self._free_bytes()} bytes free) — the image of part "
+                        f"{part.part_id!r} (seq {part.seq}) was not stored; its row is kept"
+                    ) from exc
+                self.prune(extra_bytes=4 * len(data) + self.retention.min_free_bytes)
+        self._image_bytes += len(data)
+        return AcceptedPart(part.seq, part.part_id, part.camera, part.product, int(frame_number),
+                            float(captured_wall), rel, width, height)
+
+    def revise(self, result: InspectionResult) -> InspectionResult:
+        """Record a later verdict on a done part (`result.revision` ≥ 1, same seq and part id).
+
+        The part's row then shows the newest revision; every revision, the first decision
+        included, stays in `revisions`. A revision already recorded is not recorded again."""
+        if result.revision < 1:
+            raise ValueError(f"seq {result.seq}: a revision needs revision >= 1, got {result.revision}")
+        payload = result.model_copy(update={"operator": None, "epoch": ""}).model_dump_json()
+        with self._write() as conn:
+            row = conn.execute("SELECT state, part_id, verdict, result_json, completed_wall FROM parts "
+                               "WHERE seq = ?", (result.seq,)).fetchone()
+            if row is None or row[0] != "done":
+                raise JournalError(f"{self.db_path}: cannot revise seq {result.seq}: no decided part")
+            if row[1] != result.part_id:
+                raise JournalError(f"{self.db_path}: revision of seq {result.seq} names part "
+                                   f"{result.part_id!r}, the journal has {row[1]!r}")
+            first = InspectionResult.model_validate_json(row[3])
+            conn.execute("INSERT OR IGNORE INTO revisions (seq, revision, verdict, result_json, recorded_wall) "
+                         "VALUES (?, ?, ?, ?, ?)", (result.seq, first.revision, row[2], row[3], row[4] or 0.0))
+            cur = conn.execute("INSERT OR IGNORE INTO revisions (seq, revision, verdict, result_json, recorded_wall) "
+                               "VALUES (?, ?, ?, ?, ?)",
+                               (result.seq, result.revision, result.verdict, payload, time.time()))
+            if cur.rowcount == 1 and result.revision > first.revision:
+                conn.execute("UPDATE parts SET verdict = ?, result_json = ? WHERE seq = ?",
+                             (result.verdict, payload, result.seq))
+        stored = self.get(result.seq)
+        assert stored is not None
+        return stored
+
+    def revisions(self, seq: int) -> list[InspectionResult]:
+        """Every recorded revision of a part, the line's decision (revision 0) first; just the one
+        result when it was never revised."""
+        rows = self._conn().execute(
+            "SELECT result_json FROM revisions WHERE seq = ? ORDER BY revision", (seq,)).fetchall()
+        if rows:
+            return [self.result_from_row(r[0], None, 0, epoch=self.epoch) for r in rows]
+        one = self.get(seq)
+        return [] if one is None else [one]
 
     def _find_dedupe(self, key: str) -> AcceptedPart | None:
         with self._sql("looking up a re-delivered part"):

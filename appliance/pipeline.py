@@ -34,7 +34,7 @@ from adfm.appliance.journal import AcceptedPart, Journal, JournalCorrupt, Journa
 from adfm.camera.frame import Frame
 from adfm.geometry import ModelGrid
 from adfm.protocol import ParsedResponse, parse_response
-from adfm.schema import Box, CameraStatus, InspectionResult, Verdict
+from adfm.schema import Box, CameraStatus, DecisionSource, InspectionResult, Verdict, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -361,12 +361,13 @@ class Pipeline:
         latency["total"] = _ms(t_pick)
         if inference is None:
             reason = f"screening gate: score {analysis.gate_score:.4f} below its threshold"
-            result = self._result(part, "pass", reason, None, "", 0, latency, analysis.gate_score, gate_map)
+            result = self._result(part, "pass", reason, None, "", 0, latency, analysis.gate_score, gate_map,
+                                  source="gate")
         else:
             verdict, reason = verdict_for(inference.parsed, inference.failures)
             result = self._result(
                 part, verdict, reason, inference.parsed, inference.raw, inference.attempts, latency,
-                analysis.gate_score, gate_map, inference.failures,
+                analysis.gate_score, gate_map, inference.failures, source="vlm",
             )
         return self._record(result)
 
@@ -438,6 +439,7 @@ class Pipeline:
         gate_score: float | None = None,
         gate_map: str = "",
         failures: list[str] | None = None,
+        source: DecisionSource | None = None,
     ) -> InspectionResult:
         boxes = [Box.from_xyxy(b, lab) for b, lab in zip(parsed.boxes, parsed.labels, strict=True)] if parsed else []
         return InspectionResult(
@@ -466,6 +468,8 @@ class Pipeline:
             gate_map_path=gate_map,
             latency_ms=latency,
             attempts=attempts,
+            decision_source=source,
+            decided_at=utcnow(),
         )
 
     def _record(self, result: InspectionResult, retry: bool = False) -> InspectionResult | None:

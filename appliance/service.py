@@ -119,6 +119,7 @@ class Service:
         self.health: Health | None = None
         self.metrics: Metrics | None = None
         self.pipeline: Pipeline | None = None
+        self.line: Any = None  # LineStation in line mode
         self.cameras: dict[str, Camera] = {}
         self._next_prune = 0.0
         self._next_metrics = 0.0
@@ -209,6 +210,9 @@ class Service:
             self.cameras = {c.id: CameraWorker(c.camera_config()) for c in cfg.cameras}
 
         journal = self.journal
+        if cfg.line is not None:
+            self._start_line(model, references, gate)
+            return
         self.worker = InferenceWorker(
             self._backend or BackendSpec(cfg.model.backend, {
                 "model_dir": str(cfg.model.dir),
@@ -259,6 +263,36 @@ class Service:
             if start is not None:
                 start()
 
+    def _start_line(self, model: ModelInfo, references: dict, gate: Any) -> None:
+        """Line mode (a `line` section): triggered parts decided within their deadline."""
+        from adfm.appliance.line_station import LineStation
+
+        cfg, journal = self.config, self.journal
+        assert journal is not None
+        camera = self.cameras[cfg.line_camera]
+        self.health = Health(
+            cfg.station, model_id=model.model_id, window=cfg.health.window, camera_stall_s=cfg.health.camera_stall_s,
+            verdict_counts=journal.counts(), last_seq=journal.last_seq,
+            cameras=lambda: [c.status() for c in self.cameras.values()],
+            worker=lambda: (self.line.runner.alive, self.line.runner.restarts) if self.line else (False, 0),
+        )
+        self.bus = self._make_bus()
+        self.line = LineStation(cfg, journal=journal, health=self.health, publish=self.bus.publish, camera=camera,
+                                model=model, references=references, gate=gate, backend=self._backend,
+                                on_result=self._on_result)
+        self.bus.on_recipe = self.line.select_recipe
+        self.bus.start()
+        if cfg.health.prometheus_file or cfg.health.prometheus_port:
+            self.metrics = Metrics(self.health, lambda: {"adfm_journal_image_bytes": float(journal.image_bytes)})
+            if cfg.health.prometheus_port:
+                self.metrics.serve(cfg.health.prometheus_port, cfg.health.prometheus_addr)
+        for cam in self.cameras.values():
+            start = getattr(cam, "start", None)
+            if start is not None:
+                start()
+        self.line.recover()
+        self.line.start()
+
     def _make_bus(self) -> ResultBus:
         from adfm.appliance.keys import CurveKeyError, load_server_curve
 
@@ -285,6 +319,10 @@ class Service:
     def _on_result(self, result: InspectionResult) -> None:
         """Count the result; keep only the last SUMMARY_RESULTS (the journal has every one)."""
         self._results.append(result)
+        if result.revision:  # a line's later verdict on a part already counted
+            if self.on_result is not None:
+                self.on_result(result)
+            return
         self._parts += 1
         self._verdicts[result.verdict] = self._verdicts.get(result.verdict, 0) + 1
         if self._first_seq is None:
@@ -344,6 +382,9 @@ class Service:
         try:
             try:
                 self.start()
+                if self.line is not None:
+                    self._run_line(max_parts, deadline, max_seconds)
+                    raise ServiceStopping(self._stop_reason)
                 assert self.pipeline is not None and self.health is not None
                 if self.health.pipeline_ok():
                     self.notifier.ready(f"station {self.config.station} running")
@@ -372,6 +413,21 @@ class Service:
             for sig, handler in old_signals:
                 signal.signal(sig, handler)
 
+    def _run_line(self, max_parts: int | None, deadline: float | None, max_seconds: float | None) -> None:
+        assert self.line is not None and self.health is not None
+        if self.health.pipeline_ok():
+            self.notifier.ready(f"station {self.config.station} running (line mode)")
+        while True:
+            self.tick()
+            self._housekeeping()
+            if max_parts is not None and self.line.decided >= max_parts:
+                self._stop_reason = f"{max_parts} parts done"
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                self._stop_reason = f"{max_seconds:g} s elapsed"
+                return
+            self.line.step(0.1)
+
     def _summary(self) -> RunSummary:
         health, journal = self.health, self.journal
         return RunSummary(
@@ -399,6 +455,8 @@ class Service:
                     stop()
                 except Exception:
                     log.exception("camera stop failed")
+        if self.line is not None:
+            self.line.close()
         if self.pipeline is not None:
             self.pipeline.close()
         if self.worker is not None:

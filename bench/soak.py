@@ -370,7 +370,7 @@ def write_config(work: Path, state: Path, model: Path, gate: Path | None, drop: 
     config = {
         "station": STATION,
         "state_dir": str(state),
-        "model": {"dir": str(model), "max_tokens": 24, "n_ctx": 1024, "deadline_s": 60, "load_timeout_s": 300},
+        "model": {"dir": str(model), "max_tokens": 24, "deadline_s": 60, "load_timeout_s": 300},
         "cameras": [{"id": "drop", "url": f"folder:{drop}", "folder": {"settle_s": 0.0, "poll_interval_s": 0.05},
                      "reconnect_min_s": 0.2, "reconnect_max_s": 2.0}],
         "retention": {"days": None, "max_image_mb": image_quota_mb, "min_free_mb": 1, "prune_interval_s": 5},
@@ -466,6 +466,8 @@ def run(args: argparse.Namespace) -> dict:
                 code = appliance.proc.returncode if appliance.proc else None
                 appliance.unexpected_exits.append(code)
                 note("appliance exited unexpectedly", code=code)
+                if code in (2, 3):  # config error / damaged journal: systemd would not restart it either
+                    raise SystemExit(f"the appliance refused to start (exit {code}); see {work / 'appliance.log'}")
                 appliance.start()
             if next_worker_kill and done >= next_worker_kill:
                 pids = appliance.worker_pids()  # none while the appliance starts: try again later

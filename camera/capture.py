@@ -5,6 +5,15 @@ OpenCV's FFmpeg backend in the opencv-python-headless wheel reads HTTP multipart
 so HTTP needs no separate reader. Read timeouts are set to the stall timeout: a stream that goes
 quiet returns a failed read, and the worker reconnects.
 
+Capture time (what a trigger compares with, so that it never takes a frame exposed before it):
+- v4l2/usb: the driver's buffer timestamp (OpenCV's CAP_PROP_POS_MSEC on the V4L2 backend), which
+  Linux drivers take on CLOCK_MONOTONIC at capture — the same clock as `time.monotonic()`; used
+  when it is plausible (within `_DEVICE_CLOCK_SLACK_S` of now), else the host time after the read.
+- rtsp/http: the stream's presentation time counts from the stream's start, not on a host clock,
+  so frames are stamped with the host time after read and decode — later than the exposure by the
+  stream's buffering. A trigger then never takes a frame that *arrived* before it, but may take one
+  exposed up to that latency earlier; stations that need exact timing use a device or GigE camera.
+
 OpenCV's V4L2 backend takes no read timeout, and a wedged device (a USB camera that stops
 streaming) can block `read()` for ever. Device reads therefore run in a helper thread and are
 given up after `stall_timeout_s`: the source reports the stall and the worker reconnects; the
@@ -28,6 +37,18 @@ from adfm.camera.source import FrameSource, now_pair
 # RTSP over TCP: UDP loses packets under load and the frames come out smeared. An integrator can
 # still choose otherwise by setting the variable before the appliance starts.
 os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
+
+
+#: A V4L2 buffer timestamp further than this from the host's monotonic clock is not on that clock.
+_DEVICE_CLOCK_SLACK_S = 2.0
+
+
+def device_capture_mono(buffer_ms: float, now_mono: float) -> float | None:
+    """The device's capture time on the monotonic clock, or None when `buffer_ms` is not on it."""
+    if buffer_ms <= 0 or buffer_ms != buffer_ms:
+        return None
+    t = buffer_ms / 1000.0
+    return t if now_mono - _DEVICE_CLOCK_SLACK_S <= t <= now_mono else None
 
 
 class VideoCaptureSource(FrameSource):
@@ -95,7 +116,14 @@ class VideoCaptureSource(FrameSource):
         if not ok or image is None:
             raise SourceError(f"{self.name}: no frame (stream ended, timed out after "
                               f"{self.config.stall_timeout_s:g} s, or device lost)")
-        return self._make_frame(image, self.name, mono, wall)
+        meta = {"clock": "host"}
+        if self._device:
+            exposed = device_capture_mono(self._cap.get(cv2.CAP_PROP_POS_MSEC), mono)
+            if exposed is not None:
+                wall -= mono - exposed
+                mono = exposed
+                meta["clock"] = "device"
+        return self._make_frame(image, self.name, mono, wall, meta=meta)
 
     def _read_device(self) -> tuple[bool, object]:
         """One device read, given up after stall_timeout_s (V4L2 has no read timeout of its own)."""

@@ -5,7 +5,8 @@ frame for `stall_timeout_s`) or an unexpected exception closes the source and re
 exponential backoff with jitter, in this camera's own thread, so other cameras carry on. A bad
 frame or file is counted, logged with its name and skipped. Live sources drop the oldest queued
 frame when the consumer falls behind (a fresh image beats a stale one); a folder source waits
-instead, as its files are parts that stay safe on disk until taken.
+instead, as its files are parts that stay safe on disk until taken. Frames taken by a trigger
+(external or PLC link) are parts someone is waiting for: they are never dropped.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from adfm.camera.config import CameraConfig
 from adfm.camera.errors import CameraError, FrameError, SourceError, SourceFinished
 from adfm.camera.frame import Frame
 from adfm.camera.source import FrameSource, open_source
-from adfm.camera.triggers import Trigger, make_trigger
+from adfm.camera.triggers import LinkTrigger, Trigger, make_trigger
 from adfm.schema import CameraStatus
 
 log = logging.getLogger("adfm.camera")
@@ -51,6 +52,13 @@ class FrameQueue:
             self._items.append(frame)
             self._cond.notify()
             return dropped
+
+    def put_always(self, frame: Frame) -> None:
+        """Queue `frame` even beyond `maxsize`: a triggered part's frame is never dropped (the
+        trigger source bounds how many there can be)."""
+        with self._cond:
+            self._items.append(frame)
+            self._cond.notify()
 
     def put_wait(self, frame: Frame, stop: threading.Event) -> bool:
         """Queue `frame`, waiting for room; False when `stop` was set first (frame not queued)."""
@@ -128,6 +136,8 @@ class CameraWorker:
         self._source_info: dict[str, str] = {}
         self._errors: deque[str] = deque(maxlen=error_history)
         self._logged: tuple[str, float] = ("", 0.0)
+        self._trigger = make_trigger(config.trigger)
+        self._triggered = config.trigger.mode in ("external", "link")
 
     # ---- consumer side -----------------------------------------------------------------------
 
@@ -148,6 +158,13 @@ class CameraWorker:
             return True
         self._thread.join(timeout)
         return not self._thread.is_alive()
+
+    def fire(self, part_id: str, at_mono: float, expires_mono: float) -> None:
+        """A PLC-link trigger (mode `link`): the first frame captured at or after `at_mono` (and
+        before `expires_mono`) becomes part `part_id`. Safe from any thread."""
+        if not isinstance(self._trigger, LinkTrigger):
+            raise RuntimeError(f"camera {self.config.id}: trigger mode is {self.config.trigger.mode!r}, not 'link'")
+        self._trigger.fire(part_id, at_mono, expires_mono)
 
     def get(self, timeout: float) -> Frame | None:
         """The next part's frame, or None when none came within `timeout` seconds."""
@@ -248,7 +265,7 @@ class CameraWorker:
             log.exception("camera %s: error while closing %s", self.config.id, self.source.name)
 
     def _run(self) -> None:
-        trigger = make_trigger(self.config.trigger)
+        trigger = self._trigger
         loop = _CaptureLoop(self, trigger)
         try:
             while not self._stop.is_set() and not self._done.is_set():
@@ -290,6 +307,11 @@ class CameraWorker:
         if not self.source.streaming:  # a folder or a triggered camera: each frame is a part, never dropped
             if not self._queue.put_wait(frame, self._stop):
                 return  # stopping: the part stays in its source (a folder file) for the next run
+            with self._lock:
+                self._counters.captured += 1
+            return
+        if self._triggered:
+            self._queue.put_always(frame)
             with self._lock:
                 self._counters.captured += 1
             return

@@ -18,7 +18,7 @@ from adfm.camera.genicam import GenicamOptions, parse_target
 from adfm.config import StrictModel
 
 SourceKind = Literal["v4l2", "usb", "rtsp", "http", "folder", "replay", "aravis"]
-TriggerMode = Literal["free-run", "external", "folder", "camera"]
+TriggerMode = Literal["free-run", "external", "folder", "camera", "link"]
 
 _PREFIXES: tuple[tuple[str, SourceKind], ...] = (
     ("v4l2:", "v4l2"),
@@ -117,6 +117,9 @@ class TriggerConfig(StrictModel):
     - `camera`: each exposure of a triggered `aravis:` camera (genicam.trigger software or line) is
       a part, and none is dropped. With genicam.trigger `software`, mode `external` instead fires
       the camera once per ZeroMQ message, and that exposure is the message's part.
+    - `link`: the station's PLC link fires each trigger in-process (`CameraWorker.fire`); the first
+      frame captured at or after the trigger is the part (a software-triggered `aravis:` camera is
+      fired once per trigger).
     Left unset, the mode follows the source: `folder` for `folder:` sources, `camera` for triggered
     `aravis:` cameras, `free-run` otherwise.
     """
@@ -222,11 +225,12 @@ class CameraConfig(StrictModel):
         if self.trigger.mode is None:
             mode: TriggerMode = "folder" if kind == "folder" else "camera" if triggered_camera else "free-run"
             self.trigger = self.trigger.model_copy(update={"mode": mode})
-        software_on_message = self.trigger.mode == "external" and camera_trigger == "software"
+        software_on_message = self.trigger.mode in ("external", "link") and camera_trigger == "software"
         if triggered_camera and self.trigger.mode != "camera" and not software_on_message:
             raise ValueError(
                 f"genicam.trigger {camera_trigger!r}: every exposure is a part, so trigger.mode must be "
-                f"'camera' (or unset), or 'external' with genicam.trigger 'software', not {self.trigger.mode!r}"
+                f"'camera' (or unset), or 'external' or 'link' with genicam.trigger 'software', "
+                f"not {self.trigger.mode!r}"
             )
         if self.trigger.mode == "camera" and not triggered_camera:
             raise ValueError("trigger.mode 'camera' needs an aravis: url with genicam.trigger 'software' or 'line'")

@@ -8,6 +8,7 @@ messages; their socket lives in the capture thread, as ZeroMQ sockets are not th
 from __future__ import annotations
 
 import json
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
@@ -171,6 +172,51 @@ class ExternalTrigger(Trigger):
             self._socket = None
 
 
+class LinkTrigger(Trigger):
+    """Triggers fired from another thread (the PLC link) with the moment they happened.
+
+    A trigger takes the first frame captured at or after its time (`Frame.captured_mono`: the
+    device's own timestamp where the source has one), never an earlier one; a trigger still
+    without a frame at its expiry is dropped (the station records that part as missed), since a
+    later frame would show another part.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: deque[tuple[str, float, float]] = deque()
+        self._fired = 0  # fired since the last poll; counted into `accepted` there
+
+    def fire(self, part_id: str, at_mono: float, expires_mono: float) -> None:
+        with self._lock:
+            if len(self._pending) >= MAX_PENDING_TRIGGERS:
+                self._pending.popleft()
+            self._pending.append((part_id, at_mono, expires_mono))
+            self._fired += 1
+
+    def poll(self, now: float) -> list[str]:
+        problems = []
+        with self._lock:
+            self.accepted += self._fired  # the capture thread fires an on-demand camera once for each
+            self._fired = 0
+            while self._pending and self._pending[0][2] <= now:
+                part_id, _, _ = self._pending.popleft()
+                problems.append(f"trigger for part {part_id!r} expired without a frame")
+        return problems
+
+    def take(self, frame: Frame) -> str | None:
+        with self._lock:
+            while self._pending and self._pending[0][2] <= frame.captured_mono:
+                self._pending.popleft()  # expired before this frame: never give it a later part's frame
+            if self._pending and self._pending[0][1] <= frame.captured_mono:
+                return self._pending.popleft()[0]
+        return None
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+
 class CameraTrigger(Trigger):
     """A triggered camera (hardware line or software): the trigger already chose the frame, so every
     frame is a part."""
@@ -180,6 +226,8 @@ class CameraTrigger(Trigger):
 
 
 def make_trigger(config: TriggerConfig) -> Trigger:
+    if config.mode == "link":
+        return LinkTrigger()
     if config.mode == "external":
         return ExternalTrigger(config)
     if config.mode == "folder":

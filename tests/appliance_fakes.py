@@ -20,7 +20,7 @@ import numpy as np
 from adfm.camera.frame import Frame
 from adfm.schema import CameraStatus, InspectionResult, StationStatus
 
-ACTIONS = ("yes", "no", "slow", "malformed", "crash", "hang", "error", "exit")
+ACTIONS = ("yes", "no", "slow", "late", "malformed", "crash", "hang", "error", "exit")
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,8 @@ class ScriptedBackend:
             os.kill(os.getpid(), signal.SIGKILL)
         self.actions: list[str] = spec["actions"]
         self.box = spec.get("box", [10, 20, 60, 80])  # grid pixels of the query image
+        self.late_s = float(spec.get("late_s", 1.0))  # "late": answers yes after this long
+        self.cycle = bool(spec.get("cycle", False))  # repeat the whole list instead of its last action
 
     def _next_action(self) -> tuple[int, str]:
         counter = self.script.with_suffix(".calls")
@@ -51,6 +53,8 @@ class ScriptedBackend:
         tmp = counter.with_suffix(f".calls.{os.getpid()}")
         tmp.write_text(str(n))
         os.replace(tmp, counter)  # a SIGKILL mid-write must not leave the counter empty
+        if self.cycle:
+            return n, self.actions[(n - 1) % len(self.actions)]
         return n, self.actions[min(n, len(self.actions)) - 1]
 
     def generate(self, images, *, prompt_version=None, product=None, max_tokens=256, temperature=0.0, seed=0):
@@ -67,6 +71,9 @@ class ScriptedBackend:
         elif action == "slow":
             time.sleep(0.4)
             text = format_response(False, [], version=version)
+        elif action == "late":
+            time.sleep(self.late_s)
+            text = format_response(True, [self.box], ["scratch"], version=version)
         elif action == "no":
             text = format_response(False, [], version=version)
         elif action == "malformed":
@@ -89,8 +96,10 @@ def make_backend(**kwargs):
     return ScriptedBackend(**kwargs)
 
 
-def write_script(path: Path, actions: list[str], box: list[int] | None = None) -> Path:
-    path.write_text(json.dumps({"actions": actions, **({"box": box} if box else {})}))
+def write_script(path: Path, actions: list[str], box: list[int] | None = None, late_s: float | None = None,
+                 cycle: bool = False) -> Path:
+    path.write_text(json.dumps({"actions": actions, "cycle": cycle, **({"box": box} if box else {}),
+                                **({"late_s": late_s} if late_s is not None else {})}))
     return path
 
 
@@ -219,6 +228,30 @@ def frame(i: int, size=(200, 150), camera="cam0") -> Frame:
     img = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
     return Frame(camera_id=camera, image=img, frame_number=i, part_id=f"part-{i}",
                  captured_mono=time.monotonic(), captured_wall=time.time(), source_name=f"{i}.png")
+
+
+class SlowedBackend:
+    """A real backend (the exported GGUF through llama.cpp) made slower on every `slow_every`-th
+    call by `slow_s`, so a test or bench can push some parts past their deadline on purpose."""
+
+    def __init__(self, slow_every: int = 5, slow_s: float = 1.0, **gguf_kwargs: object) -> None:
+        from adfm.appliance.inference_worker import gguf_backend
+
+        self.inner = gguf_backend(**gguf_kwargs)  # type: ignore[arg-type]
+        self.slow_every = slow_every
+        self.slow_s = slow_s
+        self.calls = 0
+
+    def generate(self, images, **kwargs):
+        self.calls += 1
+        if self.slow_every and self.calls % self.slow_every == 0:
+            time.sleep(self.slow_s)
+        return self.inner.generate(images, **kwargs)
+
+
+def make_slowed_backend(**kwargs):
+    """The worker's factory for SlowedBackend (`tests.appliance_fakes:make_slowed_backend`)."""
+    return SlowedBackend(**kwargs)
 
 
 # ---- CURVE keys made the way an installation makes them ---------------------------------------

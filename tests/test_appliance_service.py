@@ -167,6 +167,7 @@ def test_screen_gate_passes_unsuspicious_parts_without_the_model(tmp_path, monke
     passed, flagged = summary.results
     assert passed.verdict == "pass" and "screening gate" in passed.reason and passed.attempts == 0
     assert flagged.verdict == "fail" and flagged.gate_score > 0.5
+    assert (passed.decision_source, flagged.decision_source) == ("gate", "vlm") and passed.decided_at
     assert passed.gate_map_path.endswith(".gate.png")
     assert (config.journal_dir / passed.gate_map_path).is_file()
     assert len(calls(script)) == 1

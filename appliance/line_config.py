@@ -1,0 +1,183 @@
+"""Station config sections for the line: decision deadline and fail-safe, product recipes, the PLC's
+Modbus/TCP register map and the OPC UA server. Part of `station.yaml` (see appliance/config.py);
+README "Wiring a station to a PLC" documents every key.
+
+Register addresses are 0-based protocol addresses (what goes on the wire), not the 1-based
+"40001"-style numbers of some PLC manuals.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from adfm.config import StrictModel
+
+FailSafe = Literal["reject", "hold", "pass"]
+
+#: Decision codes written to the PLC's decision register.
+DECISION_CODES: dict[str, int] = {"pass": 1, "reject": 2, "hold": 3}
+#: Decision-source codes written to the PLC's source register.
+SOURCE_CODES: dict[str, int] = {
+    "gate": 1,
+    "vlm": 2,
+    "failsafe_timeout": 3,
+    "failsafe_model_down": 4,
+    "failsafe_missed_frame": 5,
+    "failsafe_disk_full": 6,
+}
+
+
+class _Section(StrictModel):
+    """A line config section (unknown keys are errors)."""
+
+
+def _resolve(value: Any, info: ValidationInfo) -> Any:
+    """Relative paths are read from the config file's folder, as everywhere in station.yaml."""
+    from adfm.appliance.config import _resolve as resolve  # the station config imports this module
+
+    return resolve(value, info)
+
+
+class LineSection(_Section):
+    """Decisions in time: every triggered part is decided within `deadline_ms` of its trigger.
+
+    The gate passes confidently good parts at once; the VLM's verdict counts when it comes in time;
+    otherwise `failsafe` is the part's decision (published `margin_ms` before the deadline, so the
+    PLC has it by then) and the VLM's later verdict is journaled as a revision.
+    """
+
+    camera: str | None = Field(None, description="camera the PLC trigger fires (default: the first)")
+    deadline_ms: float = Field(1000.0, gt=0, le=600_000)
+    failsafe: FailSafe = Field("reject", description="decision when the VLM cannot decide in time")
+    margin_ms: float = Field(50.0, ge=0, description="the fail-safe goes out this long before the deadline")
+    vlm_backlog: int = Field(16, ge=0, le=10_000, description="late parts the VLM still inspects for revisions")
+    vlm_nice: int = Field(10, ge=0, le=19, description="the model process runs this much nicer than the service")
+
+
+class RecipeSection(_Section):
+    """A product recipe; the PLC's recipe register (or a control command) selects it by `code`."""
+
+    name: str = Field(min_length=1, max_length=64)
+    code: int = Field(ge=1, le=65535, description="value of plc.modbus.recipe_register selecting this recipe "
+                      "(0 there: the PLC selects none, the recipe chosen by command applies)")
+    product: str | None = Field(None, description="name from `products` (reference image, prompt product)")
+    model_dir: Path | None = Field(None, description="this product's exported model (default: model.dir)")
+    deadline_ms: float | None = Field(None, gt=0, le=600_000, description="default: line.deadline_ms")
+    failsafe: FailSafe | None = Field(None, description="default: line.failsafe")
+    gate_mode: Literal["off", "screen", "annotate"] | None = Field(None, description="default: gate.mode")
+    gate_path: Path | None = Field(None, description="this product's gate model (default: gate.path)")
+
+    _paths = field_validator("gate_path", "model_dir", mode="before")(_resolve)
+
+
+class TriggerInput(_Section):
+    """The PLC's part-present signal: a rising edge (0 → 1) of a coil or discrete input is one part;
+    or (`counter`) a holding register the PLC increments by one per part — no part is lost when a
+    poll comes late, where an edge must stay high longer than the polling gap."""
+
+    table: Literal["coil", "discrete_input", "counter"] = "discrete_input"
+    address: int = Field(0, ge=0, le=65535)
+
+
+class ResultRegisters(_Section):
+    """Holding registers the station writes after each decision, in one write:
+    base+0/+1 seq (low word, high word), +2 decision code, +3 decision source code; base+4 holds a
+    heartbeat counter the station increments every `heartbeat_ms`."""
+
+    base: int = Field(100, ge=0, le=65530)
+    heartbeat_ms: float = Field(500.0, gt=0)
+
+
+class EjectorSection(_Section):
+    """When a rejected part reaches the ejector: `delay_ms` after its trigger, or — on a conveyor
+    with an encoder — `distance_counts` encoder counts after it (the count read from
+    `encoder_register`, two registers low/high word, wrapping at 2**32)."""
+
+    coil: int = Field(ge=0, le=65535, description="reject output coil")
+    pulse_ms: float = Field(100.0, gt=0, le=10_000)
+    delay_ms: float | None = Field(None, ge=0)
+    encoder_register: int | None = Field(None, ge=0, le=65534)
+    distance_counts: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_way(self) -> EjectorSection:
+        by_time = self.delay_ms is not None
+        by_encoder = self.encoder_register is not None or self.distance_counts is not None
+        if by_time == by_encoder:
+            raise ValueError("set either delay_ms, or encoder_register with distance_counts")
+        if by_encoder and (self.encoder_register is None or self.distance_counts is None):
+            raise ValueError("an encoder ejector needs both encoder_register and distance_counts")
+        return self
+
+
+class ModbusSection(_Section):
+    """The PLC over Modbus/TCP (the station is the client)."""
+
+    host: str = Field(min_length=1)
+    port: int = Field(502, ge=1, le=65535)
+    unit: int = Field(1, ge=0, le=247, description="Modbus unit (device) id")
+    poll_ms: float = Field(10.0, gt=0, le=1000, description="how often the trigger input is read")
+    timeout_s: float = Field(0.5, gt=0, le=30)
+    reconnect_min_s: float = Field(0.2, gt=0)
+    reconnect_max_s: float = Field(5.0, gt=0)
+    trigger: TriggerInput = Field(default_factory=TriggerInput)
+    part_id_register: int | None = Field(None, ge=0, le=65534, description="two holding registers (low, high)")
+    recipe_register: int | None = Field(None, ge=0, le=65535, description="holding register with the recipe code")
+    result: ResultRegisters = Field(default_factory=ResultRegisters)
+    ejector: EjectorSection | None = None
+
+    @model_validator(mode="after")
+    def _no_overlap(self) -> ModbusSection:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be >= reconnect_min_s")
+        regs: dict[str, range] = {"result": range(self.result.base, self.result.base + 5)}
+        if self.trigger.table == "counter":
+            regs["trigger"] = range(self.trigger.address, self.trigger.address + 1)
+        if self.part_id_register is not None:
+            regs["part_id_register"] = range(self.part_id_register, self.part_id_register + 2)
+        if self.recipe_register is not None:
+            regs["recipe_register"] = range(self.recipe_register, self.recipe_register + 1)
+        if self.ejector is not None and self.ejector.encoder_register is not None:
+            regs["ejector.encoder_register"] = range(self.ejector.encoder_register, self.ejector.encoder_register + 2)
+        names = list(regs)
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                if set(regs[a]) & set(regs[b]):
+                    raise ValueError(f"holding registers overlap: {a} {_span(regs[a])} and {b} {_span(regs[b])}")
+        if (self.ejector is not None and self.trigger.table == "coil" and self.ejector.coil == self.trigger.address):
+            raise ValueError(f"ejector.coil {self.ejector.coil} is also the trigger coil")
+        return self
+
+
+def _span(r: range) -> str:
+    return f"{r.start}..{r.stop - 1}"
+
+
+class PlcSection(_Section):
+    modbus: ModbusSection
+
+
+class OpcUaSection(_Section):
+    """An OPC UA server for SCADA/MES (needs the `plc` extra): state, counters, model, recipe, the
+    last `last_results` results and alarms under the `Station` object."""
+
+    endpoint: str = Field("opc.tcp://127.0.0.1:4840/adfm/", description="opc.tcp://host:port/path")
+    namespace: str = Field("urn:adfm:station")
+    last_results: int = Field(10, ge=1, le=1000)
+    insecure: bool = Field(False, description="allow an endpoint reachable off this machine (no OPC UA security)")
+
+    @model_validator(mode="after")
+    def _opc_tcp(self) -> OpcUaSection:
+        from urllib.parse import urlsplit
+
+        v = self.endpoint
+        if not v.startswith("opc.tcp://"):
+            raise ValueError(f"opcua.endpoint {v!r} must start with opc.tcp://")
+        host = urlsplit(v).hostname or ""
+        if host not in ("127.0.0.1", "localhost", "::1") and not self.insecure:
+            raise ValueError(f"opcua.endpoint {v!r} is reachable off this machine and the server offers no OPC UA "
+                             "security: bind 127.0.0.1 (and tunnel), or set insecure: true explicitly")
+        return self
