@@ -25,7 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from adfm.offline import force_offline
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # tests.gguf_support: the tensor damage the tests use too
+force_offline()
 
 RESULTS = Path(__file__).resolve().parent / "results" / "export_bounds.json"
 CORRUPT = ("blk.0.ffn_down.weight", "blk.0.attn_v.weight", "blk.0.ffn_up.weight", "blk.1.attn_output.weight",
@@ -42,24 +46,6 @@ def _loadavg() -> list[float]:
     return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
 
 
-def _reverse_rows(path: Path, tensor: str) -> None:
-    import gguf
-    import numpy as np
-
-    reader = gguf.GGUFReader(str(path), "r+")
-    data = next(t for t in reader.tensors if t.name == tensor).data
-    data[...] = np.ascontiguousarray(data[::-1])
-    del reader
-
-
-def _scale(path: Path, tensor: str, factor: float) -> None:
-    import gguf
-    import numpy as np
-
-    reader = gguf.GGUFReader(str(path), "r+")
-    data = next(t for t in reader.tensors if t.name == tensor).data
-    data[...] = (data.astype(np.float32) * factor).astype(data.dtype)
-    del reader
 
 
 def _row(check: dict) -> dict:
@@ -82,6 +68,7 @@ def main() -> int:
     from adfm.protocol import VISION_SPECIAL_TOKENS
     from adfm.runtime.vlm import GgufVlm
     from adfm.trainer.tiny_model import build_tiny_qwen25vl
+    from tests.gguf_support import reverse_rows, scale
 
     work = args.work or Path(tempfile.mkdtemp(prefix="adfm-export-bounds-"))
     random_base = work / "random"
@@ -111,7 +98,7 @@ def main() -> int:
         model = work / "corrupt.gguf"
         shutil.copy(good / "model-q4_k_m.gguf", model)
         if tensor is not None:
-            _reverse_rows(model, tensor)
+            reverse_rows(model, tensor)
         with GgufVlm.from_files(model, good / "mmproj-f16.gguf", manifest) as vlm:
             check = verify.check_gguf(vlm, runs, cases, label="q4_k_m", float_check=False,
                                       prompt_version=manifest.prompt_version, agreement_floor=0.8, quant="q4_k_m")
@@ -120,7 +107,7 @@ def main() -> int:
         print(json.dumps(corrupted[-1]), flush=True)
     mmproj = work / "perturbed-mmproj.gguf"
     shutil.copy(good / "mmproj-f16.gguf", mmproj)
-    _scale(mmproj, "mm.2.weight", 1.25)
+    scale(mmproj, "mm.2.weight", 1.25)
     with GgufVlm.from_files(good / "model-q4_k_m.gguf", mmproj, manifest) as vlm:
         check = verify.check_gguf(vlm, runs, cases, label="q4_k_m + perturbed mmproj", float_check=False,
                                   prompt_version=manifest.prompt_version, agreement_floor=0.8, quant="q4_k_m")

@@ -53,7 +53,9 @@ from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from adfm.offline import force_offline
+
+force_offline()
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gate_compare.json"
 SIZE = 256

@@ -18,6 +18,26 @@ from adfm.synthetic import make_synthetic_dataset
 pytestmark = pytest.mark.slow
 
 
+def _run_with_subscriber(service: Service, expected: int, **run: object) -> tuple[object, list]:
+    """Run the service in a thread with a bus subscriber from seq 1; its summary and what arrived."""
+    outcome: dict = {}
+    runner = threading.Thread(target=lambda: outcome.update(summary=service.run(**run)))
+    runner.start()
+    received: list = []
+    try:
+        deadline = time.monotonic() + 600
+        while not (service.bus and service.bus.bound) and runner.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        bound = service.bus.bound
+        station = service.config.station
+        with StationClient(bound["publish"][0], bound["control"][0], station=station, from_seq=1) as client:
+            while len(received) < expected and time.monotonic() < deadline:
+                received += client.receive(0.5)
+    finally:
+        runner.join(600)
+    return outcome["summary"], received
+
+
 def test_replay_camera_to_subscriber_with_the_tiny_gguf(tmp_path, tiny_gguf_dir):
     data = make_synthetic_dataset(tmp_path / "parts", layout="folder", categories=("washer",), n_train=2,
                                   n_test_good=0, n_test_defect=1, defects=("scratch",), size=(128, 96), seed=3)
@@ -32,22 +52,7 @@ def test_replay_camera_to_subscriber_with_the_tiny_gguf(tmp_path, tiny_gguf_dir)
                      "queue_size": 50}],
         "bus": {"publish": "tcp://127.0.0.1:*", "control": "tcp://127.0.0.1:*", "status_interval_s": 0.5},
     })
-    service = Service(config)
-    outcome: dict = {}
-    runner = threading.Thread(target=lambda: outcome.update(summary=service.run(stop_when_finished=True)))
-    runner.start()
-    received = []
-    try:
-        deadline = time.monotonic() + 600
-        while not (service.bus and service.bus.bound) and runner.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        bound = service.bus.bound
-        with StationClient(bound["publish"][0], bound["control"][0], station="e2e", from_seq=1) as client:
-            while len(received) < len(images) and time.monotonic() < deadline:
-                received += client.receive(0.5)
-    finally:
-        runner.join(600)
-    summary = outcome["summary"]
+    summary, received = _run_with_subscriber(Service(config), len(images), stop_when_finished=True)
     assert summary.parts == len(images) and summary.last_seq == len(images)
     assert [r.seq for r in received] == list(range(1, len(images) + 1))
     assert {r.camera for r in received} == {"cam0", "cam1"}
@@ -74,22 +79,7 @@ def test_simulated_genicam_camera_to_subscriber_with_the_tiny_gguf(tmp_path, tin
                                  "exposure_us": 5000, "gain_db": 2, "frame_rate_hz": 10}}],
         "bus": {"publish": "tcp://127.0.0.1:*", "control": "tcp://127.0.0.1:*", "status_interval_s": 0.5},
     })
-    service = Service(config)
-    outcome: dict = {}
-    runner = threading.Thread(target=lambda: outcome.update(summary=service.run(max_parts=parts)))
-    runner.start()
-    received = []
-    try:
-        deadline = time.monotonic() + 600
-        while not (service.bus and service.bus.bound) and runner.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        bound = service.bus.bound
-        with StationClient(bound["publish"][0], bound["control"][0], station="e2e-gige", from_seq=1) as client:
-            while len(received) < parts and time.monotonic() < deadline:
-                received += client.receive(0.5)
-    finally:
-        runner.join(600)
-    summary = outcome["summary"]
+    summary, received = _run_with_subscriber(Service(config), parts, max_parts=parts)
     assert summary.parts == parts and summary.last_seq == parts
     assert [r.seq for r in received] == list(range(1, parts + 1))
     for r in received:

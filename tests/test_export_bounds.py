@@ -18,6 +18,7 @@ from adfm.export import quantize as quantize_module
 from adfm.export.verify import QUANT_BOUNDS, token_divergence
 from adfm.manifest import load_model_dir
 from tests.conftest import HAS_LLAMA
+from tests.gguf_support import reverse_rows, scale
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not HAS_LLAMA, reason="needs llama-cpp-python")]
 
@@ -39,25 +40,6 @@ def _export(base: Path, out: Path, *extra: str) -> tuple[int, str]:
     return rc, log.getvalue()
 
 
-def _reverse_rows(path: Path, tensor: str) -> None:
-    """Corrupt one tensor in place: its rows in reverse order (every value still finite)."""
-    import gguf
-
-    reader = gguf.GGUFReader(str(path), "r+")
-    data = next(t for t in reader.tensors if t.name == tensor).data
-    data[...] = np.ascontiguousarray(data[::-1])
-    data.flush() if hasattr(data, "flush") else None
-    del reader
-
-
-def _scale(path: Path, tensor: str, factor: float) -> None:
-    """Perturb one float tensor in place: every weight times `factor`."""
-    import gguf
-
-    reader = gguf.GGUFReader(str(path), "r+")
-    data = next(t for t in reader.tensors if t.name == tensor).data
-    data[...] = (data.astype(np.float32) * factor).astype(data.dtype)
-    del reader
 
 
 def test_token_divergence_is_llama_cpps_kl_and_same_top():
@@ -92,7 +74,7 @@ def test_one_corrupted_tensor_of_the_quantized_file_fails(tiny_trained_dir: Path
 
     def quantize_then_corrupt(src, dst, quant, n_threads=None):
         real(src, dst, quant, n_threads)
-        _reverse_rows(Path(dst), "blk.0.ffn_down.weight")
+        reverse_rows(Path(dst), "blk.0.ffn_down.weight")
 
     monkeypatch.setattr(quantize_module, "quantize_model", quantize_then_corrupt)
     rc, log = _export(tiny_trained_dir, tmp_path / "bad")
@@ -109,7 +91,7 @@ def test_a_perturbed_projector_fails(tiny_trained_dir: Path, tmp_path: Path, mon
 
     def write_then_perturb(merged, path, mmproj_type="f16", *args, **kwargs):
         n = real(merged, path, mmproj_type, *args, **kwargs)
-        _scale(Path(path), "mm.2.weight", 1.25)
+        scale(Path(path), "mm.2.weight", 1.25)
         return n
 
     monkeypatch.setattr(gguf_mmproj, "write_mmproj", write_then_perturb)
@@ -133,7 +115,7 @@ def test_a_quantized_projector_is_held_to_the_vision_bound(tiny_trained_dir: Pat
     def perturb_the_quantized_one(merged, path, mmproj_type="f16", *args, **kwargs):
         n = real(merged, path, mmproj_type, *args, **kwargs)
         if mmproj_type == "q8_0":  # the f16 reference of the float check stays right
-            _reverse_rows(Path(path), "mm.2.weight")
+            reverse_rows(Path(path), "mm.2.weight")
         return n
 
     monkeypatch.setattr(gguf_mmproj, "write_mmproj", perturb_the_quantized_one)

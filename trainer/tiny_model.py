@@ -223,22 +223,17 @@ def build_tiny_qwen25vl(
     )
     model.save_pretrained(path, safe_serialization=True)
 
-    image_processor = Qwen2VLImageProcessor(
-        size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
-        patch_size=14,
-        temporal_patch_size=2,
-        merge_size=2,
-        image_mean=OPENAI_CLIP_MEAN,
-        image_std=OPENAI_CLIP_STD,
-    )
-    video_processor = Qwen2VLVideoProcessor(
-        size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
-        patch_size=14,
-        temporal_patch_size=2,
-        merge_size=2,
-        image_mean=OPENAI_CLIP_MEAN,
-        image_std=OPENAI_CLIP_STD,
-    )
+    # the image and the video processor share Qwen2.5-VL's patching and the CLIP normalisation
+    pixels = {
+        "size": {"shortest_edge": min_pixels, "longest_edge": max_pixels},
+        "patch_size": 14,
+        "temporal_patch_size": 2,
+        "merge_size": 2,
+        "image_mean": OPENAI_CLIP_MEAN,
+        "image_std": OPENAI_CLIP_STD,
+    }
+    image_processor = Qwen2VLImageProcessor(**pixels)
+    video_processor = Qwen2VLVideoProcessor(**pixels)
     processor = Qwen2_5_VLProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
