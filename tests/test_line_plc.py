@@ -171,6 +171,11 @@ def test_steady_line_every_trigger_one_decision_in_time_and_pulses_for_rejects(t
     assert len(pulses) >= len(rejects) - len(seen_late)
 
 
+#: how long before a PLC dies a trigger it raised may go unread (poll_ms 10 plus scheduling, well below
+#: the 200 ms between parts at RATE): at most the last part before the kill
+KILL_GRACE_S = 0.15
+
+
 @pytest.mark.slow
 def test_plc_killed_and_restarted_mid_run(tmp_path):
     port = free_port()
@@ -181,6 +186,7 @@ def test_plc_killed_and_restarted_mid_run(tmp_path):
     service = run.service
     try:
         _wait(lambda: len(plc.triggers()) >= 10, 20, "parts before the kill")
+        killed_at = time.monotonic()  # the stand-in stamps its events with the same monotonic clock
         plc.kill()
         _wait(lambda: not service.line.link.connected, 5, "the link to notice")
         status = service.health.snapshot()
@@ -202,9 +208,15 @@ def test_plc_killed_and_restarted_mid_run(tmp_path):
         if "plc2" in locals():
             plc2.kill()
     triggered = {t["part_id"] for t in plc.triggers()} | {t["part_id"] for t in plc2.triggers()}
+    # A trigger the PLC raised just before it died may never have been read: the station polls the
+    # input every poll_ms, and a dead PLC's input is gone. Such a part cannot get a decision; every
+    # trigger raised earlier than that must get exactly one.
+    unreadable = {t["part_id"] for t in plc.triggers() if t["t"] > killed_at - KILL_GRACE_S}
     with _journal(tmp_path) as journal:
         decided = [d.part_id for d in _decisions(journal)]
-    assert sorted(decided) == sorted(triggered), "every trigger of both PLC runs has exactly one decision"
+    assert len(decided) == len(set(decided)), "a trigger has more than one decision"
+    assert set(decided) <= triggered, "a decision for no trigger"
+    assert triggered - set(decided) <= unreadable, "a trigger read by the station has no decision"
 
 
 @pytest.mark.slow
