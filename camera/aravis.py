@@ -235,10 +235,22 @@ class _Settings:
         if not low <= value <= high:
             raise self.fail(f"{key}: {value:g} is outside {feature}'s range [{low:g}, {high:g}]")
 
+    def set_float(self, key: str, features: tuple[str, ...], value: float, bounds: Any, setter: Any,
+                  auto: tuple[str, Any, Any] | None = None) -> None:
+        """Write a float setting: the camera's own feature, checked against its range, its auto mode
+        (feature name, availability check, setter) turned off first so the value sticks."""
+        feature = self.first_feature(features, key)
+        self.check_float(key, feature, value, bounds())
+        if auto is not None:
+            auto_feature, available, set_auto = auto
+            if available():
+                self.call(key, auto_feature, set_auto, self.aravis.Auto.OFF)
+        self.call(key, feature, setter, value)
+
     # ---- the typed settings, in the order their features depend on each other ----
 
     def apply(self, options: GenicamOptions) -> None:
-        cam, a = self.camera, self.aravis
+        cam = self.camera
         if self.device.get_feature("TriggerMode") is not None:
             self.call("genicam.trigger", "TriggerMode", cam.clear_triggers)  # free run while configuring
         if self.device.get_feature("AcquisitionMode") is not None:
@@ -247,21 +259,15 @@ class _Settings:
         if options.sensor_roi is not None:
             self.region(options.sensor_roi)
         if options.exposure_us is not None:
-            feature = self.first_feature(_EXPOSURE_FEATURES, "genicam.exposure_us")
-            self.check_float("genicam.exposure_us", feature, options.exposure_us, cam.get_exposure_time_bounds())
-            if cam.is_exposure_auto_available():
-                self.call("genicam.exposure_us", "ExposureAuto", cam.set_exposure_time_auto, a.Auto.OFF)
-            self.call("genicam.exposure_us", feature, cam.set_exposure_time, options.exposure_us)
+            self.set_float("genicam.exposure_us", _EXPOSURE_FEATURES, options.exposure_us,
+                           cam.get_exposure_time_bounds, cam.set_exposure_time,
+                           auto=("ExposureAuto", cam.is_exposure_auto_available, cam.set_exposure_time_auto))
         if options.gain_db is not None:
-            feature = self.first_feature(_GAIN_FEATURES, "genicam.gain_db")
-            self.check_float("genicam.gain_db", feature, options.gain_db, cam.get_gain_bounds())
-            if cam.is_gain_auto_available():
-                self.call("genicam.gain_db", "GainAuto", cam.set_gain_auto, a.Auto.OFF)
-            self.call("genicam.gain_db", feature, cam.set_gain, options.gain_db)
+            self.set_float("genicam.gain_db", _GAIN_FEATURES, options.gain_db, cam.get_gain_bounds, cam.set_gain,
+                           auto=("GainAuto", cam.is_gain_auto_available, cam.set_gain_auto))
         if options.frame_rate_hz is not None:
-            feature = self.first_feature(_FRAME_RATE_FEATURES, "genicam.frame_rate_hz")
-            self.check_float("genicam.frame_rate_hz", feature, options.frame_rate_hz, cam.get_frame_rate_bounds())
-            self.call("genicam.frame_rate_hz", feature, cam.set_frame_rate, options.frame_rate_hz)
+            self.set_float("genicam.frame_rate_hz", _FRAME_RATE_FEATURES, options.frame_rate_hz,
+                           cam.get_frame_rate_bounds, cam.set_frame_rate)
         for name, value in options.features.items():
             self.write(f"genicam.features.{name}", name, value)
         if options.triggered:
