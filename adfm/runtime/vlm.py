@@ -162,6 +162,12 @@ class Generation:
     finished: bool = False
     #: prompt positions taken from the kept prefix (system prompt, reference image) instead of evaluated
     prefix_reused: int = 0
+    #: where `seconds` went: the vision encoder and projector on the images (not on a reused prefix's)
+    vision_seconds: float = 0.0
+    #: the language model over the prompt's text and image tokens (a reused prefix's not included)
+    prefill_seconds: float = 0.0
+    #: the answer tokens, one decode step each
+    generate_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -181,6 +187,8 @@ class _Prompt:
     image_tokens: tuple[int, ...]
     #: positions of the prefix that were already in the KV cache and not evaluated again
     reused_positions: int = 0
+    vision_seconds: float = 0.0
+    prefill_seconds: float = 0.0
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -411,6 +419,7 @@ class GgufVlm:
             start = time.perf_counter()
             messages = messages or self._inspection_messages(len(images), prompt_version, product)
             prompt = self._eval_prompt(images, messages, reserve=max_tokens)
+            prompt_done = time.perf_counter()
             ids: list[int] = []
             finished = False
             for _ in range(max_tokens):
@@ -420,6 +429,7 @@ class GgufVlm:
                     break
                 ids.append(token)
                 self._llama.eval([token])
+            done = time.perf_counter()
             text = self._llama.detokenize(ids, special=False).decode("utf-8", errors="replace")
             return Generation(
                 text=text,
@@ -430,6 +440,9 @@ class GgufVlm:
                 image_tokens=prompt.image_tokens,
                 finished=finished,
                 prefix_reused=prompt.reused_positions,
+                vision_seconds=prompt.vision_seconds,
+                prefill_seconds=prompt.prefill_seconds,
+                generate_seconds=done - prompt_done,
             )
 
     def forced_logits(
@@ -476,8 +489,7 @@ class GgufVlm:
                     chunk = mtmd.mtmd_input_chunks_get(chunks, i)
                     if mtmd.mtmd_input_chunk_get_type(chunk) != mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE:
                         continue
-                    if mtmd.mtmd_encode_chunk(self._mtmd_ctx, chunk) != 0:
-                        raise RuntimeError(f"llama.cpp failed to encode the image ({recent_llama_errors()})")
+                    self._encode_image(chunk)
                     n = int(mtmd.mtmd_input_chunk_get_n_tokens(chunk))
                     width = self._llama.n_embd()
                     ptr = mtmd.mtmd_get_output_embd(self._mtmd_ctx)
@@ -627,33 +639,58 @@ class GgufVlm:
                 self._prefix = None
                 llama_cpp.llama_memory_clear(memory, True)
                 llama.reset()
+            vision_s = prefill_s = 0.0
             for i in range(start, n_chunks):
                 if split and i == split and not reused:
                     self._prefix = (key, llama.n_tokens)
                 chunk = mtmd.mtmd_input_chunks_get(chunks, i)
                 tokens = texts[i]
                 if tokens is not None:
+                    t0 = time.perf_counter()
                     if tokens:
                         llama.eval(tokens)
+                    prefill_s += time.perf_counter() - t0
                     ids.extend(tokens)
                     continue
                 n_img = int(mtmd.mtmd_input_chunk_get_n_tokens(chunk))
-                new_n_past = llama_cpp.llama_pos(0)
-                rc = mtmd.mtmd_helper_eval_chunk_single(
-                    self._mtmd_ctx, llama.ctx, chunk, llama_cpp.llama_pos(llama.n_tokens),
-                    llama_cpp.llama_seq_id(0), llama.n_batch, False, ctypes.byref(new_n_past),
-                )
-                if rc != 0:
-                    self._prefix = None
-                    raise RuntimeError(f"llama.cpp failed to encode an image (code {rc}; {recent_llama_errors()})")
-                llama.n_tokens = new_n_past.value
+                t0 = time.perf_counter()
+                self._encode_image(chunk)
+                t1 = time.perf_counter()
+                self._decode_image(chunk)
+                vision_s += t1 - t0
+                prefill_s += time.perf_counter() - t1
                 image_tokens.append(n_img)
                 ids.extend([self.image_pad_id] * n_img)
-            return _Prompt(tuple(ids), tuple(image_tokens), reused)
+            return _Prompt(tuple(ids), tuple(image_tokens), reused, vision_s, prefill_s)
         finally:
             mtmd.mtmd_input_chunks_free(chunks)
             for bmp in bitmaps:
                 mtmd.mtmd_bitmap_free(bmp)
+
+    def _encode_image(self, chunk: Any) -> None:
+        """Run the vision encoder and projector on an image chunk (the output stays in the mtmd context)."""
+        import llama_cpp.mtmd_cpp as mtmd
+
+        if mtmd.mtmd_encode_chunk(self._mtmd_ctx, chunk) != 0:
+            self._prefix = None
+            raise RuntimeError(f"llama.cpp failed to encode an image ({recent_llama_errors()})")
+
+    def _decode_image(self, chunk: Any) -> None:
+        """Evaluate the encoded image's embeddings with the language model at the next positions."""
+        import llama_cpp
+        import llama_cpp.mtmd_cpp as mtmd
+
+        llama = self._llama
+        new_n_past = llama_cpp.llama_pos(0)
+        rc = mtmd.mtmd_helper_decode_image_chunk(
+            self._mtmd_ctx, llama.ctx, chunk, mtmd.mtmd_get_output_embd(self._mtmd_ctx),
+            llama_cpp.llama_pos(llama.n_tokens), llama_cpp.llama_seq_id(0), llama.n_batch,
+            ctypes.byref(new_n_past), mtmd.mtmd_helper_post_decode_callback(), None,
+        )
+        if rc != 0:
+            self._prefix = None
+            raise RuntimeError(f"llama.cpp failed to evaluate an image (code {rc}; {recent_llama_errors()})")
+        llama.n_tokens = new_n_past.value
 
     @staticmethod
     def _chunk_tokens(chunk: Any) -> tuple[int, ...]:
