@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     load_start = os.getloadavg()
+    command = "python " + " ".join(["bench/realistic_models.py", *(argv if argv is not None else sys.argv[1:])])
     entries = {}
     if args.out.is_file():
         entries = {e["size"]: e for e in json.loads(args.out.read_text()).get("models", [])}
@@ -127,12 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         entry = build(size, cache=args.cache, keep_checkpoint=args.keep_checkpoint, threads=args.threads)
         print(json.dumps(entry), flush=True)
         if not entry["cached"]:
-            entry.update(date=datetime.now(UTC).isoformat(timespec="seconds"),
+            entry.update(command=command, date=datetime.now(UTC).isoformat(timespec="seconds"),
                          loadavg_start_end=[load_start, os.getloadavg()])
             entries[size] = entry
     result = {
         "bench": "realistic_models",
-        "command": "python " + " ".join(["bench/realistic_models.py", *(argv if argv is not None else sys.argv[1:])]),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1)},
         "models": list(entries.values()),

@@ -98,9 +98,9 @@ def realistic_models(results: Path) -> list[str]:
         files = ", ".join(f"{name} {size / 1e9:.2f} GB" for name, size in m["files_bytes"].items())
         out.append(f"| {_size(m['size'])} | {m['checkpoint_seconds']:.0f} s | {m['export_seconds']:.0f} s | "
                    f"{m['export_peak_rss_gb']:.1f} GB | {files} |")
-    out += ["", f"`{data['command']}` on {data['machine']['cpus']} CPUs, {data['machine']['memory_gb']} GB; "
-            + "; ".join(f"{_size(m['size'])} load {m['loadavg_start_end'][0][0]:.1f} → "
-                        f"{m['loadavg_start_end'][1][0]:.1f}" for m in data["models"]), ""]
+    out += [""] + [f"- {_size(m['size'])}: `{m['command']}` ({m['date'][:10]}, {data['machine']['cpus']} CPUs, "
+                   f"{data['machine']['memory_gb']} GB, load {m['loadavg_start_end'][0][0]:.1f} → "
+                   f"{m['loadavg_start_end'][1][0]:.1f})" for m in data["models"]] + [""]
     return out
 
 
