@@ -20,6 +20,10 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from adfm.appliance.config import ModelSection
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG, EXIT_JOURNAL = 0, 1, 2, 3  # the unit's RestartPreventExitStatus: 2 3
 
@@ -206,10 +210,19 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"{args.config}: model.dir: {exc}", file=sys.stderr)
             return EXIT_CONFIG
         print(f"{args.config}: OK — station {config.station}, model {manifest.model_id} "
-              f"({manifest.prompt_version}), {len(config.cameras)} camera(s), journal in {config.journal_dir}, "
+              f"({manifest.prompt_version}) on {_placement(config.model)}, {len(config.cameras)} camera(s), "
+              f"journal in {config.journal_dir}, "
               f"bus {', '.join(config.bus.publish)} / {', '.join(config.bus.control)}; "
               f"{hashed} model file(s) hashed and matching")
     return EXIT_OK
+
+
+def _placement(model: ModelSection) -> str:
+    """Where the model runs, as `check` reports it."""
+    if not model.uses_gpu:
+        return "the CPU"
+    layers = "all layers" if model.n_gpu_layers == -1 else f"{model.n_gpu_layers} layers"
+    return f"the GPU ({layers}, projector on the {'GPU' if model.projector_on_gpu else 'CPU'})"
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
