@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", default="adfm", help="system user the service runs as (default adfm)")
     p.add_argument("--bin-dir", metavar="DIR", help="folder holding adfm-appliance (default: this install's)")
     p.add_argument("--force", action="store_true", help="overwrite an existing station config")
+    p.epilog = ("With a station config in place that asks for the GPU (model.n_gpu_layers, model.mmproj_gpu), "
+                "install also writes the drop-in adfm-appliance.service.d/gpu.conf opening the GPU's device "
+                "nodes; otherwise it removes it. Run it again after changing those fields.")
 
     p = sub.add_parser("tail", help="follow a station's results (JSON lines), gap-free")
     _add_client_args(p, publish=True)
@@ -297,10 +300,17 @@ def cmd_journal(args: argparse.Namespace) -> int:
 
 def cmd_install(args: argparse.Namespace) -> int:
     from adfm.appliance import install
+    from adfm.appliance.config import ConfigError
 
-    p = install.plan(args.unit_dir, args.config_path, args.user, args.bin_dir)
+    try:  # the GPU drop-in follows the station config in place
+        p = install.plan(args.unit_dir, args.config_path, args.user, args.bin_dir, force=args.force)
+    except ConfigError as exc:
+        print(f"adfm-appliance install: {exc}\n(fix the config, then run install again)", file=sys.stderr)
+        return EXIT_CONFIG
     if args.print_only:
         print(p.unit_text, end="")
+        if p.gpu_dropin_text is not None:
+            print(f"\n# {p.gpu_dropin_path}\n{p.gpu_dropin_text}", end="")
         return EXIT_OK
     try:
         done = install.install(p, force=args.force)
