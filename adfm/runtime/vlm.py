@@ -207,7 +207,9 @@ class GgufVlm:
     """A loaded exported model; calls from several threads are serialized.
 
     `cpu_extra_buffers`: llama.cpp's AMX / repacked CPU weight layouts; None = on unless the CPU
-    has AMX (see the module note).
+    has AMX (see the module note). `n_gpu_layers`: language-model layers on the GPU (0 none, -1
+    all); `mmproj_gpu`: the vision projector on the GPU (None: when `n_gpu_layers` is not 0). Asking
+    for the GPU where llama.cpp cannot use one raises RuntimeError instead of running on the CPU.
     """
 
     def __init__(
@@ -218,6 +220,7 @@ class GgufVlm:
         check_hashes: bool = True,
         *,
         n_gpu_layers: int = 0,
+        mmproj_gpu: bool | None = None,
         cpu_extra_buffers: bool | None = None,
         reuse_prefix: bool = True,
     ) -> None:
@@ -230,6 +233,7 @@ class GgufVlm:
             n_ctx=n_ctx,
             n_threads=n_threads,
             n_gpu_layers=n_gpu_layers,
+            mmproj_gpu=mmproj_gpu,
             cpu_extra_buffers=cpu_extra_buffers,
         )
         self.reuse_prefix = reuse_prefix
@@ -244,13 +248,15 @@ class GgufVlm:
         n_ctx: int = 4096,
         n_threads: int | None = None,
         n_gpu_layers: int = 0,
+        mmproj_gpu: bool | None = None,
         cpu_extra_buffers: bool | None = None,
     ) -> GgufVlm:
         """Load a GGUF pair that has no manifest on disk yet (the export verifies before it writes one)."""
         self = cls.__new__(cls)
         self._load(
             Path(model_path), Path(mmproj_path), manifest,
-            n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers, cpu_extra_buffers=cpu_extra_buffers,
+            n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers, mmproj_gpu=mmproj_gpu,
+            cpu_extra_buffers=cpu_extra_buffers,
         )
         self.reuse_prefix = False  # verification compares fresh evaluations
         return self
@@ -267,6 +273,7 @@ class GgufVlm:
         n_ctx: int,
         n_threads: int | None,
         n_gpu_layers: int,
+        mmproj_gpu: bool | None,
         cpu_extra_buffers: bool | None,
     ) -> None:
         import llama_cpp
@@ -288,6 +295,15 @@ class GgufVlm:
             raise ValueError(f"n_ctx {n_ctx} is too small for an image prompt (use at least 256)")
         self._min_tokens = max(1, math.ceil(manifest.min_pixels / PIXELS_PER_TOKEN))
         self._max_tokens = max(self._min_tokens, manifest.max_pixels // PIXELS_PER_TOKEN)
+        if mmproj_gpu is None:
+            mmproj_gpu = n_gpu_layers != 0
+        if n_gpu_layers != 0 or mmproj_gpu:
+            from adfm.runtime.gpu import gpu_offload_problem
+
+            if (why := gpu_offload_problem()) is not None:
+                raise RuntimeError(f"n_gpu_layers={n_gpu_layers}, mmproj_gpu={mmproj_gpu} ask for the GPU, but {why}")
+        self.n_gpu_layers = n_gpu_layers
+        self.mmproj_gpu = mmproj_gpu
         if cpu_extra_buffers is None:
             cpu_extra_buffers = not cpu_has_amx()
         self.cpu_extra_buffers = cpu_extra_buffers
@@ -310,7 +326,7 @@ class GgufVlm:
             ) from exc
         llama = self._llama
         params = mtmd.mtmd_context_params_default()
-        params.use_gpu = n_gpu_layers != 0
+        params.use_gpu = mmproj_gpu
         params.print_timings = False
         params.n_threads = llama.n_threads
         # The projector resizes within this budget; equal to the manifest's, a grid image is left as is.
