@@ -118,7 +118,7 @@ def run_budget(model_dir: Path, budget: int, *, rounds: int, max_tokens: int, th
         # warm-up: the reusing instance evaluates the prefix once (and both page the weights in)
         t0 = time.perf_counter()
         warm = reuse.generate([reference, grid.resize(queries[0])], product="washer", max_tokens=max_tokens)
-        log(f"  warm-up {time.perf_counter() - t0:.1f} s (prefix of {warm.prompt_tokens} positions kept)")
+        log(f"  warm-up {time.perf_counter() - t0:.1f} s ({warm.prompt_tokens} prompt tokens; the prefix is now kept)")
         fresh.generate([grid.resize(queries[0])], product="washer", max_tokens=4)
         for r in range(rounds):
             query = grid.resize(queries[r + 1])
