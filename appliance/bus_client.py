@@ -62,6 +62,12 @@ if TYPE_CHECKING:
 
 
 
+#: Messages parsed per poll at most. A subscriber that fell behind would otherwise parse its whole
+#: backlog (up to RCVHWM) into one list before handing any out: the first result waits, and Python's
+#: cyclic GC, walking the thousands of live results, costs more than parsing them (bench/bus_throughput.py).
+DRAIN_BATCH = 100
+
+
 @dataclass(frozen=True)
 class JournalReplaced:
     """The station's journal has a new epoch: seqs restarted; results from it follow, from seq 1."""
@@ -222,8 +228,9 @@ class StationClient:
         return out
 
     def _drain(self, out: list[Event]) -> None:
+        """Read what the SUB socket holds, at most DRAIN_BATCH messages (the rest waits for the next poll)."""
         assert self._sub is not None
-        while True:
+        for _ in range(DRAIN_BATCH):
             try:
                 frames = self._sub.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
