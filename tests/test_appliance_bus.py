@@ -51,6 +51,29 @@ def test_late_subscriber_gets_everything_by_replay(station):
     assert got == list(range(1, 15))
 
 
+def test_catching_up_comes_a_replay_page_per_poll(station):
+    """A subscriber far behind holds one page at a time, not the journal; live results wait for it."""
+    for _ in range(12):
+        station.part()
+    with station.client(from_seq=1, page_size=5) as c:
+        assert c.next_seq == 6  # connect fetched the first page only
+        time.sleep(0.3)
+        station.part()  # published live while the client is still catching up
+        batches = []
+        while sum(len(b) for b in batches) < 13:
+            got = c.receive(2.0)
+            assert got, "no progress"
+            batches.append([r.seq for r in got])
+    assert [s for b in batches for s in b] == list(range(1, 14))
+    assert all(len(b) <= 5 for b in batches[:3]) and len(batches) >= 3
+    assert c.gaps_filled >= 12
+
+
+def test_page_size_is_checked():
+    with pytest.raises(ValueError, match="page_size must be 1-5000, got 0"):
+        StationClient("tcp://127.0.0.1:1", "tcp://127.0.0.1:2", page_size=0)
+
+
 def test_gap_in_publication_is_filled_from_the_journal(station):
     with station.client() as c:
         time.sleep(0.3)
