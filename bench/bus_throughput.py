@@ -24,7 +24,7 @@ slowest subscriber / wall time from the first `publish` call to that subscriber'
 client to its last result. Configurations are interleaved within each round (order rotated) and
 repeated; the JSON holds every round and the median with min/max.
 
-Run: nice -n 15 python bench/bus_throughput.py  (about 2 minutes; --n, --rounds to change)
+Run: nice -n 15 python bench/bus_throughput.py  (70-90 s on 2 cores; --n, --rounds, --subscribers to change)
 """
 
 from __future__ import annotations
