@@ -62,11 +62,13 @@ class GenerationReply:
     seconds: float  # measured in the child, around the backend's generate call
 
 
-def gguf_backend(model_dir: str, n_ctx: int = 4096, n_threads: int | None = None, check_hashes: bool = True):
+def gguf_backend(model_dir: str, n_ctx: int = 4096, n_threads: int | None = None, check_hashes: bool = True,
+                 n_gpu_layers: int = 0, mmproj_gpu: bool | None = None):
     """The production backend: the exported GGUF model through llama-cpp-python."""
     from adfm.runtime.vlm import GgufVlm
 
-    return GgufVlm(model_dir, n_ctx=n_ctx, n_threads=n_threads, check_hashes=check_hashes)
+    return GgufVlm(model_dir, n_ctx=n_ctx, n_threads=n_threads, check_hashes=check_hashes,
+                   n_gpu_layers=n_gpu_layers, mmproj_gpu=mmproj_gpu)
 
 
 def resolve_factory(spec: str) -> Callable[..., Any]:
