@@ -369,13 +369,14 @@ def run_bench(n: int = 20_000, rounds: int = 5, subscribers: tuple[int, ...] = (
             [100 * c["results_per_s"] / p["results_per_s"]
              for p, c in zip(runs["replay-plain-1sub"], runs["replay-curve-1sub"], strict=True)
              if p["results_per_s"] and c["results_per_s"]])
+    load_end = [round(v, 2) for v in os.getloadavg()]
     report = {
         "benchmark": "result bus throughput (ZeroMQ PUB/ROUTER, loopback TCP), product ResultBus and StationClient",
         "command": command,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": _machine(),
+        "machine": {**_machine(), "loadavg_start_end": [[round(v, 2) for v in load_start], load_end]},
         "load_avg_start": [round(v, 2) for v in load_start],
-        "load_avg_end": [round(v, 2) for v in os.getloadavg()],
+        "load_avg_end": load_end,
         "params": {"results_per_round": n, "rounds": rounds, "subscribers": list(subscribers),
                    "result_json_bytes": result_bytes, "send_hwm": 10_000, "subscriber_rcvhwm": 100_000,
                    "status_interval_s": 5.0, "station_zmq_io_threads": io_threads,

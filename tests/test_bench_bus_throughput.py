@@ -51,6 +51,8 @@ def test_every_result_reaches_every_subscriber_and_the_json_has_its_fields(tmp_p
     machine = written["machine"]
     assert machine["platform"] and machine["cpus"] >= 1
     assert len(written["load_avg_start"]) == 3 and len(written["load_avg_end"]) == 3
+    # bench/report.py reads the load averages from here
+    assert machine["loadavg_start_end"] == [written["load_avg_start"], written["load_avg_end"]]
     assert written["params"]["results_per_round"] == N and written["params"]["result_json_bytes"] > 1000
     assert set(written["ratios_pct"]) == {"live_curve_over_plain_1sub", "live_curve_over_plain_3sub",
                                           "replay_curve_over_plain"}
