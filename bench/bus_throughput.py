@@ -2,8 +2,8 @@
 
 What runs is the product's own code on both ends, on loopback TCP:
 - the station side: a `Journal` and a `ResultBus` (bus thread, PUB + ROUTER, the service's
-  defaults: SNDHWM 10,000, status every 5 s), results handed over with `ResultBus.publish` exactly as
-  the pipeline does after `Journal.complete`;
+  defaults: SNDHWM 10,000, status every 5 s, 2 ZeroMQ I/O threads), results handed over with
+  `ResultBus.publish` exactly as the pipeline does after `Journal.complete`;
 - subscribers: `StationClient` (gap-free delivery, gap filling by replay) in separate processes,
   1 or 10 of them, each with its own CURVE key pair admitted the way `adfm-appliance keys --admit`
   does it;
@@ -196,10 +196,9 @@ class Subscribers:
 
 
 def run_once(cfg: Config, journal, stored: list, pool: Subscribers, keys, timeout_s: float = LIVE_TIMEOUT_S,
-             io_threads: int = 1) -> dict:
-    """Publish (live) or replay (replay) len(stored) results to cfg.subscribers subscribers."""
-    import zmq
-
+             io_threads: int | None = None) -> dict:
+    """Publish (live) or replay (replay) len(stored) results to cfg.subscribers subscribers.
+    `io_threads`: the bus's ZeroMQ I/O threads (None: the station's default, `bus.io_threads`)."""
     from adfm.appliance.bus_server import ResultBus
     from adfm.appliance.keys import CLIENTS_DIR, load_server_curve
     from adfm.schema import StationStatus
@@ -216,12 +215,8 @@ def run_once(cfg: Config, journal, stored: list, pool: Subscribers, keys, timeou
     def status() -> StationStatus:
         return StationStatus(station=STATION, healthy=True, last_seq=handed[0], epoch=journal.epoch)
 
-    # A context per round, as each station process has its own (with one shared context, a CURVE bus
-    # started right after another stopped can find the ZAP handler's inproc endpoint not yet released).
-    # The service uses zmq.Context.instance(): one I/O thread, which does every subscriber's encryption.
-    context = zmq.Context(io_threads=io_threads)
     bus = ResultBus(STATION, journal, status, publish=["tcp://127.0.0.1:*"], control=["tcp://127.0.0.1:*"],
-                    curve=server_curve, context=context)
+                    curve=server_curve, **({} if io_threads is None else {"io_threads": io_threads}))
     cpu_start = _cpu_s()
     bus.start()
     conns = pool.conns[: cfg.subscribers]
@@ -254,7 +249,6 @@ def run_once(cfg: Config, journal, stored: list, pool: Subscribers, keys, timeou
             reports.append(rep)
     finally:
         bus.stop()
-        context.term()
     station_cpu = _cpu_s() - cpu_start
     complete = [r for r in reports if r["t_last"] is not None]
     slowest = min(r["received"] for r in reports)
@@ -297,6 +291,12 @@ def _summary(values: list[float]) -> dict:
             "spread_pct": round(100 * (vals[-1] - vals[0]) / med, 1), "rounds": len(vals)}
 
 
+def _default_io_threads() -> int:
+    from adfm.appliance.config import BusSection
+
+    return int(BusSection.model_fields["io_threads"].default)
+
+
 def _machine() -> dict:
     model = ""
     try:
@@ -315,7 +315,7 @@ def _machine() -> dict:
 
 
 def run_bench(n: int = 20_000, rounds: int = 5, subscribers: tuple[int, ...] = (1, 10), replay: bool = True,
-              out: Path | None = None, command: str = "", io_threads: int = 1) -> dict:
+              out: Path | None = None, command: str = "", io_threads: int | None = None) -> dict:
     """Measure every configuration `rounds` times, interleaved; write JSON to `out` when given."""
     load_start = os.getloadavg()
     configs = [Config("live", curve, s) for s in subscribers for curve in (False, True)]
@@ -379,7 +379,7 @@ def run_bench(n: int = 20_000, rounds: int = 5, subscribers: tuple[int, ...] = (
         "load_avg_end": load_end,
         "params": {"results_per_round": n, "rounds": rounds, "subscribers": list(subscribers),
                    "result_json_bytes": result_bytes, "send_hwm": 10_000, "subscriber_rcvhwm": 100_000,
-                   "status_interval_s": 5.0, "station_zmq_io_threads": io_threads,
+                   "status_interval_s": 5.0, "station_zmq_io_threads": io_threads or _default_io_threads(),
                    "journal_fill_s": round(fill_s, 2)},
         "method": ("results/s = results received by the slowest subscriber / wall time from the first publish to "
                    "that subscriber's last result (replay: from constructing the client); every subscriber must "
@@ -407,8 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--subscribers", default="1,10", help="comma-separated subscriber counts")
     ap.add_argument("--no-replay", action="store_true", help="skip the replay configurations")
-    ap.add_argument("--io-threads", type=int, default=1,
-                    help="ZeroMQ I/O threads of the station's context (the service runs with 1)")
+    ap.add_argument("--io-threads", type=int, default=None,
+                    help="the bus's ZeroMQ I/O threads (default: the station config's bus.io_threads default)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "bus_throughput.json")
     args = ap.parse_args(argv)
     subs = tuple(int(s) for s in args.subscribers.split(","))

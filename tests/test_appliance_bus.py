@@ -221,6 +221,34 @@ def test_curve_admits_known_keys_and_refuses_others(tmp_path, keys):
         station.close()
 
 
+def test_curve_buses_run_side_by_side_in_one_process(tmp_path, keys):
+    """Each bus has its own ZeroMQ context: two CURVE stations in one process each get their own ZAP
+    handler (a shared context has one inproc ZAP endpoint), and a new one starts as soon as one stops."""
+    server = load_server_curve(keys.server_secret, keys.authorized_clients)
+    good = load_client_curve(keys.server_public, keys.client_secrets["tui"])
+    first = BusStation(tmp_path / "a", curve=server)
+    second = BusStation(tmp_path / "b", curve=server)
+    try:
+        for station in (first, second):
+            assert station.bus.io_threads == 2
+            with station.client(curve=good) as c:
+                time.sleep(0.3)
+                station.part()
+                assert collect(c, 1) == [1]
+        first.close()  # and another station starts in the same process right away
+        third = BusStation(tmp_path / "c", curve=server)
+        try:
+            with third.client(curve=good) as c:
+                time.sleep(0.3)
+                third.part()
+                assert collect(c, 1) == [1]
+        finally:
+            third.close()
+    finally:
+        first.close()
+        second.close()
+
+
 def test_keys_are_not_overwritten(tmp_path, keys):
     from adfm.appliance.keys import admit_client, generate_client_keys, generate_server_keys
 
