@@ -64,10 +64,12 @@ class Config:
     mode: str  # "live" or "replay"
     curve: bool
     subscribers: int
+    io_threads: int | None = None  # the bus's ZeroMQ I/O threads; None: the station's default
 
     @property
     def name(self) -> str:
-        return f"{self.mode}-{'curve' if self.curve else 'plain'}-{self.subscribers}sub"
+        io = "" if self.io_threads is None else f"-io{self.io_threads}"
+        return f"{self.mode}-{'curve' if self.curve else 'plain'}-{self.subscribers}sub{io}"
 
 
 # ---- the results and the journal --------------------------------------------------------------
@@ -195,10 +197,8 @@ class Subscribers:
 # ---- one measurement --------------------------------------------------------------------------
 
 
-def run_once(cfg: Config, journal, stored: list, pool: Subscribers, keys, timeout_s: float = LIVE_TIMEOUT_S,
-             io_threads: int | None = None) -> dict:
-    """Publish (live) or replay (replay) len(stored) results to cfg.subscribers subscribers.
-    `io_threads`: the bus's ZeroMQ I/O threads (None: the station's default, `bus.io_threads`)."""
+def run_once(cfg: Config, journal, stored: list, pool: Subscribers, keys, timeout_s: float = LIVE_TIMEOUT_S) -> dict:
+    """Publish (live) or replay (replay) len(stored) results to cfg.subscribers subscribers."""
     from adfm.appliance.bus_server import ResultBus
     from adfm.appliance.keys import CLIENTS_DIR, load_server_curve
     from adfm.schema import StationStatus
@@ -216,7 +216,7 @@ def run_once(cfg: Config, journal, stored: list, pool: Subscribers, keys, timeou
         return StationStatus(station=STATION, healthy=True, last_seq=handed[0], epoch=journal.epoch)
 
     bus = ResultBus(STATION, journal, status, publish=["tcp://127.0.0.1:*"], control=["tcp://127.0.0.1:*"],
-                    curve=server_curve, **({} if io_threads is None else {"io_threads": io_threads}))
+                    curve=server_curve, **({} if cfg.io_threads is None else {"io_threads": cfg.io_threads}))
     cpu_start = _cpu_s()
     bus.start()
     conns = pool.conns[: cfg.subscribers]
@@ -315,12 +315,15 @@ def _machine() -> dict:
 
 
 def run_bench(n: int = 20_000, rounds: int = 5, subscribers: tuple[int, ...] = (1, 10), replay: bool = True,
-              out: Path | None = None, command: str = "", io_threads: int | None = None) -> dict:
-    """Measure every configuration `rounds` times, interleaved; write JSON to `out` when given."""
+              out: Path | None = None, command: str = "", io_threads: tuple[int, ...] = ()) -> dict:
+    """Measure every configuration `rounds` times, interleaved; write JSON to `out` when given.
+    `io_threads`: the bus's ZeroMQ I/O threads to compare, live configurations only (empty: the
+    station's default, and names without an `-io<n>` suffix)."""
     load_start = os.getloadavg()
-    configs = [Config("live", curve, s) for s in subscribers for curve in (False, True)]
+    ios: tuple[int | None, ...] = tuple(io_threads) or (None,)
+    configs = [Config("live", curve, s, io) for s in subscribers for io in ios for curve in (False, True)]
     if replay:
-        configs += [Config("replay", False, 1), Config("replay", True, 1)]
+        configs += [Config("replay", False, 1, ios[0]), Config("replay", True, 1, ios[0])]
     with tempfile.TemporaryDirectory(prefix="adfm-bus-bench-") as tmp:
         t = time.monotonic()
         journal, stored = fill_journal(Path(tmp) / "journal", n)
@@ -335,7 +338,7 @@ def run_bench(n: int = 20_000, rounds: int = 5, subscribers: tuple[int, ...] = (
             for rnd in range(rounds):
                 shift = rnd % len(configs)
                 for cfg in configs[shift:] + configs[:shift]:
-                    rec = run_once(cfg, journal, stored, pool, keys, io_threads=io_threads)
+                    rec = run_once(cfg, journal, stored, pool, keys)
                     rec["round"] = rnd
                     runs[cfg.name].append(rec)
                     print(f"round {rnd} {cfg.name:22s} {rec['results_per_s'] or 0:10.0f} results/s  "
@@ -358,17 +361,24 @@ def run_bench(n: int = 20_000, rounds: int = 5, subscribers: tuple[int, ...] = (
             "station_cpu_us_per_result": _summary([r["station_cpu_us_per_result"] for r in recs]),
             "subscriber_cpu_us_per_result_max": _summary([r["subscriber_cpu_us_per_result_max"] for r in recs]),
         }
+    def ratio(over: str, under: str) -> dict:
+        """Per-round ratio of two configurations' results/s, in %, summarized."""
+        return _summary([100 * a["results_per_s"] / b["results_per_s"]
+                         for a, b in zip(runs[over], runs[under], strict=True)
+                         if a["results_per_s"] and b["results_per_s"]])
+
     ratios = {}
     for s in subscribers:
-        plain, curve = runs[f"live-plain-{s}sub"], runs[f"live-curve-{s}sub"]
-        ratios[f"live_curve_over_plain_{s}sub"] = _summary(
-            [100 * c["results_per_s"] / p["results_per_s"] for p, c in zip(plain, curve, strict=True)
-             if p["results_per_s"] and c["results_per_s"]])
+        for io in ios:
+            plain, curve = Config("live", False, s, io).name, Config("live", True, s, io).name
+            ratios[f"{curve}_over_{plain}"] = ratio(curve, plain)
+        for curve in (False, True):
+            for io in ios[1:]:
+                ratios[f"{Config('live', curve, s, io).name}_over_io{ios[0]}"] = ratio(
+                    Config("live", curve, s, io).name, Config("live", curve, s, ios[0]).name)
     if replay:
-        ratios["replay_curve_over_plain"] = _summary(
-            [100 * c["results_per_s"] / p["results_per_s"]
-             for p, c in zip(runs["replay-plain-1sub"], runs["replay-curve-1sub"], strict=True)
-             if p["results_per_s"] and c["results_per_s"]])
+        plain, curve = Config("replay", False, 1, ios[0]).name, Config("replay", True, 1, ios[0]).name
+        ratios[f"{curve}_over_{plain}"] = ratio(curve, plain)
     load_end = [round(v, 2) for v in os.getloadavg()]
     report = {
         "benchmark": "result bus throughput (ZeroMQ PUB/ROUTER, loopback TCP), product ResultBus and StationClient",
@@ -379,7 +389,7 @@ def run_bench(n: int = 20_000, rounds: int = 5, subscribers: tuple[int, ...] = (
         "load_avg_end": load_end,
         "params": {"results_per_round": n, "rounds": rounds, "subscribers": list(subscribers),
                    "result_json_bytes": result_bytes, "send_hwm": 10_000, "subscriber_rcvhwm": 100_000,
-                   "status_interval_s": 5.0, "station_zmq_io_threads": io_threads or _default_io_threads(),
+                   "status_interval_s": 5.0, "station_zmq_io_threads": list(io_threads) or _default_io_threads(),
                    "journal_fill_s": round(fill_s, 2)},
         "method": ("results/s = results received by the slowest subscriber / wall time from the first publish to "
                    "that subscriber's last result (replay: from constructing the client); every subscriber must "
@@ -407,13 +417,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--subscribers", default="1,10", help="comma-separated subscriber counts")
     ap.add_argument("--no-replay", action="store_true", help="skip the replay configurations")
-    ap.add_argument("--io-threads", type=int, default=None,
-                    help="the bus's ZeroMQ I/O threads (default: the station config's bus.io_threads default)")
+    ap.add_argument("--io-threads", default="",
+                    help="comma-separated ZeroMQ I/O thread counts of the bus to compare (default: the station's)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "bus_throughput.json")
     args = ap.parse_args(argv)
     subs = tuple(int(s) for s in args.subscribers.split(","))
     command = "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
-    report = run_bench(args.n, args.rounds, subs, not args.no_replay, args.out, command, args.io_threads)
+    ios = tuple(int(s) for s in args.io_threads.split(",") if s)
+    report = run_bench(args.n, args.rounds, subs, not args.no_replay, args.out, command, ios)
     print(json.dumps({"summary": report["summary"], "ratios_pct": report["ratios_pct"],
                       "load_avg_start": report["load_avg_start"], "load_avg_end": report["load_avg_end"]}, indent=2))
     return 0

@@ -54,5 +54,17 @@ def test_every_result_reaches_every_subscriber_and_the_json_has_its_fields(tmp_p
     # bench/report.py reads the load averages from here
     assert machine["loadavg_start_end"] == [written["load_avg_start"], written["load_avg_end"]]
     assert written["params"]["results_per_round"] == N and written["params"]["result_json_bytes"] > 1000
-    assert set(written["ratios_pct"]) == {"live_curve_over_plain_1sub", "live_curve_over_plain_3sub",
-                                          "replay_curve_over_plain"}
+    assert set(written["ratios_pct"]) == {
+        "live-curve-1sub_over_live-plain-1sub", "live-curve-3sub_over_live-plain-3sub",
+        "replay-curve-1sub_over_replay-plain-1sub"}
+
+
+def test_io_thread_counts_are_compared_side_by_side():
+    from bus_throughput import run_bench
+
+    report = run_bench(n=200, rounds=1, subscribers=(2,), replay=False, io_threads=(1, 2))
+    assert set(report["runs"]) == {"live-plain-2sub-io1", "live-curve-2sub-io1", "live-plain-2sub-io2",
+                                   "live-curve-2sub-io2"}
+    assert all(runs[0]["all_received"] for runs in report["runs"].values())
+    assert report["params"]["station_zmq_io_threads"] == [1, 2]
+    assert {"live-curve-2sub-io2_over_io1", "live-plain-2sub-io2_over_io1"} <= set(report["ratios_pct"])
