@@ -183,6 +183,8 @@ class BusSection(_Section):
     insecure: bool = False
     status_interval_s: float = Field(5.0, gt=0, le=3600)
     send_hwm: int = Field(10_000, ge=1)
+    io_threads: int = Field(2, ge=1, le=64, description="ZeroMQ I/O threads (with CURVE they encrypt each "
+                            "subscriber's copy of every message)")
 
     @field_validator("publish", "control", mode="before")
     @classmethod

@@ -310,6 +310,7 @@ class Service:
             insecure=b.insecure,
             status_interval_s=b.status_interval_s,
             send_hwm=b.send_hwm,
+            io_threads=b.io_threads,
         )
 
     def _on_result(self, result: InspectionResult) -> None:
