@@ -137,7 +137,41 @@ def prefix_reuse(results: Path) -> list[str]:
             f"each, reference + query), {s['max_tokens']} answer tokens. {_provenance(data)}", ""]
 
 
-SECTIONS: list[Callable[[Path], list[str]]] = [part_budget, prefix_reuse, mmproj_types, realistic_models]
+def bus_throughput(results: Path) -> list[str]:
+    data = _load(results, "bus_throughput.json")
+    if not data:
+        return []
+    labels = {"live-plain-1sub": "live, plain, 1 subscriber", "live-curve-1sub": "live, CURVE, 1 subscriber",
+              "live-plain-10sub": "live, plain, 10 subscribers", "live-curve-10sub": "live, CURVE, 10 subscribers",
+              "replay-plain-1sub": "replay (catch-up), plain", "replay-curve-1sub": "replay (catch-up), CURVE"}
+    ratios = {"live-curve-1sub": "live-curve-1sub_over_live-plain-1sub",
+              "live-curve-10sub": "live-curve-10sub_over_live-plain-10sub",
+              "replay-curve-1sub": "replay-curve-1sub_over_replay-plain-1sub"}
+    p = data["params"]
+    out = ["### Result bus (`bench/bus_throughput.py`)", "",
+           f"The product's `ResultBus` + `Journal` as the station and `StationClient` subscribers in separate "
+           f"processes, loopback TCP, {p['results_per_round']:,} real results "
+           f"({p['result_json_bytes']:,} bytes of JSON "
+           f"each) per round, {p['rounds']} rounds interleaved; every subscriber must get every result once, in "
+           "order. Target: ≥ 20,000 results/s with CURVE.", "",
+           "| configuration | CURVE / plain (paired) | results/s, median (min–max) | all received | replayed | "
+           "station / subscriber CPU per result |", "| --- | --- | --- | --- | --- | --- |"]
+    for key, label in labels.items():
+        s = data["summary"][key]
+        r = s["results_per_s"]
+        ratio = data["ratios_pct"].get(ratios.get(key, ""), None)
+        rtext = f"{ratio['median']:.0f} % ({ratio['min']:.0f}–{ratio['max']:.0f})" if ratio else "–"
+        out.append(f"| {label} | {rtext} | {r['median']:,.0f} ({r['min']:,.0f}–{r['max']:,.0f}) | "
+                   f"{'yes' if s['all_received_every_round'] else 'NO'} | {s.get('replayed_total', '–')} | "
+                   f"{s['station_cpu_us_per_result']['median']:.0f} / "
+                   f"{s['subscriber_cpu_us_per_result_max']['median']:.0f} µs |")
+    out += ["", f"Replayed: results a subscriber fetched from the journal because PUB dropped them at its send "
+            f"high-water mark ({p['send_hwm']:,}). {_provenance(data)}", ""]
+    return out
+
+
+SECTIONS: list[Callable[[Path], list[str]]] = [part_budget, prefix_reuse, mmproj_types, bus_throughput,
+                                               realistic_models]
 
 
 def render(results: Path = RESULTS) -> str:
