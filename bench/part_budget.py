@@ -134,7 +134,7 @@ def run_budget(model_dir: Path, budget: int, *, rounds: int, max_tokens: int, th
                     if gen.prefix_reused == 0:
                         raise SystemExit("the reusing instance did not reuse its prefix; the bench is broken")
                 wall = time.perf_counter() - t0
-                runs[way].append(record(gen, wall) | {"round": r})
+                runs[way].append(record(gen, wall) | {"round": r, "load1": round(os.getloadavg()[0], 2)})
                 log(f"  round {r} {way}: {wall:.1f} s (vision {gen.vision_seconds:.1f}, prompt "
                     f"{gen.prefill_seconds:.1f}, generation {gen.generate_seconds:.1f})")
     ratios = [u["seconds"] / f["seconds"] for u, f in zip(runs["reference_reused"], runs["reference_fresh"],
@@ -184,20 +184,31 @@ def main(argv: list[str] | None = None) -> int:
         probe = probe_threads(model_dir, threads, side_for(min(args.budgets)), n_ctx)
         log(f"threads probe: {probe}")
     best = probe["best"] if probe else threads[0]
-    budgets = []
+    from adfm.manifest import read_manifest
+
+    manifest = read_manifest(model_dir)
+    budgets: list[dict[str, Any]] = []
     for budget in args.budgets:
         log(f"{args.size}, about {budget} visual tokens per image, {best} threads:")
         budgets.append(run_budget(model_dir, budget, rounds=args.rounds, max_tokens=args.max_tokens,
                                   threads=best, n_ctx=n_ctx, log=log))
-    from adfm.manifest import read_manifest
+        write_result(out, argv, load_start, args, model_dir, manifest, best, n_ctx, probe, budgets)
+    for b in budgets:
+        log(f"{b['image_tokens_each']} tokens: " + ", ".join(
+            f"{w} {b['ways'][w]['seconds']['median']:.1f} s" for w in WAYS) + f"; saved {b['time_saved_median']:.0%}")
+    return 0
 
-    manifest = read_manifest(model_dir)
+
+def write_result(out: Path, argv: list[str] | None, load_start: tuple[float, float, float], args: Any,
+                 model_dir: Path, manifest: Any, best: int, n_ctx: int, probe: dict[str, Any] | None,
+                 budgets: list[dict[str, Any]]) -> None:
+    """Write the JSON so far (after each budget: an interrupted run keeps what it measured)."""
     result = {
         "bench": "part_budget",
         "command": "python " + " ".join(["bench/part_budget.py", *(argv if argv is not None else sys.argv[1:])]),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "cpu": _cpu_name(),
-                    "loadavg_start_end": [load_start, os.getloadavg()]},
+                    "nice": os.nice(0), "loadavg_start_end": [load_start, os.getloadavg()]},
         "model": {"size": args.size, "dir": str(model_dir), "files": [f.path for f in manifest.files],
                   "weights": "random (released shapes)"},
         "setup": {"max_tokens": args.max_tokens, "rounds": args.rounds, "threads": best, "n_ctx": n_ctx,
@@ -208,10 +219,6 @@ def main(argv: list[str] | None = None) -> int:
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    for b in budgets:
-        log(f"{b['image_tokens_each']} tokens: " + ", ".join(
-            f"{w} {b['ways'][w]['seconds']['median']:.1f} s" for w in WAYS) + f"; saved {b['time_saved_median']:.0%}")
-    return 0
 
 
 def _cpu_name() -> str:
