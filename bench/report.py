@@ -109,13 +109,15 @@ def mmproj_types(results: Path) -> list[str]:
     if not data:
         return []
     out = [f"### Vision encoder: mmproj f16 vs q8_0 (`bench/mmproj_types.py`, {_size(data['model']['size'])} shape)",
-           "", "| threads, visual tokens | q8_0 / f16 time | f16 | q8_0 |", "| --- | --- | --- | --- |"]
+           "", "| threads, visual tokens | q8_0 / f16 time (median of medians; paired range) | f16 | q8_0 |",
+           "| --- | --- | --- | --- |"]
     for key, r in data["q8_0_over_f16"].items():
         threads, tokens = key.split(", ")
         t = data["seconds"]
         f16 = sorted(t["f16"][threads.split()[0]][tokens.split()[0]])
         q8 = sorted(t["q8_0"][threads.split()[0]][tokens.split()[0]])
-        out.append(f"| {key} | {r['median_q8_0_over_f16']:.2f} | {f16[len(f16) // 2]:.2f} s | "
+        out.append(f"| {key} | {r['median_q8_0_over_f16']:.2f} (paired {min(r['paired']):.2f}–{max(r['paired']):.2f}) "
+                   f"| {f16[len(f16) // 2]:.2f} s | "
                    f"{q8[len(q8) // 2]:.2f} s |")
     errs = data["error_vs_hf_float32"]
     out += ["", "Image embeddings against the HF vision tower in float32 (max |Δ| / std; ‖Δ‖ / ‖reference‖): "
