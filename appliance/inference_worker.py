@@ -62,11 +62,13 @@ class GenerationReply:
     seconds: float  # measured in the child, around the backend's generate call
 
 
-def gguf_backend(model_dir: str, n_ctx: int = 4096, n_threads: int | None = None, check_hashes: bool = True):
-    """The production backend: the exported GGUF model through llama-cpp-python."""
+def gguf_backend(model_dir: str, n_ctx: int = 4096, n_threads: int | None = None, check_hashes: bool = True,
+                 min_tokens: int = 0):
+    """The production backend: the exported GGUF model through llama-cpp-python (`min_tokens`: for
+    benchmarks only, answers of a fixed length; see GgufVlm)."""
     from adfm.runtime.vlm import GgufVlm
 
-    return GgufVlm(model_dir, n_ctx=n_ctx, n_threads=n_threads, check_hashes=check_hashes)
+    return GgufVlm(model_dir, n_ctx=n_ctx, n_threads=n_threads, check_hashes=check_hashes, min_tokens=min_tokens)
 
 
 def resolve_factory(spec: str) -> Callable[..., Any]:

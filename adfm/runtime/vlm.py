@@ -199,7 +199,9 @@ class GgufVlm:
     """A loaded exported model; calls from several threads are serialized.
 
     `cpu_extra_buffers`: llama.cpp's AMX / repacked CPU weight layouts; None = on unless the CPU
-    has AMX (see the module note).
+    has AMX (see the module note). `min_tokens`: every answer runs at least this many tokens (the
+    end of generation is suppressed until then), so benchmarks of random-weight models, which stop
+    at random, compare answers of one fixed length; 0 (the line's setting) lets the model stop.
     """
 
     def __init__(
@@ -212,7 +214,10 @@ class GgufVlm:
         n_gpu_layers: int = 0,
         cpu_extra_buffers: bool | None = None,
         reuse_prefix: bool = True,
+        min_tokens: int = 0,
     ) -> None:
+        if min_tokens < 0:
+            raise ValueError(f"min_tokens must be >= 0, got {min_tokens}")
         model_dir = Path(model_dir)
         manifest = load_model_dir(model_dir, check_hashes=check_hashes)
         self._load(
@@ -225,6 +230,7 @@ class GgufVlm:
             cpu_extra_buffers=cpu_extra_buffers,
         )
         self.reuse_prefix = reuse_prefix
+        self.min_tokens = min_tokens
 
     @classmethod
     def from_files(
@@ -269,6 +275,7 @@ class GgufVlm:
         self._mtmd_ctx = None
         self._llama = None
         self.reuse_prefix = True
+        self.min_tokens = 0
         self._prefix: tuple[Any, int] | None = None  # (key of the kept prefix, its positions)
         self.manifest = manifest
         self.model_path = model_path
@@ -414,7 +421,11 @@ class GgufVlm:
             ids: list[int] = []
             finished = False
             for _ in range(max_tokens):
-                token = self._choose(self._last_logits(), temperature, rng)
+                logits = self._last_logits()
+                token = self._choose(logits, temperature, rng)
+                while len(ids) < self.min_tokens and self._is_eog(token) and np.isfinite(logits[token]):
+                    logits[token] = -np.inf  # too early to stop: the best token that goes on
+                    token = self._choose(logits, temperature, rng)
                 if self._is_eog(token):
                     finished = True
                     break
