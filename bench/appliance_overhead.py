@@ -110,12 +110,6 @@ def camera_images(n: int, side: int, camera: str, seed: int = 0) -> list[CameraI
     return out
 
 
-def frame_takes_bytes() -> bool:
-    from adfm.camera.frame import Frame
-
-    return "encoded" in {f.name for f in dataclasses.fields(Frame)}
-
-
 class TriggeredCamera:
     """A triggered camera: the bench hands it a part's frame and the pipeline takes it at once."""
 
@@ -229,7 +223,6 @@ class Appliance:
         self.journal_dir = journal
         self._runner = threading.Thread(target=self.service.run, kwargs={"max_seconds": 7 * 86400},
                                         name="bench-service", daemon=True)
-        self._takes_bytes = frame_takes_bytes()
         self._sub = None
 
     def _on_result(self, result) -> None:
@@ -271,20 +264,21 @@ class Appliance:
         worker = self.service.worker
         return time.process_time() + process_cpu_s(worker.pid if worker is not None else None)
 
-    def part(self, index: int, image: CameraImage, timeout_s: float) -> tuple[float, dict, dict]:
-        """One part from trigger to the subscriber: (ms, the result, the pipeline's record ms)."""
+    def part(self, index: int, image: CameraImage, timeout_s: float, raw: bool = False) -> tuple[float, dict, dict]:
+        """One part from trigger to the subscriber: (ms, the result, the pipeline's record ms).
+        `raw`: the frame comes without the camera's file (the journal encodes the pixels)."""
         from adfm.camera.frame import Frame
 
         self.done.clear()
-        extra = {"encoded": image.encoded} if self._takes_bytes else {}
-        frame = Frame(camera_id="cam0", image=image.pixels, frame_number=index, part_id=f"part-{index}",
-                      captured_mono=time.monotonic(), captured_wall=time.time(), source_name=f"part-{index}",
-                      **extra)
+        part_id = f"part-{index}" + ("-raw" if raw else "")  # a folder camera's same file is one part
+        frame = Frame(camera_id="cam0", image=image.pixels, frame_number=index, part_id=part_id,
+                      captured_mono=time.monotonic(), captured_wall=time.time(), source_name=part_id,
+                      encoded=None if raw else image.encoded)
         t0 = time.perf_counter()
         self.camera.frames.put(frame)
         while True:
             at, result = self._next("result", timeout_s)
-            if result["part_id"] == f"part-{index}":
+            if result["part_id"] == part_id:
                 break
         ms = (at - t0) * 1000.0
         if not self.done.wait(60.0):  # the pipeline has finished with the part before the next side runs
@@ -302,13 +296,13 @@ class Appliance:
 
 # ---- run ------------------------------------------------------------------------------------------
 
-def schedule(parts: int, block: int) -> list[tuple[str, list[int]]]:
-    """Blocks of part indices per side; the sides' order swaps every block (ABBA…)."""
+def schedule(parts: int, block: int, sides: tuple[str, ...] = ("direct", "appliance")) -> list[tuple[str, list[int]]]:
+    """Blocks of part indices per side; the sides' order rotates every block (two sides: ABBA…)."""
     out: list[tuple[str, list[int]]] = []
     for b, start in enumerate(range(0, parts, block)):
         idx = list(range(start, min(start + block, parts)))
-        sides = ("direct", "appliance") if b % 2 == 0 else ("appliance", "direct")
-        out += [(sides[0], idx), (sides[1], idx)]
+        turn = b % len(sides)
+        out += [(side, idx) for side in sides[turn:] + sides[:turn]]
     return out
 
 
@@ -339,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reference", action="store_true", help="send a normal reference image before each part")
     p.add_argument("--camera", choices=("png", "jpg", "raw"), default="png",
                    help="what the camera delivers: png/jpg files (a folder camera) or raw pixels (default %(default)s)")
+    p.add_argument("--compare-raw", action="store_true",
+                   help="a third side: each part also through the appliance without the camera's file (the journal "
+                        "encodes the pixels), side by side with it")
     p.add_argument("--journal-dir", type=Path, help="where the station's journal goes (default: a temporary folder)")
     p.add_argument("--part-timeout", type=float, default=1800.0, help="longest one appliance part may take (s)")
     p.add_argument("--out", type=Path, default=RESULTS)
@@ -388,52 +385,71 @@ def main(argv: list[str] | None = None) -> int:
             return (time.perf_counter() - t0) * 1000.0, gen
 
         rows: dict[int, dict] = {}
+        texts: dict[tuple[int, str], str] = {}
+        sides = ("direct", "appliance", "appliance_raw") if args.compare_raw else ("direct", "appliance")
         try:
             for w in range(args.warmup):
                 print(f"warm-up {w + 1}/{args.warmup}", file=sys.stderr)
                 direct(w)
                 appliance.part(w, images[w], args.part_timeout)
-            for n_block, (side, idx) in enumerate(schedule(args.parts, args.block)):
+            for n_block, (side, idx) in enumerate(schedule(args.parts, args.block, sides)):
                 print(f"block {n_block + 1}: {side} parts {idx[0]}–{idx[-1]}", file=sys.stderr)
                 for k in idx:
                     i = args.warmup + k
-                    row = rows.setdefault(k, {"part": k, "block": n_block // 2})
+                    row = rows.setdefault(k, {"part": k, "block": n_block // len(sides), "order": []})
+                    row["order"].append(side)
                     cpu0 = appliance.cpu_s()
                     if side == "direct":
                         ms, gen = direct(i)
-                        row.update(direct_cpu_ms=round((appliance.cpu_s() - cpu0) * 1000.0, 3))
                         row.update(direct_ms=round(ms, 3), direct_model_ms=round(gen.seconds * 1000.0, 3),
-                                   direct_text=gen.text, prompt_tokens=gen.prompt_tokens,
-                                   completion_tokens=gen.completion_tokens, prefix_reused=gen.prefix_reused)
-                        row.setdefault("first", "direct")
+                                   prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens,
+                                   prefix_reused=gen.prefix_reused)
+                        texts[(k, side)] = gen.text
                     else:
-                        ms, result, record = appliance.part(i, images[i], args.part_timeout)
-                        row.update(appliance_cpu_ms=round((appliance.cpu_s() - cpu0) * 1000.0, 3))
+                        raw = side == "appliance_raw"
+                        ms, result, record = appliance.part(i, images[i], args.part_timeout, raw=raw)
                         if result["attempts"] != 1:
                             raise RuntimeError(f"part {i}: the inference worker failed; the figures would be distorted")
-                        row.update(appliance_ms=round(ms, 3), appliance_text=result["raw_response"],
-                                   stages={**result["latency_ms"], **record}, image_path=result["image_path"])
-                        row.setdefault("first", "appliance")
+                        row[f"{side}_ms"] = round(ms, 3)
+                        row[f"{side}_stages"] = {**result["latency_ms"], **record}
+                        stored = (appliance.journal_dir / result["image_path"]).read_bytes()
+                        row[f"{side}_image"] = {"suffix": Path(result["image_path"]).suffix, "bytes": len(stored),
+                                                "camera_file_kept": stored == images[i].encoded}
+                        texts[(k, side)] = result["raw_response"]
+                    row[f"{side}_cpu_ms"] = round((appliance.cpu_s() - cpu0) * 1000.0, 3)
         finally:
             vlm.close()
             appliance.stop()
     load_end = os.getloadavg()
 
     parts = [rows[k] for k in sorted(rows)]
-    d = [r["direct_ms"] for r in parts]
-    a = [r["appliance_ms"] for r in parts]
-    same = sum(r["direct_text"] == r["appliance_text"] for r in parts)
+    same = sum(all(texts[(r["part"], side)] == texts[(r["part"], "direct")] for side in sides) for r in parts)
     lengths = sorted({r["completion_tokens"] for r in parts})
-    stage_names = sorted({s for r in parts for s in r["stages"]})
-    stages = {s: spread([r["stages"][s] for r in parts if s in r["stages"]]) for s in stage_names}
-    if "vlm" in stage_names and "model" in stage_names:
-        stages["ipc"] = spread([r["stages"]["vlm"] - r["stages"]["model"] for r in parts])
-    comparison = paired_bootstrap(d, a)
-    d_cpu = [r["direct_cpu_ms"] for r in parts]
-    a_cpu = [r["appliance_cpu_ms"] for r in parts]
-    cpu_comparison = paired_bootstrap(d_cpu, a_cpu)
-    model_in_appliance = [r["stages"]["model"] for r in parts if "model" in r["stages"]]
+    wall = {side: [r[f"{side}_ms"] for r in parts] for side in sides}
+    cpu = {side: [r[f"{side}_cpu_ms"] for r in parts] for side in sides}
+    comparison = paired_bootstrap(wall["direct"], wall["appliance"])
+    cpu_comparison = paired_bootstrap(cpu["direct"], cpu["appliance"])
     direct_model = [r["direct_model_ms"] for r in parts]
+    stages, model_calls = {}, {"direct": spread(direct_model)}
+    for side in sides[1:]:
+        records = [r[f"{side}_stages"] for r in parts]
+        names = sorted({n for rec in records for n in rec})
+        stages[side] = {n: spread([rec[n] for rec in records if n in rec]) for n in names}
+        stages[side]["ipc"] = spread([rec["vlm"] - rec["model"] for rec in records])
+        in_worker = [rec["model"] for rec in records]
+        model_calls[f"in_{side}_worker"] = spread(in_worker)
+        ratio = float(np.median(in_worker) / np.median(direct_model))
+        model_calls[f"{side}_vs_direct_ratio_of_medians"] = round(ratio, 4)
+    raw_side = {}
+    if args.compare_raw:
+        raw_side = {
+            "appliance_raw_ms": spread(wall["appliance_raw"]),
+            "appliance_raw_vs_direct": paired_bootstrap(wall["direct"], wall["appliance_raw"]),
+            "appliance_vs_appliance_raw": paired_bootstrap(wall["appliance_raw"], wall["appliance"]),
+            "cpu_appliance_raw_ms": spread(cpu["appliance_raw"]),
+            "cpu_appliance_raw_vs_direct": paired_bootstrap(cpu["direct"], cpu["appliance_raw"]),
+            "cpu_appliance_vs_appliance_raw": paired_bootstrap(cpu["appliance_raw"], cpu["appliance"]),
+        }
     report = {
         "bench": "appliance_overhead",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -450,26 +466,28 @@ def main(argv: list[str] | None = None) -> int:
                      "grid": [grid.width, grid.height], "reference": args.reference,
                      "max_tokens": args.max_tokens, "n_threads": threads, "n_ctx": args.n_ctx,
                      "journal_dir": str(args.journal_dir) if args.journal_dir else "temporary",
-                     "frames_carry_camera_bytes": frame_takes_bytes() and args.camera != "raw"},
-        "identical_work": {"answers_identical": f"{same}/{len(parts)}", "completion_tokens": lengths,
+                     "sides": list(sides)},
+        "identical_work": {"answers_identical_on_every_side": f"{same}/{len(parts)}", "completion_tokens": lengths,
                            "prompt_tokens": sorted({r["prompt_tokens"] for r in parts}),
                            "prefix_reused_positions": sorted({r["prefix_reused"] for r in parts})},
-        "direct_ms": spread(d),
-        "appliance_ms": spread(a),
+        "direct_ms": spread(wall["direct"]),
+        "appliance_ms": spread(wall["appliance"]),
         "appliance_vs_direct": comparison,
         "cpu": {"note": "CPU ms per part of this process (service threads, direct model) plus the inference "
                         "worker, measured across each part on either side; less sensitive than wall time to "
                         "other load on a shared machine",
-                "direct_ms": spread(d_cpu), "appliance_ms": spread(a_cpu), "appliance_vs_direct": cpu_comparison},
-        "model_call_ms": {"direct": spread(direct_model), "in_appliance_worker": spread(model_in_appliance),
-                          "ratio_of_medians": round(float(np.median(model_in_appliance) / np.median(direct_model)), 4)},
+                "direct_ms": spread(cpu["direct"]), "appliance_ms": spread(cpu["appliance"]),
+                "appliance_vs_direct": cpu_comparison},
+        **raw_side,
+        "model_call_ms": model_calls,
         "appliance_stages_ms": stages,
-        "parts": [{k: v for k, v in r.items() if k not in ("direct_text", "appliance_text")} for r in parts],
+        "parts": parts,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({"direct_ms": report["direct_ms"], "appliance_ms": report["appliance_ms"],
                       "appliance_vs_direct": comparison, "cpu_appliance_vs_direct": cpu_comparison,
+                      **{k: v for k, v in raw_side.items() if "_vs_" in k},
                       "identical_work": report["identical_work"],
                       "load_avg": [report["machine"]["load_avg_start"], report["machine"]["load_avg_end"]]}, indent=2))
     print(f"wrote {args.out}", file=sys.stderr)
