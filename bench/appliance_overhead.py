@@ -86,7 +86,7 @@ class CameraImage:
 
 
 def camera_images(n: int, side: int, camera: str, seed: int = 0) -> list[CameraImage]:
-    """`n` distinct synthetic parts (good and defective), as the camera would deliver them."""
+    """`n` distinct synthetic parts (good and defective) with sensor noise, as the camera would deliver them."""
     import cv2
 
     from adfm.camera.images import decode_image
@@ -96,6 +96,9 @@ def camera_images(n: int, side: int, camera: str, seed: int = 0) -> list[CameraI
     out = []
     for i in range(n):
         rgb = make_sample(PRODUCT, (None, "spot", "scratch")[i % 3], rng, size=(side, side)).image
+        # a camera's sensor noise (σ 2 levels): rendered parts are smoother than any photograph, which
+        # flatters PNG encoding
+        rgb = np.clip(rgb + rng.normal(0.0, 2.0, rgb.shape), 0, 255).astype(np.uint8)
         if camera == "raw":
             out.append(CameraImage(np.ascontiguousarray(rgb), None))
             continue
