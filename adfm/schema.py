@@ -37,6 +37,8 @@ MAX_ID_CHARS = 64
 MAX_NAME_CHARS = 128
 MAX_NOTE_CHARS = 2000
 MAX_REQUEST_BYTES = 16 * 1024
+#: the most results one replay request may ask for (its `limit`)
+MAX_REPLAY_LIMIT = 5000
 
 Epoch = Annotated[str, Field(max_length=MAX_ID_CHARS)]
 
@@ -188,7 +190,7 @@ class ReplayRequest(_Message):
     type: Literal["replay"] = "replay"
     from_seq: int = Field(ge=1)
     to_seq: int | None = Field(None, ge=1)
-    limit: int = Field(500, ge=1, le=5000)
+    limit: int = Field(500, ge=1, le=MAX_REPLAY_LIMIT)
 
 
 class VerdictRequest(_Message):

@@ -32,6 +32,7 @@ import base64
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -39,6 +40,7 @@ import zmq
 from pydantic import ValidationError
 
 from adfm.schema import (
+    MAX_REPLAY_LIMIT,
     Ack,
     ErrorReply,
     ImageReply,
@@ -60,6 +62,12 @@ from adfm.schema import (
 if TYPE_CHECKING:
     from adfm.appliance.keys import ClientCurve
 
+
+
+#: Messages parsed per poll at most. A subscriber that fell behind would otherwise parse its whole
+#: backlog (up to RCVHWM) into one list before handing any out: the first result waits, and Python's
+#: cyclic GC, walking the thousands of live results, costs more than parsing them (bench/bus_throughput.py).
+DRAIN_BATCH = 100
 
 
 @dataclass(frozen=True)
@@ -95,7 +103,8 @@ class StationClient:
     `station`: its id; asked from the station when omitted. `curve`: keys when the station uses
     CURVE (see `adfm.appliance.keys.load_client_curve`). `epoch`: the journal epoch `from_seq`
     counts in (a resuming subscriber's `client.epoch`); if the station has another, delivery
-    starts at the new journal's seq 1 instead.
+    starts at the new journal's seq 1 instead. `page_size`: results per replay request (a poll
+    hands out at most one page; the station also ends a page at about 4 MiB).
     """
 
     def __init__(
@@ -110,9 +119,13 @@ class StationClient:
         retries: int = 3,
         context: zmq.Context | None = None,
         epoch: str | None = None,
+        page_size: int = 500,
     ) -> None:
         if from_seq is not None and from_seq < 1:
             raise ValueError(f"from_seq must be ≥ 1 or None, got {from_seq}")
+        if not 1 <= page_size <= MAX_REPLAY_LIMIT:
+            raise ValueError(f"page_size must be 1-{MAX_REPLAY_LIMIT}, got {page_size}")
+        self.page_size = page_size
         self.publish_endpoint = publish
         self.control_endpoint = control
         self.curve = curve
@@ -133,6 +146,7 @@ class StationClient:
         self._sub: zmq.Socket | None = None
         self._topics: tuple[bytes, bytes, bytes] | None = None
         self._behind = False  # a catch-up to the journal's end is still owed
+        self._owed = 0  # a catch-up up to this seq is still owed (a gap, a status's last_seq)
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -144,7 +158,8 @@ class StationClient:
         self.close()
 
     def connect(self) -> None:
-        """Subscribe, then catch up: the first poll delivers everything from `from_seq` on."""
+        """Subscribe, then catch up: polls deliver everything from `from_seq` on, a replay page
+        at a time, so catching up on a long journal never holds all of it."""
         if self._sub is not None:
             return
         if self.station is None:
@@ -167,11 +182,10 @@ class StationClient:
         else:
             self._next = self._from_seq
             self._behind = True
-            try:
-                self._catch_up(None)
-                self._behind = False
-            except StationUnreachable:
-                pass  # the station is down: poll() catches up once it answers
+            # The first page now, the rest in poll(); a station that is down is caught up with
+            # once it answers.
+            with suppress(StationUnreachable):
+                self._catch_up(self._pending)
 
     def close(self) -> None:
         for sock in (self._sub, self._dealer, self._monitor):
@@ -209,12 +223,11 @@ class StationClient:
         timeout_ms = None if timeout_s is None else max(0, int(timeout_s * 1000))
         out: list[Event] = []
         try:
-            if self._behind:
-                self._catch_up(None, out)
-                self._behind = False
             if self._held:  # a gap a failed replay left open: try again now
-                self._catch_up(max(self._held) - 1, out)
-            if out or self._sub.poll(timeout_ms):
+                self._owed = max(self._owed, max(self._held) - 1)
+            if self._owes():
+                self._catch_up(out)
+            if not self._owes() and (out or self._sub.poll(timeout_ms)):
                 self._drain(out)
         except StationError:
             self._pending[:0] = out  # already counted as delivered: hand them out next time
@@ -222,8 +235,11 @@ class StationClient:
         return out
 
     def _drain(self, out: list[Event]) -> None:
+        """Read what the SUB socket holds, at most DRAIN_BATCH messages (the rest waits for the next poll)."""
         assert self._sub is not None
-        while True:
+        for _ in range(DRAIN_BATCH):
+            if self._owes():  # live messages wait in the socket until the replay has caught up
+                return
             try:
                 frames = self._sub.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
@@ -249,7 +265,8 @@ class StationClient:
             if topic == self._topics[0]:
                 result = InspectionResult.model_validate_json(payload)
                 if self._epoch_changed(result.epoch, out):
-                    self._catch_up(None, out)
+                    self._behind = True
+                    self._catch_up(out)
                     return
                 if result.seq < self._next:
                     if result.revision > 0:  # a later verdict on a delivered part (line stations)
@@ -257,7 +274,8 @@ class StationClient:
                     return  # already delivered (replayed before it arrived live)
                 if result.seq > self._next:
                     self._held[result.seq] = result
-                    self._catch_up(result.seq - 1, out)
+                    self._owed = max(self._owed, result.seq - 1)
+                    self._catch_up(out)
                     return
                 out.append(result)
                 self._next += 1
@@ -267,7 +285,8 @@ class StationClient:
                 self.last_status = status
                 out.append(status)
                 if self._epoch_changed(status.epoch, out) or status.last_seq >= self._next:
-                    self._catch_up(status.last_seq, out)
+                    self._owed = max(self._owed, status.last_seq)
+                    self._catch_up(out)
             elif topic == self._topics[2]:
                 out.append(OperatorVerdict.model_validate_json(payload))
         except ValidationError:
@@ -286,6 +305,7 @@ class StationClient:
         self.epoch = epoch
         self.epoch_changes += 1
         self._held.clear()
+        self._owed = 0
         self._next = 1
         return True
 
@@ -297,29 +317,38 @@ class StationClient:
         for seq in [s for s in self._held if s < self._next]:
             del self._held[seq]
 
-    def _catch_up(self, to_seq: int | None, out: list[Event] | None = None) -> None:
-        """Fetch [next, to_seq] (to the journal's end when None) by replay; deliver in order."""
+    def _owes(self) -> bool:
+        """Whether a catch-up by replay is still owed (to the journal's end, or up to a seq)."""
+        return self._behind or (self._next is not None and self._next <= self._owed)
+
+    def _catch_up(self, out: list[Event], max_pages: int = 1) -> None:
+        """Fetch what is owed by replay, at most `max_pages` pages (the rest at the next poll), and
+        deliver it in order. A page at a time, not the whole range: a subscriber far behind holds one
+        page of results, not the journal, and hands each page out as soon as it has it."""
         assert self._next is not None
-        sink = self._pending if out is None else out
-        while to_seq is None or self._next <= to_seq:
+        pages = 0
+        while self._owes() and pages < max_pages:
+            to_seq = None if self._behind else self._owed
             reply = self._replay_page(self._next, to_seq)
-            if self._epoch_changed(reply.epoch, sink):
-                to_seq = None  # the old range means nothing in the new journal: take all of it
+            if self._epoch_changed(reply.epoch, out):
+                self._behind = True  # the old range means nothing in the new journal: take all of it
                 continue
+            pages += 1
             for result in reply.results:
                 if result.seq >= self._next:  # a seq the journal lacks (a rebuilt journal) is skipped
-                    sink.append(result)
+                    out.append(result)
                     self._next = result.seq + 1
                     self.gaps_filled += 1
-            self._release_held(sink)
+            self._release_held(out)
             if not reply.more or not reply.results:
                 # Every done part up to the journal's last seq was in the replies: seqs in between
                 # that came back empty are not in the journal, so do not wait for them.
                 upper = reply.last_seq if to_seq is None else min(to_seq, reply.last_seq)
                 if self._next <= upper:
                     self._next = upper + 1
-                break
-        self._release_held(sink)
+                self._behind = False
+                self._owed = 0
+        self._release_held(out)
 
     # ---- requests -------------------------------------------------------------------------------
 
@@ -335,7 +364,7 @@ class StationClient:
             nxt = reply.results[-1].seq + 1
 
     def _replay_page(self, from_seq: int, to_seq: int | None) -> ReplayReply:
-        reply = self.request(ReplayRequest(from_seq=from_seq, to_seq=to_seq))
+        reply = self.request(ReplayRequest(from_seq=from_seq, to_seq=to_seq, limit=self.page_size))
         if not isinstance(reply, ReplayReply):
             raise StationError(f"replay from {from_seq}: unexpected reply {reply.type!r}")
         return reply

@@ -126,6 +126,7 @@ class ResultBus:
         send_hwm: int = 10_000,
         context: zmq.Context | None = None,
         on_recipe: Callable[[str], None] | None = None,
+        io_threads: int = 2,
     ) -> None:
         for ep in [*publish, *control]:
             why = check_endpoint_security(ep, curve is not None, insecure)
@@ -140,8 +141,14 @@ class ResultBus:
         self.curve = curve
         self.status_interval_s = status_interval_s
         self.send_hwm = send_hwm
+        self.io_threads = io_threads
         self.stats = BusStats()
-        self._ctx = context or zmq.Context.instance()
+        # Its own context unless given one: ZeroMQ's I/O threads do the CURVE encryption, once per
+        # subscriber for every message, so one thread caps a bus with many subscribers (a burst then
+        # overflows the send high-water mark and every subscriber replays it; bench/bus_throughput.py);
+        # and a stopped bus releases its endpoints (the ZAP handler's inproc one too) with its context.
+        self._own_context = context is None
+        self._ctx = context or zmq.Context(io_threads=io_threads)
         self._inproc = _INPROC.format(id(self))
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -177,12 +184,19 @@ class ResultBus:
             self._push.close(linger=1000)
             self._push = None
         self._stop.set()
+        stuck = False
         if self._thread is not None:
             self._thread.join(timeout_s)
+            stuck = self._thread.is_alive()
             self._thread = None
         if self._auth is not None:
             self._auth.stop()
             self._auth = None
+        if self._own_context and not self._ctx.closed:
+            if stuck:  # its sockets are still in use: leave the context to the process's exit
+                log.warning("the result bus thread did not stop within %g s", timeout_s)
+            else:
+                self._ctx.destroy(linger=0)  # the bus thread closed its sockets with their own linger
 
     @property
     def alive(self) -> bool:

@@ -20,6 +20,10 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from adfm.appliance.config import ModelSection
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG, EXIT_JOURNAL = 0, 1, 2, 3  # the unit's RestartPreventExitStatus: 2 3
 
@@ -130,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", default="adfm", help="system user the service runs as (default adfm)")
     p.add_argument("--bin-dir", metavar="DIR", help="folder holding adfm-appliance (default: this install's)")
     p.add_argument("--force", action="store_true", help="overwrite an existing station config")
+    p.epilog = ("With a station config in place that asks for the GPU (model.n_gpu_layers, model.mmproj_gpu), "
+                "install also writes the drop-in adfm-appliance.service.d/gpu.conf opening the GPU's device "
+                "nodes; otherwise it removes it. Run it again after changing those fields.")
 
     p = sub.add_parser("tail", help="follow a station's results (JSON lines), gap-free")
     _add_client_args(p, publish=True)
@@ -206,10 +213,19 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"{args.config}: model.dir: {exc}", file=sys.stderr)
             return EXIT_CONFIG
         print(f"{args.config}: OK — station {config.station}, model {manifest.model_id} "
-              f"({manifest.prompt_version}), {len(config.cameras)} camera(s), journal in {config.journal_dir}, "
+              f"({manifest.prompt_version}) on {_placement(config.model)}, {len(config.cameras)} camera(s), "
+              f"journal in {config.journal_dir}, "
               f"bus {', '.join(config.bus.publish)} / {', '.join(config.bus.control)}; "
               f"{hashed} model file(s) hashed and matching")
     return EXIT_OK
+
+
+def _placement(model: ModelSection) -> str:
+    """Where the model runs, as `check` reports it."""
+    if not model.uses_gpu:
+        return "the CPU"
+    layers = "all layers" if model.n_gpu_layers == -1 else f"{model.n_gpu_layers} layers"
+    return f"the GPU ({layers}, projector on the {'GPU' if model.projector_on_gpu else 'CPU'})"
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -284,10 +300,17 @@ def cmd_journal(args: argparse.Namespace) -> int:
 
 def cmd_install(args: argparse.Namespace) -> int:
     from adfm.appliance import install
+    from adfm.appliance.config import ConfigError
 
-    p = install.plan(args.unit_dir, args.config_path, args.user, args.bin_dir)
+    try:  # the GPU drop-in follows the station config in place
+        p = install.plan(args.unit_dir, args.config_path, args.user, args.bin_dir, force=args.force)
+    except ConfigError as exc:
+        print(f"adfm-appliance install: {exc}\n(fix the config, then run install again)", file=sys.stderr)
+        return EXIT_CONFIG
     if args.print_only:
         print(p.unit_text, end="")
+        if p.gpu_dropin_text is not None:
+            print(f"\n# {p.gpu_dropin_path}\n{p.gpu_dropin_text}", end="")
         return EXIT_OK
     try:
         done = install.install(p, force=args.force)

@@ -61,6 +61,16 @@ class ModelSection(_Section):
         description="llama.cpp context; default: what the manifest's model needs (images + prompt + answer)",
     )
     n_threads: int | None = Field(None, ge=1, le=512)
+    n_gpu_layers: int = Field(
+        0, ge=-1, le=100_000, description="language-model layers on the GPU: 0 none (CPU), -1 all, N the first N"
+    )
+    mmproj_gpu: bool | None = Field(
+        None, description="the vision projector on the GPU; default: when n_gpu_layers is not 0"
+    )
+    gpu_devices: Literal["nvidia", "dri"] = Field(
+        "nvidia", description="device nodes the systemd unit opens for the GPU: nvidia (/dev/nvidia*: CUDA, or "
+        "Vulkan on an NVIDIA card) or dri (/dev/dri render nodes: Vulkan on Intel/AMD)",
+    )
     check_hashes: bool = Field(True, description="verify GGUF sha256 against the manifest at start")
     max_tokens: int | None = Field(
         None, ge=8, le=8192, description="longest answer; default: the manifest's (as trained), else 256"
@@ -75,6 +85,19 @@ class ModelSection(_Section):
     )
 
     _paths = field_validator("dir", mode="before")(_resolve)
+
+    @property
+    def projector_on_gpu(self) -> bool:
+        return self.mmproj_gpu if self.mmproj_gpu is not None else self.n_gpu_layers != 0
+
+    @property
+    def uses_gpu(self) -> bool:
+        return self.n_gpu_layers != 0 or self.projector_on_gpu
+
+    def backend_kwargs(self, model_dir: Path, n_ctx: int | None) -> dict[str, Any]:
+        """What the inference worker's backend factory gets (the model hashes are checked once, before)."""
+        return {"model_dir": str(model_dir), "n_ctx": n_ctx, "n_threads": self.n_threads, "check_hashes": False,
+                "n_gpu_layers": self.n_gpu_layers, "mmproj_gpu": self.projector_on_gpu}
 
     @field_validator("prompt_version")
     @classmethod
@@ -160,6 +183,8 @@ class BusSection(_Section):
     insecure: bool = False
     status_interval_s: float = Field(5.0, gt=0, le=3600)
     send_hwm: int = Field(10_000, ge=1)
+    io_threads: int = Field(2, ge=1, le=64, description="ZeroMQ I/O threads (with CURVE they encrypt each "
+                            "subscriber's copy of every message)")
 
     @field_validator("publish", "control", mode="before")
     @classmethod
@@ -377,6 +402,7 @@ def check_resources(config: StationConfig, source: str = "<config>") -> list[str
             problems += model_limits(config, manifest, source).problems
     except ManifestError as exc:
         problems.append(f"{source}: model.dir: {exc}")
+    problems += _check_gpu(config.model, source)
     for i, product in enumerate(config.products):
         if product.reference is not None:
             problems += _check_image(product.reference, f"{source}: products.{i}.reference")
@@ -415,6 +441,20 @@ def check_resources(config: StationConfig, source: str = "<config>") -> list[str
     except OSError as exc:
         problems.append(f"{source}: state_dir: cannot create {config.state_dir}: {exc.strerror or exc}")
     return problems
+
+
+def _check_gpu(model: ModelSection, source: str) -> list[str]:
+    """A config that asks for the GPU where llama.cpp cannot use one is refused, not run on the CPU."""
+    if not model.uses_gpu:
+        return []
+    from adfm.runtime.gpu import gpu_offload_problem
+
+    why = gpu_offload_problem()
+    if why is None:
+        return []
+    field = f"n_gpu_layers: {model.n_gpu_layers}" if model.n_gpu_layers != 0 else "mmproj_gpu: true"
+    return [f"{source}: model.{field} asks for the GPU, but {why}; or run on the CPU with model.n_gpu_layers: 0 "
+            "and no model.mmproj_gpu"]
 
 
 def _check_image(path: Path, where: str) -> list[str]:

@@ -7,16 +7,27 @@ StateDirectory (/var/lib/adfm-appliance), reads its config from /etc/adfm (root-
 readable by the service user), and sees the rest of the file system read-only. ExecStart goes
 through /usr/bin/env with the virtual environment first on PATH, so one unit text works for any
 install location and `systemd-analyze verify` can check it on a machine where adfm is not installed.
+
+The unit opens no device but cameras. When the station config asks for the GPU (model.n_gpu_layers
+not 0, or model.mmproj_gpu), `install` adds the drop-in adfm-appliance.service.d/gpu.conf that opens
+the GPU's device nodes, and removes it when the config no longer does: the device policy follows
+the config each time `install` runs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from adfm.appliance.config import ModelSection
 
 UNIT_NAME = "adfm-appliance.service"
 DEFAULT_BIN_DIR = "/opt/adfm/venv/bin"
@@ -64,7 +75,8 @@ UMask=0027
 # A folder: camera moves each file once journaled: allow its folder in a drop-in
 # (`systemctl edit adfm-appliance`): [Service] ReadWritePaths=/srv/adfm/drop
 
-# Cameras only: /dev/video* (V4L2) plus the standard pseudo devices; no other device.
+# Cameras only: /dev/video* (V4L2) plus the standard pseudo devices; no other device. A station
+# configured for the GPU gets {gpu_dropin} from `adfm-appliance install`.
 DevicePolicy=closed
 DeviceAllow=char-video4linux rw
 
@@ -92,8 +104,42 @@ WantedBy=multi-user.target
 """
 
 
+GPU_DROPIN = f"{UNIT_NAME}.d/gpu.conf"
+
+#: The device nodes each kind of GPU needs (`model.gpu_devices`). `char-NAME` opens every device of
+#: a group in /proc/devices; the NVIDIA groups (nvidia, nvidia-uvm, nvidia-caps …) cover
+#: /dev/nvidia0…, /dev/nvidiactl, /dev/nvidia-uvm and /dev/nvidia-uvm-tools. Groups are looked up
+#: when the service starts: the driver's modules must be loaded by then.
+GPU_DEVICE_RULES = {
+    "nvidia": [
+        "# NVIDIA: /dev/nvidia0…, /dev/nvidiactl, /dev/nvidia-uvm, /dev/nvidia-uvm-tools, /dev/nvidia-caps/*",
+        "DeviceAllow=char-nvidia* rw",
+    ],
+    "dri": [
+        "# Vulkan on Intel/AMD: the DRM render nodes /dev/dri/renderD* (group render)",
+        "DeviceAllow=char-drm rw",
+        "SupplementaryGroups=render",
+    ],
+}
+
+
 def render_unit(bin_dir: str = DEFAULT_BIN_DIR, config: str = DEFAULT_CONFIG, user: str = DEFAULT_USER) -> str:
-    return UNIT_TEMPLATE.format(bin_dir=bin_dir, config=config, user=user)
+    return UNIT_TEMPLATE.format(bin_dir=bin_dir, config=config, user=user, gpu_dropin=GPU_DROPIN)
+
+
+def render_gpu_dropin(model: ModelSection, config: str = DEFAULT_CONFIG) -> str | None:
+    """The drop-in that opens the GPU's device nodes, or None when the config keeps to the CPU."""
+    if not model.uses_gpu:
+        return None
+    asks = [f"n_gpu_layers {model.n_gpu_layers}"] if model.n_gpu_layers != 0 else []
+    asks += ["the projector on the GPU"] if model.projector_on_gpu else []
+    lines = [
+        f"# Written by `adfm-appliance install` because {config} asks for the GPU ({', '.join(asks)});",
+        "# removed by it when the config no longer does. Edit the config and rerun install, not this file.",
+        "[Service]",
+        *GPU_DEVICE_RULES[model.gpu_devices],
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def example_config() -> str:
@@ -114,6 +160,12 @@ class InstallPlan:
     config_path: Path
     config_text: str
     user: str
+    #: the GPU drop-in's text; None: the station config keeps to the CPU (the drop-in is removed)
+    gpu_dropin_text: str | None = None
+
+    @property
+    def gpu_dropin_path(self) -> Path:
+        return self.unit_path.parent / GPU_DROPIN
 
     def steps(self) -> list[str]:
         """What an administrator runs after the files are in place."""
@@ -125,19 +177,33 @@ class InstallPlan:
             f"chown -R root:{self.user} {self.config_path.parent} && chmod -R g+rX,o-rwx {self.config_path.parent}",
             f"$EDITOR {self.config_path}   # station id, cameras, model.dir, bus",
             f"adfm-appliance check --config {self.config_path}",
+            f"adfm-appliance install --unit-dir {self.unit_path.parent} --config-path {self.config_path}"
+            + (f" --user {self.user}" if self.user != DEFAULT_USER else "")
+            + "   # again after changing model.n_gpu_layers / mmproj_gpu: opens or closes the GPU",
             "systemctl daemon-reload",
             f"systemctl enable --now {self.unit_path.name}",
             f"journalctl -u {self.unit_path.name} -f",
         ]
 
 
-def plan(unit_dir: Path, config_path: Path, user: str = DEFAULT_USER, bin_dir: str | None = None) -> InstallPlan:
+def plan(
+    unit_dir: Path, config_path: Path, user: str = DEFAULT_USER, bin_dir: str | None = None, force: bool = False
+) -> InstallPlan:
+    """What `install` writes. The GPU drop-in follows the station config that will be in place: the
+    existing one (read and checked for form; a ConfigError names what is wrong), or the example
+    (CPU) when there is none or `force` replaces it."""
+    dropin = None
+    if config_path.exists() and not force:
+        from adfm.appliance.config import read_config
+
+        dropin = render_gpu_dropin(read_config(config_path).model, str(config_path))
     return InstallPlan(
         unit_path=unit_dir / UNIT_NAME,
         unit_text=render_unit(bin_dir or current_bin_dir(), str(config_path), user),
         config_path=config_path,
         config_text=example_config(),
         user=user,
+        gpu_dropin_text=dropin,
     )
 
 
@@ -156,14 +222,27 @@ def install(p: InstallPlan, force: bool = False) -> list[str]:
         p.config_path.parent.mkdir(parents=True, exist_ok=True)
         p.config_path.write_text(p.config_text, encoding="utf-8")
         done.append(f"wrote {p.config_path} (an example: edit it)")
+    dropin = p.gpu_dropin_path
+    if p.gpu_dropin_text is not None:
+        dropin.parent.mkdir(parents=True, exist_ok=True)
+        dropin.write_text(p.gpu_dropin_text, encoding="utf-8")
+        done.append(f"wrote {dropin} (the config asks for the GPU: its device nodes are opened)")
+    elif dropin.exists():
+        dropin.unlink()
+        with contextlib.suppress(OSError):
+            dropin.parent.rmdir()  # only when nothing else is in it
+        done.append(f"removed {dropin} (the config keeps to the CPU: the GPU stays closed)")
     return done
 
 
 def verify_unit(unit_path: Path) -> tuple[bool, str]:
-    """Run `systemd-analyze verify` on a unit file when available: (clean, what it printed)."""
+    """Run `systemd-analyze verify` on a unit file when available: (clean, what it printed).
+
+    The unit's folder goes first on the unit path, so its drop-ins (gpu.conf) are verified with it."""
     tool = shutil.which("systemd-analyze")
     if tool is None:
         return True, "systemd-analyze not found; unit not verified"
-    proc = subprocess.run([tool, "verify", str(unit_path)], capture_output=True, text=True, check=False)
+    env = {**os.environ, "SYSTEMD_UNIT_PATH": f"{unit_path.parent}:"}  # trailing ':' keeps the default paths
+    proc = subprocess.run([tool, "verify", str(unit_path)], capture_output=True, text=True, check=False, env=env)
     out = (proc.stdout + proc.stderr).strip()
     return proc.returncode == 0 and not proc.stderr.strip(), out

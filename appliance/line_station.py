@@ -110,8 +110,7 @@ class LineStation:
 
     def _spec(self, model_dir: Path) -> BackendSpec:
         m = self.cfg.model
-        return BackendSpec(m.backend, {"model_dir": str(model_dir), "n_ctx": m.n_ctx, "n_threads": m.n_threads,
-                                       "check_hashes": False})
+        return BackendSpec(m.backend, m.backend_kwargs(model_dir, m.n_ctx))
 
     # ---- wiring -------------------------------------------------------------------------------
 

@@ -214,12 +214,8 @@ class Service:
             self._start_line(model, references, gate)
             return
         self.worker = InferenceWorker(
-            self._backend or BackendSpec(cfg.model.backend, {
-                "model_dir": str(cfg.model.dir),
-                "n_ctx": limits.n_ctx,
-                "n_threads": cfg.model.n_threads,
-                "check_hashes": False,  # checked once above; restarts after a crash stay quick
-            }),
+            # the hashes were checked once above: restarts after a crash stay quick
+            self._backend or BackendSpec(cfg.model.backend, cfg.model.backend_kwargs(cfg.model.dir, limits.n_ctx)),
             deadline_s=cfg.model.deadline_s,
             load_timeout_s=cfg.model.load_timeout_s,
             on_wait=self.tick,
@@ -314,6 +310,7 @@ class Service:
             insecure=b.insecure,
             status_interval_s=b.status_interval_s,
             send_hwm=b.send_hwm,
+            io_threads=b.io_threads,
         )
 
     def _on_result(self, result: InspectionResult) -> None:

@@ -191,7 +191,7 @@ class Appliance:
     def __init__(self, work: Path, model_dir: Path, args: argparse.Namespace, reference: Path | None,
                  first: CameraImage) -> None:
         from adfm.appliance.config import load_config
-        from adfm.appliance.inference_worker import DEFAULT_BACKEND, BackendSpec
+        from adfm.appliance.inference_worker import BackendSpec
         from adfm.appliance.service import Service
 
         incoming = work / "incoming"
@@ -217,9 +217,8 @@ class Appliance:
         }))
         config = load_config(config_path)
         # the service's own backend, with the answer length fixed as on the direct side
-        backend = BackendSpec(DEFAULT_BACKEND, {"model_dir": str(model_dir), "n_ctx": args.n_ctx,
-                                                "n_threads": args.threads, "check_hashes": False,
-                                                "min_tokens": args.max_tokens})
+        backend = BackendSpec(config.model.backend, {**config.model.backend_kwargs(config.model.dir, args.n_ctx),
+                                                     "min_tokens": args.max_tokens})
         self.camera = TriggeredCamera()
         self.done = threading.Event()
         self.service = Service(config, cameras={"cam0": self.camera}, backend=backend, on_result=self._on_result)

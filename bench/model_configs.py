@@ -240,7 +240,7 @@ def build_random_checkpoint(
     marker = path / MARKER
     if marker.is_file() and (path / "config.json").is_file():
         try:
-            if json.loads(marker.read_text()) == params:
+            if json.loads(marker.read_text()) == json.loads(json.dumps(params)):  # tuples are lists in JSON
                 return path
         except json.JSONDecodeError:
             pass  # a damaged marker: rebuild

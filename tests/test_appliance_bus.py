@@ -51,6 +51,29 @@ def test_late_subscriber_gets_everything_by_replay(station):
     assert got == list(range(1, 15))
 
 
+def test_catching_up_comes_a_replay_page_per_poll(station):
+    """A subscriber far behind holds one page at a time, not the journal; live results wait for it."""
+    for _ in range(12):
+        station.part()
+    with station.client(from_seq=1, page_size=5) as c:
+        assert c.next_seq == 6  # connect fetched the first page only
+        time.sleep(0.3)
+        station.part()  # published live while the client is still catching up
+        batches = []
+        while sum(len(b) for b in batches) < 13:
+            got = c.receive(2.0)
+            assert got, "no progress"
+            batches.append([r.seq for r in got])
+    assert [s for b in batches for s in b] == list(range(1, 14))
+    assert all(len(b) <= 5 for b in batches[:3]) and len(batches) >= 3
+    assert c.gaps_filled >= 12
+
+
+def test_page_size_is_checked():
+    with pytest.raises(ValueError, match="page_size must be 1-5000, got 0"):
+        StationClient("tcp://127.0.0.1:1", "tcp://127.0.0.1:2", page_size=0)
+
+
 def test_gap_in_publication_is_filled_from_the_journal(station):
     with station.client() as c:
         time.sleep(0.3)
@@ -196,6 +219,34 @@ def test_curve_admits_known_keys_and_refuses_others(tmp_path, keys):
         plain.close()
     finally:
         station.close()
+
+
+def test_curve_buses_run_side_by_side_in_one_process(tmp_path, keys):
+    """Each bus has its own ZeroMQ context: two CURVE stations in one process each get their own ZAP
+    handler (a shared context has one inproc ZAP endpoint), and a new one starts as soon as one stops."""
+    server = load_server_curve(keys.server_secret, keys.authorized_clients)
+    good = load_client_curve(keys.server_public, keys.client_secrets["tui"])
+    first = BusStation(tmp_path / "a", curve=server)
+    second = BusStation(tmp_path / "b", curve=server)
+    try:
+        for station in (first, second):
+            assert station.bus.io_threads == 2
+            with station.client(curve=good) as c:
+                time.sleep(0.3)
+                station.part()
+                assert collect(c, 1) == [1]
+        first.close()  # and another station starts in the same process right away
+        third = BusStation(tmp_path / "c", curve=server)
+        try:
+            with third.client(curve=good) as c:
+                time.sleep(0.3)
+                third.part()
+                assert collect(c, 1) == [1]
+        finally:
+            third.close()
+    finally:
+        first.close()
+        second.close()
 
 
 def test_keys_are_not_overwritten(tmp_path, keys):

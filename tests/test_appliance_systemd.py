@@ -14,7 +14,7 @@ import pytest
 from adfm.appliance.cli import main
 from adfm.appliance.config import parse_config
 from adfm.appliance.inference_worker import BackendSpec
-from adfm.appliance.install import render_unit
+from adfm.appliance.install import render_gpu_dropin, render_unit, verify_unit
 from adfm.appliance.notify import SystemdNotifier
 from adfm.appliance.service import Service
 from tests.appliance_fakes import FACTORY, ListCamera, frame, station_dict, write_script
@@ -61,13 +61,97 @@ def test_install_writes_unit_and_keeps_an_existing_config(tmp_path, capsys):
     assert "Environment=PATH=/opt/x/bin:" in unit and f"--config {cfg}" in unit
     assert "useradd --system" in out and "systemctl enable --now adfm-appliance.service" in out
     assert cfg.read_text().startswith("# adfm station config")
-    cfg.write_text("station: mine\n")
+    mine = "station: mine\nmodel: {dir: /m}\ncameras: [{id: c, url: 'usb:0'}]\n"  # read for its GPU fields
+    cfg.write_text(mine)
     assert main(args) == 0
-    assert cfg.read_text() == "station: mine\n"  # never overwritten
+    assert cfg.read_text() == mine  # never overwritten
     assert (cfg.parent / "station.example.yaml").is_file()
     assert "kept the existing" in capsys.readouterr().out
     assert main(["install", "--print", "--bin-dir", "/opt/adfm/venv/bin"]) == 0
     assert capsys.readouterr().out == render_unit()
+
+
+def _device_rules(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(("DeviceAllow=", "DevicePolicy=",
+                                                                     "SupplementaryGroups=", "PrivateDevices="))]
+
+
+def test_the_unit_keeps_the_gpu_closed_and_the_drop_in_opens_only_it(tmp_path):
+    assert _device_rules(UNIT.read_text()) == ["SupplementaryGroups=video", "DevicePolicy=closed",
+                                               "DeviceAllow=char-video4linux rw"]
+    model = parse_config(station_dict(tmp_path)).model
+    assert render_gpu_dropin(model) is None  # the CPU default: no drop-in
+    model.n_gpu_layers = -1
+    text = render_gpu_dropin(model, "/etc/adfm/line2.yaml")
+    assert text is not None and "/etc/adfm/line2.yaml asks for the GPU (n_gpu_layers -1, the projector on" in text
+    assert "[Service]" in text.splitlines()
+    assert _device_rules(text) == ["DeviceAllow=char-nvidia* rw"]  # adds a rule; the policy stays closed
+    model.n_gpu_layers, model.mmproj_gpu, model.gpu_devices = 0, True, "dri"
+    text = render_gpu_dropin(model)
+    assert text is not None and _device_rules(text) == ["DeviceAllow=char-drm rw", "SupplementaryGroups=render"]
+    model.mmproj_gpu = False
+    assert render_gpu_dropin(model) is None
+
+
+def _set_gpu(config: Path, n_gpu_layers: int) -> None:
+    text = config.read_text()
+    assert "  # n_gpu_layers: -1 " in text  # the example documents the field, commented out
+    config.write_text(text.replace("  # n_gpu_layers: -1 ", f"  n_gpu_layers: {n_gpu_layers} "))
+
+
+def test_install_opens_the_gpu_only_while_the_config_asks_for_it(tmp_path, capsys):
+    unit_dir, cfg = tmp_path / "units", tmp_path / "etc" / "station.yaml"
+    dropin = unit_dir / "adfm-appliance.service.d" / "gpu.conf"
+    args = ["install", "--unit-dir", str(unit_dir), "--config-path", str(cfg), "--bin-dir", "/opt/x/bin"]
+    assert main(args) == 0
+    assert not dropin.exists()  # the example config keeps to the CPU
+    out = capsys.readouterr().out
+    assert f"adfm-appliance install --unit-dir {unit_dir} --config-path {cfg}" in out  # how to follow a change
+    _set_gpu(cfg, -1)
+    assert main(args) == 0
+    assert f"wrote {dropin}" in capsys.readouterr().out
+    assert _device_rules(dropin.read_text()) == ["DeviceAllow=char-nvidia* rw"]
+    assert f"because {cfg} asks for the GPU" in dropin.read_text()
+    assert main([*args, "--print"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(render_unit("/opt/x/bin", str(cfg))) and f"# {dropin}\n" in printed
+    cfg.write_text(cfg.read_text().replace("n_gpu_layers: -1 ", "n_gpu_layers: 0 "))
+    assert main(args) == 0
+    assert f"removed {dropin}" in capsys.readouterr().out
+    assert not dropin.exists() and not dropin.parent.exists()
+    cfg.write_text(cfg.read_text().replace("n_gpu_layers: 0 ", "n_gpu_layers: 8 "))
+    assert main(args) == 0 and dropin.exists()
+    assert main([*args, "--force"]) == 0  # the example replaces the config: the GPU closes again
+    assert not dropin.exists()
+
+
+def test_install_refuses_an_invalid_config_and_writes_nothing(tmp_path, capsys):
+    unit_dir, cfg = tmp_path / "units", tmp_path / "station.yaml"
+    cfg.write_text("station: st1\nmodel: {dir: /m, n_gpu_layers: lots}\ncameras: [{id: c, url: 'usb:0'}]\n")
+    assert main(["install", "--unit-dir", str(unit_dir), "--config-path", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert f"{cfg}: model.n_gpu_layers" in err and "run install again" in err
+    assert not unit_dir.exists()
+
+
+@needs_analyze
+def test_the_gpu_drop_in_verifies_with_the_unit(tmp_path):
+    unit_dir = tmp_path / "units"
+    unit_dir.mkdir()
+    unit = unit_dir / "adfm-appliance.service"
+    unit.write_text(render_unit())
+    model = parse_config(station_dict(tmp_path, model={"n_gpu_layers": -1})).model
+    dropins = unit_dir / "adfm-appliance.service.d"
+    dropins.mkdir()
+    for devices in ("nvidia", "dri"):
+        model.gpu_devices = devices
+        (dropins / "gpu.conf").write_text(render_gpu_dropin(model) or "")
+        ok, out = verify_unit(unit)
+        assert ok and out == "", out
+    # the drop-in is read by the check: a bad rule in it is reported
+    (dropins / "gpu.conf").write_text("[Service]\nDeviceAllow=/not-a-device rw\n")
+    ok, out = verify_unit(unit)
+    assert not ok and "gpu.conf" in out and "/not-a-device" in out, out
 
 
 class NotifySocket:

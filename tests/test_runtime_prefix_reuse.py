@@ -71,3 +71,17 @@ def test_without_a_reference_the_system_prompt_is_kept(models) -> None:
     second = reusing.generate([second_query], product="washer", max_tokens=16)
     assert second.prefix_reused > 0 and first.prompt_tokens == second.prompt_tokens
     assert second.token_ids == fresh.generate([second_query], product="washer", max_tokens=16).token_ids
+
+
+def test_stage_times_account_for_the_part_and_skip_the_reused_prefix(models) -> None:
+    reusing, fresh = models
+    reference, query = _grid(reusing, _part(300, None)), _grid(reusing, _part(301, "spot"))
+    gens = [vlm.generate([reference, query], product="washer", max_tokens=8) for vlm in (fresh, reusing, reusing)]
+    for gen in gens:
+        stages = gen.vision_seconds + gen.prefill_seconds + gen.generate_seconds
+        assert gen.vision_seconds > 0 and gen.prefill_seconds > 0 and gen.generate_seconds > 0
+        assert stages <= gen.seconds  # the rest is tokenizing the prompt and PNG-wrapping the images
+    fresh_gen, _, reused_gen = gens
+    assert reused_gen.prefix_reused > 0
+    # one image encoded instead of two: the reference's encoder time is gone
+    assert reused_gen.vision_seconds < 0.8 * fresh_gen.vision_seconds

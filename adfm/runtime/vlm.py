@@ -162,6 +162,12 @@ class Generation:
     finished: bool = False
     #: prompt positions taken from the kept prefix (system prompt, reference image) instead of evaluated
     prefix_reused: int = 0
+    #: where `seconds` went: the vision encoder and projector on the images (not on a reused prefix's)
+    vision_seconds: float = 0.0
+    #: the language model over the prompt's text and image tokens (a reused prefix's not included)
+    prefill_seconds: float = 0.0
+    #: the answer tokens, one decode step each
+    generate_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -181,6 +187,8 @@ class _Prompt:
     image_tokens: tuple[int, ...]
     #: positions of the prefix that were already in the KV cache and not evaluated again
     reused_positions: int = 0
+    vision_seconds: float = 0.0
+    prefill_seconds: float = 0.0
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -199,9 +207,12 @@ class GgufVlm:
     """A loaded exported model; calls from several threads are serialized.
 
     `cpu_extra_buffers`: llama.cpp's AMX / repacked CPU weight layouts; None = on unless the CPU
-    has AMX (see the module note). `min_tokens`: every answer runs at least this many tokens (the
-    end of generation is suppressed until then), so benchmarks of random-weight models, which stop
-    at random, compare answers of one fixed length; 0 (the line's setting) lets the model stop.
+    has AMX (see the module note). `n_gpu_layers`: language-model layers on the GPU (0 none, -1
+    all); `mmproj_gpu`: the vision projector on the GPU (None: when `n_gpu_layers` is not 0). Asking
+    for the GPU where llama.cpp cannot use one raises RuntimeError instead of running on the CPU.
+    `min_tokens`: every answer runs at least this many tokens (the end of generation is suppressed
+    until then), so benchmarks of random-weight models, which stop at random, compare answers of
+    one fixed length; 0 (the line's setting) lets the model stop.
     """
 
     def __init__(
@@ -212,6 +223,7 @@ class GgufVlm:
         check_hashes: bool = True,
         *,
         n_gpu_layers: int = 0,
+        mmproj_gpu: bool | None = None,
         cpu_extra_buffers: bool | None = None,
         reuse_prefix: bool = True,
         min_tokens: int = 0,
@@ -227,6 +239,7 @@ class GgufVlm:
             n_ctx=n_ctx,
             n_threads=n_threads,
             n_gpu_layers=n_gpu_layers,
+            mmproj_gpu=mmproj_gpu,
             cpu_extra_buffers=cpu_extra_buffers,
         )
         self.reuse_prefix = reuse_prefix
@@ -242,13 +255,15 @@ class GgufVlm:
         n_ctx: int = 4096,
         n_threads: int | None = None,
         n_gpu_layers: int = 0,
+        mmproj_gpu: bool | None = None,
         cpu_extra_buffers: bool | None = None,
     ) -> GgufVlm:
         """Load a GGUF pair that has no manifest on disk yet (the export verifies before it writes one)."""
         self = cls.__new__(cls)
         self._load(
             Path(model_path), Path(mmproj_path), manifest,
-            n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers, cpu_extra_buffers=cpu_extra_buffers,
+            n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers, mmproj_gpu=mmproj_gpu,
+            cpu_extra_buffers=cpu_extra_buffers,
         )
         self.reuse_prefix = False  # verification compares fresh evaluations
         return self
@@ -265,6 +280,7 @@ class GgufVlm:
         n_ctx: int,
         n_threads: int | None,
         n_gpu_layers: int,
+        mmproj_gpu: bool | None,
         cpu_extra_buffers: bool | None,
     ) -> None:
         import llama_cpp
@@ -287,6 +303,15 @@ class GgufVlm:
             raise ValueError(f"n_ctx {n_ctx} is too small for an image prompt (use at least 256)")
         self._min_tokens = max(1, math.ceil(manifest.min_pixels / PIXELS_PER_TOKEN))
         self._max_tokens = max(self._min_tokens, manifest.max_pixels // PIXELS_PER_TOKEN)
+        if mmproj_gpu is None:
+            mmproj_gpu = n_gpu_layers != 0
+        if n_gpu_layers != 0 or mmproj_gpu:
+            from adfm.runtime.gpu import gpu_offload_problem
+
+            if (why := gpu_offload_problem()) is not None:
+                raise RuntimeError(f"n_gpu_layers={n_gpu_layers}, mmproj_gpu={mmproj_gpu} ask for the GPU, but {why}")
+        self.n_gpu_layers = n_gpu_layers
+        self.mmproj_gpu = mmproj_gpu
         if cpu_extra_buffers is None:
             cpu_extra_buffers = not cpu_has_amx()
         self.cpu_extra_buffers = cpu_extra_buffers
@@ -309,7 +334,7 @@ class GgufVlm:
             ) from exc
         llama = self._llama
         params = mtmd.mtmd_context_params_default()
-        params.use_gpu = n_gpu_layers != 0
+        params.use_gpu = mmproj_gpu
         params.print_timings = False
         params.n_threads = llama.n_threads
         # The projector resizes within this budget; equal to the manifest's, a grid image is left as is.
@@ -418,6 +443,7 @@ class GgufVlm:
             start = time.perf_counter()
             messages = messages or self._inspection_messages(len(images), prompt_version, product)
             prompt = self._eval_prompt(images, messages, reserve=max_tokens)
+            prompt_done = time.perf_counter()
             ids: list[int] = []
             finished = False
             for _ in range(max_tokens):
@@ -431,6 +457,7 @@ class GgufVlm:
                     break
                 ids.append(token)
                 self._llama.eval([token])
+            done = time.perf_counter()
             text = self._llama.detokenize(ids, special=False).decode("utf-8", errors="replace")
             return Generation(
                 text=text,
@@ -441,6 +468,9 @@ class GgufVlm:
                 image_tokens=prompt.image_tokens,
                 finished=finished,
                 prefix_reused=prompt.reused_positions,
+                vision_seconds=prompt.vision_seconds,
+                prefill_seconds=prompt.prefill_seconds,
+                generate_seconds=done - prompt_done,
             )
 
     def forced_logits(
@@ -487,8 +517,7 @@ class GgufVlm:
                     chunk = mtmd.mtmd_input_chunks_get(chunks, i)
                     if mtmd.mtmd_input_chunk_get_type(chunk) != mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE:
                         continue
-                    if mtmd.mtmd_encode_chunk(self._mtmd_ctx, chunk) != 0:
-                        raise RuntimeError(f"llama.cpp failed to encode the image ({recent_llama_errors()})")
+                    self._encode_image(chunk)
                     n = int(mtmd.mtmd_input_chunk_get_n_tokens(chunk))
                     width = self._llama.n_embd()
                     ptr = mtmd.mtmd_get_output_embd(self._mtmd_ctx)
@@ -638,33 +667,58 @@ class GgufVlm:
                 self._prefix = None
                 llama_cpp.llama_memory_clear(memory, True)
                 llama.reset()
+            vision_s = prefill_s = 0.0
             for i in range(start, n_chunks):
                 if split and i == split and not reused:
                     self._prefix = (key, llama.n_tokens)
                 chunk = mtmd.mtmd_input_chunks_get(chunks, i)
                 tokens = texts[i]
                 if tokens is not None:
+                    t0 = time.perf_counter()
                     if tokens:
                         llama.eval(tokens)
+                    prefill_s += time.perf_counter() - t0
                     ids.extend(tokens)
                     continue
                 n_img = int(mtmd.mtmd_input_chunk_get_n_tokens(chunk))
-                new_n_past = llama_cpp.llama_pos(0)
-                rc = mtmd.mtmd_helper_eval_chunk_single(
-                    self._mtmd_ctx, llama.ctx, chunk, llama_cpp.llama_pos(llama.n_tokens),
-                    llama_cpp.llama_seq_id(0), llama.n_batch, False, ctypes.byref(new_n_past),
-                )
-                if rc != 0:
-                    self._prefix = None
-                    raise RuntimeError(f"llama.cpp failed to encode an image (code {rc}; {recent_llama_errors()})")
-                llama.n_tokens = new_n_past.value
+                t0 = time.perf_counter()
+                self._encode_image(chunk)
+                t1 = time.perf_counter()
+                self._decode_image(chunk)
+                vision_s += t1 - t0
+                prefill_s += time.perf_counter() - t1
                 image_tokens.append(n_img)
                 ids.extend([self.image_pad_id] * n_img)
-            return _Prompt(tuple(ids), tuple(image_tokens), reused)
+            return _Prompt(tuple(ids), tuple(image_tokens), reused, vision_s, prefill_s)
         finally:
             mtmd.mtmd_input_chunks_free(chunks)
             for bmp in bitmaps:
                 mtmd.mtmd_bitmap_free(bmp)
+
+    def _encode_image(self, chunk: Any) -> None:
+        """Run the vision encoder and projector on an image chunk (the output stays in the mtmd context)."""
+        import llama_cpp.mtmd_cpp as mtmd
+
+        if mtmd.mtmd_encode_chunk(self._mtmd_ctx, chunk) != 0:
+            self._prefix = None
+            raise RuntimeError(f"llama.cpp failed to encode an image ({recent_llama_errors()})")
+
+    def _decode_image(self, chunk: Any) -> None:
+        """Evaluate the encoded image's embeddings with the language model at the next positions."""
+        import llama_cpp
+        import llama_cpp.mtmd_cpp as mtmd
+
+        llama = self._llama
+        new_n_past = llama_cpp.llama_pos(0)
+        rc = mtmd.mtmd_helper_decode_image_chunk(
+            self._mtmd_ctx, llama.ctx, chunk, mtmd.mtmd_get_output_embd(self._mtmd_ctx),
+            llama_cpp.llama_pos(llama.n_tokens), llama_cpp.llama_seq_id(0), llama.n_batch,
+            ctypes.byref(new_n_past), mtmd.mtmd_helper_post_decode_callback(), None,
+        )
+        if rc != 0:
+            self._prefix = None
+            raise RuntimeError(f"llama.cpp failed to evaluate an image (code {rc}; {recent_llama_errors()})")
+        llama.n_tokens = new_n_past.value
 
     @staticmethod
     def _chunk_tokens(chunk: Any) -> tuple[int, ...]:
