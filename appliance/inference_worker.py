@@ -63,12 +63,13 @@ class GenerationReply:
 
 
 def gguf_backend(model_dir: str, n_ctx: int = 4096, n_threads: int | None = None, check_hashes: bool = True,
-                 n_gpu_layers: int = 0, mmproj_gpu: bool | None = None):
-    """The production backend: the exported GGUF model through llama-cpp-python."""
+                 n_gpu_layers: int = 0, mmproj_gpu: bool | None = None, min_tokens: int = 0):
+    """The production backend: the exported GGUF model through llama-cpp-python (`min_tokens`: for
+    benchmarks only, answers of a fixed length; see GgufVlm)."""
     from adfm.runtime.vlm import GgufVlm
 
     return GgufVlm(model_dir, n_ctx=n_ctx, n_threads=n_threads, check_hashes=check_hashes,
-                   n_gpu_layers=n_gpu_layers, mmproj_gpu=mmproj_gpu)
+                   n_gpu_layers=n_gpu_layers, mmproj_gpu=mmproj_gpu, min_tokens=min_tokens)
 
 
 def resolve_factory(spec: str) -> Callable[..., Any]:

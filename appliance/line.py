@@ -281,11 +281,12 @@ class LineController:
             return
         part.frame = frame
         part.latency["trigger_to_frame"] = _ms(part.trigger.at_mono, frame.captured_mono)
-        # The image is written (PNG, fsync) in the journal thread: the loop keeps serving deadlines.
+        # The image is written (encoded unless the camera's own file is kept; fsync) in the journal
+        # thread: the loop keeps serving deadlines.
         part.attaching = True
         row, t0 = part.row, time.monotonic()
         future = self._writer.submit(self.journal.attach_image, row, frame.image, frame_number=frame.frame_number,
-                                     captured_wall=frame.captured_wall)
+                                     captured_wall=frame.captured_wall, encoded=frame.encoded)
         key = part.key
 
         def attached(f: Future) -> None:

@@ -274,6 +274,7 @@ class Pipeline:
             captured_wall=frame.captured_wall,
             product=product or "",
             dedupe_key=self._dedupe_key(frame),
+            encoded=frame.encoded,
         )
         return part, _ms(t0)
 

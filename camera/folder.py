@@ -171,7 +171,8 @@ class FolderSource(FrameSource):
         mono, wall = now_pair()
         try:
             raw = decode_image(data, name)
-            frame = self._make_frame(raw, name, mono, wall, part_id=Path(name).stem, meta={"path": str(path)})
+            frame = self._make_frame(raw, name, mono, wall, part_id=Path(name).stem, meta={"path": str(path)},
+                                     encoded=data)
         except FrameError as exc:
             may_be_partial = image_format(data) is not None or len(data) < _MIN_SNIFF_BYTES
             if may_be_partial and now - watch.stable_since < self.options.corrupt_after_s:

@@ -28,6 +28,10 @@ class Frame:
     # it (a PLC counting pulses, or latching the camera clock), independent of host delays.
     camera_frame_id: int | None = None
     camera_timestamp_ns: int | None = None
+    # The camera's own file (PNG or JPEG) when `image` is exactly its decode (folder and replay
+    # sources, no ROI or rotation, see adfm.camera.images.storable_as_is): the journal stores these
+    # bytes instead of encoding the pixels again. None for cameras that deliver pixels.
+    encoded: bytes | None = field(default=None, repr=False)
 
     @property
     def width(self) -> int:

@@ -43,6 +43,53 @@ def image_format(data: bytes) -> str | None:
     return None
 
 
+def _jpeg_frame_info(data: bytes) -> tuple[int, int, bool] | None:
+    """(bits per sample, components, has EXIF) from a JPEG's header segments; None when unreadable."""
+    exif = False
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        if marker == 0xE1 and data[i + 4 : i + 10] == b"Exif\x00\x00":
+            exif = True
+        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+            if i + 10 > len(data):
+                return None
+            return data[i + 4], data[i + 9], exif
+        if marker == 0xDA or length < 2:  # scan data before any frame header: not a usable file
+            return None
+        i += 2 + length
+    return None
+
+
+def storable_as_is(data: bytes) -> str | None:
+    """The suffix ("png" or "jpg") under which the journal can keep a camera file's own bytes instead
+    of encoding its decoded pixels again; None when it cannot.
+
+    Only files that every reader decodes to the pixels the camera handed over qualify: PNGs of 8-bit
+    gray or RGB (16-bit, alpha and palette images convert differently in OpenCV and PIL) and 8-bit
+    gray or colour JPEGs without EXIF (OpenCV applies an EXIF orientation, other readers may not).
+    """
+    fmt = image_format(data)
+    if fmt == "png":
+        if len(data) < 26 or data[12:16] != b"IHDR":
+            return None
+        bit_depth, colour_type = data[24], data[25]
+        return "png" if bit_depth == 8 and colour_type in (0, 2) else None
+    if fmt == "jpeg":
+        info = _jpeg_frame_info(data)
+        if info is None:
+            return None
+        bits, components, exif = info
+        return "jpg" if bits == 8 and components in (1, 3) and not exif and _jpeg_complete(data) else None
+    return None
+
+
 def _jpeg_complete(data: bytes) -> bool:
     """A JPEG ends with its EOI marker (some writers append padding or a short trailer after it).
 
@@ -68,13 +115,13 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
     return image
 
 
-def read_image_file(path: Path) -> np.ndarray:
-    """Read and decode one file; FrameError (with the file name) when missing or undecodable."""
+def read_file(path: Path) -> bytes:
+    """One file's bytes; FrameError (with the file name) when it cannot be read."""
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as exc:
         raise FrameError(f"{path.name}: cannot read ({exc.strerror or exc})") from exc
-    return decode_image(data, path.name)
+
 
 
 def natural_key(name: str) -> list[int | str]:

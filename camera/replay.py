@@ -16,7 +16,7 @@ import numpy as np
 from adfm.camera.config import CameraConfig
 from adfm.camera.errors import SourceError, SourceFinished
 from adfm.camera.frame import Frame
-from adfm.camera.images import IMAGE_SUFFIXES, natural_key, read_image_file
+from adfm.camera.images import IMAGE_SUFFIXES, decode_image, natural_key, read_file
 from adfm.camera.pacing import Pacer
 from adfm.camera.source import MAX_IDLE_BLOCK_S, FrameSource, now_pair
 
@@ -42,11 +42,12 @@ class _VideoFile:
         fps = self._cap.get(cv2.CAP_PROP_FPS) if self._cap is not None else 0.0
         return fps if fps and fps == fps and 0 < fps < 1000 else None
 
-    def next(self) -> tuple[np.ndarray, str] | None:
+    def next(self) -> tuple[np.ndarray, str, None] | None:
+        """The next decoded frame and the file's name (a video frame has no file of its own)."""
         if self._cap is None:
             raise SourceError(f"replay {self.path}: not open")
         ok, image = self._cap.read()
-        return (image, self.path.name) if ok and image is not None else None
+        return (image, self.path.name, None) if ok and image is not None else None
 
     def rewind(self) -> None:
         self.close()
@@ -78,12 +79,14 @@ class _ImageFolder:
         self._files = sorted(names, key=lambda p: natural_key(p.name))
         self._index = 0
 
-    def next(self) -> tuple[np.ndarray, str] | None:
+    def next(self) -> tuple[np.ndarray, str, bytes] | None:
+        """The next image, its file name and the file's bytes."""
         if self._index >= len(self._files):
             return None
         path = self._files[self._index]
         self._index += 1
-        return read_image_file(path), path.name  # FrameError names the file
+        data = read_file(path)  # FrameError names the file
+        return decode_image(data, path.name), path.name, data
 
     def rewind(self) -> None:
         self.open()
@@ -133,8 +136,8 @@ class ReplaySource(FrameSource):
             if raw is None:
                 raise SourceError(f"replay {self.config.path}: no frames")
         mono, wall = now_pair()
-        image, name = raw
-        return self._make_frame(image, name, mono, wall)
+        image, name, encoded = raw
+        return self._make_frame(image, name, mono, wall, encoded=encoded)
 
     def close(self) -> None:
         if self._reader is not None:

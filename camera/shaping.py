@@ -20,6 +20,11 @@ class FrameShaper:
         self.roi = roi
         self.rotate = rotate
 
+    @property
+    def keeps_pixels(self) -> bool:
+        """No crop and no rotation: the frame's pixels are the source image's, only converted to RGB."""
+        return self.roi is None and self.rotate == 0
+
     def __call__(self, image: np.ndarray, source_name: str = "") -> np.ndarray:
         if image is None or image.size == 0:
             raise FrameError(f"{source_name}: empty image")

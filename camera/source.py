@@ -10,6 +10,7 @@ import numpy as np
 
 from adfm.camera.config import CameraConfig
 from adfm.camera.frame import Frame
+from adfm.camera.images import storable_as_is
 from adfm.camera.shaping import FrameShaper
 
 #: The longest a read() may block when it has nothing to deliver, so that stop() and triggers stay
@@ -78,9 +79,13 @@ class FrameSource(ABC):
         meta: dict[str, str] | None = None,
         camera_frame_id: int | None = None,
         camera_timestamp_ns: int | None = None,
+        encoded: bytes | None = None,
     ) -> Frame:
-        """Shape raw OpenCV pixels (FrameError if they do not fit) and number the frame."""
+        """Shape raw OpenCV pixels (FrameError if they do not fit) and number the frame. `encoded`:
+        the file `raw` was decoded from; the frame keeps it when its pixels are that file's."""
         image = self._shape(raw, source_name)
+        if encoded is not None and not (self._shape.keeps_pixels and storable_as_is(encoded)):
+            encoded = None
         number = self._next_number
         self._next_number += 1
         return Frame(
@@ -94,6 +99,7 @@ class FrameSource(ABC):
             meta=meta or {},
             camera_frame_id=camera_frame_id,
             camera_timestamp_ns=camera_timestamp_ns,
+            encoded=encoded,
         )
 
     def __enter__(self) -> FrameSource:

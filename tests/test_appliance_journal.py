@@ -160,6 +160,39 @@ def test_full_disk_is_a_clear_error_and_nothing_is_half_written(tmp_path, monkey
         assert nxt.seq == 2  # the refused part used no seq
 
 
+def _file(image: np.ndarray, ext: str) -> bytes:
+    import cv2
+
+    return cv2.imencode(ext, cv2.cvtColor(image, cv2.COLOR_RGB2BGR))[1].tobytes()
+
+
+def test_a_cameras_own_file_is_stored_as_it_is(tmp_path):
+    import cv2
+
+    image = _image(1)
+    png, jpg = _file(image, ".png"), _file(image, ".jpg")
+    jpg_pixels = cv2.cvtColor(cv2.imdecode(np.frombuffer(jpg, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    with Journal(tmp_path / "png", "st1") as j:
+        a = j.accept(image, part_id="a", camera="cam0", frame_number=0, captured_wall=time.time(), encoded=png)
+        b = j.accept(jpg_pixels, part_id="b", camera="cam0", frame_number=1, captured_wall=time.time(),
+                     encoded=jpg)
+        assert a.image_path.endswith(".png") and j.image_file(a.image_path).read_bytes() == png
+        assert b.image_path.endswith(".jpg") and j.image_file(b.image_path).read_bytes() == jpg
+        assert np.array_equal(j.load_image(a), image) and np.array_equal(j.load_image(b), jpg_pixels)
+        assert j.image_bytes == len(png) + len(jpg)
+        # bytes not every reader decodes alike (16-bit) are not kept: the journal encodes the pixels
+        wide = cv2.imencode(".png", image.astype(np.uint16) * 257)[1].tobytes()
+        c = j.accept(image, part_id="c", camera="cam0", frame_number=2, captured_wall=time.time(), encoded=wide)
+        assert j.image_file(c.image_path).read_bytes() != wide and np.array_equal(j.load_image(c), image)
+    with Journal(tmp_path / "jpg", "st1", image_format="jpg") as j:
+        # a JPEG journal asked for small files: a camera's PNG is encoded as JPEG, its JPEG kept
+        d = j.accept(image, part_id="d", camera="cam0", frame_number=0, captured_wall=time.time(), encoded=png)
+        assert d.image_path.endswith(".jpg") and j.image_file(d.image_path).read_bytes()[:3] == b"\xff\xd8\xff"
+        row = j.open_part(part_id="e", camera="cam0", triggered_wall=time.time())
+        e = j.attach_image(row, jpg_pixels, frame_number=1, captured_wall=time.time(), encoded=jpg)
+        assert j.image_file(e.image_path).read_bytes() == jpg
+
+
 def test_corrupt_image_is_named(tmp_path):
     with Journal(tmp_path, "st1") as j:
         part = _accept(j, 0)
@@ -182,6 +215,7 @@ def test_orphan_image_from_an_interrupted_accept_is_swept(tmp_path):
 _WRITER = r"""
 import sys, time
 from pathlib import Path
+import cv2
 import numpy as np
 from adfm.appliance.journal import Journal
 from adfm.schema import InspectionResult
@@ -196,8 +230,10 @@ while True:
         j.complete(InspectionResult(station="st1", seq=p.seq, part_id=p.part_id, camera=p.camera,
             frame_number=p.frame_number, captured_at=p.captured_at, verdict="pass", image_path=p.image_path))
     img = np.full((48, 64, 3), i % 250, np.uint8)
+    # every other part arrives as a camera's JPEG file, which the journal keeps as it is
+    encoded = cv2.imencode(".jpg", img)[1].tobytes() if i % 2 else None
     p = j.accept(img, part_id=f"p{i}", camera="cam0", frame_number=i, captured_wall=time.time(),
-                 dedupe_key=f"cam0/p{i}")
+                 dedupe_key=f"cam0/p{i}", encoded=encoded)
     time.sleep(0.02)  # the station's work between journaling a part and the camera's acknowledgement
     with open(acked, "a") as f:
         f.write(f"{p.seq}\n")
@@ -228,8 +264,9 @@ def test_sigkill_at_any_moment_loses_and_duplicates_nothing(tmp_path):
     assert part_ids == [f"p{i}" for i in range(len(rows))]  # and none was skipped
     pending = [r for r in rows if r[1] == "pending"]
     assert len(pending) <= 1  # only the part in hand at the last kill
-    for _, _, _, image_path in rows:
+    for _, _, part_id, image_path in rows:
         assert (tmp_path / image_path).is_file()  # every row's image is on disk
+        assert image_path.endswith(".jpg" if int(part_id[1:]) % 2 else ".png")
     with Journal(tmp_path, "st1") as j:  # and the journal opens and continues
         assert j.accept(_image(0), part_id="after", camera="cam0", frame_number=0,
                         captured_wall=time.time()).seq == len(seqs) + 1

@@ -310,3 +310,7 @@ def test_appliance_sigkilled_and_restarted_keeps_journal_and_seq(tmp_path):
     assert all(p[2] == "done" for p in parts)
     assert sorted(p.name for p in (drop / "done").glob("*.png")) == [f"part{i:02d}.png" for i in range(n)]
     assert received == list(range(1, n + 1))  # the subscriber got every seq once, in order
+    with closing(sqlite3.connect(db)) as c:
+        stored = c.execute("SELECT part_id, image_path FROM parts").fetchall()
+    for part_id, image_path in stored:  # the journal kept the camera's own files, not a re-encoding
+        assert (tmp_path / "state" / image_path).read_bytes() == (drop / "done" / f"{part_id}.png").read_bytes()

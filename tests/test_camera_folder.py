@@ -205,3 +205,52 @@ def test_keep_files_touches_nothing(tmp_path):
     assert [f.part_id for f in seen] == ["K1"]
     assert len(errors) == 1 and "bad.png" in errors[0] and "left in place" in errors[0]
     assert _files(tmp_path) == {"K1.png", "bad.png"}
+
+
+def test_a_part_carries_its_file_for_the_journal_unless_its_pixels_were_changed(tmp_path):
+    import cv2
+
+    for name in ("P1.png", "P2.jpg"):
+        _drop(tmp_path, name, 90)
+    plain = open_source(_config(tmp_path), keep_files=True)
+    turned = open_source(CameraConfig(id="scan2", url=f"folder:{tmp_path}", rotate=90, folder=QUICK),
+                         keep_files=True)
+    for source, keeps in ((plain, True), (turned, False)):
+        source.open()
+        frames, deadline = [], time.monotonic() + 5
+        while len(frames) < 2 and time.monotonic() < deadline:
+            frame = source.read()
+            if frame is not None:
+                frames.append(frame)
+        source.close()
+        assert sorted(f.source_name for f in frames) == ["P1.png", "P2.jpg"]
+        for frame in frames:
+            data = (tmp_path / frame.source_name).read_bytes()
+            if keeps:  # the bytes decode to exactly the frame's pixels
+                assert frame.encoded == data
+                decoded = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR),
+                                       cv2.COLOR_BGR2RGB)
+                assert np.array_equal(decoded, frame.image)
+            else:  # rotated pixels are not the file's: the journal must encode them
+                assert frame.encoded is None
+
+
+def test_only_files_every_reader_decodes_alike_are_storable_as_is():
+    import cv2
+
+    from adfm.camera.images import storable_as_is
+
+    bgr = shaded_frame(70)
+    gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    assert storable_as_is(encode(bgr, ".png")) == "png"
+    assert storable_as_is(encode(gray, ".png")) == "png"
+    assert storable_as_is(encode(bgr, ".jpg")) == "jpg"
+    assert storable_as_is(encode(gray, ".jpg")) == "jpg"
+    assert storable_as_is(encode(cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA), ".png")) is None  # alpha
+    assert storable_as_is(encode(bgr.astype(np.uint16) * 257, ".png")) is None  # 16-bit
+    assert storable_as_is(encode(bgr, ".bmp")) is None
+    jpeg = encode(bgr, ".jpg")
+    assert storable_as_is(jpeg[:-200]) is None  # truncated: no end marker
+    exif = b"\xff\xe1" + (16).to_bytes(2, "big") + b"Exif\x00\x00" + b"\x00" * 8
+    assert storable_as_is(jpeg[:2] + exif + jpeg[2:]) is None  # an orientation OpenCV would apply
+    assert storable_as_is(b"\xff\xd8\xff\xda" + b"\x00" * 40 + b"\xff\xd9") is None  # no frame header

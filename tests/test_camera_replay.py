@@ -126,3 +126,14 @@ def test_open_errors_are_source_errors(tmp_path):
         source = open_source(CameraConfig(id="c", url=url))
         with pytest.raises(SourceError, match=needle):
             source.open()
+
+
+def test_image_folder_frames_carry_their_file_and_video_frames_none(tmp_path, video):
+    (tmp_path / "part1.png").write_bytes(encode(shaded_frame(30)))
+    with open_source(CameraConfig(id="cam2", url=f"replay:{tmp_path}", fps=100)) as source:
+        frame = _read(source, 1)[0]
+    assert frame.encoded == (tmp_path / "part1.png").read_bytes()
+    with open_source(CameraConfig(id="cam2", url=f"replay:{tmp_path}", fps=100, roi=[0, 0, 8, 8])) as source:
+        assert _read(source, 1)[0].encoded is None  # cropped: not the file's pixels
+    with open_source(CameraConfig(id="cam1", url=f"replay:{video}", fps=200)) as source:
+        assert _read(source, 1)[0].encoded is None

@@ -210,6 +210,9 @@ class GgufVlm:
     has AMX (see the module note). `n_gpu_layers`: language-model layers on the GPU (0 none, -1
     all); `mmproj_gpu`: the vision projector on the GPU (None: when `n_gpu_layers` is not 0). Asking
     for the GPU where llama.cpp cannot use one raises RuntimeError instead of running on the CPU.
+    `min_tokens`: every answer runs at least this many tokens (the end of generation is suppressed
+    until then), so benchmarks of random-weight models, which stop at random, compare answers of
+    one fixed length; 0 (the line's setting) lets the model stop.
     """
 
     def __init__(
@@ -223,7 +226,10 @@ class GgufVlm:
         mmproj_gpu: bool | None = None,
         cpu_extra_buffers: bool | None = None,
         reuse_prefix: bool = True,
+        min_tokens: int = 0,
     ) -> None:
+        if min_tokens < 0:
+            raise ValueError(f"min_tokens must be >= 0, got {min_tokens}")
         model_dir = Path(model_dir)
         manifest = load_model_dir(model_dir, check_hashes=check_hashes)
         self._load(
@@ -237,6 +243,7 @@ class GgufVlm:
             cpu_extra_buffers=cpu_extra_buffers,
         )
         self.reuse_prefix = reuse_prefix
+        self.min_tokens = min_tokens
 
     @classmethod
     def from_files(
@@ -284,6 +291,7 @@ class GgufVlm:
         self._mtmd_ctx = None
         self._llama = None
         self.reuse_prefix = True
+        self.min_tokens = 0
         self._prefix: tuple[Any, int] | None = None  # (key of the kept prefix, its positions)
         self.manifest = manifest
         self.model_path = model_path
@@ -439,7 +447,11 @@ class GgufVlm:
             ids: list[int] = []
             finished = False
             for _ in range(max_tokens):
-                token = self._choose(self._last_logits(), temperature, rng)
+                logits = self._last_logits()
+                token = self._choose(logits, temperature, rng)
+                while len(ids) < self.min_tokens and self._is_eog(token) and np.isfinite(logits[token]):
+                    logits[token] = -np.inf  # too early to stop: the best token that goes on
+                    token = self._choose(logits, temperature, rng)
                 if self._is_eog(token):
                     finished = True
                     break
