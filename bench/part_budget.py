@@ -55,7 +55,7 @@ def part_images(side: int, n: int, seed: int) -> list[Image.Image]:
 
 
 def record(gen: Any, wall: float) -> dict[str, Any]:
-    evaluated = gen.prompt_tokens - gen.prefix_reused
+    evaluated = gen.prompt_tokens - gen.prefix_tokens_reused
     return {
         "seconds": round(wall, 3),
         "vision_s": round(gen.vision_seconds, 3),

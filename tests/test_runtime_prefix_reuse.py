@@ -82,6 +82,9 @@ def test_stage_times_account_for_the_part_and_skip_the_reused_prefix(models) -> 
         assert gen.vision_seconds > 0 and gen.prefill_seconds > 0 and gen.generate_seconds > 0
         assert stages <= gen.seconds  # the rest is tokenizing the prompt and PNG-wrapping the images
     fresh_gen, _, reused_gen = gens
-    assert reused_gen.prefix_reused > 0
+    assert reused_gen.prefix_reused > 0 and fresh_gen.prefix_tokens_reused == 0
+    # the kept prefix holds the reference's visual tokens and the text before the query
+    reference_tokens = reused_gen.image_tokens[0]
+    assert reference_tokens < reused_gen.prefix_tokens_reused < reused_gen.prompt_tokens - reused_gen.image_tokens[1]
     # one image encoded instead of two: the reference's encoder time is gone
     assert reused_gen.vision_seconds < 0.8 * fresh_gen.vision_seconds

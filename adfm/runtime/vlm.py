@@ -160,8 +160,11 @@ class Generation:
     image_tokens: tuple[int, ...] = ()
     #: True when the model ended its answer; False when max_tokens cut it
     finished: bool = False
-    #: prompt positions taken from the kept prefix (system prompt, reference image) instead of evaluated
+    #: prompt positions taken from the kept prefix (system prompt, reference image) instead of evaluated;
+    #: with Qwen's multimodal rope an image spans fewer positions than tokens (see prefix_tokens_reused)
     prefix_reused: int = 0
+    #: prompt tokens (an image's visual tokens included) in that kept prefix: not evaluated again
+    prefix_tokens_reused: int = 0
     #: where `seconds` went: the vision encoder and projector on the images (not on a reused prefix's)
     vision_seconds: float = 0.0
     #: the language model over the prompt's text and image tokens (a reused prefix's not included)
@@ -189,6 +192,7 @@ class _Prompt:
     reused_positions: int = 0
     vision_seconds: float = 0.0
     prefill_seconds: float = 0.0
+    reused_tokens: int = 0
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -468,6 +472,7 @@ class GgufVlm:
                 image_tokens=prompt.image_tokens,
                 finished=finished,
                 prefix_reused=prompt.reused_positions,
+                prefix_tokens_reused=prompt.reused_tokens,
                 vision_seconds=prompt.vision_seconds,
                 prefill_seconds=prompt.prefill_seconds,
                 generate_seconds=done - prompt_done,
@@ -667,6 +672,7 @@ class GgufVlm:
                 self._prefix = None
                 llama_cpp.llama_memory_clear(memory, True)
                 llama.reset()
+            reused_tokens = len(ids)
             vision_s = prefill_s = 0.0
             for i in range(start, n_chunks):
                 if split and i == split and not reused:
@@ -689,7 +695,7 @@ class GgufVlm:
                 prefill_s += time.perf_counter() - t1
                 image_tokens.append(n_img)
                 ids.extend([self.image_pad_id] * n_img)
-            return _Prompt(tuple(ids), tuple(image_tokens), reused, vision_s, prefill_s)
+            return _Prompt(tuple(ids), tuple(image_tokens), reused, vision_s, prefill_s, reused_tokens)
         finally:
             mtmd.mtmd_input_chunks_free(chunks)
             for bmp in bitmaps:
