@@ -82,8 +82,10 @@ def part_budget(results: Path) -> list[str]:
         threads = (f"{setup['threads']} threads (fastest in the probe: "
                    + ", ".join(f"{k}: {v:.1f} s" for k, v in probe["seconds_per_part"].items()) + ")"
                    if probe else f"{setup['threads']} threads")
-        out.append(f"- {_size(run['model']['size'])}: {setup['rounds']} rounds, {setup['max_tokens']} answer tokens, "
-                   f"{threads}, peak RSS {run['peak_rss_gb']} GB; {_provenance(run)}")
+        rounds = f"{setup['rounds']} round{'s' if setup['rounds'] != 1 else ''}"
+        out.append(f"- {_size(run['model']['size'])}: {rounds}, {setup['max_tokens']} answer tokens, "
+                   f"{threads}, peak RSS {run['peak_rss_gb']} GB (two instances loaded: fresh and reusing); "
+                   f"{_provenance(run)}")
     return [*out, ""]
 
 
