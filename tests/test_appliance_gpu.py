@@ -173,7 +173,7 @@ def test_the_gguf_backend_passes_them_to_gguf_vlm(monkeypatch):
     monkeypatch.setattr(vlm, "GgufVlm", Recorder)
     gguf_backend("/models/x", n_ctx=2048, n_threads=2, n_gpu_layers=-1, mmproj_gpu=False)
     assert seen == {"model_dir": "/models/x", "n_ctx": 2048, "n_threads": 2, "check_hashes": True,
-                    "n_gpu_layers": -1, "mmproj_gpu": False}
+                    "n_gpu_layers": -1, "mmproj_gpu": False, "min_tokens": 0}
     seen.clear()
     gguf_backend("/models/x")
     assert seen["n_gpu_layers"] == 0 and seen["mmproj_gpu"] is None
