@@ -56,8 +56,9 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from realistic_models import tiny_export
 
-from adfm.offline import force_offline, offline_env
+from adfm.offline import force_offline
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "appliance_overhead.json"
@@ -66,16 +67,6 @@ PRODUCT = "washer"
 
 
 # ---- inputs ---------------------------------------------------------------------------------------
-
-def tiny_model(cache: Path) -> Path:
-    """The tiny export, built once under `cache` by the build-side command."""
-    out = cache / "tiny-gguf"
-    proc = subprocess.run([sys.executable, "-m", "adfm.export.tiny", "--out", str(out)],
-                          capture_output=True, text=True, env=offline_env(), check=False)
-    if proc.returncode != 0:
-        raise SystemExit(f"building the tiny export failed:\n{proc.stderr[-2000:]}")
-    return Path(proc.stdout.strip().splitlines()[-1])
-
 
 @dataclasses.dataclass(frozen=True)
 class CameraImage:
@@ -352,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     from adfm.manifest import load_model_dir
     from adfm.runtime.vlm import GgufVlm
 
-    model_dir = args.model or tiny_model(args.cache)
+    model_dir = args.model or tiny_export(args.cache)
     manifest = load_model_dir(model_dir, check_hashes=False)
     info = ModelInfo(manifest.model_id, manifest.prompt_version, manifest.min_pixels, manifest.max_pixels)
     images = camera_images(args.warmup + args.parts, args.side, args.camera)

@@ -30,12 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from part_budget import part_images, side_for
+from realistic_models import CACHE, cached_export, hf_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from part_budget import part_images, side_for  # noqa: E402
-from realistic_models import CACHE, cached_export, hf_dir  # noqa: E402
 
 
 def reference_embeddings(hf: Path, images: dict[int, Any], q8_path: Path) -> dict[int, np.ndarray]:

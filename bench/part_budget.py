@@ -164,7 +164,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.rounds < 1 or args.max_tokens < 1 or min(args.budgets) < 4:
         p.error("--rounds and --max-tokens must be at least 1, budgets at least 4 tokens")
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from realistic_models import cached_export
 
     model_dir = args.model or cached_export(args.size)

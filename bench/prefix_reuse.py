@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -29,19 +28,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-
-from adfm.offline import offline_env
+from realistic_models import tiny_export
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _tiny_model(cache: Path) -> Path:
-    out = cache / "tiny-gguf"
-    proc = subprocess.run([sys.executable, "-m", "adfm.export.tiny", "--out", str(out)],
-                          capture_output=True, text=True, env=offline_env(), check=False)
-    if proc.returncode != 0:
-        raise SystemExit(f"building the tiny export failed:\n{proc.stderr[-2000:]}")
-    return Path(proc.stdout.strip().splitlines()[-1])
 
 
 def _bootstrap_median(values: list[float], rounds: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -72,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     from adfm.runtime.vlm import GgufVlm
     from adfm.synthetic import make_sample
 
-    model_dir = args.model or _tiny_model(args.cache)
+    model_dir = args.model or tiny_export(args.cache)
     rng = np.random.default_rng(0)
     size = (args.side, args.side)
     images = [Image.fromarray(make_sample("washer", "spot" if i % 2 else None, rng, size=size).image)

@@ -1,4 +1,5 @@
-"""Random-weight Qwen2.5-VL exports with the released 3B and 7B shapes, built offline and cached.
+"""Random-weight Qwen2.5-VL exports with the released 3B and 7B shapes, built offline and cached
+(and `tiny_export`, the tiny test export the smaller benches run on).
 
 Speed does not depend on weight values, so a random-weight model with a released model's shapes
 (bench/model_configs.py) does the released model's work per part. Each size is built once:
@@ -38,6 +39,16 @@ RESULTS = ROOT / "bench" / "results" / "realistic_models.json"
 MIN_PIXELS, MAX_PIXELS = 4 * 28 * 28, 1024 * 28 * 28
 QUANT = "q4_k_m"
 MARKER = "adfm_bench_export.json"
+
+
+def tiny_export(cache: Path) -> Path:
+    """The tiny export (adfm's test model), built once under `cache` by the build-side command."""
+    out = cache / "tiny-gguf"
+    proc = subprocess.run([sys.executable, "-m", "adfm.export.tiny", "--out", str(out)],
+                          capture_output=True, text=True, env=offline_env(), check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"building the tiny export failed:\n{proc.stderr[-2000:]}")
+    return Path(proc.stdout.strip().splitlines()[-1])
 
 
 def hf_dir(size: str, cache: Path = CACHE) -> Path:
