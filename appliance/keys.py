@@ -71,11 +71,13 @@ class ClientCurve:
     keys: CurveKeyPair
 
 
-def _load(path: Path, need_secret: bool) -> tuple[bytes, bytes | None]:
+def _load(path: Path, need_secret: bool,
+          made_by: str = "create keys with `adfm-appliance keys`") -> tuple[bytes, bytes | None]:
+    """A certificate file's (public, secret) keys; `made_by` tells a missing file's owner how to make it."""
     import zmq.auth
 
     if not path.is_file():
-        raise CurveKeyError(f"{path}: key file not found (create keys with `adfm-appliance keys`)")
+        raise CurveKeyError(f"{path}: key file not found ({made_by})")
     try:
         public, secret = zmq.auth.load_certificate(path)
     except (OSError, ValueError) as exc:
@@ -194,16 +196,10 @@ def admit_client(key_dir: str | Path, name: str, public_file: str | Path,
                  operators: list[str] | None = None, force: bool = False) -> Path:
     """On the station: admit a client's public key as `clients/<name>.key` (a file holding a
     secret key is refused). `operators`: the names that key may sign verdicts as."""
-    import zmq.auth
-
     _check_name(name)
     public_file = Path(public_file)
-    if not public_file.is_file():
-        raise CurveKeyError(f"{public_file}: key file not found")
-    try:
-        public, secret = zmq.auth.load_certificate(public_file)
-    except (OSError, ValueError) as exc:
-        raise CurveKeyError(f"{public_file}: not a ZeroMQ certificate file: {exc}") from exc
+    public, secret = _load(public_file, need_secret=False,
+                           made_by="the client makes it with `adfm-appliance client-key`")
     if secret:
         raise CurveKeyError(f"{public_file}: holds a secret key; send only the public {name}.key to the station")
     authorized = Path(key_dir) / CLIENTS_DIR
