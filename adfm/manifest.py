@@ -21,9 +21,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from adfm.files import write_atomic
-from adfm.geometry import GRID_FACTOR
-from adfm.protocol import prompt_text
+from .files import write_atomic
+from .geometry import GRID_FACTOR
+from .protocol import prompt_text
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1

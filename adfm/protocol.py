@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from adfm.geometry import ModelGrid
+from .geometry import ModelGrid
 
 DEFAULT_PROMPT_VERSION = "multi-stage-v1"
 

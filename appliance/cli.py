@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from adfm.appliance.config import ModelSection
+    from .config.station import ModelSection
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG, EXIT_JOURNAL = 0, 1, 2, 3  # the unit's RestartPreventExitStatus: 2 3
 
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
     )
 
-    from adfm.appliance import plc_probe
+    from .plc import probe as plc_probe
 
     plc_probe.add_arguments(sub.add_parser(
         "plc-probe", help="check a station's PLC link: read the trigger (pulse the reject only when asked)",
@@ -163,12 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from adfm.appliance.bus_server import BusError
-    from adfm.appliance.config import ConfigError, load_config
-    from adfm.appliance.inference_worker import WorkerStartError
-    from adfm.appliance.journal import JournalCorrupt, JournalError
-    from adfm.appliance.pipeline import PipelineFatal
-    from adfm.appliance.service import Service, ServiceError
+    from .bus.server import BusError
+    from .config.station import ConfigError, load_config
+    from .inspection.worker import WorkerStartError
+    from .journal.store import JournalCorrupt, JournalError
+    from .modes.freerun import PipelineFatal
+    from .service import Service, ServiceError
 
     try:
         config = load_config(args.config)
@@ -194,7 +194,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from adfm.appliance.config import ConfigError, load_config
+    from .config.station import ConfigError, load_config
 
     try:
         config = load_config(args.config)
@@ -204,8 +204,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.json:
         print(config.model_dump_json(indent=2))
     else:
-        from adfm.appliance.model_check import CACHE_NAME, verify_model_dir
         from adfm.manifest import ManifestError
+
+        from .inspection.model_check import CACHE_NAME, verify_model_dir
 
         try:  # the full check: every file hashed, and the start-up cache refreshed
             manifest, hashed = verify_model_dir(config.model.dir, config.journal_dir / CACHE_NAME, full=True)
@@ -229,7 +230,7 @@ def _placement(model: ModelSection) -> str:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from adfm.appliance.keys import CurveKeyError, admit_client, generate_server_keys
+    from .bus.keys import CurveKeyError, admit_client, generate_server_keys
 
     if args.operators is not None and len(args.admit) != 1:
         print("adfm-appliance keys: --operators goes with exactly one --admit", file=sys.stderr)
@@ -256,7 +257,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_client_key(args: argparse.Namespace) -> int:
-    from adfm.appliance.keys import generate_client_keys
+    from .bus.keys import generate_client_keys
 
     try:
         public, secret = generate_client_keys(args.dir, args.name, force=args.force)
@@ -271,13 +272,13 @@ def cmd_client_key(args: argparse.Namespace) -> int:
 
 
 def cmd_journal(args: argparse.Namespace) -> int:
-    from adfm.appliance.journal import JournalError
-    from adfm.appliance.journal_repair import check_journal, recover_journal
+    from .journal.repair import check_journal, recover_journal
+    from .journal.store import JournalError
 
     station = args.station
     root = args.dir
     if args.config is not None:
-        from adfm.appliance.config import ConfigError, read_config
+        from .config.station import ConfigError, read_config
 
         try:
             config = read_config(args.config)
@@ -299,8 +300,8 @@ def cmd_journal(args: argparse.Namespace) -> int:
 
 
 def cmd_install(args: argparse.Namespace) -> int:
-    from adfm.appliance import install
-    from adfm.appliance.config import ConfigError
+    from .config.station import ConfigError
+    from .system import install
 
     try:  # the GPU drop-in follows the station config in place
         p = install.plan(args.unit_dir, args.config_path, args.user, args.bin_dir, force=args.force)
@@ -328,8 +329,8 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace, from_seq: int | None = None):
-    from adfm.appliance.bus_client import StationClient
-    from adfm.appliance.keys import CurveKeyError, load_client_curve
+    from .bus.client import StationClient
+    from .bus.keys import CurveKeyError, load_client_curve
 
     curve = None
     if args.server_key or args.client_key:
@@ -344,7 +345,7 @@ def _client(args: argparse.Namespace, from_seq: int | None = None):
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
-    from adfm.appliance.bus_client import StationError
+    from .bus.client import StationError
 
     from_seq = 1 if args.all else args.from_seq
     n = 0
@@ -364,7 +365,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from adfm.appliance.bus_client import StationError
+    from .bus.client import StationError
 
     client = _client(args)
     try:
@@ -378,7 +379,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_verdict(args: argparse.Namespace) -> int:
-    from adfm.appliance.bus_client import StationError
+    from .bus.client import StationError
 
     client = _client(args)
     try:
@@ -393,7 +394,7 @@ def cmd_verdict(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from adfm.appliance import demo
+    from . import demo
 
     try:
         summary = demo.run_demo(parts=args.parts, model=args.model, cache=args.cache,
@@ -423,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return probe.run(args)
     if args.command == "plc-probe":
-        from adfm.appliance import plc_probe
+        from .plc import probe as plc_probe
 
         _setup_logging("ERROR")
         return plc_probe.run(args)

@@ -234,7 +234,7 @@ class _Subscriber(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
-        from adfm.appliance.bus_client import StationClient, StationError
+        from .bus.client import StationClient, StationError
 
         while not self.stop.is_set() and not (self.service.bus is not None and self.service.bus.bound):
             time.sleep(0.05)
@@ -257,8 +257,8 @@ class _Subscriber(threading.Thread):
 def run_demo(parts: int = 8, model: Path | None = None, cache: Path | None = None,
              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Build what is missing, run the synthetic station for `parts` parts, return the summary."""
-    from adfm.appliance.config import load_config
-    from adfm.appliance.service import Service, ServiceError
+    from .config.station import load_config
+    from .service import Service, ServiceError
 
     if parts < 1:
         raise DemoError(f"--parts must be at least 1, got {parts}")

@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adfm.appliance.bus_server import ResultBus
-from adfm.appliance.config import StationConfig, model_limits
-from adfm.appliance.health import Health, Metrics
-from adfm.appliance.inference_worker import BackendSpec, InferenceWorker
-from adfm.appliance.journal import (
+from adfm.schema import InspectionResult
+
+from .bus.server import ResultBus
+from .config.station import StationConfig, model_limits
+from .inspection.worker import BackendSpec, InferenceWorker
+from .journal.store import (
     Journal,
     JournalCorrupt,
     JournalError,
@@ -30,9 +31,9 @@ from adfm.appliance.journal import (
     RetentionPolicy,
     journal_summary,
 )
-from adfm.appliance.notify import SystemdNotifier
-from adfm.appliance.pipeline import Camera, GenerationOptions, ModelInfo, Pipeline, load_reference
-from adfm.schema import InspectionResult
+from .modes.freerun import Camera, GenerationOptions, ModelInfo, Pipeline, load_reference
+from .system.health import Health, Metrics
+from .system.notify import SystemdNotifier
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +150,9 @@ class Service:
 
     def start(self) -> None:
         """Open the journal, check the model, bind the bus, load the model, start the cameras."""
-        from adfm.appliance.model_check import CACHE_NAME, verify_model_dir
         from adfm.manifest import ManifestError, load_model_dir
+
+        from .inspection.model_check import CACHE_NAME, verify_model_dir
 
         cfg = self.config
         try:
@@ -261,7 +263,7 @@ class Service:
 
     def _start_line(self, model: ModelInfo, references: dict, gate: Any) -> None:
         """Line mode (a `line` section): triggered parts decided within their deadline."""
-        from adfm.appliance.line_station import LineStation
+        from .modes.line_station import LineStation
 
         cfg, journal = self.config, self.journal
         assert journal is not None
@@ -290,7 +292,7 @@ class Service:
         self.line.start()
 
     def _make_bus(self) -> ResultBus:
-        from adfm.appliance.keys import CurveKeyError, load_server_curve
+        from .bus.keys import CurveKeyError, load_server_curve
 
         b = self.config.bus
         curve = None
@@ -470,6 +472,6 @@ class Service:
 
 
 def run_from_config(path: str | Path, **kwargs: Any) -> RunSummary:
-    from adfm.appliance.config import load_config
+    from .config.station import load_config
 
     return Service(load_config(path)).run(**kwargs)

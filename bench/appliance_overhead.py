@@ -181,8 +181,8 @@ class Appliance:
 
     def __init__(self, work: Path, model_dir: Path, args: argparse.Namespace, reference: Path | None,
                  first: CameraImage) -> None:
-        from adfm.appliance.config import load_config
-        from adfm.appliance.inference_worker import BackendSpec
+        from adfm.appliance.config.station import load_config
+        from adfm.appliance.inspection.worker import BackendSpec
         from adfm.appliance.service import Service
 
         incoming = work / "incoming"
@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from PIL import Image
 
-    from adfm.appliance.pipeline import ModelInfo, load_reference
+    from adfm.appliance.modes.freerun import ModelInfo, load_reference
     from adfm.manifest import load_model_dir
     from adfm.runtime.vlm import GgufVlm
 

@@ -76,7 +76,7 @@ class Config:
 
 
 def make_result(seq: int, part_id: str, captured_at: datetime):
-    """A result as the pipeline builds it from a VLM answer (see appliance/pipeline.py `_result`)."""
+    """A result as the pipeline builds it from a VLM answer (see adfm.appliance.inspection.core `build_result`)."""
     from adfm.geometry import ModelGrid
     from adfm.protocol import parse_response
     from adfm.schema import Box, InspectionResult, utcnow
@@ -99,7 +99,7 @@ def make_result(seq: int, part_id: str, captured_at: datetime):
 
 def fill_journal(root: Path, n: int):
     """A station journal holding n done parts; returns (journal, the results as `complete` stored them)."""
-    from adfm.appliance.journal import Journal
+    from adfm.appliance.journal.store import Journal
 
     journal = Journal(root, STATION)
     # The fixture only: this thread's connection skips fsync. The bus thread reads through its own.
@@ -115,7 +115,7 @@ def make_keys(key_dir: Path, clients: int) -> tuple[Path, Path, list[Path]]:
     """The station's pair and `clients` client pairs, each made in its own folder and admitted by its
     public key, as `adfm-appliance keys` / `client-key` / `keys --admit` do. Returns (server public,
     server secret, client secrets)."""
-    from adfm.appliance.keys import admit_client, generate_client_keys, generate_server_keys
+    from adfm.appliance.bus.keys import admit_client, generate_client_keys, generate_server_keys
 
     server = generate_server_keys(key_dir / "station")
     secrets = []
@@ -137,8 +137,8 @@ def _cpu_s() -> float:
 
 def _subscriber_main(conn) -> None:
     """A subscriber process: for each command, follow the station with `StationClient` until n results."""
-    from adfm.appliance.bus_client import StationClient
-    from adfm.appliance.keys import load_client_curve
+    from adfm.appliance.bus.client import StationClient
+    from adfm.appliance.bus.keys import load_client_curve
 
     while True:
         cmd = conn.recv()
@@ -199,8 +199,8 @@ class Subscribers:
 
 def run_once(cfg: Config, journal, stored: list, pool: Subscribers, keys, timeout_s: float = LIVE_TIMEOUT_S) -> dict:
     """Publish (live) or replay (replay) len(stored) results to cfg.subscribers subscribers."""
-    from adfm.appliance.bus_server import ResultBus
-    from adfm.appliance.keys import CLIENTS_DIR, load_server_curve
+    from adfm.appliance.bus.keys import CLIENTS_DIR, load_server_curve
+    from adfm.appliance.bus.server import ResultBus
     from adfm.schema import StationStatus
 
     n = len(stored)
@@ -292,7 +292,7 @@ def _summary(values: list[float]) -> dict:
 
 
 def _default_io_threads() -> int:
-    from adfm.appliance.config import BusSection
+    from adfm.appliance.config.station import BusSection
 
     return int(BusSection.model_fields["io_threads"].default)
 

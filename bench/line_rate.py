@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path)
     a = p.parse_args(argv)
 
-    from adfm.appliance.inference_worker import BackendSpec
-    from adfm.appliance.journal import Journal
+    from adfm.appliance.inspection.worker import BackendSpec
+    from adfm.appliance.journal.store import Journal
     from tests.appliance_fakes import make_model_dir, write_script
     from tests.line_support import Plc, free_port, line_config, start_line
 

@@ -283,7 +283,7 @@ class Subscriber(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
-        from adfm.appliance.bus_client import JournalReplaced, StationClient, StationError
+        from adfm.appliance.bus.client import JournalReplaced, StationClient, StationError
         from adfm.schema import InspectionResult
 
         next_seq, epoch, since_restart = 1, None, 0

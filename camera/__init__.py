@@ -1,6 +1,6 @@
 """adfm.camera: frame sources (USB/V4L2, RTSP, HTTP MJPEG, folder, replay, GenICam) and triggers.
 
-    from adfm.camera import CameraConfig, CameraWorker
+    from . import CameraConfig, CameraWorker
     worker = CameraWorker(CameraConfig(id="cam1", url="rtsp://10.0.0.5/stream1"))
     worker.start()
     frame = worker.get(timeout=1.0)   # None when nothing came
@@ -19,13 +19,13 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from adfm.camera.frame import Frame
+from .frame import Frame
 
 if TYPE_CHECKING:
-    from adfm.camera.capture_thread import CameraWorker
-    from adfm.camera.config import CameraConfig, FolderOptions, TriggerConfig
-    from adfm.camera.errors import CameraError, FrameError, SourceError, SourceFinished
-    from adfm.camera.source import FrameSource, open_source
+    from .capture_thread import CameraWorker
+    from .config import CameraConfig, FolderOptions, TriggerConfig
+    from .errors import CameraError, FrameError, SourceError, SourceFinished
+    from .source import FrameSource, open_source
 
 _LAZY = {
     "CameraConfig": "adfm.camera.config",

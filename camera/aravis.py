@@ -23,12 +23,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from adfm.camera.config import CameraConfig
-from adfm.camera.errors import CameraSettingsError, FrameError, SourceError
-from adfm.camera.frame import Frame
-from adfm.camera.genicam import ACTIVATION_ENTRIES, AravisTarget, GenicamOptions, parse_target
-from adfm.camera.pixels import SUPPORTED_NAMES, format_name, to_opencv
-from adfm.camera.source import MAX_IDLE_BLOCK_S, FrameSource, now_pair
+from .config import CameraConfig
+from .errors import CameraSettingsError, FrameError, SourceError
+from .frame import Frame
+from .genicam import ACTIVATION_ENTRIES, AravisTarget, GenicamOptions, parse_target
+from .pixels import SUPPORTED_NAMES, format_name, to_opencv
+from .source import MAX_IDLE_BLOCK_S, FrameSource, now_pair
 
 log = logging.getLogger("adfm.camera")
 

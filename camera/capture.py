@@ -29,10 +29,10 @@ from concurrent.futures import TimeoutError as FutureTimeout
 
 import cv2
 
-from adfm.camera.config import CameraConfig
-from adfm.camera.errors import SourceError
-from adfm.camera.frame import Frame
-from adfm.camera.source import FrameSource, now_pair
+from .config import CameraConfig
+from .errors import SourceError
+from .frame import Frame
+from .source import FrameSource, now_pair
 
 # RTSP over TCP: UDP loses packets under load and the frames come out smeared. An integrator can
 # still choose otherwise by setting the variable before the appliance starts.

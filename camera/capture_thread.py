@@ -17,13 +17,14 @@ import time
 from collections import deque
 from dataclasses import dataclass, replace
 
-from adfm.camera.backoff import Backoff
-from adfm.camera.config import CameraConfig
-from adfm.camera.errors import CameraError, FrameError, SourceError, SourceFinished
-from adfm.camera.frame import Frame
-from adfm.camera.source import FrameSource, open_source
-from adfm.camera.triggers import LinkTrigger, Trigger, make_trigger
 from adfm.schema import CameraStatus
+
+from .backoff import Backoff
+from .config import CameraConfig
+from .errors import CameraError, FrameError, SourceError, SourceFinished
+from .frame import Frame
+from .source import FrameSource, open_source
+from .triggers import LinkTrigger, Trigger, make_trigger
 
 log = logging.getLogger("adfm.camera")
 

@@ -14,8 +14,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, field_validator, model_validator
 
-from adfm.camera.genicam import GenicamOptions, parse_target
 from adfm.config import StrictModel
+
+from .genicam import GenicamOptions, parse_target
 
 SourceKind = Literal["v4l2", "usb", "rtsp", "http", "folder", "replay", "aravis"]
 TriggerMode = Literal["free-run", "external", "folder", "camera", "link"]

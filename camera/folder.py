@@ -19,11 +19,11 @@ from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from adfm.camera.config import CameraConfig
-from adfm.camera.errors import CameraError, FrameError, SourceError
-from adfm.camera.frame import Frame
-from adfm.camera.images import decode_image, image_format, natural_key
-from adfm.camera.source import MAX_IDLE_BLOCK_S, FrameSource, now_pair
+from .config import CameraConfig
+from .errors import CameraError, FrameError, SourceError
+from .frame import Frame
+from .images import decode_image, image_format, natural_key
+from .source import MAX_IDLE_BLOCK_S, FrameSource, now_pair
 
 #: Fewer bytes than this with no known signature may simply be a file whose writer has not
 #: flushed its header yet, so it gets the same grace period as a truncated image.

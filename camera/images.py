@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from adfm.camera.errors import FrameError
+from .errors import FrameError
 
 IMAGE_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".pbm", ".pgm", ".ppm", ".pnm"}

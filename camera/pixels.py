@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from adfm.camera.errors import FrameError
+from .errors import FrameError
 
 
 @dataclass(frozen=True)

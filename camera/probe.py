@@ -103,7 +103,7 @@ def build_config(args: argparse.Namespace) -> Any:
     import yaml
     from pydantic import ValidationError
 
-    from adfm.camera.config import CameraConfig
+    from .config import CameraConfig
 
     data: dict[str, Any] = {}
     if args.config is not None:
@@ -139,8 +139,8 @@ def build_config(args: argparse.Namespace) -> Any:
 
 def probe(config: Any, frames: int, timeout_s: float, save: Path | None = None) -> ProbeReport:
     """Run a CameraWorker on `config` until `frames` frames arrive, the source ends, or the timeout."""
-    from adfm.camera.capture_thread import CameraWorker
-    from adfm.camera.source import open_source
+    from .capture_thread import CameraWorker
+    from .source import open_source
 
     cameras, listing_problem = _list_cameras(config)
     worker = CameraWorker(config, open_source(config, keep_files=True))
@@ -205,8 +205,8 @@ def _list_cameras(config: Any) -> tuple[list[dict[str, str]], str]:
     """The GenICam cameras on the configured interfaces (aravis: urls only), and a problem if any."""
     if config.kind != "aravis":
         return [], ""
-    from adfm.camera.aravis import camera_list_report
-    from adfm.camera.errors import SourceError
+    from .aravis import camera_list_report
+    from .errors import SourceError
 
     try:
         found = camera_list_report(config.genicam.interfaces)

@@ -13,12 +13,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from adfm.camera.config import CameraConfig
-from adfm.camera.errors import SourceError, SourceFinished
-from adfm.camera.frame import Frame
-from adfm.camera.images import IMAGE_SUFFIXES, decode_image, natural_key, read_file
-from adfm.camera.pacing import Pacer
-from adfm.camera.source import MAX_IDLE_BLOCK_S, FrameSource, now_pair
+from .config import CameraConfig
+from .errors import SourceError, SourceFinished
+from .frame import Frame
+from .images import IMAGE_SUFFIXES, decode_image, natural_key, read_file
+from .pacing import Pacer
+from .source import MAX_IDLE_BLOCK_S, FrameSource, now_pair
 
 DEFAULT_FPS = 10.0
 

@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from adfm.camera.config import CameraConfig
-from adfm.camera.frame import Frame
-from adfm.camera.images import storable_as_is
-from adfm.camera.shaping import FrameShaper
+from .config import CameraConfig
+from .frame import Frame
+from .images import storable_as_is
+from .shaping import FrameShaper
 
 #: The longest a read() may block when it has nothing to deliver, so that stop() and triggers stay
 #: responsive. Network reads are bounded by the stall timeout instead (OpenCV's read timeout).
@@ -122,17 +122,17 @@ def open_source(config: CameraConfig, *, keep_files: bool = False) -> FrameSourc
     """
     kind = config.kind
     if kind == "folder":
-        from adfm.camera.folder import FolderSource
+        from .folder import FolderSource
 
         return FolderSource(config, keep_files=keep_files)
     if kind == "replay":
-        from adfm.camera.replay import ReplaySource
+        from .replay import ReplaySource
 
         return ReplaySource(config)
     if kind == "aravis":
-        from adfm.camera.aravis import AravisSource
+        from .aravis import AravisSource
 
         return AravisSource(config)
-    from adfm.camera.capture import VideoCaptureSource
+    from .capture import VideoCaptureSource
 
     return VideoCaptureSource(config)

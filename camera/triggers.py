@@ -14,10 +14,10 @@ from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass
 
-from adfm.camera.config import TriggerConfig
-from adfm.camera.errors import SourceError
-from adfm.camera.frame import Frame
-from adfm.camera.pacing import Pacer
+from .config import TriggerConfig
+from .errors import SourceError
+from .frame import Frame
+from .pacing import Pacer
 
 MAX_PART_ID_LENGTH = 128
 MAX_PENDING_TRIGGERS = 256

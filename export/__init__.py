@@ -4,7 +4,7 @@
 transformers, peft, gguf, llama-cpp-python) are imported only when an export runs.
 """
 
-from adfm.export.errors import ExportError
-from adfm.export.pipeline import ExportConfig, export_model, run_export
+from .errors import ExportError
+from .pipeline import ExportConfig, export_model, run_export
 
 __all__ = ["ExportConfig", "ExportError", "export_model", "run_export"]

@@ -20,11 +20,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from adfm.export.errors import ExportError
-from adfm.export.pipeline import DEFAULT_AGREEMENT_FLOOR, MMPROJ_CHOICES, ExportConfig, Progress, run_export
-from adfm.export.quantize import QUANT_TYPES
 from adfm.offline import force_offline
 from adfm.protocol import DEFAULT_PROMPT_VERSION, PROMPT_VERSIONS
+
+from .errors import ExportError
+from .pipeline import DEFAULT_AGREEMENT_FLOOR, MMPROJ_CHOICES, ExportConfig, Progress, run_export
+from .quantize import QUANT_TYPES
 
 DTYPE_CHOICES = ("float32", "bfloat16", "float16")
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from adfm.export.errors import ExportError
+from .errors import ExportError
 
 PARTIAL_SUFFIX = ".partial"
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}

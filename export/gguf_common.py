@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from adfm.export.errors import ExportError
+from .errors import ExportError
 
 #: transformers 5 keeps Qwen2.5-VL's parts under these prefixes in memory; released checkpoints
 #: (and the gguf package's TensorNameMap) use the names on the right.

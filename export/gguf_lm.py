@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from adfm.export.errors import ExportError
-from adfm.export.gguf_common import PlannedTensor, as_float32, new_writer, state_items, write_streamed
-from adfm.export.merge import MergedModel
+from .errors import ExportError
+from .gguf_common import PlannedTensor, as_float32, new_writer, state_items, write_streamed
+from .merge import MergedModel
 
 #: llama.cpp's name for Qwen2's pre-tokenizer split regex, which Qwen2.5-VL's tokenizer uses.
 QWEN2_PRE_TOKENIZER = "qwen2"

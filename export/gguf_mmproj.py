@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from adfm.export.errors import ExportError
-from adfm.export.gguf_common import PlannedTensor, as_float32, new_writer, state_items, write_streamed
-from adfm.export.merge import MergedModel
+from .errors import ExportError
+from .gguf_common import PlannedTensor, as_float32, new_writer, state_items, write_streamed
+from .merge import MergedModel
 
 MMPROJ_TYPES = ("f32", "f16", "q8_0")
 #: Window size llama.cpp's Qwen2.5-VL graph assumes (it does not read one from the file).

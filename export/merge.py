@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adfm.export.errors import ExportError
 from adfm.manifest import ADAPTER_WEIGHT_FILES, adapter_identity, checkpoint_identity, sha256_file
+
+from .errors import ExportError
 
 SUPPORTED_MODEL_TYPES = ("qwen2_5_vl",)
 DTYPES = ("float32", "bfloat16", "float16")

@@ -20,9 +20,6 @@ from pydantic import Field, ValidationError
 
 import adfm
 from adfm.config import StrictModel, validation_problems
-from adfm.export.errors import ExportError
-from adfm.export.files import OutputDir, check_free_space, writing
-from adfm.export.quantize import APPROX_BITS, FLOAT_TYPES, QUANT_TYPES
 from adfm.manifest import (
     MANIFEST_NAME,
     RUN_RECORD,
@@ -35,6 +32,10 @@ from adfm.manifest import (
     write_manifest,
 )
 from adfm.protocol import DEFAULT_PROMPT_VERSION, build_messages, get_prompt_version
+
+from .errors import ExportError
+from .files import OutputDir, check_free_space, writing
+from .quantize import APPROX_BITS, FLOAT_TYPES, QUANT_TYPES
 
 MMPROJ_CHOICES = ("f16", "q8_0")
 DEFAULT_AGREEMENT_FLOOR = 0.8
@@ -257,10 +258,11 @@ def _verify(
 ) -> dict[str, Any]:
     """Compare each (model, mmproj, label, float check?, LM type, mmproj type) GGUF pair with the
     merged HF model."""
-    from adfm.export import verify
-    from adfm.export.merge import random_weight_marker
     from adfm.protocol import VISION_SPECIAL_TOKENS
     from adfm.runtime.vlm import GgufVlm
+
+    from . import verify
+    from .merge import random_weight_marker
 
     cases = (
         verify.load_cases(cfg.verify_images, manifest.min_pixels, manifest.max_pixels)
@@ -330,10 +332,10 @@ def _verify(
 
 def run_export(cfg: ExportConfig, progress: Progress | None = None) -> ModelManifest:
     """Run an export described by `cfg` (see `export_model`)."""
-    from adfm.export.gguf_lm import language_model_nbytes, write_language_model
-    from adfm.export.gguf_mmproj import mmproj_nbytes, write_mmproj
-    from adfm.export.merge import check_adapter_dir, check_base_dir, load_merged, save_merged
-    from adfm.export.quantize import quantize_model
+    from .gguf_lm import language_model_nbytes, write_language_model
+    from .gguf_mmproj import mmproj_nbytes, write_mmproj
+    from .merge import check_adapter_dir, check_base_dir, load_merged, save_merged
+    from .quantize import quantize_model
 
     cfg.check()
     steps = progress or Progress()

@@ -10,7 +10,7 @@ import ctypes
 import os
 from pathlib import Path
 
-from adfm.export.errors import ExportError
+from .errors import ExportError
 
 #: Exported quantization names → llama.cpp file types. f16/f32 need no quantization pass.
 QUANT_FTYPES = {

@@ -72,8 +72,9 @@ def build_tiny_gguf(
     (`<out_dir>-hf`, reused when present). A LoRA adapter is made next to it (`<out_dir>-lora`)
     and merged. An `out_dir` that already holds a valid export of this quant is returned as is.
     """
-    from adfm.export import cli
     from adfm.manifest import ManifestError, load_model_dir
+
+    from . import cli
 
     out = Path(out_dir)
     with contextlib.suppress(ManifestError):

@@ -35,8 +35,9 @@ def build_tiny_trained(
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from adfm.export.verify import default_cases
     from adfm.protocol import attach_images, build_messages, format_response
+
+    from .verify import default_cases
 
     out = Path(out_dir)
     settings = {"steps": steps, "learning_rate": learning_rate, "prompt_version": prompt_version, "seed": seed}

@@ -45,15 +45,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from adfm.export.errors import ExportError
 from adfm.geometry import ModelGrid
 from adfm.protocol import attach_images, build_messages, format_response, parse_response
+
+from .errors import ExportError
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from adfm.export.merge import MergedModel
     from adfm.runtime.vlm import GgufVlm
+
+    from .merge import MergedModel
 
 #: A float export's logits may differ from HF's by at most this fraction of HF's logit spread
 #: (standard deviation). Measured at f16: 0.5 % on the tiny model, 2.7 % at Qwen2.5-VL-7B widths

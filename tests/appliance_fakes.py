@@ -161,8 +161,8 @@ class BusStation:
 
     def __init__(self, root, curve=None, status_interval_s=0.2):
         # Imported here: the scripted backend's child process needs none of this.
-        from adfm.appliance.bus_server import ResultBus
-        from adfm.appliance.journal import Journal
+        from adfm.appliance.bus.server import ResultBus
+        from adfm.appliance.journal.store import Journal
 
         self.journal = Journal(root, "st1")
         self.bus = ResultBus("st1", self.journal, self.status, publish=["tcp://127.0.0.1:*"],
@@ -186,7 +186,7 @@ class BusStation:
         return result
 
     def client(self, **kw):
-        from adfm.appliance.bus_client import StationClient
+        from adfm.appliance.bus.client import StationClient
 
         return StationClient(self.publish_ep, self.control_ep, timeout_s=kw.pop("timeout_s", 2.0), **kw)
 
@@ -235,7 +235,7 @@ class SlowedBackend:
     call by `slow_s`, so a test or bench can push some parts past their deadline on purpose."""
 
     def __init__(self, slow_every: int = 5, slow_s: float = 1.0, **gguf_kwargs: object) -> None:
-        from adfm.appliance.inference_worker import gguf_backend
+        from adfm.appliance.inspection.worker import gguf_backend
 
         self.inner = gguf_backend(**gguf_kwargs)  # type: ignore[arg-type]
         self.slow_every = slow_every
@@ -268,7 +268,7 @@ class MadeKeys:
 def make_keys(key_dir: Path, clients: list[str], operators: dict[str, list[str]] | None = None) -> MadeKeys:
     """The station's pair in `key_dir`; each client's pair made in its own folder (as on its own
     machine) with only the public key admitted to the station."""
-    from adfm.appliance.keys import admit_client, generate_client_keys, generate_server_keys
+    from adfm.appliance.bus.keys import admit_client, generate_client_keys, generate_server_keys
 
     server = generate_server_keys(key_dir)
     secrets: dict[str, Path] = {}

@@ -160,8 +160,8 @@ def line_config(tmp_path: Path, port: int, *, deadline_ms: float = 500, delay_ms
 def start_line(config_dict: dict, script: Path | None, fps: float = 30.0, backend=None, noise: bool = False):
     """Start a line-mode service on a synthetic camera (the scripted model, or `backend`); returns
     (run, source)."""
-    from adfm.appliance.config import parse_config
-    from adfm.appliance.inference_worker import BackendSpec
+    from adfm.appliance.config.station import parse_config
+    from adfm.appliance.inspection.worker import BackendSpec
     from adfm.appliance.service import Service
     from adfm.camera.capture_thread import CameraWorker
     from tests.appliance_fakes import FACTORY

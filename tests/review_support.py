@@ -136,7 +136,7 @@ class LoopbackStation:
     stop and a start, so a subscriber sees the station go away and come back."""
 
     def __init__(self, root: Path, station: str = "st1", status_interval_s: float = 0.2, curve=None) -> None:
-        from adfm.appliance.journal import Journal
+        from adfm.appliance.journal.store import Journal
 
         self.root = root
         self.station = station
@@ -153,7 +153,7 @@ class LoopbackStation:
                              verdict_counts=self.journal.counts())
 
     def start(self) -> None:
-        from adfm.appliance.bus_server import ResultBus
+        from adfm.appliance.bus.server import ResultBus
 
         self.bus = ResultBus(self.station, self.journal, self.status, publish=[self.publish_ep],
                              control=[self.control_ep], status_interval_s=self.status_interval_s, curve=self.curve)

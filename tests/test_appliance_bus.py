@@ -7,10 +7,10 @@ import time
 import pytest
 import zmq
 
-from adfm.appliance.bus_client import StationAuthError, StationClient, StationError, StationUnreachable
-from adfm.appliance.bus_server import BusError, ResultBus, check_endpoint_security, is_local_endpoint
-from adfm.appliance.journal import Journal
-from adfm.appliance.keys import load_client_curve, load_server_curve
+from adfm.appliance.bus.client import StationAuthError, StationClient, StationError, StationUnreachable
+from adfm.appliance.bus.keys import load_client_curve, load_server_curve
+from adfm.appliance.bus.server import BusError, ResultBus, check_endpoint_security, is_local_endpoint
+from adfm.appliance.journal.store import Journal
 from adfm.schema import OperatorVerdict
 from tests.appliance_fakes import BusStation, make_keys
 
@@ -250,7 +250,7 @@ def test_curve_buses_run_side_by_side_in_one_process(tmp_path, keys):
 
 
 def test_keys_are_not_overwritten(tmp_path, keys):
-    from adfm.appliance.keys import admit_client, generate_client_keys, generate_server_keys
+    from adfm.appliance.bus.keys import admit_client, generate_client_keys, generate_server_keys
 
     secret = keys.server_secret.read_bytes()
     assert generate_server_keys(tmp_path / "keys").server_secret.read_bytes() == secret  # the station key stays

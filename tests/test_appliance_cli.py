@@ -7,8 +7,8 @@ import json
 import pytest
 import yaml
 
+from adfm.appliance.bus.keys import load_client_curve, load_server_curve
 from adfm.appliance.cli import main
-from adfm.appliance.keys import load_client_curve, load_server_curve
 from tests.appliance_fakes import BusStation, make_model_dir
 
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from adfm.appliance.config import ConfigError, check_resources, load_config, parse_config, read_config
+from adfm.appliance.config.station import ConfigError, check_resources, load_config, parse_config, read_config
 from tests.appliance_fakes import make_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def test_example_config_is_valid_and_shipped_with_the_package():
     config = read_config(shipped)
     assert config.station == "line1-press3" and config.gate.mode == "off"
     assert config.cameras[0].camera_config().url == "v4l2:/dev/video0"
-    from adfm.appliance.install import example_config
+    from adfm.appliance.system.install import example_config
 
     assert example_config() == shipped.read_text()
 
@@ -154,7 +154,7 @@ def test_state_dir_defaults_to_systemds_state_directory(tmp_path, monkeypatch):
 
 
 def test_context_and_answer_length_default_to_the_manifest_and_must_fit(tmp_path):
-    from adfm.appliance.config import model_limits
+    from adfm.appliance.config.station import model_limits
     from adfm.manifest import read_manifest, write_manifest
 
     data = good(tmp_path)

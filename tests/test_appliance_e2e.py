@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from adfm.appliance.bus_client import StationClient
-from adfm.appliance.config import parse_config
+from adfm.appliance.bus.client import StationClient
+from adfm.appliance.config.station import parse_config
 from adfm.appliance.service import Service
 from adfm.synthetic import make_synthetic_dataset
 

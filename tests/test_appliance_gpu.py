@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from adfm.appliance.cli import main
-from adfm.appliance.config import ConfigError, load_config, parse_config
+from adfm.appliance.config.station import ConfigError, load_config, parse_config
 from adfm.runtime import gpu
 from tests.appliance_fakes import ListCamera, ScriptedBackend, station_dict, write_script
 from tests.conftest import HAS_LLAMA
@@ -152,7 +152,7 @@ def test_the_service_hands_the_gpu_settings_to_the_worker_backend(tmp_path, monk
     # a line station builds its recipes' workers from the same settings
     from types import SimpleNamespace
 
-    from adfm.appliance.line_station import LineStation
+    from adfm.appliance.modes.line_station import LineStation
 
     spec = LineStation._spec(SimpleNamespace(cfg=config), tmp_path / "recipe-model")  # type: ignore[arg-type]
     assert spec.factory == "tests.test_appliance_gpu:recording_backend"
@@ -162,7 +162,7 @@ def test_the_service_hands_the_gpu_settings_to_the_worker_backend(tmp_path, monk
 
 def test_the_gguf_backend_passes_them_to_gguf_vlm(monkeypatch):
     import adfm.runtime.vlm as vlm
-    from adfm.appliance.inference_worker import gguf_backend
+    from adfm.appliance.inspection.worker import gguf_backend
 
     seen = {}
 

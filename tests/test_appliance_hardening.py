@@ -15,16 +15,16 @@ import pytest
 import yaml
 import zmq
 
-from adfm.appliance import journal as journal_mod
 from adfm.appliance import service as service_mod
-from adfm.appliance.bus_client import StationClient, StationError, StationUnreachable
-from adfm.appliance.bus_server import ResultBus
-from adfm.appliance.config import ConfigError, parse_config
-from adfm.appliance.health import Health
-from adfm.appliance.inference_worker import BackendSpec
-from adfm.appliance.journal import Journal, JournalError
-from adfm.appliance.keys import load_client_curve, load_server_curve
+from adfm.appliance.bus.client import StationClient, StationError, StationUnreachable
+from adfm.appliance.bus.keys import load_client_curve, load_server_curve
+from adfm.appliance.bus.server import ResultBus
+from adfm.appliance.config.station import ConfigError, parse_config
+from adfm.appliance.inspection.worker import BackendSpec
+from adfm.appliance.journal import store as journal_mod
+from adfm.appliance.journal.store import Journal, JournalError
 from adfm.appliance.service import Service
+from adfm.appliance.system.health import Health
 from adfm.schema import (
     CameraStatus,
     InspectionResult,
@@ -60,7 +60,7 @@ def _collect(client: StationClient, until, timeout_s: float = 15.0) -> list:
 
 
 def test_a_replaced_journal_is_a_new_epoch_and_followers_resync_from_its_start(tmp_path):
-    from adfm.appliance.bus_client import JournalReplaced
+    from adfm.appliance.bus.client import JournalReplaced
 
     pub, ctl = f"ipc://{tmp_path}/pub", f"ipc://{tmp_path}/ctl"
 
@@ -313,7 +313,7 @@ def test_a_full_disk_holds_parts_back_keeps_the_watchdog_fed_and_resumes(tmp_pat
 
 
 def test_a_result_the_journal_refuses_is_recorded_before_the_next_part(tmp_path, monkeypatch):
-    from adfm.appliance.journal import JournalFullError
+    from adfm.appliance.journal.store import JournalFullError
 
     real = Journal.complete
     refusals = {"left": 3}
@@ -325,7 +325,7 @@ def test_a_result_the_journal_refuses_is_recorded_before_the_next_part(tmp_path,
         return real(self, result)
 
     monkeypatch.setattr(Journal, "complete", complete)
-    monkeypatch.setattr("adfm.appliance.pipeline.JOURNAL_RETRY_S", (0.05, 0.1))
+    monkeypatch.setattr("adfm.appliance.modes.freerun.JOURNAL_RETRY_S", (0.05, 0.1))
     script = write_script(tmp_path / "script.json", ["no"])
     cam = ListCamera()
     for i in range(4):
@@ -402,7 +402,7 @@ def _corrupt(db: Path) -> None:
 
 def test_a_damaged_journal_is_found_at_open_checked_and_recovered(tmp_path, capsys):
     from adfm.appliance.cli import main
-    from adfm.appliance.journal import JournalCorrupt
+    from adfm.appliance.journal.store import JournalCorrupt
 
     with Journal(tmp_path, "st1") as j:
         for i in range(1, 400):
@@ -423,7 +423,7 @@ def test_a_damaged_journal_is_found_at_open_checked_and_recovered(tmp_path, caps
 
 
 def test_journal_check_reports_missing_images_and_orphans_and_recover_mends_them(tmp_path):
-    from adfm.appliance.journal_repair import check_journal, recover_journal
+    from adfm.appliance.journal.repair import check_journal, recover_journal
 
     with Journal(tmp_path, "st1") as j:
         a, b = _part(j, 1), _part(j, 2)
@@ -467,7 +467,7 @@ def test_run_reports_a_bus_that_cannot_bind_instead_of_a_traceback(tmp_path):
 
 
 def test_the_unit_stops_restarting_for_config_errors_and_after_a_burst():
-    from adfm.appliance.install import render_unit
+    from adfm.appliance.system.install import render_unit
 
     lines = render_unit().splitlines()
     assert "RestartPreventExitStatus=2 3" in lines
@@ -479,7 +479,7 @@ def test_the_unit_stops_restarting_for_config_errors_and_after_a_burst():
 def test_model_files_are_hashed_once_and_again_only_when_changed(tmp_path):
     import os
 
-    from adfm.appliance.model_check import verify_model_dir
+    from adfm.appliance.inspection.model_check import verify_model_dir
     from adfm.manifest import ManifestError
     from tests.appliance_fakes import make_model_dir
 
@@ -554,7 +554,7 @@ def test_a_folder_camera_waiting_for_files_is_not_a_stalled_camera():
 
 
 def test_a_remote_dashboard_gets_images_over_the_control_socket(tmp_path, monkeypatch):
-    from adfm.appliance import bus_server as bus_mod
+    from adfm.appliance.bus import server as bus_mod
     from adfm.appliance.review.outbox import VerdictOutbox
     from adfm.appliance.review.sources import LiveSource
 

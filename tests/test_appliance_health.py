@@ -6,7 +6,7 @@ import socket
 import urllib.request
 from datetime import UTC, datetime
 
-from adfm.appliance.health import Health, Metrics
+from adfm.appliance.system.health import Health, Metrics
 from adfm.schema import CameraStatus, InspectionResult
 
 

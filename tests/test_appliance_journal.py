@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from adfm.appliance import journal as journal_mod
-from adfm.appliance.journal import Journal, JournalError, JournalFullError, RetentionPolicy
+from adfm.appliance.journal import store as journal_mod
+from adfm.appliance.journal.store import Journal, JournalError, JournalFullError, RetentionPolicy
 from adfm.schema import InspectionResult, OperatorVerdict
 
 DAY = 86400.0
@@ -217,7 +217,7 @@ import sys, time
 from pathlib import Path
 import cv2
 import numpy as np
-from adfm.appliance.journal import Journal
+from adfm.appliance.journal.store import Journal
 from adfm.schema import InspectionResult
 # A camera that keeps its parts until acknowledged (a folder): part i is acknowledged by a line
 # in acked.txt written after accept() returned; after a kill, the first part not acknowledged

@@ -27,7 +27,7 @@ _PROBE = textwrap.dedent(
     from adfm.appliance.cli import build_parser
     build_parser().parse_args(["run", "--config", "x.yaml"])
     import numpy as np
-    from adfm.appliance.journal import Journal
+    from adfm.appliance.journal.store import Journal
     with Journal(tempfile.mkdtemp(), "st") as j:
         j.accept(np.zeros((8, 8, 3), np.uint8), part_id="p", camera="c", frame_number=0, captured_wall=time.time())
     loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)

@@ -20,11 +20,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from adfm.appliance import journal as journal_mod
-from adfm.appliance.config import parse_config
-from adfm.appliance.inference_worker import BackendSpec
-from adfm.appliance.journal import Journal
-from adfm.appliance.pipeline import verdict_for
+from adfm.appliance.config.station import parse_config
+from adfm.appliance.inspection.worker import BackendSpec
+from adfm.appliance.journal import store as journal_mod
+from adfm.appliance.journal.store import Journal
+from adfm.appliance.modes.freerun import verdict_for
 from adfm.appliance.service import Service
 from adfm.camera.frame import Frame
 from adfm.geometry import ModelGrid
@@ -197,7 +197,7 @@ def test_full_disk_leaves_the_frame_unacknowledged(tmp_path, monkeypatch):
 
 
 def test_status_and_health_reach_a_client(tmp_path):
-    from adfm.appliance.bus_client import StationClient
+    from adfm.appliance.bus.client import StationClient
 
     script = write_script(tmp_path / "script.json", ["no"])
     cam = ListCamera()
@@ -230,7 +230,7 @@ def test_status_and_health_reach_a_client(tmp_path):
 @pytest.mark.slow
 def test_appliance_sigkilled_and_restarted_keeps_journal_and_seq(tmp_path):
     """The real `adfm-appliance run` process over a folder camera, SIGKILLed twice mid-run."""
-    from adfm.appliance.bus_client import StationClient
+    from adfm.appliance.bus.client import StationClient
 
     drop = tmp_path / "drop"
     drop.mkdir()

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from adfm.appliance.cli import main
-from adfm.appliance.config import parse_config
-from adfm.appliance.inference_worker import BackendSpec
-from adfm.appliance.install import render_gpu_dropin, render_unit, verify_unit
-from adfm.appliance.notify import SystemdNotifier
+from adfm.appliance.config.station import parse_config
+from adfm.appliance.inspection.worker import BackendSpec
 from adfm.appliance.service import Service
+from adfm.appliance.system.install import render_gpu_dropin, render_unit, verify_unit
+from adfm.appliance.system.notify import SystemdNotifier
 from tests.appliance_fakes import FACTORY, ListCamera, frame, station_dict, write_script
 
 REPO = Path(__file__).resolve().parents[1]

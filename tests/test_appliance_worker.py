@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from adfm.appliance.inference_worker import BackendSpec, InferenceWorker, WorkerFailure, WorkerStartError
+from adfm.appliance.inspection.worker import BackendSpec, InferenceWorker, WorkerFailure, WorkerStartError
 from tests.appliance_fakes import calls, write_script
 
 FACTORY = "tests.appliance_fakes:make_backend"

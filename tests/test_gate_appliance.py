@@ -34,8 +34,8 @@ def _pick(gate, paths: list[Path], lowest: bool) -> tuple[Path, float]:
 
 
 def test_screen_mode_with_a_trained_gate(tmp_path, tmp_path_factory, synthetic_folder):
-    from adfm.appliance.config import parse_config
-    from adfm.appliance.inference_worker import BackendSpec
+    from adfm.appliance.config.station import parse_config
+    from adfm.appliance.inspection.worker import BackendSpec
     from adfm.appliance.service import Service
     from adfm.runtime.gate import Gate
 

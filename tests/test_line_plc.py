@@ -16,9 +16,9 @@ import pytest
 
 pytest.importorskip("pymodbus")
 
-from adfm.appliance import journal as journal_mod
-from adfm.appliance.journal import Journal
-from adfm.appliance.line_config import DECISION_CODES, SOURCE_CODES
+from adfm.appliance.config.line import DECISION_CODES, SOURCE_CODES
+from adfm.appliance.journal import store as journal_mod
+from adfm.appliance.journal.store import Journal
 from tests.appliance_fakes import write_script
 from tests.conftest import needs_llama
 from tests.line_support import ENCODER_HR, Plc, free_port, line_config, start_line
@@ -43,7 +43,7 @@ class BusSubscriber:
     def __init__(self, publish: str, control: str) -> None:
         import threading
 
-        from adfm.appliance.bus_client import StationClient
+        from adfm.appliance.bus.client import StationClient
 
         self.results: list = []
         self._stop = threading.Event()
@@ -334,7 +334,7 @@ def test_encoder_ejector_fires_when_the_part_has_travelled_its_distance(tmp_path
 def test_the_tiny_model_slowed_past_the_deadline_on_the_line(tmp_path, tiny_gguf_dir):
     """The real model path (llama.cpp in the inference worker) with every 3rd call slowed by 1.5 s:
     the same guarantees as with the scripted model."""
-    from adfm.appliance.inference_worker import BackendSpec
+    from adfm.appliance.inspection.worker import BackendSpec
 
     parts = 30
     port = free_port()

@@ -14,7 +14,7 @@ import yaml
 pytest.importorskip("pymodbus")
 pytest.importorskip("asyncua")
 
-from adfm.appliance.journal import Journal
+from adfm.appliance.journal.store import Journal
 from adfm.schema import Ack, RecipeRequest
 from tests.appliance_fakes import calls, make_model_dir, write_script
 from tests.line_support import REPO, Plc, free_port, line_config, start_line
@@ -54,7 +54,7 @@ def test_recipes_from_the_plc_register_and_by_command_and_the_opcua_nodes(tmp_pa
         _wait(plc.done, 30, "the PLC's parts")
         _wait(lambda: len(plc.result_writes()) >= 8 and not service.line.controller.parts, 20, "decisions")
         # Changeover by command: a trigger whose recipe register reads 0 takes the commanded recipe.
-        from adfm.appliance.bus_client import StationClient, StationError
+        from adfm.appliance.bus.client import StationClient, StationError
 
         bus = service.bus.bound
         with StationClient(bus["publish"][0], bus["control"][0], timeout_s=3.0) as client:

@@ -10,9 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from adfm.appliance import journal as journal_mod
-from adfm.appliance.config import ConfigError, parse_config
-from adfm.appliance.journal import Journal, JournalError, JournalFullError
+from adfm.appliance.config.station import ConfigError, parse_config
+from adfm.appliance.journal import store as journal_mod
+from adfm.appliance.journal.store import Journal, JournalError, JournalFullError
 from adfm.camera.capture import device_capture_mono
 from adfm.camera.capture_thread import CameraWorker
 from adfm.camera.config import CameraConfig
@@ -137,7 +137,7 @@ def test_line_config_errors_name_the_key(tmp_path, change, message):
 
 
 def test_encoder_distance_survives_the_counter_wrapping():
-    from adfm.appliance.plc_modbus import U32, ModbusLink, _InFlight, u32_to_words, words_to_u32
+    from adfm.appliance.plc.modbus import U32, ModbusLink, _InFlight, u32_to_words, words_to_u32
 
     start = U32 - 500
     part = _InFlight(seq=1, due_mono=None, due_count=(start + 2000) % U32, start_count=start)
@@ -148,7 +148,7 @@ def test_encoder_distance_survives_the_counter_wrapping():
 
 
 def test_recipe_files_are_checked(tmp_path):
-    from adfm.appliance.config import check_resources
+    from adfm.appliance.config.station import check_resources
 
     cfg = line_config(tmp_path, 1502, recipes=[{"name": "a", "code": 1, "model_dir": str(tmp_path / "nomodel"),
                                                 "gate_mode": "screen", "gate_path": str(tmp_path / "no.onnx")}])
@@ -158,7 +158,7 @@ def test_recipe_files_are_checked(tmp_path):
 
 
 def test_trigger_edges_and_counters():
-    from adfm.appliance.plc_modbus import new_parts
+    from adfm.appliance.plc.modbus import new_parts
 
     assert [new_parts("discrete_input", a, b) for a, b in ((0, 1), (1, 1), (1, 0), (0, 0))] == [1, 0, 0, 0]
     assert new_parts("counter", 7, 10) == 3  # a late poll loses no part

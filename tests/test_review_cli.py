@@ -57,7 +57,7 @@ def test_keys_folder_from_adfm_appliance_keys_is_understood(tmp_path):
 
 
 def test_journal_app_is_read_only(tmp_path):
-    from adfm.appliance.journal import Journal
+    from adfm.appliance.journal.store import Journal
 
     Journal(tmp_path / "j", "st1").close()
     app = build_app(parse("--journal", str(tmp_path / "j"), "--operator", "anna"))

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from adfm.appliance.journal import Journal, decode_image
+from adfm.appliance.journal.store import Journal, decode_image
 from adfm.appliance.review.cli import main
 from adfm.appliance.review.export_labels import PROVENANCE, ExportError, ExportOptions, export_labels
 from adfm.schema import Box, InspectionResult, OperatorVerdict

@@ -10,7 +10,7 @@ from datetime import UTC
 import numpy as np
 import pytest
 
-from adfm.appliance.journal import Journal
+from adfm.appliance.journal.store import Journal
 from adfm.appliance.review.app import ReviewApp
 from adfm.appliance.review.journal_reader import JournalReader, JournalReadError
 from adfm.appliance.review.sources import JournalSource

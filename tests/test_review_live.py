@@ -8,7 +8,7 @@ from datetime import UTC
 
 import pytest
 
-from adfm.appliance.bus_client import StationClient
+from adfm.appliance.bus.client import StationClient
 from adfm.appliance.review.app import ReviewApp
 from adfm.appliance.review.outbox import VerdictOutbox
 from adfm.appliance.review.sources import LiveOptions, LiveSource
@@ -181,7 +181,7 @@ async def test_unreachable_station_at_start_shows_the_banner_with_the_reason(tmp
 
 @run_async
 async def test_curve_keys_from_adfm_appliance_keys_connect_and_a_stranger_is_told_why(tmp_path):
-    from adfm.appliance.keys import load_client_curve, load_server_curve
+    from adfm.appliance.bus.keys import load_client_curve, load_server_curve
     from tests.appliance_fakes import make_keys
 
     keys = make_keys(tmp_path / "keys", ["review"])

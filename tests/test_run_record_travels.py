@@ -83,7 +83,7 @@ def test_the_manifest_carries_the_training_values(exported: Path):
 
 
 def test_the_appliance_uses_the_training_grid_and_sizes_its_context(exported: Path, tmp_path: Path):
-    from adfm.appliance.config import parse_config
+    from adfm.appliance.config.station import parse_config
     from adfm.geometry import ModelGrid
     from adfm.manifest import read_manifest
     from adfm.runtime.vlm import GgufVlm
@@ -94,7 +94,7 @@ def test_the_appliance_uses_the_training_grid_and_sizes_its_context(exported: Pa
     assert (grid.width, grid.height) == (expected.width, expected.height)
     assert grid.width * grid.height <= MAX_PIXELS
 
-    from adfm.appliance.config import model_limits
+    from adfm.appliance.config.station import model_limits
 
     manifest = read_manifest(exported)
     station = {"station": "s1", "state_dir": str(tmp_path / "state"), "model": {"dir": str(exported)},

@@ -18,8 +18,8 @@ import logging
 import sys
 from pathlib import Path
 
-from adfm.trainer.config import ConfigError, TrainConfig, dump_config, load_config
-from adfm.trainer.presets import PRESETS
+from .config import ConfigError, TrainConfig, dump_config, load_config
+from .presets import PRESETS
 
 SUBCOMMANDS = ("variance", "gate", "warmstart")
 
@@ -116,8 +116,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def dry_run(cfg: TrainConfig) -> int:
     """Validate everything that can be checked without loading the model; report missing inputs."""
-    from adfm.trainer.grpo import _cuda_available, grpo_arguments
-    from adfm.trainer.presets import get_preset
+    from .grpo import _cuda_available, grpo_arguments
+    from .presets import get_preset
 
     preset = get_preset(cfg.preset)
     notes = []
@@ -126,7 +126,7 @@ def dry_run(cfg: TrainConfig) -> int:
     if cfg.grpo.bf16 and not _cuda_available():
         notes.append("grpo.bf16 needs a GPU: TRL arguments were checked as for a CPU run")
     args = grpo_arguments(cfg)
-    from adfm.trainer.grpo import _lora_config
+    from .grpo import _lora_config
 
     lora = _lora_config(cfg)
     model_path = Path(cfg.model.path)
@@ -158,13 +158,13 @@ def _delegate(argv: list[str]) -> int:
     command, rest = argv[0], argv[1:]
     if command == "gate":
         try:
-            from adfm.trainer.gate.cli import main as gate_main
+            from .gate.cli import main as gate_main
         except ImportError as exc:
             print(f"adfm-train gate: the screening-gate trainer is not available: {exc}", file=sys.stderr)
             return 2
         return int(gate_main(rest) or 0)
     if command == "warmstart":
-        from adfm.trainer import warmstart
+        from . import warmstart
 
         parser = argparse.ArgumentParser(prog="adfm-train warmstart", description=warmstart.__doc__,
                                          formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -175,7 +175,7 @@ def _delegate(argv: list[str]) -> int:
         except ValueError as exc:
             print(f"adfm-train warmstart: {exc}", file=sys.stderr)
             return 2
-    from adfm.trainer import reward_variance
+    from . import reward_variance
 
     parser = argparse.ArgumentParser(prog="adfm-train variance", description=reward_variance.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -196,9 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from adfm.trainer.data.training_view import TrainingViewError
-    from adfm.trainer.grpo import TrainingSetupError, train
-    from adfm.trainer.modeling import ModelLoadError
+    from .data.training_view import TrainingViewError
+    from .grpo import TrainingSetupError, train
+    from .modeling import ModelLoadError
 
     try:
         cfg = config_from_args(args)

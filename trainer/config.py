@@ -19,8 +19,9 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from adfm.config import ConfigError, StrictModel, validation_problems
 from adfm.geometry import GRID_FACTOR
 from adfm.synthetic import DEFECT_KINDS, PART_KINDS
-from adfm.trainer.modeling import ATTENTION, DTYPES
-from adfm.trainer.presets import PRESETS
+
+from .modeling import ATTENTION, DTYPES
+from .presets import PRESETS
 
 
 class _Section(StrictModel):

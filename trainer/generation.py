@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from adfm.protocol import attach_images
-from adfm.trainer.modeling import LoadedModel, vision_token_ids
+
+from .modeling import LoadedModel, vision_token_ids
 
 
 def generate(

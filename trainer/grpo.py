@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from adfm.manifest import RUN_RECORD
-from adfm.trainer.config import TrainConfig, dump_config
-from adfm.trainer.modeling import check_model_dir, language_model_lora_pattern, load_model, vision_token_ids
-from adfm.trainer.presets import Preset, get_preset
+
+from .config import TrainConfig, dump_config
+from .modeling import check_model_dir, language_model_lora_pattern, load_model, vision_token_ids
+from .presets import Preset, get_preset
 
 log = logging.getLogger("adfm.train")
 
@@ -121,7 +122,7 @@ def prepare_inputs(cfg: TrainConfig) -> Path:
     """
     model_path = Path(cfg.model.path)
     if not model_path.exists() and cfg.model.build_tiny:
-        from adfm.trainer.tiny_model import build_tiny_qwen25vl
+        from .tiny_model import build_tiny_qwen25vl
 
         log.info("building the tiny random Qwen2.5-VL at %s", model_path)
         build_tiny_qwen25vl(model_path, min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels)
@@ -131,7 +132,7 @@ def prepare_inputs(cfg: TrainConfig) -> Path:
         if not split.is_file():
             raise TrainingSetupError(f"split manifest not found: {split} (make one with adfm-data)")
         return split
-    from adfm.trainer.synthetic_split import build_synthetic_split
+    from .synthetic_split import build_synthetic_split
 
     assert cfg.data.synthetic is not None  # DataSection guarantees one of the two
     return build_synthetic_split(cfg.data.synthetic, "train")
@@ -256,7 +257,8 @@ def train(
     from accelerate import PartialState
 
     from adfm.offline import force_offline
-    from adfm.trainer.data.training_view import ViewOptions, label_counts, training_view
+
+    from .data.training_view import ViewOptions, label_counts, training_view
 
     force_offline()
     preset = get_preset(cfg.preset)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 
-from adfm.trainer import rewards
-from adfm.trainer.rewards import RewardFunction
+from . import rewards
+from .rewards import RewardFunction
 
 #: Accuracy terms a preset may combine, by name.
 ACCURACY_TERMS = ("classification", "localization", "count", "random")

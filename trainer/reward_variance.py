@@ -22,7 +22,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from adfm.protocol import DEFAULT_PROMPT_VERSION
-from adfm.trainer import rewards
+
+from . import rewards
 
 RESPONSES = "sampled_responses.jsonl"
 REPORT = "variance.json"
@@ -148,7 +149,7 @@ def analyse(records: list[SampledResponses], alpha: float = rewards.DEFAULT_ALPH
     The random-reward preset adds noise to every response, so its groups never have zero variance:
     that says nothing about signal (the paper's RRP control).
     """
-    from adfm.trainer.presets import PRESETS
+    from .presets import PRESETS
 
     per_scheme = {
         name: _zero_variance(records, lambda rec, scheme=scheme: scheme(rec.responses, alpha, **rec.columns()))
@@ -217,7 +218,7 @@ def sample_records(
     """Sample `num_generations` responses for `num_samples` rows (a seeded random choice of the split)."""
     from tqdm import tqdm
 
-    from adfm.trainer.generation import generate
+    from .generation import generate
 
     indices = list(range(len(dataset)))
     random.Random(seed).shuffle(indices)
@@ -292,8 +293,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _sample_from_model(args: argparse.Namespace) -> list[SampledResponses]:
     from adfm.geometry import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
-    from adfm.trainer.data.training_view import ViewOptions, training_view
-    from adfm.trainer.modeling import load_model
+
+    from .data.training_view import ViewOptions, training_view
+    from .modeling import load_model
 
     loaded = load_model(args.model, args.adapter, dtype=args.dtype,
                         min_pixels=args.min_pixels, max_pixels=args.max_pixels)

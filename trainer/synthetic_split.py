@@ -19,9 +19,10 @@ import numpy as np
 from PIL import Image
 
 from adfm.synthetic import make_sample
-from adfm.trainer.config import SyntheticSection
-from adfm.trainer.data.boxes import pseudo_boxes
-from adfm.trainer.data.records import Sample, iter_manifest, write_manifest
+
+from .config import SyntheticSection
+from .data.boxes import pseudo_boxes
+from .data.records import Sample, iter_manifest, write_manifest
 
 MANIFEST = "split.jsonl"
 PARAMS = "split-params.json"

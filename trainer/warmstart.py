@@ -27,7 +27,8 @@ from typing import Any
 from adfm.geometry import GRID_FACTOR, ModelGrid
 from adfm.protocol import DEFAULT_PROMPT_VERSION, format_response
 from adfm.synthetic import TASK_DEFECT_SCALES, TASK_DEFECTS
-from adfm.trainer import rewards
+
+from . import rewards
 
 log = logging.getLogger("adfm.warmstart")
 
@@ -120,7 +121,7 @@ def target_answer(row: dict[str, Any]) -> str:
 
 def sft_rows(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
     """A training-view batch as TRL's prompt-completion rows: prompt, completion, images."""
-    from adfm.trainer.data.training_view import materialize
+    from .data.training_view import materialize
 
     full = materialize(batch)
     n = len(full["prompt"])
@@ -137,8 +138,8 @@ def task_split(spec: WarmStartSpec, root: Path, name: str, per_class: int, seed:
                scale: float | None = None) -> Path:
     """A split of the synthetic task under `root/name`: `per_class` normal and defective parts each,
     defects at `scale` (default: the last, hardest curriculum stage's). Cached like any synthetic split."""
-    from adfm.trainer.config import SyntheticSection
-    from adfm.trainer.synthetic_split import build_synthetic_split
+    from .config import SyntheticSection
+    from .synthetic_split import build_synthetic_split
 
     section = SyntheticSection(root=root / name, categories=list(spec.categories), defects=list(spec.defects),
                                normal_per_category=per_class, anomalous_per_category=per_class,
@@ -159,7 +160,7 @@ def build_splits(spec: WarmStartSpec, root: Path) -> tuple[list[Path], Path]:
 
 def task_view(split: str | Path, spec: WarmStartSpec | None = None, prompt_version: str | None = None):
     """The training view of a task split: the task's pixel budget, no reference image."""
-    from adfm.trainer.data.training_view import ViewOptions, training_view
+    from .data.training_view import ViewOptions, training_view
 
     spec = spec or WarmStartSpec()
     return training_view(split, ViewOptions(prompt_version=prompt_version or spec.prompt_version,
@@ -189,8 +190,9 @@ def warm_start(out: str | Path, spec: WarmStartSpec | None = None, *, force: boo
     from trl import SFTConfig, SFTTrainer
 
     from adfm.offline import force_offline
-    from adfm.trainer.modeling import load_model
-    from adfm.trainer.tiny_model import build_tiny_qwen25vl
+
+    from .modeling import load_model
+    from .tiny_model import build_tiny_qwen25vl
 
     force_offline()
     spec = spec or WarmStartSpec()

@@ -28,8 +28,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from adfm.files import write_atomic
-from adfm.manifest import sha256_file
+from ..files import write_atomic
+from ..manifest import sha256_file
 
 METADATA_FORMAT = "adfm-gate"
 METADATA_VERSION = 1

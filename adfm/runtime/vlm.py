@@ -40,9 +40,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from adfm.geometry import GRID_FACTOR, ModelGrid
-from adfm.manifest import ModelManifest, load_model_dir
-from adfm.protocol import VISION_SPECIAL_TOKENS, build_messages, to_image_url_messages
+from ..geometry import GRID_FACTOR, ModelGrid
+from ..manifest import ModelManifest, load_model_dir
+from ..protocol import VISION_SPECIAL_TOKENS, build_messages, to_image_url_messages
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -310,7 +310,7 @@ class GgufVlm:
         if mmproj_gpu is None:
             mmproj_gpu = n_gpu_layers != 0
         if n_gpu_layers != 0 or mmproj_gpu:
-            from adfm.runtime.gpu import gpu_offload_problem
+            from .gpu import gpu_offload_problem
 
             if (why := gpu_offload_problem()) is not None:
                 raise RuntimeError(f"n_gpu_layers={n_gpu_layers}, mmproj_gpu={mmproj_gpu} ask for the GPU, but {why}")

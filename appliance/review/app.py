@@ -20,10 +20,12 @@ from textual.css.query import NoMatches
 from textual.message import Message
 from textual.screen import Screen
 
-from adfm.appliance.review.format import decision_label, fmt_time
-from adfm.appliance.review.outbox import OutboxError
-from adfm.appliance.review.screens import DetailScreen, HelpScreen, MainScreen, NoteScreen
-from adfm.appliance.review.sources import (
+from adfm.schema import OperatorDecision, OperatorVerdict
+
+from .format import decision_label, fmt_time
+from .outbox import OutboxError
+from .screens import DetailScreen, HelpScreen, MainScreen, NoteScreen
+from .sources import (
     Announced,
     Connection,
     Event,
@@ -35,9 +37,8 @@ from adfm.appliance.review.sources import (
     Status,
     VerdictUpdate,
 )
-from adfm.appliance.review.store import Filters, PartStore
-from adfm.appliance.review.widgets import Banner, MessageLine, TopBar
-from adfm.schema import OperatorDecision, OperatorVerdict
+from .store import Filters, PartStore
+from .widgets import Banner, MessageLine, TopBar
 
 
 class SourceEvents(Message):

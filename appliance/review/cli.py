@@ -20,7 +20,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from adfm.appliance.review.export_labels import ExportError, ExportOptions, export_labels, format_report
+from .export_labels import ExportError, ExportOptions, export_labels, format_report
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -118,7 +118,7 @@ def control_for(publish: str) -> str:
 
 def load_curve(args: argparse.Namespace):
     """The client's CURVE keys from --keys DIR or --server-key/--client-key, None without them."""
-    from adfm.appliance.keys import CLIENT_SECRETS_DIR, CurveKeyError, load_client_curve
+    from ..bus.keys import CLIENT_SECRETS_DIR, CurveKeyError, load_client_curve
 
     try:
         if args.keys is not None:
@@ -144,9 +144,9 @@ def load_curve(args: argparse.Namespace):
 
 def build_app(args: argparse.Namespace):
     """The app for the parsed arguments (not started); raises UsageError."""
-    from adfm.appliance.review.app import ReviewApp
-    from adfm.appliance.review.outbox import OutboxError, VerdictOutbox, default_state_dir
-    from adfm.appliance.review.sources import JournalSource, LiveOptions, LiveSource
+    from .app import ReviewApp
+    from .outbox import OutboxError, VerdictOutbox, default_state_dir
+    from .sources import JournalSource, LiveOptions, LiveSource
 
     if not args.operator.strip():
         raise UsageError("--operator: no operator name (set it, or $ADFM_OPERATOR)")
@@ -154,7 +154,7 @@ def build_app(args: argparse.Namespace):
         raise UsageError(f"--history must be ≥ 1, got {args.history}")
     tz = UTC if args.utc else None
     if args.journal is not None:
-        from adfm.appliance.review.journal_reader import JournalReader, JournalReadError
+        from .journal_reader import JournalReader, JournalReadError
 
         try:
             JournalReader(args.journal).close()  # fail now, with the reason, rather than inside the TUI
@@ -185,7 +185,7 @@ def _detect_graphics() -> bool:
         import textual_image.renderable  # its import queries the terminal
         import textual_image.widget  # noqa: F401  (caches the cell size)
 
-        from adfm.appliance.review.widgets.part_image import graphics_available
+        from .widgets.part_image import graphics_available
 
         return graphics_available()
     except Exception:
@@ -196,7 +196,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     opts = ExportOptions(journal=args.export_journal, out=args.out, layout=args.layout, cameras=tuple(args.camera),
                          product=args.product, since=args.since, until=args.until,
                          masks_from_boxes=args.masks_from_boxes, dry_run=args.dry_run)
-    from adfm.appliance.review.journal_reader import JournalReadError
+    from .journal_reader import JournalReadError
 
     try:
         report = export_labels(opts)

@@ -29,10 +29,11 @@ from typing import Literal
 
 import numpy as np
 
-from adfm.appliance.journal import JournalError, decode_image
-from adfm.appliance.review.journal_reader import JournalPart, JournalReader
 from adfm.files import write_atomic
 from adfm.schema import InspectionResult
+
+from ..journal.store import JournalError, decode_image
+from .journal_reader import JournalPart, JournalReader
 
 PROVENANCE = "adfm-labels.jsonl"
 LABELS_CSV = "labels.csv"

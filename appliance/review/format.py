@@ -6,8 +6,9 @@ from datetime import datetime, tzinfo
 
 from rich.text import Text
 
-from adfm.appliance.review.store import DECISION_LABELS, Part
 from adfm.schema import InspectionResult, OperatorVerdict
+
+from .store import DECISION_LABELS, Part
 
 VERDICT_STYLES = {"fail": "bold white on red", "review": "bold black on yellow", "pass": "green"}
 

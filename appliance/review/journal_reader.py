@@ -1,6 +1,6 @@
 """Reading a station journal without ever writing to it (`adfm-review --journal`, export-labels).
 
-`adfm.appliance.journal.Journal` is the station's writer: opening it creates tables and sweeps
+`adfm.appliance.journal.store.Journal` is the station's writer: opening it creates tables and sweeps
 stray image files, which a viewer must never do to a live station's journal or to a copy taken
 for review. This reader opens the SQLite file read-only (`mode=ro`; `immutable=1` for a copy on
 read-only media, which then shows no later changes) and decodes rows through the journal's own
@@ -20,8 +20,9 @@ from urllib.parse import quote
 
 from pydantic import ValidationError
 
-from adfm.appliance.journal import DB_NAME, JOURNAL_VERSION, Journal
 from adfm.schema import InspectionResult, OperatorVerdict
+
+from ..journal.store import DB_NAME, JOURNAL_VERSION, Journal
 
 _COLUMNS = "seq, product, result_json, operator_json, image_pruned"
 

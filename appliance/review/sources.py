@@ -21,21 +21,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from adfm.appliance.bus_client import (
+from adfm.files import write_atomic
+from adfm.schema import Ack, InspectionResult, OperatorVerdict, StationStatus, VerdictRequest
+
+from ..bus.client import (
     JournalReplaced,
     StationAuthError,
     StationClient,
     StationError,
     StationUnreachable,
 )
-from adfm.appliance.bus_server import is_local_endpoint
-from adfm.appliance.review.journal_reader import JournalReader, JournalReadError
-from adfm.files import write_atomic
-from adfm.schema import Ack, InspectionResult, OperatorVerdict, StationStatus, VerdictRequest
+from ..bus.server import is_local_endpoint
+from .journal_reader import JournalReader, JournalReadError
 
 if TYPE_CHECKING:
-    from adfm.appliance.keys import ClientCurve
-    from adfm.appliance.review.outbox import VerdictOutbox
+    from ..bus.keys import ClientCurve
+    from .outbox import VerdictOutbox
 
 log = logging.getLogger(__name__)
 

@@ -7,13 +7,13 @@
 - `assign_references(...)`: the single normal reference per query (`references.py`).
 """
 
-from adfm.trainer.data.boxes import DEFAULT_MIN_AREA, BoxConfig, grid_cell_kernel, pseudo_boxes
-from adfm.trainer.data.check import Checked, check_samples
-from adfm.trainer.data.imageio import DataFileError, read_mask
-from adfm.trainer.data.layouts import LAYOUTS, Detection, Problem, Scan, Skipped, detect_layout, scan_dataset
-from adfm.trainer.data.records import Sample, iter_manifest, read_manifest, write_manifest
-from adfm.trainer.data.references import assign_references
-from adfm.trainer.data.splits import DatasetSource, SplitConfig, SplitResult, make_split
+from .boxes import DEFAULT_MIN_AREA, BoxConfig, grid_cell_kernel, pseudo_boxes
+from .check import Checked, check_samples
+from .imageio import DataFileError, read_mask
+from .layouts import LAYOUTS, Detection, Problem, Scan, Skipped, detect_layout, scan_dataset
+from .records import Sample, iter_manifest, read_manifest, write_manifest
+from .references import assign_references
+from .splits import DatasetSource, SplitConfig, SplitResult, make_split
 
 __all__ = [
     "DEFAULT_MIN_AREA",

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from adfm.trainer.data.boxes import BoxConfig, pseudo_boxes
-from adfm.trainer.data.cache import ResultCache, file_stamp, stamps
-from adfm.trainer.data.imageio import DataFileError, image_size, mask_size, read_mask
-from adfm.trainer.data.layouts.base import Problem
-from adfm.trainer.data.records import Sample
+from .boxes import BoxConfig, pseudo_boxes
+from .cache import ResultCache, file_stamp, stamps
+from .imageio import DataFileError, image_size, mask_size, read_mask
+from .layouts.base import Problem
+from .records import Sample
 
 #: Called with (path, decoded image) for each image opened while checking.
 Visitor = Callable[[str, Image.Image], None]

@@ -17,16 +17,16 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from adfm.trainer.data.boxes import DEFAULT_MIN_AREA, BoxConfig
-from adfm.trainer.data.cache import ResultCache
-from adfm.trainer.data.check import check_samples, default_workers
-from adfm.trainer.data.imageio import DataFileError
-from adfm.trainer.data.layouts import LAYOUTS, scan_dataset
-from adfm.trainer.data.preview import write_preview
-from adfm.trainer.data.records import write_manifest
-from adfm.trainer.data.references import REFERENCE_MODES
-from adfm.trainer.data.report import inspect_dataset
-from adfm.trainer.data.splits import PROTOCOLS, DatasetSource, SplitConfig, SplitError, make_split
+from .boxes import DEFAULT_MIN_AREA, BoxConfig
+from .cache import ResultCache
+from .check import check_samples, default_workers
+from .imageio import DataFileError
+from .layouts import LAYOUTS, scan_dataset
+from .preview import write_preview
+from .records import write_manifest
+from .references import REFERENCE_MODES
+from .report import inspect_dataset
+from .splits import PROTOCOLS, DatasetSource, SplitConfig, SplitError, make_split
 
 #: How many names per group the text output prints (`--all` prints every one; --json always does).
 SHOWN = 20

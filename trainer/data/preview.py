@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from adfm.trainer.data.imageio import load_rgb, read_mask
-from adfm.trainer.data.records import Sample
+from .imageio import load_rgb, read_mask
+from .records import Sample
 
 _MASK_TINT = np.array([255, 40, 40], dtype=np.float32)
 _BOX_COLOUR = (40, 255, 80)

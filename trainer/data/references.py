@@ -31,10 +31,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from adfm.trainer.data.cache import ResultCache, file_stamp
-from adfm.trainer.data.check import default_workers
-from adfm.trainer.data.imageio import DataFileError, load_rgb, to_rgb
-from adfm.trainer.data.records import Sample
+from .cache import ResultCache, file_stamp
+from .check import default_workers
+from .imageio import DataFileError, load_rgb, to_rgb
+from .records import Sample
 
 ReferenceMode = Literal["random", "similar", "none"]
 REFERENCE_MODES: tuple[str, ...] = ("random", "similar", "none")

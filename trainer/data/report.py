@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adfm.trainer.data.cache import ResultCache
-from adfm.trainer.data.check import check_samples
-from adfm.trainer.data.layouts import Detection, Scan, scan_dataset
-from adfm.trainer.data.layouts.base import Problem
+from .cache import ResultCache
+from .check import check_samples
+from .layouts import Detection, Scan, scan_dataset
+from .layouts.base import Problem
 
 
 @dataclass

@@ -25,13 +25,13 @@ from typing import Any
 
 from PIL import Image
 
-from adfm.trainer.data.boxes import BoxConfig
-from adfm.trainer.data.cache import ResultCache
-from adfm.trainer.data.check import check_samples
-from adfm.trainer.data.layouts import Scan, scan_dataset
-from adfm.trainer.data.layouts.base import Problem
-from adfm.trainer.data.records import Sample, write_manifest
-from adfm.trainer.data.references import REFERENCE_MODES, Features, assign_references, features_of
+from .boxes import BoxConfig
+from .cache import ResultCache
+from .check import check_samples
+from .layouts import Scan, scan_dataset
+from .layouts.base import Problem
+from .records import Sample, write_manifest
+from .references import REFERENCE_MODES, Features, assign_references, features_of
 
 PROTOCOLS: tuple[str, ...] = ("multi-domain", "cross-dataset")
 CACHE_NAME = "cache.json"
@@ -69,7 +69,7 @@ class DatasetSource:
 
     @classmethod
     def parse(cls, text: str) -> DatasetSource:
-        from adfm.trainer.data.layouts import LAYOUTS
+        from .layouts import LAYOUTS
 
         name, sep, rest = text.partition("=")
         if sep and name in LAYOUTS:

@@ -25,9 +25,10 @@ from PIL import Image
 
 from adfm.geometry import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, ModelGrid
 from adfm.protocol import DEFAULT_PROMPT_VERSION, build_messages, get_prompt_version
-from adfm.trainer import rewards
-from adfm.trainer.data.imageio import DataFileError, image_size, load_rgb
-from adfm.trainer.data.records import Sample, iter_manifest
+
+from .. import rewards
+from .imageio import DataFileError, image_size, load_rgb
+from .records import Sample, iter_manifest
 
 #: Columns the reward functions read, as TRL passes them (one value per completion).
 REWARD_COLUMNS = (

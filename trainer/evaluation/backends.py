@@ -212,7 +212,7 @@ def resolve_hf_paths(model: Path, adapter: Path | None) -> tuple[Path, Path | No
 
 def _processor_budget(processor: Any, where: Path) -> tuple[int, int]:
     """The processor's own pixel budget, read the way the export reads it (one definition)."""
-    from adfm.trainer.modeling import image_processor_pixel_budget
+    from ..modeling import image_processor_pixel_budget
 
     try:
         return image_processor_pixel_budget(processor)
@@ -250,7 +250,8 @@ class TransformersBackend(Backend):
         device_map: str | None = None,
     ) -> None:
         from adfm.offline import force_offline
-        from adfm.trainer.modeling import ModelLoadError, load_model, vision_token_ids
+
+        from ..modeling import ModelLoadError, load_model, vision_token_ids
 
         force_offline()
         if batch_size < 1:

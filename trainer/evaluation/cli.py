@@ -18,7 +18,7 @@ SUBCOMMANDS = ("scores", "gate")
 
 def _gate(argv: list[str]) -> int:
     try:
-        from adfm.trainer.evaluation.gate_report import main as gate_main
+        from .gate_report import main as gate_main
     except ImportError as exc:
         print(f"adfm-eval gate: the screening-gate report is not available: {exc}", file=sys.stderr)
         return 2
@@ -30,10 +30,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == "gate":
         return _gate(argv[1:])
     if argv and argv[0] == "scores":
-        from adfm.trainer.evaluation.scores import main as scores_main
+        from .scores import main as scores_main
 
         return scores_main(argv[1:])
-    from adfm.trainer.evaluation.vlm_cli import main as vlm_main
+    from .vlm_cli import main as vlm_main
 
     return vlm_main(argv)
 

@@ -57,7 +57,7 @@ def _hash_list(meta, key: str) -> set[str] | None:
 
 def _paths_fitted_on(model: Path, meta) -> tuple[set[str], str | None]:
     """Absolute paths of the images an older gate (no hashes) was fitted on, and a note if unknown."""
-    from adfm.trainer.data.records import read_manifest
+    from ..data.records import read_manifest
 
     name = meta.training.get("train_manifest")
     if not name:
@@ -111,8 +111,9 @@ def evaluate_gate(
     from tqdm import tqdm
 
     from adfm.runtime.gate import Gate
-    from adfm.trainer.evaluation.metrics import flag_rate, score_report
-    from adfm.trainer.gate.data import load_images, read_samples
+
+    from ..gate.data import load_images, read_samples
+    from .metrics import flag_rate, score_report
 
     gate = Gate.load(model, threads=threads)
     samples, notes = read_samples(data, layout, categories)
@@ -215,7 +216,8 @@ def text_report(r: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from adfm.runtime.gate import GateError
-    from adfm.trainer.gate.config import GateConfigError
+
+    from ..gate.config import GateConfigError
 
     if args.batch_size < 1:
         print(f"{PROG}: --batch-size must be ≥ 1, got {args.batch_size}", file=sys.stderr)

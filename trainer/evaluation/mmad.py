@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from adfm.trainer.data.records import Sample
+from ..data.records import Sample
 
 ANOMALY_DETECTION = "Anomaly Detection"
 #: The subtasks in MMAD's table order.

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from adfm.trainer.data.records import iter_manifest
-from adfm.trainer.evaluation import metrics
-from adfm.trainer.evaluation.report import (
+from ..data.records import iter_manifest
+from . import metrics
+from .report import (
     PLOT_CONFUSION,
     PLOT_ROC,
     RESULTS_JSON,

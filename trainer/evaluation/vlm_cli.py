@@ -23,11 +23,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from adfm.trainer.evaluation.backends import BackendError
-from adfm.trainer.evaluation.mmad import SUBTASKS
-from adfm.trainer.evaluation.report import pct
-from adfm.trainer.evaluation.responses import ResponsesError
-from adfm.trainer.evaluation.vlm_eval import EvalConfig, EvalError, evaluate
+from .backends import BackendError
+from .mmad import SUBTASKS
+from .report import pct
+from .responses import ResponsesError
+from .vlm_eval import EvalConfig, EvalError, evaluate
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

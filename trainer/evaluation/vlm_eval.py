@@ -25,10 +25,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from adfm.geometry import ModelGrid
 from adfm.protocol import build_messages
-from adfm.trainer.data.imageio import DataFileError, load_rgb
-from adfm.trainer.data.records import Sample, iter_manifest
-from adfm.trainer.data.training_view import product_name
-from adfm.trainer.evaluation.backends import (
+
+from ..data.imageio import DataFileError, load_rgb
+from ..data.records import Sample, iter_manifest
+from ..data.training_view import product_name
+from .backends import (
     DEFAULT_MAX_NEW_TOKENS,
     Answer,
     Backend,
@@ -38,7 +39,7 @@ from adfm.trainer.evaluation.backends import (
     Query,
     open_backend,
 )
-from adfm.trainer.evaluation.mmad import (
+from .mmad import (
     SUBTASKS,
     MmadQuestion,
     build_question_messages,
@@ -46,7 +47,7 @@ from adfm.trainer.evaluation.mmad import (
     is_mmad_sample,
     mmad_questions,
 )
-from adfm.trainer.evaluation.responses import (
+from .responses import (
     INSPECT,
     RESPONSES_NAME,
     ResponseRecord,
@@ -57,7 +58,7 @@ from adfm.trainer.evaluation.responses import (
     run_fingerprint,
     set_aside,
 )
-from adfm.trainer.evaluation.vlm_metrics import inspection_metrics, mmad_metrics
+from .vlm_metrics import inspection_metrics, mmad_metrics
 
 log = logging.getLogger("adfm.eval")
 
@@ -425,7 +426,7 @@ def _read_previous(path: Path) -> dict[str, Any] | None:
 
 def evaluate(cfg: EvalConfig, backend: Backend | None = None) -> dict[str, Any]:
     """Run (or resume) an evaluation and write every output; returns the results."""
-    from adfm.trainer.evaluation.report import write_json, write_vlm_outputs
+    from .report import write_json, write_vlm_outputs
 
     started = time.perf_counter()
     samples = load_split(cfg.split, cfg.limit)

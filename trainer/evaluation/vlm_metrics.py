@@ -32,9 +32,10 @@ from typing import Any
 
 from adfm.geometry import ModelGrid, iou, match_boxes
 from adfm.protocol import get_prompt_version, parse_response
-from adfm.trainer.data.records import Sample
-from adfm.trainer.evaluation.mmad import ANOMALY_DETECTION, SUBTASKS, MmadQuestion, mmad_questions, parse_choice
-from adfm.trainer.evaluation.responses import INSPECT, ResponseRecord
+
+from ..data.records import Sample
+from .mmad import ANOMALY_DETECTION, SUBTASKS, MmadQuestion, mmad_questions, parse_choice
+from .responses import INSPECT, ResponseRecord
 
 #: IoU a matched box needs to count as found.
 BOX_IOU_THRESHOLD = 0.5

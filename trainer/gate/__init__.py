@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from adfm.trainer.gate.config import GateConfigError, GateTrainConfig
+from .config import GateConfigError, GateTrainConfig
 
 __all__ = ["GateConfigError", "GateTrainConfig", "GateTrainResult", "train_gate"]
 
 
 def __getattr__(name: str) -> Any:
     if name in ("GateTrainResult", "train_gate"):
-        from adfm.trainer.gate import train
+        from . import train
 
         return getattr(train, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -60,7 +60,7 @@ def _help(field: FieldInfo) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """Options and defaults come from GateTrainConfig, so help text and behaviour cannot drift apart."""
-    from adfm.trainer.gate.config import GateTrainConfig
+    from .config import GateTrainConfig
 
     fields = GateTrainConfig.model_fields
     p = argparse.ArgumentParser(prog="adfm-train gate", description=__doc__,
@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace):
-    from adfm.trainer.gate.config import GateTrainConfig
+    from .config import GateTrainConfig
 
     names = set(GateTrainConfig.model_fields) - {"data", "out", "categories", "progress"}
     values = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
@@ -96,7 +96,7 @@ def _config(args: argparse.Namespace):
 
 
 def _rate(rate: float, n: int) -> str:
-    from adfm.trainer.gate.calibrate import wilson_interval
+    from .calibrate import wilson_interval
 
     lo, hi = wilson_interval(round(rate * n), n)
     return f"{rate:.0%} (95% interval {lo:.0%}–{hi:.0%}, {n} parts)"
@@ -128,9 +128,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     force_offline()
     from adfm.runtime.gate import GateError
-    from adfm.trainer.gate.config import GateConfigError
-    from adfm.trainer.gate.export import GateExportError
-    from adfm.trainer.gate.train import train_gate
+
+    from .config import GateConfigError
+    from .export import GateExportError
+    from .train import train_gate
 
     try:
         cfg = _config(args)

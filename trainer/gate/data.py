@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from adfm.trainer.data.imageio import DataFileError, load_rgb
-from adfm.trainer.data.layouts import scan_dataset
-from adfm.trainer.data.records import Sample, read_manifest
-from adfm.trainer.gate.config import GateConfigError
+from ..data.imageio import DataFileError, load_rgb
+from ..data.layouts import scan_dataset
+from ..data.records import Sample, read_manifest
+from .config import GateConfigError
 
 
 @dataclass

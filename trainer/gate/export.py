@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from adfm.runtime.gate import FILE_MODE, INPUT_NAME, MAP_OUTPUT, SCORE_OUTPUT, GateSession
-from adfm.trainer.gate.model import PatchKNNGate
+
+from .model import PatchKNNGate
 
 OPSET = 17
 #: ONNX Runtime and torch may order float sums differently; more than this is a broken export.

@@ -19,11 +19,12 @@ import numpy as np
 import torch
 
 from adfm.runtime.gate import GateError, preprocess
-from adfm.trainer.data.imageio import DataFileError, image_size
-from adfm.trainer.data.records import Sample
-from adfm.trainer.gate.config import GateConfigError, GateTrainConfig, input_size_for
-from adfm.trainer.gate.data import load_images
-from adfm.trainer.gate.model import PatchKNNGate, RandomFeatures, greedy_coreset
+
+from ..data.imageio import DataFileError, image_size
+from ..data.records import Sample
+from .config import GateConfigError, GateTrainConfig, input_size_for
+from .data import load_images
+from .model import PatchKNNGate, RandomFeatures, greedy_coreset
 
 #: A flat image channel must not blow up the normalization.
 MIN_STD = 1.0
@@ -112,7 +113,7 @@ def make_features(
     if cfg.backbone == "random":
         mean, std = channel_stats(images)
         return RandomFeatures(cfg.width, cfg.seed), mean, std
-    from adfm.trainer.gate.backbone import NATIVE_MEAN, NATIVE_STD, BackboneUnavailable, PretrainedFeatures
+    from .backbone import NATIVE_MEAN, NATIVE_STD, BackboneUnavailable, PretrainedFeatures
 
     try:
         features = PretrainedFeatures(input_hw)

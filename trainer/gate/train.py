@@ -20,13 +20,14 @@ import numpy as np
 import adfm
 from adfm.manifest import sha256_file
 from adfm.runtime.gate import GateMetadata, GateSession, metadata_path, write_metadata
-from adfm.trainer.data.records import Sample, write_manifest
-from adfm.trainer.gate.calibrate import calibrate, display_range
-from adfm.trainer.gate.config import STRIDE, GateConfigError, GateTrainConfig
-from adfm.trainer.gate.data import read_samples, split_for_gate
-from adfm.trainer.gate.export import OPSET, check_parity, export_onnx
-from adfm.trainer.gate.fit import FitReport, choose_input_size, fit_gate, read_resized
-from adfm.trainer.gate.model import METHODS, PatchKNNGate
+
+from ..data.records import Sample, write_manifest
+from .calibrate import calibrate, display_range
+from .config import STRIDE, GateConfigError, GateTrainConfig
+from .data import read_samples, split_for_gate
+from .export import OPSET, check_parity, export_onnx
+from .fit import FitReport, choose_input_size, fit_gate, read_resized
+from .model import METHODS, PatchKNNGate
 
 PARITY_IMAGES = 4
 
@@ -84,7 +85,7 @@ def no_anomaly_warning(calibration, threshold: float) -> str:
 def _calibration_auroc(normal: np.ndarray, anomalous: np.ndarray) -> float | None:
     if not normal.size or not anomalous.size:
         return None
-    from adfm.trainer.evaluation.metrics import auroc
+    from ..evaluation.metrics import auroc
 
     labels = np.r_[np.zeros(normal.size, bool), np.ones(anomalous.size, bool)]
     return auroc(labels, np.r_[normal, anomalous])
@@ -164,7 +165,7 @@ def train_gate(cfg: GateTrainConfig) -> GateTrainResult:
 
 def _model_settings(cfg: GateTrainConfig, gate: PatchKNNGate) -> dict:
     if cfg.backbone == "pretrained":
-        from adfm.trainer.gate.backbone import provenance
+        from .backbone import provenance
 
         features = {
             "features": "ImageNet EfficientNet-Lite0 blocks 4 (stride 8) and 10 (stride 16), 3x3 average, "

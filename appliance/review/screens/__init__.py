@@ -1,7 +1,7 @@
 """The dashboard's screens: main (feed, queue, status), part detail, note and help dialogs."""
 
-from adfm.appliance.review.screens.detail import DetailScreen
-from adfm.appliance.review.screens.dialogs import HelpScreen, NoteScreen
-from adfm.appliance.review.screens.main import MainScreen
+from .detail import DetailScreen
+from .dialogs import HelpScreen, NoteScreen
+from .main import MainScreen
 
 __all__ = ["DetailScreen", "HelpScreen", "MainScreen", "NoteScreen"]

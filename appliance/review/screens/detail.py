@@ -16,12 +16,12 @@ from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer, Static
 
-from adfm.appliance.review.store import Part
-from adfm.appliance.review.widgets import Banner, MessageLine, PartImage, TopBar, part_details
-from adfm.appliance.review.widgets.part_image import graphics_image_widget, load_part_image, set_graphics_image
+from ..store import Part
+from ..widgets import Banner, MessageLine, PartImage, TopBar, part_details
+from ..widgets.part_image import graphics_image_widget, load_part_image, set_graphics_image
 
 if TYPE_CHECKING:
-    from adfm.appliance.review.app import ReviewApp
+    from ..app import ReviewApp
 
 
 class DetailScreen(Screen):

@@ -9,10 +9,10 @@ from textual.binding import Binding, BindingType
 from textual.screen import Screen
 from textual.widgets import ContentSwitcher, DataTable, Footer
 
-from adfm.appliance.review.widgets import Banner, FilterBar, MessageLine, PartsTable, StatusView, TopBar
+from ..widgets import Banner, FilterBar, MessageLine, PartsTable, StatusView, TopBar
 
 if TYPE_CHECKING:
-    from adfm.appliance.review.app import ReviewApp
+    from ..app import ReviewApp
 
 FEED_LIMIT = 500  # rows the feed shows (newest first); the queue shows every part awaiting review
 

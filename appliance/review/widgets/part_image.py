@@ -17,9 +17,10 @@ from rich.text import Text
 from textual.strip import Strip
 from textual.widget import Widget
 
-from adfm.appliance.journal import JournalError, decode_image
-from adfm.appliance.review.render import annotate_full, halfblock_lines
 from adfm.schema import InspectionResult
+
+from ...journal.store import JournalError, decode_image
+from ..render import annotate_full, halfblock_lines
 
 
 def load_part_image(result: InspectionResult, path: Path | None) -> tuple[Image.Image | None, str]:

@@ -7,9 +7,9 @@ from datetime import tzinfo
 
 from rich.text import Text
 
-from adfm.appliance.review.format import decision_label, fmt_datetime, fmt_ms, fmt_num, model_answer, verdict_text
-from adfm.appliance.review.render import box_color_hex
-from adfm.appliance.review.store import Part
+from ..format import decision_label, fmt_datetime, fmt_ms, fmt_num, model_answer, verdict_text
+from ..render import box_color_hex
+from ..store import Part
 
 
 def _heading(t: Text, title: str) -> None:

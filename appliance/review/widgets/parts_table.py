@@ -17,8 +17,8 @@ from rich.text import Text
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable
 
-from adfm.appliance.review.format import decision_text, fmt_ms, fmt_num, fmt_time, verdict_text
-from adfm.appliance.review.store import Part
+from ..format import decision_text, fmt_ms, fmt_num, fmt_time, verdict_text
+from ..store import Part
 
 #: (key, header, width): 60 cells of content + 16 of padding + the scrollbar fit 80 columns.
 COLUMNS = (("seq", "Seq", 5), ("time", "Time", 11), ("camera", "Camera", 7), ("verdict", "Verdict", 8),

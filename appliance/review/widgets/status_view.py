@@ -15,10 +15,11 @@ from rich.text import Text
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from adfm.appliance.health import STAGES
-from adfm.appliance.review.format import fmt_datetime
-from adfm.appliance.review.store import DECISION_LABELS, PartStore
 from adfm.schema import StationStatus
+
+from ...system.health import STAGES
+from ..format import fmt_datetime
+from ..store import DECISION_LABELS, PartStore
 
 
 def _counts(counts: dict[str, int], order: tuple[str, ...], labels: dict[str, str] | None = None) -> str:

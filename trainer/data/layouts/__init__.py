@@ -10,14 +10,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from adfm.trainer.data.imageio import DataFileError
-from adfm.trainer.data.layouts.base import Problem, Scan, Skipped
-from adfm.trainer.data.layouts.dagm import class_dirs, scan_dagm
-from adfm.trainer.data.layouts.folder import find_labels_csv, scan_folder
-from adfm.trainer.data.layouts.known import KNOWN_CATEGORIES, LOCO_DEFECT_DIRS, MVTEC_LIKE
-from adfm.trainer.data.layouts.mmad import MMAD_JSON, scan_mmad
-from adfm.trainer.data.layouts.mvtec import category_dirs, scan_mvtec_like, scan_mvtec_loco
-from adfm.trainer.data.layouts.visa import SPLIT_CSV, scan_visa
+from ..imageio import DataFileError
+from .base import Problem, Scan, Skipped
+from .dagm import class_dirs, scan_dagm
+from .folder import find_labels_csv, scan_folder
+from .known import KNOWN_CATEGORIES, LOCO_DEFECT_DIRS, MVTEC_LIKE
+from .mmad import MMAD_JSON, scan_mmad
+from .mvtec import category_dirs, scan_mvtec_like, scan_mvtec_loco
+from .visa import SPLIT_CSV, scan_visa
 
 LAYOUTS: dict[str, Callable[[Path], Scan]] = {
     "mvtec": lambda root: scan_mvtec_like(root, "mvtec"),

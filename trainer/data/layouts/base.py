@@ -12,8 +12,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from adfm.trainer.data.imageio import is_image_file
-from adfm.trainer.data.records import Sample
+from ..imageio import is_image_file
+from ..records import Sample
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from adfm.trainer.data.layouts.base import (
+from ..records import Sample
+from .base import (
     Problem,
     Scan,
     find_child,
@@ -19,7 +20,6 @@ from adfm.trainer.data.layouts.base import (
     sample_id,
     subdirs,
 )
-from adfm.trainer.data.records import Sample
 
 CLASS_RE = re.compile(r"^class\d+$", re.IGNORECASE)
 _PHASES = (("Train", "train"), ("Test", "test"))

@@ -16,9 +16,9 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from adfm.trainer.data.imageio import DataFileError, is_image_file
-from adfm.trainer.data.layouts.base import Problem, Scan, list_unreferenced, sample_id, walk_files
-from adfm.trainer.data.records import Sample
+from ..imageio import DataFileError, is_image_file
+from ..records import Sample
+from .base import Problem, Scan, list_unreferenced, sample_id, walk_files
 
 _LABELS = ("normal", "anomalous")
 

@@ -14,9 +14,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from adfm.trainer.data.imageio import DataFileError
-from adfm.trainer.data.layouts.base import Problem, Scan, list_unreferenced, sample_id
-from adfm.trainer.data.records import Sample
+from ..imageio import DataFileError
+from ..records import Sample
+from .base import Problem, Scan, list_unreferenced, sample_id
 
 MMAD_JSON = "mmad.json"
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from adfm.trainer.data.imageio import is_image_file
-from adfm.trainer.data.layouts.base import (
+from ..imageio import is_image_file
+from ..records import Sample
+from .base import (
     Problem,
     Scan,
     image_files,
@@ -23,7 +24,6 @@ from adfm.trainer.data.layouts.base import (
     sample_id,
     subdirs,
 )
-from adfm.trainer.data.records import Sample
 
 _SPLIT_DIRS = (("train", "train"), ("validation", "val"), ("test", "test"))
 

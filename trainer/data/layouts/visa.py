@@ -12,9 +12,9 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from adfm.trainer.data.imageio import DataFileError
-from adfm.trainer.data.layouts.base import Problem, Scan, list_unreferenced, sample_id
-from adfm.trainer.data.records import Sample
+from ..imageio import DataFileError
+from ..records import Sample
+from .base import Problem, Scan, list_unreferenced, sample_id
 
 SPLIT_CSV = Path("split_csv") / "1cls.csv"
 _COLUMNS = ("object", "split", "label", "image", "mask")

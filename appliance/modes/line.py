@@ -36,12 +36,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from adfm.appliance.health import Health
-from adfm.appliance.journal import AcceptedPart, Journal, JournalError
-from adfm.appliance.pipeline import Inference, verdict_for
-from adfm.appliance.vlm_runner import VlmJob, VlmRunner
 from adfm.camera.frame import Frame
 from adfm.schema import Box, DecisionSource, InspectionResult, LineAction
+
+from ..inspection.runner import VlmJob, VlmRunner
+from ..journal.store import AcceptedPart, Journal, JournalError
+from ..system.health import Health
+from .freerun import Inference, verdict_for
 
 log = logging.getLogger(__name__)
 

@@ -49,8 +49,8 @@ from adfm.schema import (
 )
 
 if TYPE_CHECKING:
-    from adfm.appliance.journal import Journal
-    from adfm.appliance.keys import ServerCurve
+    from ..journal.store import Journal
+    from .keys import ServerCurve
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ class ResultBus:
         if self.curve is not None:
             from zmq.auth.thread import ThreadAuthenticator
 
-            self._auth = ThreadAuthenticator(self._ctx, log=logging.getLogger("adfm.appliance.bus_server.auth"))
+            self._auth = ThreadAuthenticator(self._ctx, log=logging.getLogger("adfm.appliance.bus.server.auth"))
             self._auth.start()
             self._auth.configure_curve(domain="*", location=str(self.curve.authorized_clients))
         self._thread = threading.Thread(target=self._run, name="adfm-bus", daemon=True)

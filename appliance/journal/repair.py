@@ -15,7 +15,7 @@ from contextlib import closing, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from adfm.appliance.journal import DB_NAME, IMAGES_DIR, Journal, JournalError
+from .store import DB_NAME, IMAGES_DIR, Journal, JournalError
 
 _CHUNK = 256
 

@@ -2,7 +2,7 @@
 
 This is what the review TUI and integrators use to follow a station::
 
-    from adfm.appliance.bus_client import StationClient
+    from .client import StationClient
 
     with StationClient("tcp://10.0.0.5:5560", "tcp://10.0.0.5:5561",
                        curve=ClientCurve(...), from_seq=1) as client:
@@ -60,7 +60,7 @@ from adfm.schema import (
 )
 
 if TYPE_CHECKING:
-    from adfm.appliance.keys import ClientCurve
+    from .keys import ClientCurve
 
 
 
@@ -101,7 +101,7 @@ class StationClient:
     `bus.control` config, with a host clients can reach). `from_seq`: the first seq to deliver
     (1: the whole journal; None: only results newer than the station's last at connection).
     `station`: its id; asked from the station when omitted. `curve`: keys when the station uses
-    CURVE (see `adfm.appliance.keys.load_client_curve`). `epoch`: the journal epoch `from_seq`
+    CURVE (see `adfm.appliance.bus.keys.load_client_curve`). `epoch`: the journal epoch `from_seq`
     counts in (a resuming subscriber's `client.epoch`); if the station has another, delivery
     starts at the new journal's seq 1 instead. `page_size`: results per replay request (a poll
     hands out at most one page; the station also ends a page at about 4 MiB).

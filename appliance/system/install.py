@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from adfm.appliance.config import ModelSection
+    from ..config.station import ModelSection
 
 UNIT_NAME = "adfm-appliance.service"
 DEFAULT_BIN_DIR = "/opt/adfm/venv/bin"
@@ -194,7 +194,7 @@ def plan(
     (CPU) when there is none or `force` replaces it."""
     dropin = None
     if config_path.exists() and not force:
-        from adfm.appliance.config import read_config
+        from ..config.station import read_config
 
         dropin = render_gpu_dropin(read_config(config_path).model, str(config_path))
     return InstallPlan(

@@ -1,5 +1,5 @@
 """Station config sections for the line: decision deadline and fail-safe, product recipes, the PLC's
-Modbus/TCP register map and the OPC UA server. Part of `station.yaml` (see appliance/config.py);
+Modbus/TCP register map and the OPC UA server. Part of `station.yaml` (see appliance/config/station.py);
 README "Wiring a station to a PLC" documents every key.
 
 Register addresses are 0-based protocol addresses (what goes on the wire), not the 1-based
@@ -9,11 +9,13 @@ Register addresses are 0-based protocol addresses (what goes on the wire), not t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from adfm.config import StrictModel
+
+from .paths import resolve_path
 
 FailSafe = Literal["reject", "hold", "pass"]
 
@@ -32,13 +34,6 @@ SOURCE_CODES: dict[str, int] = {
 
 class _Section(StrictModel):
     """A line config section (unknown keys are errors)."""
-
-
-def _resolve(value: Any, info: ValidationInfo) -> Any:
-    """Relative paths are read from the config file's folder, as everywhere in station.yaml."""
-    from adfm.appliance.config import _resolve as resolve  # the station config imports this module
-
-    return resolve(value, info)
 
 
 class LineSection(_Section):
@@ -70,7 +65,7 @@ class RecipeSection(_Section):
     gate_mode: Literal["off", "screen", "annotate"] | None = Field(None, description="default: gate.mode")
     gate_path: Path | None = Field(None, description="this product's gate model (default: gate.path)")
 
-    _paths = field_validator("gate_path", "model_dir", mode="before")(_resolve)
+    _paths = field_validator("gate_path", "model_dir", mode="before")(resolve_path)
 
 
 class TriggerInput(_Section):

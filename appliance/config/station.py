@@ -17,10 +17,12 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from adfm.appliance.line_config import LineSection, OpcUaSection, PlcSection, RecipeSection
 from adfm.camera.config import CameraConfig
 from adfm.config import ConfigError, StrictModel, validation_problems
 from adfm.protocol import PROMPT_VERSIONS
+
+from .line import LineSection, OpcUaSection, PlcSection, RecipeSection
+from .paths import resolve_path
 
 if TYPE_CHECKING:
     from adfm.manifest import ModelManifest
@@ -32,17 +34,6 @@ MB = 1024 * 1024
 def _invalid(problems: list[str]) -> ConfigError:
     """The station's ConfigError: every problem under one heading, so an integrator fixes them in one go."""
     return ConfigError(problems, "invalid station config")
-
-
-def _resolve(value: Any, info: ValidationInfo) -> Any:
-    """A path relative to the config file's folder (the `base_dir` validation context)."""
-    if value is None or value == "":
-        return value
-    path = Path(str(value)).expanduser()
-    base = (info.context or {}).get("base_dir")
-    if not path.is_absolute() and base is not None:
-        path = Path(base) / path
-    return path
 
 
 class _Section(StrictModel):
@@ -81,10 +72,10 @@ class ModelSection(_Section):
     deadline_s: float = Field(120.0, gt=0, description="longest one part may take before the worker is killed")
     load_timeout_s: float = Field(600.0, gt=0)
     backend: str = Field(
-        "adfm.appliance.inference_worker:gguf_backend", description="module:callable building the inference backend"
+        "adfm.appliance.inspection.worker:gguf_backend", description="module:callable building the inference backend"
     )
 
-    _paths = field_validator("dir", mode="before")(_resolve)
+    _paths = field_validator("dir", mode="before")(resolve_path)
 
     @property
     def projector_on_gpu(self) -> bool:
@@ -114,7 +105,7 @@ class ProductSection(_Section):
     name: str = Field(min_length=1, max_length=100)
     reference: Path | None = None
 
-    _paths = field_validator("reference", mode="before")(_resolve)
+    _paths = field_validator("reference", mode="before")(resolve_path)
 
 
 class StationCamera(CameraConfig):
@@ -128,7 +119,7 @@ class StationCamera(CameraConfig):
         if isinstance(v, str):
             for prefix in ("folder:", "replay:"):
                 if v.lower().startswith(prefix) and v[len(prefix):].strip():
-                    return prefix + str(_resolve(v[len(prefix):], info))
+                    return prefix + str(resolve_path(v[len(prefix):], info))
         return v
 
     def camera_config(self) -> CameraConfig:
@@ -143,7 +134,7 @@ class GateSection(_Section):
     mode: Literal["off", "screen", "annotate"] = "off"
     path: Path | None = None
 
-    _paths = field_validator("path", mode="before")(_resolve)
+    _paths = field_validator("path", mode="before")(resolve_path)
 
     @field_validator("mode", mode="before")
     @classmethod
@@ -171,7 +162,7 @@ class CurveSection(_Section):
     server_secret: Path = Field(description="the station's server.key_secret (from `adfm-appliance keys`)")
     authorized_clients: Path = Field(description="folder of admitted client public keys (*.key)")
 
-    _paths = field_validator("server_secret", "authorized_clients", mode="before")(_resolve)
+    _paths = field_validator("server_secret", "authorized_clients", mode="before")(resolve_path)
 
 
 class BusSection(_Section):
@@ -193,7 +184,7 @@ class BusSection(_Section):
 
     @model_validator(mode="after")
     def _secure(self) -> BusSection:
-        from adfm.appliance.bus_server import check_endpoint_security
+        from ..bus.server import check_endpoint_security
 
         for ep in [*self.publish, *self.control]:
             why = check_endpoint_security(ep, self.curve is not None, self.insecure)
@@ -212,7 +203,7 @@ class HealthSection(_Section):
     )
     window: int = Field(500, ge=10, le=100_000, description="parts kept for latency percentiles")
 
-    _paths = field_validator("prometheus_file", mode="before")(_resolve)
+    _paths = field_validator("prometheus_file", mode="before")(resolve_path)
 
 
 class StationConfig(_Section):
@@ -232,7 +223,7 @@ class StationConfig(_Section):
     plc: PlcSection | None = None
     opcua: OpcUaSection | None = None
 
-    _paths = field_validator("state_dir", mode="before")(_resolve)
+    _paths = field_validator("state_dir", mode="before")(resolve_path)
 
     @model_validator(mode="after")
     def _consistent(self) -> StationConfig:
@@ -417,7 +408,7 @@ def check_resources(config: StationConfig, source: str = "<config>") -> list[str
             except ManifestError as exc:
                 problems.append(f"{source}: recipes.{i}.model_dir: {exc}")
     if config.bus.curve is not None:
-        from adfm.appliance.keys import CurveKeyError, load_server_curve
+        from ..bus.keys import CurveKeyError, load_server_curve
 
         try:
             load_server_curve(config.bus.curve.server_secret, config.bus.curve.authorized_clients)

@@ -28,10 +28,11 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from adfm.appliance.health import Health
-from adfm.appliance.line import LineTrigger
-from adfm.appliance.line_config import DECISION_CODES, SOURCE_CODES, ModbusSection
 from adfm.camera.backoff import Backoff
+
+from ..config.line import DECISION_CODES, SOURCE_CODES, ModbusSection
+from ..modes.line import LineTrigger
+from ..system.health import Health
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from adfm.appliance.inference_worker import BackendSpec, InferenceWorker, WorkerFailure, WorkerStartError
-from adfm.appliance.pipeline import Inference, ModelInfo
 from adfm.protocol import parse_response
+
+from ..modes.freerun import Inference, ModelInfo
+from .worker import BackendSpec, InferenceWorker, WorkerFailure, WorkerStartError
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,9 @@ import logging
 import threading
 from typing import Any
 
-from adfm.appliance.line_config import OpcUaSection
 from adfm.schema import InspectionResult
+
+from ..config.line import OpcUaSection
 
 log = logging.getLogger(__name__)
 

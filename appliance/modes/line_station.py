@@ -15,18 +15,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from adfm.appliance.config import StationConfig
-from adfm.appliance.health import Health
-from adfm.appliance.inference_worker import BackendSpec
-from adfm.appliance.journal import Journal, JournalError
-from adfm.appliance.line import DecisionOutput, LineController, LineTrigger, Recipe
-from adfm.appliance.pipeline import ModelInfo
-from adfm.appliance.vlm_runner import VlmModel, VlmRunner
 from adfm.schema import InspectionResult
 
+from ..config.station import StationConfig
+from ..inspection.runner import VlmModel, VlmRunner
+from ..inspection.worker import BackendSpec
+from ..journal.store import Journal, JournalError
+from ..system.health import Health
+from .freerun import ModelInfo
+from .line import DecisionOutput, LineController, LineTrigger, Recipe
+
 if TYPE_CHECKING:
-    from adfm.appliance.opcua_server import StationOpcUa
-    from adfm.appliance.plc_modbus import ModbusLink
+    from ..plc.modbus import ModbusLink
+    from ..plc.opcua import StationOpcUa
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class LineStation:
         self.link: ModbusLink | None = None
         outputs: list[DecisionOutput] = []
         if cfg.plc is not None:
-            from adfm.appliance.plc_modbus import ModbusLink
+            from ..plc.modbus import ModbusLink
 
             self.link = ModbusLink(cfg.plc.modbus, self.trigger, health)
             outputs.append(self.link)
@@ -165,7 +166,7 @@ class LineStation:
     def start(self) -> None:
         """Everything up before the PLC link: the PLC sees the heartbeat only once the line can decide."""
         if self.cfg.opcua is not None:
-            from adfm.appliance.opcua_server import StationOpcUa
+            from ..plc.opcua import StationOpcUa
 
             self.opcua = StationOpcUa(self.cfg.opcua, self)
             self.opcua.start()

@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def probe(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
-    from adfm.appliance.config import ConfigError, read_config
+    from ..config.station import ConfigError, read_config
 
     try:
         config = read_config(args.config)
@@ -36,7 +36,7 @@ def probe(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     if config.plc is None:
         return EXIT_CONFIG, {"ok": False, "error": f"{args.config}: no plc section to probe"}
     try:
-        from adfm.appliance.plc_modbus import ModbusClient, PlcError, new_parts, words_to_u32
+        from .modbus import ModbusClient, PlcError, new_parts, words_to_u32
     except ImportError as exc:
         return EXIT_FAIL, {"ok": False, "error": f"the PLC link needs the `plc` extra (pip install 'adfm[plc]'): {exc}"}
     cfg = config.plc.modbus

@@ -28,13 +28,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from adfm.appliance.health import Health
-from adfm.appliance.inference_worker import InferenceWorker, WorkerFailure, WorkerStartError
-from adfm.appliance.journal import AcceptedPart, Journal, JournalCorrupt, JournalError, JournalFullError
 from adfm.camera.frame import Frame
 from adfm.geometry import ModelGrid
 from adfm.protocol import ParsedResponse, parse_response
 from adfm.schema import Box, CameraStatus, DecisionSource, InspectionResult, Verdict, utcnow
+
+from ..inspection.worker import InferenceWorker, WorkerFailure, WorkerStartError
+from ..journal.store import AcceptedPart, Journal, JournalCorrupt, JournalError, JournalFullError
+from ..system.health import Health
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BACKEND = "adfm.appliance.inference_worker:gguf_backend"
+DEFAULT_BACKEND = "adfm.appliance.inspection.worker:gguf_backend"
 FailureKind = Literal["crash", "hang", "error"]
 
 

@@ -1,0 +1,1 @@
+"""The result bus (ZeroMQ PUB + ROUTER control), its client, and the CURVE keys that guard both."""

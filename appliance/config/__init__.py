@@ -1,0 +1,1 @@
+"""The station's configuration: one validated file, read before anything starts (docs/architecture.md)."""

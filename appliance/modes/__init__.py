@@ -1,0 +1,1 @@
+"""How parts reach the inspection core: free-run (frames as they come) and line (triggers, deadlines)."""

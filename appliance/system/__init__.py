@@ -1,0 +1,1 @@
+"""Running as a service: health and metrics, systemd notify/watchdog, installation."""
