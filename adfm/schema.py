@@ -181,6 +181,11 @@ class StationStatus(_Message):
     model_id: str = ""
     problems: list[str] = Field(default_factory=list)
     recipe: str = Field(default="", description="the product recipe in use (stations with recipes)")
+    counters: dict[str, float] = Field(
+        default_factory=dict,
+        description="the line's running counters: deadline misses, missed ejections, decision-loop stalls "
+                    "(ms, max and p99), the PLC link's poll gap and pulses, VLM jobs dropped",
+    )
 
 
 # ---- control socket (ROUTER): requests and replies ------------------------------------------

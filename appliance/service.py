@@ -1,8 +1,11 @@
-"""The station service (`adfm-appliance run`): wires config, journal, bus, worker, cameras, gate.
+"""The station service (`adfm-appliance run`): wires config, journal, bus, cameras, gate and a mode.
 
-The main loop takes one frame at a time through the pipeline. Between parts and while waiting on
-the model it beats the health heartbeat and, only while the pipeline is sound, feeds the systemd
-watchdog. SIGTERM/SIGINT stop it between parts, or abandon the part in hand (it stays pending in
+`start()` is a short list of named steps; the mode — free-run (frames as they come) or line
+(triggers, deadlines, the PLC) — is the only thing that differs, and both run on the same
+inspection core (docs/architecture.md). The main loop only beats the heartbeat, feeds the systemd
+watchdog while the station is sound, and steps the mode; pruning the journal, writing metrics
+and the systemd status line run in a housekeeping thread, so nothing slow sits in the loop that
+decides. SIGTERM/SIGINT stop it between parts, or abandon the part in hand (it stays pending in
 the journal and is finished on the next start), so a stop never waits for a slow model.
 """
 
@@ -18,10 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from adfm.schema import InspectionResult
 
 from .bus.server import ResultBus
-from .config.station import StationConfig, model_limits
+from .config.station import ModelLimits, StationConfig, model_limits
+from .inspection.core import GenerationOptions, ModelInfo, load_reference
 from .inspection.worker import BackendSpec, InferenceWorker
 from .journal.store import (
     Journal,
@@ -31,7 +37,9 @@ from .journal.store import (
     RetentionPolicy,
     journal_summary,
 )
-from .modes.freerun import Camera, GenerationOptions, ModelInfo, Pipeline, load_reference
+from .modes.freerun import Camera, FreeRunStation
+from .modes.line_station import LineStation
+from .modes.outputs import Outputs
 from .system.health import Health, Metrics
 from .system.notify import SystemdNotifier
 
@@ -116,19 +124,31 @@ class Service:
         self._stop_reason = ""
         self.journal: Journal | None = None
         self.bus: ResultBus | None = None
-        self.worker: InferenceWorker | None = None
         self.health: Health | None = None
         self.metrics: Metrics | None = None
-        self.pipeline: Pipeline | None = None
-        self.line: Any = None  # LineStation in line mode
+        self.outputs = Outputs()
+        self.mode: FreeRunStation | LineStation | None = None
         self.cameras: dict[str, Camera] = {}
-        self._next_prune = 0.0
-        self._next_metrics = 0.0
-        self._next_status = 0.0
+        self._housekeeper: threading.Thread | None = None
+        self._housekeeping_stop = threading.Event()
         self._results: deque[InspectionResult] = deque(maxlen=SUMMARY_RESULTS)
         self._parts = 0
         self._verdicts: dict[str, int] = {}
         self._first_seq: int | None = None
+
+    # ---- the mode's parts, by name (tests, tools, benchmarks) ------------------------------------
+
+    @property
+    def line(self) -> LineStation | None:
+        return self.mode if isinstance(self.mode, LineStation) else None
+
+    @property
+    def pipeline(self) -> Any:
+        return self.mode.pipeline if isinstance(self.mode, FreeRunStation) else None
+
+    @property
+    def worker(self) -> InferenceWorker | None:
+        return self.mode.worker if isinstance(self.mode, FreeRunStation) else None
 
     # ---- control --------------------------------------------------------------------------------
 
@@ -149,7 +169,24 @@ class Service:
     # ---- start-up -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Open the journal, check the model, bind the bus, load the model, start the cameras."""
+        """Check the model, open the journal, load references and gate, build the mode, start."""
+        model, limits = self._check_model()
+        self._open_journal()
+        references = self._load_references(model)
+        gate = self._load_gate()
+        self._make_cameras()
+        self._make_health(model)
+        self._make_outputs()
+        self.mode = self._make_mode(model, limits, references, gate)
+        assert self.bus is not None
+        self.bus.start()
+        self._start_metrics()
+        self._start_cameras()
+        self.mode.start()
+        self._start_housekeeping()
+
+    def _check_model(self) -> tuple[ModelInfo, ModelLimits]:
+        """The model directory's manifest (hashes of changed files checked), its prompt, its limits."""
         from adfm.manifest import ManifestError, load_model_dir
 
         from .inspection.model_check import CACHE_NAME, verify_model_dir
@@ -169,10 +206,13 @@ class Service:
                 f"model.prompt_version {cfg.model.prompt_version!r} differs from the manifest's "
                 f"{manifest.prompt_version!r}"
             )
-        model = ModelInfo(manifest.model_id, manifest.prompt_version, manifest.min_pixels, manifest.max_pixels)
         limits = model_limits(cfg, manifest, "station config")
         if limits.problems:
             raise ServiceError("; ".join(limits.problems))
+        return ModelInfo(manifest.model_id, manifest.prompt_version, manifest.min_pixels, manifest.max_pixels), limits
+
+    def _open_journal(self) -> None:
+        cfg = self.config
         r = cfg.retention
         retention = RetentionPolicy(
             max_age_days=r.days,
@@ -188,108 +228,91 @@ class Service:
             raise ServiceError(str(exc), EXIT_FAIL) from exc
         except JournalError as exc:
             raise ServiceError(str(exc)) from exc
+
+    def _load_references(self, model: ModelInfo) -> dict[str, np.ndarray]:
         references = {}
-        for product in cfg.products:
+        for product in self.config.products:
             if product.reference is not None:
                 try:
                     references[product.name] = load_reference(product.reference, model)
                 except (OSError, ValueError) as exc:
                     raise ServiceError(f"products.{product.name}.reference: {product.reference}: {exc}") from exc
-        gate = None
-        if cfg.gate.mode != "off":
-            from adfm.runtime.gate import Gate
+        return references
 
-            try:
-                gate = Gate.load(cfg.gate.path)
-            except Exception as exc:
-                raise ServiceError(f"gate.path: cannot load {cfg.gate.path}: {exc}") from exc
+    def _load_gate(self) -> Any:
+        cfg = self.config
+        if cfg.gate.mode == "off":
+            return None
+        from adfm.runtime.gate import Gate
 
+        try:
+            return Gate.load(cfg.gate.path)
+        except Exception as exc:
+            raise ServiceError(f"gate.path: cannot load {cfg.gate.path}: {exc}") from exc
+
+    def _make_cameras(self) -> None:
         if self._cameras_given is not None:
             self.cameras = dict(self._cameras_given)
         else:
             from adfm.camera import CameraWorker
 
-            self.cameras = {c.id: CameraWorker(c.camera_config()) for c in cfg.cameras}
+            self.cameras = {c.id: CameraWorker(c.camera_config()) for c in self.config.cameras}
 
-        journal = self.journal
+    def _make_health(self, model: ModelInfo) -> None:
+        cfg, journal = self.config, self.journal
+        assert journal is not None
+        self.health = Health(
+            cfg.station, model_id=model.model_id, window=cfg.health.window, camera_stall_s=cfg.health.camera_stall_s,
+            verdict_counts=journal.counts(), last_seq=journal.last_seq,
+            cameras=lambda: [c.status() for c in self.cameras.values()],
+            worker=lambda: self.mode.worker_state() if self.mode is not None else (False, 0),
+            counters=lambda: self.mode.counters() if self.mode is not None else {},
+        )
+
+    def _make_outputs(self) -> None:
+        """The bus, then the service's own summary: every mode's results leave through these."""
+        self.bus = self._make_bus()
+        self.outputs.add("bus", recorded=self.bus.publish)
+        self.outputs.add("summary", recorded=self._on_result)
+
+    def _make_mode(self, model: ModelInfo, limits: ModelLimits, references: dict[str, np.ndarray],
+                   gate: Any) -> FreeRunStation | LineStation:
+        cfg, journal, health = self.config, self.journal, self.health
+        assert journal is not None and health is not None and self.bus is not None
         if cfg.line is not None:
-            self._start_line(model, references, gate)
-            return
-        self.worker = InferenceWorker(
+            line = LineStation(cfg, journal=journal, health=health, outputs=self.outputs,
+                               camera=self.cameras[cfg.line_camera], model=model, limits=limits,
+                               references=references, gate=gate, backend=self._backend)
+            self.bus.on_recipe = line.select_recipe
+            return line
+        worker = InferenceWorker(
             # the hashes were checked once above: restarts after a crash stay quick
             self._backend or BackendSpec(cfg.model.backend, cfg.model.backend_kwargs(cfg.model.dir, limits.n_ctx)),
             deadline_s=cfg.model.deadline_s,
             load_timeout_s=cfg.model.load_timeout_s,
             on_wait=self.tick,
         )
-        worker = self.worker
-        self.health = Health(
-            cfg.station,
-            model_id=model.model_id,
-            window=cfg.health.window,
-            camera_stall_s=cfg.health.camera_stall_s,
-            verdict_counts=journal.counts(),
-            last_seq=journal.last_seq,
-            cameras=lambda: [c.status() for c in self.cameras.values()],
-            worker=lambda: (worker.alive, worker.restarts),
-        )
-        self.bus = self._make_bus()
-        self.bus.start()
-        if cfg.health.prometheus_file or cfg.health.prometheus_port:
-            self.metrics = Metrics(self.health, lambda: {"adfm_journal_image_bytes": float(journal.image_bytes)})
-            if cfg.health.prometheus_port:
-                self.metrics.serve(cfg.health.prometheus_port, cfg.health.prometheus_addr)
-        self.worker.start()
-        self.pipeline = Pipeline(
-            cfg.station,
-            journal,
-            self.bus,
-            self.worker,
-            self.health,
-            model,
-            self.cameras,
+        return FreeRunStation(
+            cfg.station, journal=journal, health=health, outputs=self.outputs, cameras=self.cameras, worker=worker,
+            model=model, generation=GenerationOptions(max_tokens=limits.max_tokens, temperature=cfg.model.temperature),
             products={c.id: (p.name if (p := cfg.product_for(c.id)) else None) for c in cfg.cameras},
-            references=references,
-            gate=gate,
-            gate_mode=cfg.gate.mode,
+            references=references, gate=gate, gate_mode=cfg.gate.mode,
             dedupe_cameras={c.id for c in cfg.cameras if c.kind == "folder"},
-            generation=GenerationOptions(max_tokens=limits.max_tokens, temperature=cfg.model.temperature),
-            on_result=self._on_result,
         )
-        for cam in self.cameras.values():
-            start = getattr(cam, "start", None)
-            if start is not None:
-                start()
 
-    def _start_line(self, model: ModelInfo, references: dict, gate: Any) -> None:
-        """Line mode (a `line` section): triggered parts decided within their deadline."""
-        from .modes.line_station import LineStation
-
-        cfg, journal = self.config, self.journal
-        assert journal is not None
-        camera = self.cameras[cfg.line_camera]
-        self.health = Health(
-            cfg.station, model_id=model.model_id, window=cfg.health.window, camera_stall_s=cfg.health.camera_stall_s,
-            verdict_counts=journal.counts(), last_seq=journal.last_seq,
-            cameras=lambda: [c.status() for c in self.cameras.values()],
-            worker=lambda: (self.line.runner.alive, self.line.runner.restarts) if self.line else (False, 0),
-        )
-        self.bus = self._make_bus()
-        self.line = LineStation(cfg, journal=journal, health=self.health, publish=self.bus.publish, camera=camera,
-                                model=model, references=references, gate=gate, backend=self._backend,
-                                on_result=self._on_result)
-        self.bus.on_recipe = self.line.select_recipe
-        self.bus.start()
+    def _start_metrics(self) -> None:
+        cfg, journal, health = self.config, self.journal, self.health
+        assert journal is not None and health is not None
         if cfg.health.prometheus_file or cfg.health.prometheus_port:
-            self.metrics = Metrics(self.health, lambda: {"adfm_journal_image_bytes": float(journal.image_bytes)})
+            self.metrics = Metrics(health, lambda: {"adfm_journal_image_bytes": float(journal.image_bytes)})
             if cfg.health.prometheus_port:
                 self.metrics.serve(cfg.health.prometheus_port, cfg.health.prometheus_addr)
+
+    def _start_cameras(self) -> None:
         for cam in self.cameras.values():
             start = getattr(cam, "start", None)
             if start is not None:
                 start()
-        self.line.recover()
-        self.line.start()
 
     def _make_bus(self) -> ResultBus:
         from .bus.keys import CurveKeyError, load_server_curve
@@ -339,30 +362,45 @@ class Service:
             self.health.problem("bus", "the result bus thread has stopped")
         if self.notifier.watchdog_due() and self.health.pipeline_ok():
             self.notifier.watchdog()
-        now = time.monotonic()
-        if now >= self._next_status and self.notifier.enabled:
-            self._next_status = now + 10.0
-            s = self.health.snapshot()
-            counts = ", ".join(f"{k} {v}" for k, v in sorted(s.verdict_counts.items())) or "no parts yet"
-            self.notifier.status(f"last seq {s.last_seq}; {counts}; {s.parts_per_min:g} parts/min"
-                                 + ("" if s.healthy else f"; problems: {'; '.join(s.problems)}"))
         if self._stop.is_set():
             raise ServiceStopping(self._stop_reason)
 
-    def _housekeeping(self) -> None:
+    # ---- housekeeping (its own thread) ----------------------------------------------------------
+
+    def _start_housekeeping(self) -> None:
+        self._housekeeper = threading.Thread(target=self._housekeeping_loop, name="adfm-housekeeping", daemon=True)
+        self._housekeeper.start()
+
+    def _housekeeping_loop(self) -> None:
+        next_prune = next_metrics = next_status = 0.0
+        while not self._housekeeping_stop.wait(0.5):
+            now = time.monotonic()
+            if now >= next_prune:
+                next_prune = now + self.config.retention.prune_interval_s
+                self._prune()
+            if self.metrics is not None and self.config.health.prometheus_file and now >= next_metrics:
+                next_metrics = now + self.config.health.prometheus_interval_s
+                self.write_metrics()
+            if self.notifier.enabled and now >= next_status:
+                next_status = now + 10.0
+                self._status_line()
+
+    def _prune(self) -> None:
         assert self.journal is not None and self.health is not None
-        now = time.monotonic()
-        if now >= self._next_prune:
-            self._next_prune = now + self.config.retention.prune_interval_s
-            try:
-                report = self.journal.prune()
-                if report.images_removed:
-                    log.info("retention: removed %d images (%d bytes)", report.images_removed, report.bytes_freed)
-            except (JournalError, OSError) as exc:
-                self.health.problem("journal.retention", f"retention pruning failed: {exc}")
-        if self.metrics is not None and self.config.health.prometheus_file and now >= self._next_metrics:
-            self._next_metrics = now + self.config.health.prometheus_interval_s
-            self.write_metrics()
+        try:
+            report = self.journal.prune()
+            if report.images_removed:
+                log.info("retention: removed %d images (%d bytes)", report.images_removed, report.bytes_freed)
+            self.health.clear("journal.retention")
+        except (JournalError, OSError) as exc:
+            self.health.problem("journal.retention", f"retention pruning failed: {exc}")
+
+    def _status_line(self) -> None:
+        assert self.health is not None
+        s = self.health.snapshot()
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(s.verdict_counts.items())) or "no parts yet"
+        self.notifier.status(f"last seq {s.last_seq}; {counts}; {s.parts_per_min:g} parts/min"
+                             + ("" if s.healthy else f"; problems: {'; '.join(s.problems)}"))
 
     def write_metrics(self) -> None:
         if self.metrics is not None and self.config.health.prometheus_file:
@@ -370,6 +408,8 @@ class Service:
                 self.metrics.write_textfile(self.config.health.prometheus_file)
             except OSError as exc:
                 log.warning("cannot write %s: %s", self.config.health.prometheus_file, exc)
+
+    # ---- loop -----------------------------------------------------------------------------------
 
     def run(self, max_parts: int | None = None, stop_when_finished: bool = False,
             max_seconds: float | None = None, before_close: Callable[[], None] | None = None) -> RunSummary:
@@ -381,18 +421,16 @@ class Service:
         try:
             try:
                 self.start()
-                if self.line is not None:
-                    self._run_line(max_parts, deadline, max_seconds)
-                    raise ServiceStopping(self._stop_reason)
-                assert self.pipeline is not None and self.health is not None
+                assert self.mode is not None and self.health is not None
                 if self.health.pipeline_ok():
-                    self.notifier.ready(f"station {self.config.station} running")
+                    kind = "line mode" if self.line is not None else "free-run"
+                    self.notifier.ready(f"station {self.config.station} running ({kind})")
                 self.tick()
-                self.pipeline.recover()
+                self.mode.recover()
+                step_s = 0.1 if self.line is not None else 0.25
                 while True:
                     self.tick()
-                    self._housekeeping()
-                    if max_parts is not None and self.pipeline.processed >= max_parts:
+                    if max_parts is not None and self.mode.decided >= max_parts:
                         self._stop_reason = f"{max_parts} parts done"
                         break
                     if stop_when_finished and all(getattr(c, "finished", False) for c in self.cameras.values()):
@@ -401,7 +439,7 @@ class Service:
                     if deadline is not None and time.monotonic() >= deadline:
                         self._stop_reason = f"{max_seconds:g} s elapsed"
                         break
-                    self.pipeline.poll(0.25)
+                    self.mode.step(step_s)
             except ServiceStopping:
                 pass
             if before_close is not None:
@@ -411,21 +449,6 @@ class Service:
             self.close()
             for sig, handler in old_signals:
                 signal.signal(sig, handler)
-
-    def _run_line(self, max_parts: int | None, deadline: float | None, max_seconds: float | None) -> None:
-        assert self.line is not None and self.health is not None
-        if self.health.pipeline_ok():
-            self.notifier.ready(f"station {self.config.station} running (line mode)")
-        while True:
-            self.tick()
-            self._housekeeping()
-            if max_parts is not None and self.line.decided >= max_parts:
-                self._stop_reason = f"{max_parts} parts done"
-                return
-            if deadline is not None and time.monotonic() >= deadline:
-                self._stop_reason = f"{max_seconds:g} s elapsed"
-                return
-            self.line.step(0.1)
 
     def _summary(self) -> RunSummary:
         health, journal = self.health, self.journal
@@ -437,7 +460,7 @@ class Service:
             latency_ms_p95=health.percentiles(95) if health else {},
             first_seq=self._first_seq,
             last_seq=journal.last_seq() if journal else 0,
-            worker_restarts=self.worker.restarts if self.worker else 0,
+            worker_restarts=self.mode.worker_state()[1] if self.mode is not None else 0,
             journal=journal_summary(journal) if journal else {},
             bus=dict(self.bus.bound) if self.bus else {},
             stopped_because=self._stop_reason or "stopped",
@@ -447,6 +470,9 @@ class Service:
     def close(self) -> None:
         """Stop everything that was started, in reverse order; safe to call twice."""
         self.notifier.stopping()
+        self._housekeeping_stop.set()
+        if self._housekeeper is not None:
+            self._housekeeper.join(10.0)
         for cam in self.cameras.values():
             stop = getattr(cam, "stop", None)
             if stop is not None:
@@ -454,12 +480,8 @@ class Service:
                     stop()
                 except Exception:
                     log.exception("camera stop failed")
-        if self.line is not None:
-            self.line.close()
-        if self.pipeline is not None:
-            self.pipeline.close()
-        if self.worker is not None:
-            self.worker.stop()
+        if self.mode is not None:
+            self.mode.close()
         if self.metrics is not None:
             self.write_metrics()
             self.metrics.close()

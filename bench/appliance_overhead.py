@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from PIL import Image
 
-    from adfm.appliance.modes.freerun import ModelInfo, load_reference
+    from adfm.appliance.inspection.core import ModelInfo, load_reference
     from adfm.manifest import load_model_dir
     from adfm.runtime.vlm import GgufVlm
 

@@ -145,7 +145,8 @@ def test_steady_line_every_trigger_one_decision_in_time_and_pulses_for_rejects(t
             revs = journal.revisions(d.seq)
             assert len(revs) == 2 and revs[1].revision == 1 and revs[1].decision_source == "vlm", revs
             assert revs[1].part_id == d.part_id and revs[1].action == "reject"
-            assert journal.get(d.seq).revision == 1
+            main = journal.get(d.seq)  # the main row keeps what the line did
+            assert (main.revision, main.decision_source, main.action) == (0, "failsafe_timeout", "reject")
         for d in decisions:
             if d.decision_source == "vlm":
                 assert len(journal.revisions(d.seq)) == 1
@@ -297,7 +298,10 @@ def test_full_disk_gives_minimal_records_and_no_crash(tmp_path, monkeypatch):
     assert decisions[-1].decision_source == "vlm" and decisions[-1].image_path  # recovered once there is room
     rowless = [d for d in minimal if "part not journaled" in d.reason]  # journaled later, when there was room
     assert rowless and all("database or disk is full" in d.reason for d in rowless)
-    assert sum(w["seq"] == 0 for w in plc.result_writes()) == len(rowless)  # the PLC got them at once, seq 0
+    # the PLC got them at once, under the seq the line gave them at the trigger (their rows came later)
+    written = {w["seq"]: w for w in plc.result_writes()}
+    assert all(written[d.seq]["source"] == SOURCE_CODES["failsafe_disk_full"] for d in rowless)
+    assert not any(w["seq"] == 0 for w in plc.result_writes())
 
 
 @pytest.mark.slow

@@ -51,7 +51,12 @@ def test_a_triggered_part_has_a_row_before_its_frame_and_revisions_keep_the_firs
         revs = j.revisions(1)
         assert [(r.revision, r.verdict, r.decision_source) for r in revs] == [
             (0, "review", "failsafe_timeout"), (1, "fail", "vlm")]
-        assert j.get(1).revision == 1 and j.last_seq() == 1  # seq 2 still pending
+        # the main row is what the line did: the fail-safe's decision, not the later verdict
+        main = j.get(1)
+        assert (main.revision, main.verdict, main.decision_source, main.action) == (
+            0, "review", "failsafe_timeout", first.action)
+        assert j.last_seq() == 1  # seq 2 still pending
+        assert j.counts() == {"review": 1}
 
 
 def test_a_full_disk_keeps_the_row_as_a_minimal_record(tmp_path, monkeypatch):

@@ -96,6 +96,16 @@ class EjectorSection(_Section):
     delay_ms: float | None = Field(None, ge=0)
     encoder_register: int | None = Field(None, ge=0, le=65534)
     distance_counts: int | None = Field(None, ge=1)
+    window_ms: float = Field(50.0, ge=0, le=10_000, description="a pulse starts at most this long after its "
+                             "part reached the ejector; later, the part has gone by: a missed ejection, not a pulse")
+    window_counts: int | None = Field(None, ge=0, description="the same window in encoder counts "
+                                      "(default: 5 % of distance_counts, at least 1)")
+
+    @property
+    def late_counts(self) -> int:
+        if self.window_counts is not None:
+            return self.window_counts
+        return max(1, int(self.distance_counts or 0) // 20)
 
     @model_validator(mode="after")
     def _one_way(self) -> EjectorSection:

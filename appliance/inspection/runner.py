@@ -2,17 +2,18 @@
 
 The VLM on a CPU is much slower than a line, so parts queue for it. The runner takes the part
 that can still make its deadline soonest; parts already past their deadline (decided by the
-fail-safe) are inspected afterwards for their revision, newest `backlog` of them only — older
-ones are skipped rather than let the queue grow without end. The worker process runs `nice`
-below the service, so the model never delays a deadline or a reject pulse on a busy CPU. A recipe
-may name its own model: the runner then switches the worker's model before that part (one model
-loaded at a time).
+fail-safe) are inspected afterwards for their revision, newest `backlog` of them only. The queue
+is bounded: beyond `backlog` late jobs, and beyond `limit` jobs in all (a model that hangs), the
+oldest are dropped and counted, never left to grow. The worker process lowers its own priority
+(`nice`) before it loads the model, so every llama.cpp thread runs below the line's own threads.
+A recipe may name its own model: the runner then switches the worker's model before that part
+(one model loaded at a time). The call itself — resize, retry once, parse — is the inspection
+core's (`core.infer`), the same for every mode.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -20,14 +21,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from adfm.protocol import parse_response
-
-from ..modes.freerun import Inference, ModelInfo
-from .worker import BackendSpec, InferenceWorker, WorkerFailure, WorkerStartError
+from .core import GenerationOptions, Inference, ModelInfo, infer
+from .worker import BackendSpec, InferenceWorker, WorkerStartError
 
 log = logging.getLogger(__name__)
-
-MAX_ATTEMPTS = 2
 
 
 @dataclass
@@ -45,10 +42,12 @@ class VlmJob:
 class VlmModel:
     info: ModelInfo
     spec: BackendSpec
+    generation: GenerationOptions = field(default_factory=GenerationOptions)
 
 
 class VlmRunner:
-    """Runs VlmJobs in a thread; `on_done(key, inference)` and `on_skipped(key)` are called from it."""
+    """Runs VlmJobs in a thread; `on_done(key, inference)` and `on_skipped(key)` are called from it
+    (and from `submit` for a job the bounded queue drops)."""
 
     def __init__(
         self,
@@ -57,20 +56,19 @@ class VlmRunner:
         on_skipped: Callable[[str], None],
         *,
         backlog: int = 16,
+        limit: int | None = None,
         hang_s: float = 120.0,
         load_timeout_s: float = 600.0,
-        max_tokens: int = 256,
         nice: int = 10,
     ) -> None:
         self.models = models
         self.on_done = on_done
         self.on_skipped = on_skipped
         self.backlog = backlog
+        self.limit = max(1, limit if limit is not None else backlog + 16)
         self.hang_s = hang_s
         self.load_timeout_s = load_timeout_s
-        self.max_tokens = max_tokens
         self.nice = nice
-        self._reniced: int | None = None
         self._jobs: list[VlmJob] = []
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -80,6 +78,7 @@ class VlmRunner:
         self.down_reason = ""  # set while the model cannot be loaded or keeps failing
         self.busy_key: str | None = None
         self.restarts = 0
+        self.dropped = 0  # jobs dropped unanswered: late beyond the backlog, or the queue full
 
     # ---- control --------------------------------------------------------------------------------
 
@@ -111,9 +110,20 @@ class VlmRunner:
         return bool(self.down_reason)
 
     def submit(self, job: VlmJob) -> None:
+        """Queue a part; when the queue is full the oldest job goes (a late one first)."""
+        dropped: list[VlmJob] = []
         with self._cond:
             self._jobs.append(job)
+            while len(self._jobs) > self.limit:
+                now = time.monotonic()
+                late = [j for j in self._jobs if j.deadline_mono <= now]
+                victim = min(late or self._jobs, key=lambda j: j.queued_mono)
+                self._jobs.remove(victim)
+                dropped.append(victim)
+            self.dropped += len(dropped)
             self._cond.notify()
+        for j in dropped:
+            self.on_skipped(j.key)
 
     def queued(self) -> int:
         with self._cond:
@@ -121,33 +131,37 @@ class VlmRunner:
 
     # ---- thread ---------------------------------------------------------------------------------
 
-    def _pick(self) -> VlmJob | None:
+    def _pick(self) -> tuple[VlmJob | None, list[VlmJob]]:
         """The job that can still make its deadline soonest, else the newest late one; late jobs
-        beyond the backlog are skipped, oldest first."""
+        beyond the backlog are dropped, oldest first (returned for `on_skipped`)."""
         now = time.monotonic()
         live = [j for j in self._jobs if j.deadline_mono > now]
-        late = [j for j in self._jobs if j.deadline_mono <= now]
+        late = sorted((j for j in self._jobs if j.deadline_mono <= now), key=lambda j: j.queued_mono)
         skipped = late[: max(0, len(late) - self.backlog)]
         for j in skipped:
             self._jobs.remove(j)
-            self.on_skipped(j.key)
+        self.dropped += len(skipped)
         if live:
             job = min(live, key=lambda j: j.deadline_mono)
         elif len(late) > len(skipped):
-            job = max(late[len(skipped):], key=lambda j: j.queued_mono)
+            job = late[-1]
         else:
-            return None
+            return None, skipped
         self._jobs.remove(job)
-        return job
+        return job, skipped
 
     def _run(self) -> None:
         while not self._stop.is_set():
             with self._cond:
-                job = self._pick()
-                if job is None:
+                job, skipped = self._pick()
+                if job is None and not skipped:
                     self._cond.wait(0.1)
                     continue
-                self.busy_key = job.key
+                self.busy_key = job.key if job is not None else None
+            for j in skipped:
+                self.on_skipped(j.key)
+            if job is None:
+                continue
             try:
                 inference = self._infer(job)
             except _Stopping:
@@ -167,58 +181,32 @@ class VlmRunner:
             self._worker.stop()
         spec = self.models[model].spec
         self._worker = InferenceWorker(spec, deadline_s=self.hang_s, load_timeout_s=self.load_timeout_s,
-                                       on_wait=self._check_stop)
+                                       on_wait=self._check_stop, nice=self.nice)
         self._loaded = model
         self._worker.start()
         self.down_reason = ""
 
-    def _renice(self) -> None:
-        """Run the model below the line's own threads: on a busy CPU the PLC polling, the
-        fail-safe and the reject pulse must not wait for llama.cpp's compute threads."""
-        pid = self._worker.pid if self._worker is not None else None
-        if pid is None or pid == self._reniced or not self.nice:
-            return
-        try:
-            os.setpriority(os.PRIO_PROCESS, pid, os.getpriority(os.PRIO_PROCESS, 0) + self.nice)
-        except OSError as exc:
-            log.warning("cannot lower the inference worker's priority: %s", exc)
-        self._reniced = pid
-
     def _infer(self, job: VlmJob) -> Inference:
-        out = Inference(parsed=None)
-        info = self.models[job.model].info
-        t0 = time.perf_counter()
-        grid = info.grid(job.image.shape[1], job.image.shape[0])
-        images = [np.asarray(grid.resize(job.image))]
-        if job.reference is not None:
-            images.insert(0, job.reference)
-        reply = None
-        for attempt in range(1, MAX_ATTEMPTS + 1):
-            out.attempts = attempt
-            try:
-                self._switch(job.model)
-                assert self._worker is not None
-                self._renice()
-                reply = self._worker.generate(images, prompt_version=info.prompt_version, product=job.product,
-                                              max_tokens=self.max_tokens, temperature=0.0, seed=0)
-                self.down_reason = ""
-                break
-            except WorkerFailure as exc:
-                out.failures.append(f"attempt {attempt}: {exc}")
-                self.restarts += 1
-            except WorkerStartError as exc:
-                out.failures.append(f"attempt {attempt}: {exc}")
+        vlm = self.models[job.model]
+        g = vlm.generation
+
+        def generate(images: list[np.ndarray]):
+            self._switch(job.model)
+            assert self._worker is not None
+            reply = self._worker.generate(images, prompt_version=vlm.info.prompt_version, product=job.product,
+                                          max_tokens=g.max_tokens, temperature=g.temperature, seed=g.seed)
+            self.down_reason = ""
+            return reply
+
+        def failed(_attempt: int, exc: Exception) -> None:
+            if isinstance(exc, WorkerStartError):
                 self.down_reason = str(exc)
                 self._loaded = None
                 self._stop.wait(0.5)
-            self._check_stop()
-        out.ms["vlm"] = round((time.perf_counter() - t0) * 1000.0, 3)
-        if reply is None:
-            return out
-        out.raw = reply.text
-        out.parsed = parse_response(reply.text, grid, info.prompt_version)
-        out.ms["model"] = round(reply.seconds * 1000.0, 3)
-        return out
+            else:
+                self.restarts += 1
+
+        return infer(generate, vlm.info, job.image, job.reference, on_failure=failed, between=self._check_stop)
 
 
 class _Stopping(Exception):

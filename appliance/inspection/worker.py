@@ -93,9 +93,21 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _child_main(conn: Connection, spec: BackendSpec) -> None:
+def _lower_priority(nice: int) -> None:
+    """Lower this process's priority before the backend starts any thread, so llama.cpp's compute
+    threads inherit it: on a busy CPU the line's deadlines and reject pulses come first."""
+    if nice <= 0:
+        return
+    try:
+        os.nice(nice)
+    except OSError as exc:
+        log.warning("inference worker: cannot lower its priority by %d: %s", nice, exc)
+
+
+def _child_main(conn: Connection, spec: BackendSpec, nice: int = 0) -> None:
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    _lower_priority(nice)
     try:
         from PIL import Image
 
@@ -144,8 +156,10 @@ class InferenceWorker:
         load_timeout_s: float = 600.0,
         on_wait: Callable[[], None] | None = None,
         wait_slice_s: float = 1.0,
+        nice: int = 0,
     ) -> None:
         self.spec = spec
+        self.nice = nice  # how much nicer than the service the child runs (it lowers itself at start)
         self.deadline_s = deadline_s
         self.load_timeout_s = load_timeout_s
         self.on_wait = on_wait
@@ -178,7 +192,8 @@ class InferenceWorker:
         """Start the child and wait until its backend is loaded (WorkerStartError otherwise)."""
         self._discard()
         parent, child = self._ctx.Pipe(duplex=True)
-        proc = self._ctx.Process(target=_child_main, args=(child, self.spec), name="adfm-inference", daemon=True)
+        proc = self._ctx.Process(target=_child_main, args=(child, self.spec, self.nice), name="adfm-inference",
+                                 daemon=True)
         proc.start()
         child.close()
         self._proc, self._conn = proc, parent

@@ -163,6 +163,16 @@ class AcceptedPart:
 
 
 @dataclass(frozen=True)
+class StoredImage:
+    """An image file written for a part (journal-relative path), not yet entered in its row."""
+
+    path: str
+    width: int
+    height: int
+    nbytes: int
+
+
+@dataclass(frozen=True)
 class PruneReport:
     images_removed: int = 0
     bytes_freed: int = 0
@@ -481,13 +491,23 @@ class Journal:
 
     # ---- line parts: a row at the trigger, the image when the frame comes, revisions later --------
 
-    def open_part(self, *, part_id: str, camera: str, triggered_wall: float, product: str = "") -> AcceptedPart:
+    def open_part(self, *, part_id: str, camera: str, triggered_wall: float, product: str = "",
+                  seq: int | None = None) -> AcceptedPart:
         """Journal a triggered part before it has a frame (state pending, no image), so that every
-        trigger has a seq and a row whatever becomes of its frame. Raises JournalFullError when
-        not even the row fits."""
+        trigger has a seq and a row whatever becomes of its frame. `seq`: the number the line gave
+        the part when it was triggered (the deciding loop numbers parts itself, so it never waits
+        for this write); by default the next free one. Opening a seq already journaled for the same
+        part changes nothing (a retried write). Raises JournalFullError when not even the row fits."""
         try:
             with self._write() as conn:
-                seq = conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM parts").fetchone()[0]
+                if seq is None:
+                    seq = conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM parts").fetchone()[0]
+                else:
+                    row = conn.execute("SELECT part_id FROM parts WHERE seq = ?", (seq,)).fetchone()
+                    if row is not None:
+                        if row[0] != part_id:
+                            raise JournalError(f"{self.db_path}: seq {seq} is part {row[0]!r}, not {part_id!r}")
+                        return AcceptedPart(seq, part_id, camera, product, 0, float(triggered_wall), "", 0, 0)
                 conn.execute(
                     "INSERT INTO parts (seq, state, part_id, camera, product, frame_number, captured_wall, "
                     "image_path, image_width, image_height, accepted_wall) "
@@ -499,10 +519,16 @@ class Journal:
             raise kind(f"{self.db_path}: cannot journal triggered part {part_id!r}: {exc}") from exc
         return AcceptedPart(seq, part_id, camera, product, 0, float(triggered_wall), "", 0, 0)
 
-    def attach_image(self, part: AcceptedPart, image: np.ndarray, *, frame_number: int,
-                     captured_wall: float, encoded: bytes | None = None) -> AcceptedPart:
-        """Store the frame of a part opened by `open_part` (`encoded` as in `accept`). JournalFullError
-        (the row stays, without an image: a minimal record) when the disk is full even after pruning."""
+    def max_seq(self) -> int:
+        """The highest seq journaled, pending parts included (0 for an empty journal)."""
+        with self._sql("reading the highest seq"):
+            return int(self._conn().execute("SELECT COALESCE(MAX(seq), 0) FROM parts").fetchone()[0])
+
+    def store_image(self, part: AcceptedPart, image: np.ndarray, *, captured_wall: float,
+                    encoded: bytes | None = None) -> StoredImage:
+        """Write a triggered part's image file (durably) without touching the database, so a writer
+        holding SQLite's lock never delays it; `record_image` then enters it in the part's row.
+        JournalFullError when the disk is full even after pruning."""
         data, suffix = self.image_bytes_for(image, encoded)
         rel = self._image_rel(part.seq, captured_wall, suffix)
         height, width = int(image.shape[0]), int(image.shape[1])
@@ -510,14 +536,8 @@ class Journal:
             try:
                 self._ensure_room(len(data))
                 write_durable(self.image_file(rel), data)
-                with self._write() as conn:
-                    conn.execute(
-                        "UPDATE parts SET image_path = ?, image_width = ?, image_height = ?, image_bytes = ?, "
-                        "frame_number = ?, captured_wall = ? WHERE seq = ?",
-                        (rel, width, height, len(data), int(frame_number), float(captured_wall), part.seq),
-                    )
                 break
-            except (OSError, sqlite3.OperationalError) as exc:
+            except OSError as exc:
                 self.image_file(rel).unlink(missing_ok=True)
                 if not _is_disk_full(exc):
                     raise JournalError(f"{self.root}: cannot store the image of seq {part.seq}: {exc}") from exc
@@ -528,14 +548,43 @@ class Journal:
                     ) from exc
                 self.prune(extra_bytes=4 * len(data) + self.retention.min_free_bytes)
         self._image_bytes += len(data)
+        return StoredImage(rel, width, height, len(data))
+
+    def record_image(self, part: AcceptedPart, stored: StoredImage, *, frame_number: int,
+                     captured_wall: float) -> AcceptedPart:
+        """Enter an image written by `store_image` in its part's row."""
+        try:
+            with self._write() as conn:
+                conn.execute(
+                    "UPDATE parts SET image_path = ?, image_width = ?, image_height = ?, image_bytes = ?, "
+                    "frame_number = ?, captured_wall = ? WHERE seq = ?",
+                    (stored.path, stored.width, stored.height, stored.nbytes, int(frame_number),
+                     float(captured_wall), part.seq),
+                )
+        except sqlite3.OperationalError as exc:
+            kind = JournalFullError if _is_disk_full(exc) else JournalError
+            raise kind(f"{self.db_path}: cannot record the image of seq {part.seq}: {exc}") from exc
         return AcceptedPart(part.seq, part.part_id, part.camera, part.product, int(frame_number),
-                            float(captured_wall), rel, width, height)
+                            float(captured_wall), stored.path, stored.width, stored.height)
+
+    def attach_image(self, part: AcceptedPart, image: np.ndarray, *, frame_number: int,
+                     captured_wall: float, encoded: bytes | None = None) -> AcceptedPart:
+        """Store the frame of a part opened by `open_part` and enter it in its row (`encoded` as in
+        `accept`). JournalFullError (the row stays, without an image: a minimal record) when the
+        disk is full even after pruning."""
+        stored = self.store_image(part, image, captured_wall=captured_wall, encoded=encoded)
+        try:
+            return self.record_image(part, stored, frame_number=frame_number, captured_wall=captured_wall)
+        except BaseException:
+            self.image_file(stored.path).unlink(missing_ok=True)
+            raise
 
     def revise(self, result: InspectionResult) -> InspectionResult:
         """Record a later verdict on a done part (`result.revision` ≥ 1, same seq and part id).
 
-        The part's row then shows the newest revision; every revision, the first decision
-        included, stays in `revisions`. A revision already recorded is not recorded again."""
+        The part's row keeps the decision the line acted on (its verdict, source and action); every
+        revision, the first decision included, stays in `revisions` beside it. A revision already
+        recorded is not recorded again."""
         if result.revision < 1:
             raise ValueError(f"seq {result.seq}: a revision needs revision >= 1, got {result.revision}")
         payload = result.model_copy(update={"operator": None, "epoch": ""}).model_dump_json()
@@ -550,15 +599,11 @@ class Journal:
             first = InspectionResult.model_validate_json(row[3])
             conn.execute("INSERT OR IGNORE INTO revisions (seq, revision, verdict, result_json, recorded_wall) "
                          "VALUES (?, ?, ?, ?, ?)", (result.seq, first.revision, row[2], row[3], row[4] or 0.0))
-            cur = conn.execute("INSERT OR IGNORE INTO revisions (seq, revision, verdict, result_json, recorded_wall) "
-                               "VALUES (?, ?, ?, ?, ?)",
-                               (result.seq, result.revision, result.verdict, payload, time.time()))
-            if cur.rowcount == 1 and result.revision > first.revision:
-                conn.execute("UPDATE parts SET verdict = ?, result_json = ? WHERE seq = ?",
-                             (result.verdict, payload, result.seq))
-        stored = self.get(result.seq)
-        assert stored is not None
-        return stored
+            conn.execute("INSERT OR IGNORE INTO revisions (seq, revision, verdict, result_json, recorded_wall) "
+                         "VALUES (?, ?, ?, ?, ?)", (result.seq, result.revision, result.verdict, payload, time.time()))
+            stored = conn.execute("SELECT result_json FROM revisions WHERE seq = ? AND revision = ?",
+                                  (result.seq, result.revision)).fetchone()[0]
+        return self.result_from_row(stored, None, 0, epoch=self.epoch)
 
     def revisions(self, seq: int) -> list[InspectionResult]:
         """Every recorded revision of a part, the line's decision (revision 0) first; just the one

@@ -1,4 +1,7 @@
-"""One part through the station: frame → journal → (gate) → model → verdict → journal → bus.
+"""Free-run mode: every frame a camera delivers is a part; no trigger, no deadline.
+
+One part through the station: frame → journal → inspection core (gate, model, verdict, result;
+adfm.appliance.inspection.core, shared with line mode) → journal → outputs (bus, …).
 
 Order matters for the guarantees: a frame is journaled (row + image file) before the camera is
 acknowledged, and its result is journaled before it is published. Parts are processed one at a
@@ -29,17 +32,26 @@ from typing import Any, Protocol
 import numpy as np
 
 from adfm.camera.frame import Frame
-from adfm.geometry import ModelGrid
-from adfm.protocol import ParsedResponse, parse_response
-from adfm.schema import Box, CameraStatus, DecisionSource, InspectionResult, Verdict, utcnow
+from adfm.schema import CameraStatus, DecisionSource, InspectionResult, Verdict
 
-from ..inspection.worker import InferenceWorker, WorkerFailure, WorkerStartError
+from ..inspection.core import (
+    GenerationOptions,
+    Inference,
+    ModelInfo,
+    build_result,
+    gate_pass_reason,
+    infer,
+    ms_since,
+    score_gate,
+    verdict_for,
+)
+from ..inspection.worker import InferenceWorker, WorkerStartError
 from ..journal.store import AcceptedPart, Journal, JournalCorrupt, JournalError, JournalFullError
 from ..system.health import Health
+from .outputs import Outputs
 
 log = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 2  # the part in hand is retried once after a worker failure
 MAX_RECOVERIES = 2  # start-ups that may find a part pending before it is recorded `review`
 JOURNAL_RETRY_S = (0.5, 5.0)  # pause before the next journal attempt after a failure: first, most
 
@@ -59,39 +71,6 @@ class Camera(Protocol):
     def finished(self) -> bool: ...
 
 
-class Publisher(Protocol):
-    def publish(self, result: InspectionResult) -> None: ...
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the pipeline must know of the exported model (from its manifest)."""
-
-    model_id: str
-    prompt_version: str
-    min_pixels: int
-    max_pixels: int
-
-    def grid(self, width: int, height: int) -> ModelGrid:
-        return ModelGrid.for_image(width, height, self.min_pixels, self.max_pixels)
-
-
-@dataclass(frozen=True)
-class GenerationOptions:
-    max_tokens: int = 256
-    temperature: float = 0.0
-    seed: int = 0
-
-
-@dataclass
-class Inference:
-    parsed: ParsedResponse | None
-    raw: str = ""
-    attempts: int = 0
-    failures: list[str] = field(default_factory=list)
-    ms: dict[str, float] = field(default_factory=dict)
-
-
 @dataclass
 class Analysis:
     """What the gate and the model made of a part's image, before its result is recorded."""
@@ -103,23 +82,6 @@ class Analysis:
     ms: dict[str, float] = field(default_factory=dict)
 
 
-def verdict_for(parsed: ParsedResponse | None, failures: list[str] | None = None) -> tuple[Verdict, str]:
-    """The decision policy: yes → fail, no → pass, unreadable answer or failed inference → review."""
-    if parsed is None:
-        return "review", "inference failed: " + " | ".join(failures or ["no answer"])
-    if parsed.decision is None:
-        why = "; ".join(parsed.problems[:3]) or "no yes/no answer"
-        return "review", f"unreadable model answer: {why}"
-    if parsed.decision:
-        n = len(parsed.boxes)
-        return "fail", f"model answered yes ({n} region{'s' if n != 1 else ''})"
-    return "pass", "model answered no"
-
-
-def _ms(t0: float) -> float:
-    return round((time.perf_counter() - t0) * 1000.0, 3)
-
-
 class Pipeline:
     """Drives parts through the station. Not thread-safe: the service's main loop owns it."""
 
@@ -127,7 +89,7 @@ class Pipeline:
         self,
         station: str,
         journal: Journal,
-        bus: Publisher,
+        outputs: Outputs,
         worker: InferenceWorker,
         health: Health,
         model: ModelInfo,
@@ -140,11 +102,10 @@ class Pipeline:
         save_heatmap: Callable[[Any, Path], None] | None = None,
         dedupe_cameras: set[str] | None = None,
         generation: GenerationOptions | None = None,
-        on_result: Callable[[InspectionResult], None] | None = None,
     ) -> None:
         self.station = station
         self.journal = journal
-        self.bus = bus
+        self.outputs = outputs
         self.worker = worker
         self.health = health
         self.model = model
@@ -156,7 +117,6 @@ class Pipeline:
         self._save_heatmap = save_heatmap
         self.dedupe_cameras = dedupe_cameras or set()
         self.generation = generation or GenerationOptions()
-        self.on_result = on_result
         self.processed = 0
         #: milliseconds the last part spent being journaled as done and handed to the bus (these
         #: come after its result is built, so they are not in its latency_ms; health and the
@@ -249,7 +209,7 @@ class Pipeline:
             raise
         t0 = time.perf_counter()
         part, journal_ms = self._settle(accepting)
-        wait_ms = _ms(t0)
+        wait_ms = ms_since(t0)
         cam = self.cameras.get(frame.camera_id)
         if part is None:
             release = getattr(cam, "release", None)
@@ -277,7 +237,7 @@ class Pipeline:
             dedupe_key=self._dedupe_key(frame),
             encoded=frame.encoded,
         )
-        return part, _ms(t0)
+        return part, ms_since(t0)
 
     def _settle(self, accepting: Future) -> tuple[AcceptedPart | None, float]:
         """The journaling's outcome; a journal failure becomes a standing problem, not a crash."""
@@ -324,7 +284,7 @@ class Pipeline:
         return out
 
     def _finish_review(self, part: AcceptedPart, reason: str, t_pick: float) -> InspectionResult | None:
-        result = self._result(part, "review", reason, None, "", 0, {"total": _ms(t_pick)})
+        result = self._result(part, "review", reason, None, {"total": ms_since(t_pick)})
         return self._record(result)
 
     # ---- inspection -----------------------------------------------------------------------------
@@ -340,15 +300,13 @@ class Pipeline:
         """Gate (when configured), then the model unless the gate screened the part out."""
         out = Analysis()
         if self.gate is not None and self.gate_mode != "off":
-            t0 = time.perf_counter()
-            try:
-                out.gate = self.gate.score(image)
-                out.gate_score = float(out.gate.score)
-                out.suspicious = bool(out.gate.suspicious)
+            scored = score_gate(self.gate, image)
+            out.gate, out.gate_score, out.suspicious = scored.result, scored.score, scored.suspicious
+            if scored.error:
+                self.health.problem("gate", scored.error)
+            else:
                 self.health.clear("gate")
-            except Exception as exc:  # a failing gate sends the part to the model, never passes it unseen
-                self.health.problem("gate", f"screening gate failed: {exc}")
-            out.ms["gate"] = _ms(t0)
+            out.ms["gate"] = scored.ms
             if self.gate_mode == "screen" and not out.suspicious:
                 return out
         out.inference = self._infer(image, product)
@@ -360,17 +318,14 @@ class Pipeline:
     ) -> InspectionResult | None:
         gate_map = self._store_map(part, analysis.gate) if analysis.gate is not None else ""
         inference = analysis.inference
-        latency["total"] = _ms(t_pick)
+        latency["total"] = ms_since(t_pick)
         if inference is None:
-            reason = f"screening gate: score {analysis.gate_score:.4f} below its threshold"
-            result = self._result(part, "pass", reason, None, "", 0, latency, analysis.gate_score, gate_map,
-                                  source="gate")
+            reason = gate_pass_reason(analysis.gate_score)
+            result = self._result(part, "pass", reason, None, latency, analysis.gate_score, gate_map, source="gate")
         else:
             verdict, reason = verdict_for(inference.parsed, inference.failures)
-            result = self._result(
-                part, verdict, reason, inference.parsed, inference.raw, inference.attempts, latency,
-                analysis.gate_score, gate_map, inference.failures, source="vlm",
-            )
+            result = self._result(part, verdict, reason, inference, latency, analysis.gate_score, gate_map,
+                                  source="vlm")
         return self._record(result)
 
     def _store_map(self, part: AcceptedPart, gate_result: Any) -> str:
@@ -385,48 +340,25 @@ class Pipeline:
             return ""
 
     def _infer(self, image: np.ndarray, product: str | None) -> Inference:
-        out = Inference(parsed=None)
-        t0 = time.perf_counter()
-        grid = self.model.grid(image.shape[1], image.shape[0])
-        images = [np.asarray(grid.resize(image))]
         reference = self.references.get(product) if product else None
-        if reference is not None:
-            images.insert(0, reference)
-        out.ms["resize"] = _ms(t0)
-        reply = None
-        start_errors = 0
-        t0 = time.perf_counter()
-        for attempt in range(1, MAX_ATTEMPTS + 1):
-            out.attempts = attempt
-            try:
-                reply = self.worker.generate(
-                    images,
-                    prompt_version=self.model.prompt_version,
-                    product=product,
-                    max_tokens=self.generation.max_tokens,
-                    temperature=self.generation.temperature,
-                    seed=self.generation.seed,
-                )
-                self.health.clear("worker")
-                break
-            except WorkerFailure as exc:
-                out.failures.append(f"attempt {attempt}: {exc}")
-                log.warning("inference attempt %d failed: %s", attempt, exc)
-            except WorkerStartError as exc:
-                start_errors += 1
-                out.failures.append(f"attempt {attempt}: {exc}")
+        g = self.generation
+
+        def generate(images: list[np.ndarray]):
+            reply = self.worker.generate(images, prompt_version=self.model.prompt_version, product=product,
+                                         max_tokens=g.max_tokens, temperature=g.temperature, seed=g.seed)
+            self.health.clear("worker")
+            return reply
+
+        def failed(attempt: int, exc: Exception) -> None:
+            if isinstance(exc, WorkerStartError):
                 self.health.problem("worker", str(exc))
                 log.error("inference worker could not start: %s", exc)
-        out.ms["vlm"] = _ms(t0)
-        if reply is None:
-            if start_errors == MAX_ATTEMPTS:
-                raise PipelineFatal(f"the inference worker cannot start: {out.failures[-1]}")
-            return out
-        t0 = time.perf_counter()
-        out.raw = reply.text
-        out.parsed = parse_response(reply.text, grid, self.model.prompt_version)
-        out.ms["parse"] = _ms(t0)
-        out.ms["model"] = round(reply.seconds * 1000.0, 3)
+            else:
+                log.warning("inference attempt %d failed: %s", attempt, exc)
+
+        out = infer(generate, self.model, image, reference, on_failure=failed)
+        if out.parsed is None and out.start_errors == out.attempts:
+            raise PipelineFatal(f"the inference worker cannot start: {out.failures[-1]}")
         return out
 
     def _result(
@@ -434,44 +366,17 @@ class Pipeline:
         part: AcceptedPart,
         verdict: Verdict,
         reason: str,
-        parsed: ParsedResponse | None,
-        raw: str,
-        attempts: int,
+        inference: Inference | None,
         latency: dict[str, float],
         gate_score: float | None = None,
         gate_map: str = "",
-        failures: list[str] | None = None,
         source: DecisionSource | None = None,
     ) -> InspectionResult:
-        boxes = [Box.from_xyxy(b, lab) for b, lab in zip(parsed.boxes, parsed.labels, strict=True)] if parsed else []
-        return InspectionResult(
-            station=self.station,
-            seq=part.seq,
-            part_id=part.part_id,
-            camera=part.camera,
-            frame_number=part.frame_number,
-            captured_at=part.captured_at,
-            verdict=verdict,
-            reason=reason,
-            decision=parsed.decision if parsed else None,
-            boxes=boxes,
-            think=parsed.think if parsed else "",
-            rethink=parsed.rethink if parsed else "",
-            answer=parsed.answer if parsed else "",
-            raw_response=raw,
-            format_ok=parsed.format_ok if parsed else False,
-            problems=[*(parsed.problems if parsed else []), *(failures or [])],
-            prompt_version=self.model.prompt_version,
-            model_id=self.model.model_id,
-            image_path=part.image_path,
-            image_width=part.image_width,
-            image_height=part.image_height,
-            gate_score=gate_score,
-            gate_map_path=gate_map,
-            latency_ms=latency,
-            attempts=attempts,
-            decision_source=source,
-            decided_at=utcnow(),
+        return build_result(
+            station=self.station, seq=part.seq, part_id=part.part_id, camera=part.camera,
+            frame_number=part.frame_number, captured_at=part.captured_at, verdict=verdict, reason=reason,
+            model=self.model, inference=inference, image=(part.image_path, part.image_width, part.image_height),
+            gate_score=gate_score, gate_map=gate_map, latency=latency, source=source,
         )
 
     def _record(self, result: InspectionResult, retry: bool = False) -> InspectionResult | None:
@@ -487,23 +392,64 @@ class Pipeline:
             return None
         if retry or not self._unrecorded:
             self._journal_ok()
-        complete_ms = _ms(t0)
+        complete_ms = ms_since(t0)
         self.health.record_part(stored, {"complete": complete_ms})
         t0 = time.perf_counter()
-        self.bus.publish(stored)
-        publish_ms = _ms(t0)
+        self.outputs.recorded(stored)
+        publish_ms = ms_since(t0)
         self.health.record_stage("publish", publish_ms)
         self.last_record_ms = {"complete": complete_ms, "publish": publish_ms}
         self.processed += 1
-        if self.on_result is not None:
-            self.on_result(stored)
         return stored
 
 
-def load_reference(path: Path, model: ModelInfo) -> np.ndarray:
-    """A product's golden reference image, RGB, resized onto its model grid once at start-up."""
-    from PIL import Image
+class FreeRunStation:
+    """Free-run mode assembled from the station config: the inference worker and the pipeline.
 
-    with Image.open(path) as im:
-        rgb = np.asarray(im.convert("RGB"))
-    return np.asarray(model.grid(rgb.shape[1], rgb.shape[0]).resize(rgb))
+    The service drives it like the line (`start`, `recover`, `step`, `decided`, `close`); a frame's
+    arrival is its trigger, and there is no deadline to keep."""
+
+    def __init__(
+        self,
+        station: str,
+        *,
+        journal: Journal,
+        health: Health,
+        outputs: Outputs,
+        cameras: dict[str, Camera],
+        worker: InferenceWorker,
+        model: ModelInfo,
+        generation: GenerationOptions,
+        products: dict[str, str | None],
+        references: dict[str, np.ndarray],
+        gate: Any = None,
+        gate_mode: str = "off",
+        dedupe_cameras: set[str] | None = None,
+    ) -> None:
+        self.worker = worker
+        self.pipeline = Pipeline(station, journal, outputs, worker, health, model, cameras, products=products,
+                                 references=references, gate=gate, gate_mode=gate_mode,
+                                 dedupe_cameras=dedupe_cameras, generation=generation)
+
+    def start(self) -> None:
+        self.worker.start()
+
+    def recover(self) -> None:
+        self.pipeline.recover()
+
+    def step(self, timeout_s: float) -> None:
+        self.pipeline.poll(timeout_s)
+
+    @property
+    def decided(self) -> int:
+        return self.pipeline.processed
+
+    def counters(self) -> dict[str, float]:
+        return {"decided": self.pipeline.processed, "unrecorded": self.pipeline.unrecorded}
+
+    def worker_state(self) -> tuple[bool, int]:
+        return self.worker.alive, self.worker.restarts
+
+    def close(self) -> None:
+        self.pipeline.close()
+        self.worker.stop()

@@ -2,7 +2,9 @@
 fail-safe), the VLM runner, the line controller, the PLC link and the OPC UA server.
 
 The service builds one LineStation when the config has a `line` section and drives `step()` from
-its loop instead of the free-running pipeline.
+its loop; free-run builds a FreeRunStation on the same inspection core instead. Every model's
+limits (context, answer length) come from its manifest through `model_limits`, the one source the
+free-run mode uses too, so a config that leaves `n_ctx`/`max_tokens` to the manifest loads alike.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ import numpy as np
 
 from adfm.schema import InspectionResult
 
-from ..config.station import StationConfig
+from ..config.station import ModelLimits, StationConfig, model_limits
+from ..inspection.core import GenerationOptions, ModelInfo, build_result
 from ..inspection.runner import VlmModel, VlmRunner
 from ..inspection.worker import BackendSpec
 from ..journal.store import Journal, JournalError
 from ..system.health import Health
-from .freerun import ModelInfo
-from .line import DecisionOutput, LineController, LineTrigger, Recipe
+from .line import LineController, LineTrigger, Recipe
+from .outputs import Outputs
 
 if TYPE_CHECKING:
     from ..plc.modbus import ModbusLink
@@ -34,6 +37,10 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "default"
 
 
+class ModelLimitsError(ValueError):
+    """A recipe's model cannot run with the limits the config allows (the message says which)."""
+
+
 class LineStation:
     def __init__(
         self,
@@ -41,22 +48,22 @@ class LineStation:
         *,
         journal: Journal,
         health: Health,
-        publish: Callable[[InspectionResult], None],
+        outputs: Outputs,
         camera: Any,
         model: ModelInfo,
+        limits: ModelLimits,
         references: dict[str, np.ndarray],
         gate: Any = None,
         backend: BackendSpec | None = None,
-        on_result: Callable[[InspectionResult], None] | None = None,
-        load_model: Callable[[Path], ModelInfo] | None = None,
+        load_model: Callable[[Path], tuple[ModelInfo, ModelLimits]] | None = None,
     ) -> None:
         assert cfg.line is not None
         self.cfg = cfg
         self.journal = journal
         self.health = health
-        self.publish = publish
+        self.outputs = outputs
         line = cfg.line
-        models = {DEFAULT_MODEL: VlmModel(model, backend or self._spec(cfg.model.dir))}
+        models = {DEFAULT_MODEL: self._vlm_model(model, limits, backend, cfg.model.dir)}
         gates: dict[Path, Any] = {}
         recipes: dict[str, Recipe] = {}
         default_product = cfg.product_for(cfg.line_camera)
@@ -65,8 +72,9 @@ class LineStation:
             if r.model_dir is not None and r.model_dir != cfg.model.dir:
                 key = str(r.model_dir)
                 if key not in models:
-                    info = (load_model or _model_info)(r.model_dir)
-                    models[key] = VlmModel(info, backend or self._spec(r.model_dir))
+                    info, rlimits = (load_model(r.model_dir) if load_model is not None
+                                     else _model_info(cfg, r.model_dir, r.name))
+                    models[key] = self._vlm_model(info, rlimits, backend, r.model_dir)
             mode = r.gate_mode or cfg.gate.mode
             recipe_gate = gate
             if r.gate_path is not None and mode != "off":
@@ -92,26 +100,26 @@ class LineStation:
         self.models = models
         self.runner = VlmRunner(models, self._vlm_done, self._vlm_skipped, backlog=line.vlm_backlog,
                                 hang_s=cfg.model.deadline_s, load_timeout_s=cfg.model.load_timeout_s,
-                                max_tokens=cfg.model.max_tokens, nice=line.vlm_nice)
+                                nice=line.vlm_nice)
+        self.controller = LineController(
+            cfg.station, journal, health, camera, cfg.line_camera, self.runner, recipes, next(iter(recipes)),
+            {k: m.info for k, m in models.items()}, outputs, margin_ms=line.margin_ms,
+        )
         self.link: ModbusLink | None = None
-        outputs: list[DecisionOutput] = []
         if cfg.plc is not None:
             from ..plc.modbus import ModbusLink
 
-            self.link = ModbusLink(cfg.plc.modbus, self.trigger, health)
-            outputs.append(self.link)
+            self.link = ModbusLink(cfg.plc.modbus, self.trigger, health, alive=self.controller.alive,
+                                   on_missed=self.controller.missed_ejection)
+            outputs.add("plc", decided=self.link.decided)
         self.opcua: StationOpcUa | None = None
-        self.controller = LineController(
-            cfg.station, journal, publish, health, camera, cfg.line_camera, self.runner, recipes,
-            next(iter(recipes)), {k: (m.info.model_id, m.info.prompt_version) for k, m in models.items()},
-            margin_ms=line.margin_ms, outputs=outputs, on_result=self._on_result,
-        )
-        self._on_result_cb = on_result
         health.recipe = self.controller.active_recipe
 
-    def _spec(self, model_dir: Path) -> BackendSpec:
+    def _vlm_model(self, info: ModelInfo, limits: ModelLimits, backend: BackendSpec | None,
+                   model_dir: Path) -> VlmModel:
         m = self.cfg.model
-        return BackendSpec(m.backend, m.backend_kwargs(model_dir, m.n_ctx))
+        spec = backend or BackendSpec(m.backend, m.backend_kwargs(model_dir, limits.n_ctx))
+        return VlmModel(info, spec, GenerationOptions(max_tokens=limits.max_tokens, temperature=m.temperature))
 
     # ---- wiring -------------------------------------------------------------------------------
 
@@ -120,12 +128,6 @@ class LineStation:
 
     def _vlm_skipped(self, key) -> None:
         self.controller.vlm_skipped(key)
-
-    def _on_result(self, result: InspectionResult) -> None:
-        if self.opcua is not None:
-            self.opcua.result(result)
-        if self._on_result_cb is not None:
-            self._on_result_cb(result)
 
     def trigger(self, trigger: LineTrigger) -> None:
         self.controller.trigger(trigger)
@@ -146,21 +148,20 @@ class LineStation:
         out = []
         for part in self.journal.pending():
             imaged = "imaged" if part.image_path else "not yet imaged"
-            result = InspectionResult(
+            result = build_result(
                 station=self.cfg.station, seq=part.seq, part_id=part.part_id, camera=part.camera,
                 frame_number=part.frame_number, captured_at=part.captured_at, verdict="review",
                 reason=f"the service stopped before deciding this part ({imaged}); the line's action is unknown",
-                image_path=part.image_path, image_width=part.image_width, image_height=part.image_height,
-                attempts=0,
+                model=None, image=(part.image_path, part.image_width, part.image_height),
             )
             try:
                 stored = self.journal.complete(result)
             except JournalError as exc:
                 log.error("cannot record pending seq %d: %s", part.seq, exc)
                 continue
-            self.publish(stored)
+            self.outputs.recorded(stored)
             out.append(stored)
-        self.controller._next_pub = self.journal.last_seq() + 1
+        self.controller.resume_publishing(self.journal.last_seq() + 1)
         return out
 
     def start(self) -> None:
@@ -170,6 +171,7 @@ class LineStation:
 
             self.opcua = StationOpcUa(self.cfg.opcua, self)
             self.opcua.start()
+            self.outputs.add("opcua", recorded=self.opcua.result)
         self.runner.start(preload=DEFAULT_MODEL)
         self.controller.start()
         if self.link is not None:
@@ -183,6 +185,21 @@ class LineStation:
     def decided(self) -> int:
         return self.controller.decided
 
+    def counters(self) -> dict[str, float]:
+        """The deciding loop's counters and the PLC link's (status, metrics, OPC UA)."""
+        out = self.controller.counters()
+        if self.link is not None:
+            s = self.link.status()
+            out.update(plc_connected=float(s["connected"]), plc_poll_gap_ms_max=s["poll_gap_ms_max"],
+                       plc_pulses=s["pulses"], plc_pulse_late_ms_max=s["pulse_late_ms_max"],
+                       plc_pulse_late_ms_p99=s["pulse_late_ms_p99"], plc_disconnects=s["disconnects"],
+                       plc_results_written=s["results_written"],
+                       missed_ejections=out["missed_ejections"])
+        return out
+
+    def worker_state(self) -> tuple[bool, int]:
+        return self.runner.alive, self.runner.restarts
+
     def close(self) -> None:
         if self.opcua is not None:
             self.opcua.stop()
@@ -192,8 +209,12 @@ class LineStation:
         self.runner.stop()
 
 
-def _model_info(model_dir: Path) -> ModelInfo:
+def _model_info(cfg: StationConfig, model_dir: Path, recipe: str) -> tuple[ModelInfo, ModelLimits]:
+    """A recipe's own model: its manifest (hashes checked) and the limits it runs with."""
     from adfm.manifest import load_model_dir
 
     m = load_model_dir(model_dir, check_hashes=True)
-    return ModelInfo(m.model_id, m.prompt_version, m.min_pixels, m.max_pixels)
+    limits = model_limits(cfg, m, f"recipes.{recipe}.model_dir ({model_dir})")
+    if limits.problems:
+        raise ModelLimitsError("; ".join(limits.problems))
+    return ModelInfo(m.model_id, m.prompt_version, m.min_pixels, m.max_pixels), limits

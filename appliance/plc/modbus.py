@@ -6,11 +6,15 @@ One thread owns the connection (pymodbus's sync client is not thread-safe). Ever
   registers that are configured and hand a LineTrigger to the line;
 - write each decision, in order, as one block: seq (low, high word), decision code, source code
   (a PLC that scans slower than parts are decided sees the newest; the seq tells it what it missed);
-- every `heartbeat_ms`, increment the heartbeat register;
+- every `heartbeat_ms`, increment the heartbeat register — only while the line's deciding loop is
+  alive (`alive()`), so a PLC watching the heartbeat sees the station that decides, not the link;
 - fire the reject coil for each rejected part when it reaches the ejector (`delay_ms` after its
   trigger, or `distance_counts` encoder counts after it), high for `pulse_ms`. Parts in flight
   between camera and ejector are kept in order (a shift register); a part due while the coil is
-  still high gets its own pulse right after.
+  still high gets its own pulse right after. Never late: a part whose ejector window
+  (`window_ms` / `window_counts` past its due point) has passed is not pulsed — the pulse would hit
+  whatever part is there now. It is a missed ejection: counted, alarmed, and reported to the line
+  (`on_missed`), which journals and publishes it.
 A failed request drops the connection; the link raises a `plc` problem in health (so the status
 on the bus carries the alarm) and reconnects with exponential backoff. Decisions made meanwhile
 are still journaled; when the link is back the unwritten results are written (the newest 64), and pulses that fell due
@@ -80,6 +84,8 @@ class LinkStats:
     missed_ejections: int = 0
     disconnects: int = 0
     heartbeat: int = 0
+    #: how late pulses started after their part reached the ejector (ms): the worst one
+    pulse_late_ms_max: float = 0.0
     #: the longest gap between two reads of the trigger (a starved machine shows here first)
     poll_gap_ms_max: float = 0.0
 
@@ -161,10 +167,14 @@ class ModbusLink:
     """Runs the PLC side of the line in its own thread (see the module docstring)."""
 
     def __init__(self, cfg: ModbusSection, on_trigger: Callable[[LineTrigger], None], health: Health | None = None,
-                 *, client: ModbusClient | None = None) -> None:
+                 *, client: ModbusClient | None = None, alive: Callable[[], bool] | None = None,
+                 on_missed: Callable[[int, str], None] | None = None) -> None:
         self.cfg = cfg
         self.on_trigger = on_trigger
         self.health = health
+        self.alive = alive or (lambda: True)  # the deciding loop is turning
+        self.on_missed = on_missed or (lambda seq, why: None)
+        self._pulse_late: deque[float] = deque(maxlen=10_000)
         self.client = client or ModbusClient(cfg)
         self.stats = LinkStats()
         self.connected = False
@@ -276,7 +286,7 @@ class ModbusLink:
             self.stats.results_written += 1
             self.write_latency_ms.append((seq, round((time.monotonic() - at_mono) * 1000.0, 3)))
         now = time.monotonic()
-        if now >= self._next_heartbeat:
+        if now >= self._next_heartbeat and self.alive():
             self._next_heartbeat = now + self.cfg.result.heartbeat_ms / 1000.0
             self.stats.heartbeat = (self.stats.heartbeat + 1) & 0xFFFF
             self.client.write_registers(self.cfg.result.base + 4, [self.stats.heartbeat])
@@ -355,26 +365,57 @@ class ModbusLink:
         now = time.monotonic()
         count = self._encoder()
         due = [p for p in self._in_flight if self._reached(p, now, count)]
+        if not due:
+            return
+        self._in_flight = [p for p in self._in_flight if p not in due]
+        late = [p for p in due if self._past_window(p, now, count)]
+        if late:
+            self._missed(late, "reached the ejector, but its window had passed before the pulse could start")
+        due = [p for p in due if p not in late]
         if due:
-            self._in_flight = [p for p in self._in_flight if p not in due]
             self.client.write_coil(ej.coil, True)
-            self._pulse_until = time.monotonic() + ej.pulse_ms / 1000.0
+            fired = time.monotonic()
+            self._pulse_until = fired + ej.pulse_ms / 1000.0
             self.stats.pulses += len(due)
+            for p in due:
+                if p.due_mono is not None:
+                    late_ms = max(0.0, (fired - p.due_mono) * 1000.0)
+                    self._pulse_late.append(late_ms)
+                    self.stats.pulse_late_ms_max = max(self.stats.pulse_late_ms_max, round(late_ms, 1))
+
+    def _past_window(self, part: _InFlight, now: float, count: int | None) -> bool:
+        """Whether the part has gone past the ejector by more than its window."""
+        ej = self.cfg.ejector
+        assert ej is not None
+        if part.due_mono is not None:
+            return now > part.due_mono + ej.window_ms / 1000.0
+        if count is None or part.start_count is None or part.due_count is None:
+            return False
+        travelled = (count - part.start_count) % U32
+        return travelled > (part.due_count - part.start_count) % U32 + ej.late_counts
+
+    def _missed(self, parts: list[_InFlight], why: str) -> None:
+        now = time.monotonic()
+        for p in parts:
+            self.stats.missed_ejections += 1
+            log.error("part seq %d not rejected: it %s", p.seq, why)
+            self.on_missed(p.seq, why)
+        if self.health is not None:
+            self.health.problem("plc.ejector", f"{self.stats.missed_ejections} rejected parts passed the ejector "
+                                               f"unrejected (last: seq {parts[-1].seq}: {why})")
+        self._ejector_alarm_until = now + EJECTOR_ALARM_S
 
     def _drop_overdue(self, now: float) -> None:
         """While the link is down, parts that reach the ejector cannot be rejected: count and report."""
         late = [p for p in self._in_flight if p.due_mono is not None and now > p.due_mono]
-        for p in late:
-            self._in_flight.remove(p)
-            self.stats.missed_ejections += 1
-            log.error("part seq %d passed the ejector while the PLC link was down: not rejected", p.seq)
-        if late and self.health is not None:
-            self.health.problem("plc.ejector", f"{self.stats.missed_ejections} rejected parts passed the ejector "
-                                               "while the PLC link was down")
-            self._ejector_alarm_until = now + EJECTOR_ALARM_S
+        if late:
+            self._in_flight = [p for p in self._in_flight if p not in late]
+            self._missed(late, "passed the ejector while the PLC link was down")
 
     # ---- probe --------------------------------------------------------------------------------
 
     def status(self) -> dict:
+        late = list(self._pulse_late)
+        p99 = round(float(sorted(late)[min(len(late) - 1, int(0.99 * len(late)))]), 1) if late else 0.0
         return {"connected": self.connected, "last_error": self.last_error, **self.stats.__dict__,
-                "in_flight": len(self._in_flight)}
+                "pulse_late_ms_p99": p99, "in_flight": len(self._in_flight)}

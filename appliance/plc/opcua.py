@@ -13,11 +13,15 @@ Node set, under Objects/Station in namespace `opcua.namespace` (browse names; al
 | Counters/Decided, Pass, Reject, Hold, Revisions | UInt64 | since the service started |
 | Counters/Gate, Vlm, FailSafeTimeout, FailSafeModelDown, | UInt64 | decisions by source |
 | Counters/FailSafeMissedFrame, FailSafeDiskFull | UInt64 | decisions by source |
+| Line/DeadlineMisses, MissedEjections, VlmDropped | Double | the deciding loop's counters since start |
+| Line/LoopStallMsMax, LoopStallMsP99 | Double | how long one event held the deciding loop (ms) |
+| Line/PlcPollGapMsMax, PlcPulses, PlcPulseLateMsMax | Double | the PLC link's poll gap and pulses |
 | LastResults | String[] | the newest `opcua.last_results` decisions and revisions, newest first, |
 | | | one JSON object each (seq, part_id, revision, action, verdict, source, recipe, decided_at) |
 | Alarms | String[] | the standing problems (PLC link down, camera, journal, …) |
 
-Values are refreshed at every decision and once a second. Like the result bus, the server binds
+Values are refreshed by the server's own thread, woken at every decision and once a second: the
+deciding loop only counts, it never waits on OPC UA. Like the result bus, the server binds
 only loopback unless `opcua.insecure` is set (it offers no OPC UA security policy).
 """
 
@@ -44,6 +48,12 @@ SOURCE_NODES = {
     "failsafe_disk_full": "FailSafeDiskFull",
 }
 ACTION_NODES = {"pass": "Pass", "reject": "Reject", "hold": "Hold"}
+#: status counters (StationStatus.counters) → Line/<node>
+LINE_NODES = {
+    "deadline_misses": "DeadlineMisses", "missed_ejections": "MissedEjections", "vlm_dropped": "VlmDropped",
+    "loop_stall_ms_max": "LoopStallMsMax", "loop_stall_ms_p99": "LoopStallMsP99",
+    "plc_poll_gap_ms_max": "PlcPollGapMsMax", "plc_pulses": "PlcPulses", "plc_pulse_late_ms_max": "PlcPulseLateMsMax",
+}
 
 
 class StationOpcUa:
@@ -58,6 +68,7 @@ class StationOpcUa:
         self._recent: list[str] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -80,6 +91,9 @@ class StationOpcUa:
         n["LastSeq"] = station.add_variable(idx, "LastSeq", 0, varianttype=ua.VariantType.Int64)
         for name in ["Decided", "Revisions", *ACTION_NODES.values(), *SOURCE_NODES.values()]:
             n[f"Counters/{name}"] = counters.add_variable(idx, name, 0, varianttype=ua.VariantType.UInt64)
+        line = station.add_object(idx, "Line")
+        for name in LINE_NODES.values():
+            n[f"Line/{name}"] = line.add_variable(idx, name, 0.0, varianttype=ua.VariantType.Double)
         n["LastResults"] = station.add_variable(idx, "LastResults", [], varianttype=ua.VariantType.String)
         n["Alarms"] = station.add_variable(idx, "Alarms", [], varianttype=ua.VariantType.String)
         server.start()
@@ -102,7 +116,7 @@ class StationOpcUa:
                                 "verdict": r.verdict, "source": r.decision_source, "recipe": r.recipe,
                                 "decided_at": r.decided_at.isoformat() if r.decided_at else None})
             self._recent = [entry, *self._recent][: self.cfg.last_results]
-        self.refresh()
+        self._wake.set()
 
     def refresh(self) -> None:
         if self._server is None:
@@ -124,15 +138,21 @@ class StationOpcUa:
                     node.write_value(counts.get(key.split("/", 1)[1], 0), node.read_data_type_as_variant_type())
             n["LastResults"].write_value(recent, n["LastResults"].read_data_type_as_variant_type())
             n["Alarms"].write_value(list(status.problems), n["Alarms"].read_data_type_as_variant_type())
+            for key, name in LINE_NODES.items():
+                n[f"Line/{name}"].write_value(float(status.counters.get(key, 0.0)))
         except Exception as exc:  # SCADA visibility must never stop the line
             log.warning("OPC UA update failed: %s", exc)
 
     def _refresh_loop(self) -> None:
-        while not self._stop.wait(1.0):
-            self.refresh()
+        while not self._stop.is_set():
+            self._wake.wait(1.0)
+            self._wake.clear()
+            if not self._stop.is_set():
+                self.refresh()
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(3.0)
         if self._server is not None:

@@ -50,6 +50,7 @@ class Health:
         last_seq: Callable[[], int] | None = None,
         cameras: Callable[[], list[CameraStatus]] | None = None,
         worker: Callable[[], tuple[bool, int]] | None = None,
+        counters: Callable[[], dict[str, float]] | None = None,
     ) -> None:
         self.station = station
         self.model_id = model_id
@@ -65,6 +66,7 @@ class Health:
         self._last_seq = last_seq or (lambda: 0)
         self._cameras = cameras or (lambda: [])
         self._worker = worker or (lambda: (False, 0))
+        self._counters = counters or (lambda: {})  # the mode's running counters (line: misses, stalls, …)
 
     # ---- recording (main loop) ----------------------------------------------------------------
 
@@ -144,6 +146,7 @@ class Health:
             model_id=self.model_id,
             problems=[problems[k] for k in sorted(problems)],
             recipe=self.recipe,
+            counters=self._safe(self._counters, {}),
         )
 
     def pipeline_ok(self, max_heartbeat_age_s: float = 60.0) -> bool:
@@ -222,6 +225,12 @@ class _StationCollector:
             for cam in s.cameras:
                 c.add_metric([*station, cam.camera], float(getattr(cam, field)))
             yield c
+        g = GaugeMetricFamily("adfm_line", "the line's running counters (deadline misses, missed ejections, "
+                              "decision-loop stall ms, PLC poll gap and pulses, VLM jobs dropped)",
+                              labels=["station", "counter"])
+        for name, value in sorted(s.counters.items()):
+            g.add_metric([*station, name], float(value))
+        yield g
         for name, value in (self.extra() if self.extra else {}).items():
             yield gauge(name, name.replace("_", " "), value)
 
