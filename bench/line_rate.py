@@ -1,17 +1,33 @@
-"""Line rate: sustained parts/s and trigger-to-decision latency, measured at the PLC.
+"""Line rate under load: every trigger decided once and in time, measured at the PLC.
 
-    python bench/line_rate.py [--seconds 120] [--rate 5] [--deadline-ms 500] [--model scripted|tiny|DIR]
-                              [--slow-every 5] [--slow-s 1.2] [--trigger counter|edge]
+    python bench/line_rate.py [--parts 600] [--rate 5] [--deadline-ms 800] [--load 6]
+                              [--model scripted|tiny|DIR] [--gate tiny|PATH|off] [--before REV]
 
 The real station service in line mode against the PLC stand-in (pymodbus's Modbus/TCP server in its
-own process on 127.0.0.1, tests/plc_standin.py) presenting parts at `--rate`, a synthetic 30 fps
-camera on the real capture thread, and a model slowed past the deadline on every `--slow-every`-th
-call: `scripted` (the test backend: answers at once, or after --slow-s), `tiny` (the tiny demo GGUF
-through llama.cpp, built once like `adfm-appliance demo`) or an exported model directory.
+own process on 127.0.0.1, tests/plc_standin.py) presenting `--parts` parts at `--rate`, a 30 fps
+camera on the real capture thread delivering synthetic washers (256², adfm.synthetic), the
+screening gate in screen mode (`--gate tiny`: fitted on synthetic washers like the demo's) and a
+model slowed past the deadline on every `--slow-every`-th call (`tiny`: the tiny demo GGUF through
+llama.cpp; `scripted`: the test backend).
 
-Latency is taken on the PLC's side: from the stand-in raising the trigger input to the station's
-result write arriving at it (both stamped with CLOCK_MONOTONIC on this machine) — what a PLC
-program would see. Writes bench/results/line_rate-<model>.json with the command, machine and load.
+The load is the bench's own: `--load N` busy processes at normal priority (a station is never
+idle; the VLM worker adds its own threads beside them). The load average is recorded before and
+after each run.
+
+With `--before REV` the same measurement runs on that commit's tree too (a git worktree), one
+after the other under the same load, and both land in one JSON file — side by side.
+
+Measured per run:
+- at the PLC: trigger (the stand-in raising it) → the station's result write, both stamped with
+  CLOCK_MONOTONIC on this machine; the share written before the deadline;
+- triggers with exactly one decision; decision sources; revisions;
+- reject pulses against the ejector window: a pulse must rise between its part's trigger +
+  `delay_ms` and that + `window_ms` + 2 × the link's poll period (the station sees a trigger up to
+  one poll late); pulses matching no rejected part's window are "outside the window";
+- the frame each part got: trigger → frame capture (station side), and how many parts got a
+  frame later than one frame period + 20 ms (a frame skipped);
+- the deciding loop's stalls (max, p99) and the link's worst poll gap, where the tree reports them.
+Writes bench/results/line_rate-<model>[-load<N>].json with the command, machine and load.
 """
 
 from __future__ import annotations
@@ -20,6 +36,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +49,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 RESULTS = REPO / "bench" / "results"
+FPS = 30.0
 
 
 def pct(values: list[float]) -> dict[str, float]:
@@ -41,115 +59,272 @@ def pct(values: list[float]) -> dict[str, float]:
             "p99": round(float(np.percentile(values, 99)), 2), "max": round(max(values), 2)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seconds", type=float, default=120.0)
-    p.add_argument("--rate", type=float, default=5.0, help="parts per second the PLC presents")
-    p.add_argument("--deadline-ms", type=float, default=500.0)
-    p.add_argument("--delay-ms", type=float, default=700.0, help="trigger → ejector")
-    p.add_argument("--model", default="scripted", help="scripted, tiny, or an exported model directory")
-    p.add_argument("--slow-every", type=int, default=5)
-    p.add_argument("--slow-s", type=float, default=1.2)
-    p.add_argument("--max-tokens", type=int, default=16)
-    p.add_argument("--trigger", choices=["counter", "edge"], default="counter",
-                   help="PLC trigger as a part counter register or a discrete-input edge (80 ms high)")
-    p.add_argument("--out", type=Path)
-    a = p.parse_args(argv)
+# ---- one measurement, in a child process running one tree's code ------------------------------------
 
-    from adfm.appliance.inspection.worker import BackendSpec
-    from adfm.appliance.journal.store import Journal
+
+def _washer_frames(n: int = 24) -> list[np.ndarray]:
+    from adfm.synthetic import make_sample
+
+    rng = np.random.default_rng(7)
+    out = []
+    for i in range(n):
+        defect = "scratch" if i % 4 == 3 else None
+        out.append(make_sample("washer", defect, rng, size=(256, 256), defect_scale=1.4).image)
+    return out
+
+
+def _patch_camera(frames: list[np.ndarray]) -> None:
+    """The line tests' synthetic 30 fps camera, delivering washers instead of flat frames."""
+    import tests.line_support as ls
+    from adfm.camera.errors import SourceError
+    from adfm.camera.source import now_pair
+
+    bgr = [np.ascontiguousarray(f[..., ::-1]) for f in frames]  # sources hand over OpenCV's BGR
+
+    class WasherStream(ls.SyntheticStream):  # type: ignore[misc,name-defined]
+        def read(self):
+            if self.down or not self._open:
+                raise SourceError(f"{self.name}: device unplugged")
+            wait = self._next - time.monotonic()
+            if wait > 0:
+                time.sleep(min(wait, 0.05))
+                if wait > 0.05:
+                    return None
+            self._next = max(self._next + 1.0 / self.fps, time.monotonic() - 0.5)
+            mono, wall = now_pair()
+            n = self._next_number
+            return self._make_frame(bgr[n % len(bgr)], f"washer#{n}", mono, wall)
+
+    ls.SyntheticStream = WasherStream
+
+
+def measure(a: argparse.Namespace) -> dict:
+    """Run the line once with this interpreter's tree; returns what the PLC and the journal saw."""
+    try:
+        from adfm.appliance.inspection.worker import BackendSpec
+        from adfm.appliance.journal.store import Journal
+    except ImportError:  # the tree before the appliance's subpackages
+        from adfm.appliance.inference_worker import BackendSpec  # type: ignore[no-redef]
+        from adfm.appliance.journal import Journal  # type: ignore[no-redef]
     from tests.appliance_fakes import make_model_dir, write_script
     from tests.line_support import Plc, free_port, line_config, start_line
 
-    load_before = os.getloadavg()
+    _patch_camera(_washer_frames())
     tmp = Path(tempfile.mkdtemp(prefix="adfm-line-rate-"))
     port = free_port()
     cfg = line_config(tmp, port, deadline_ms=a.deadline_ms, delay_ms=a.delay_ms, counter=a.trigger == "counter")
     cfg["line"]["vlm_backlog"] = 16
     cfg["model"]["max_tokens"] = a.max_tokens
+    if a.gate_path:
+        cfg["gate"] = {"mode": "screen", "path": a.gate_path}
     script = None
+    backend = None
     if a.model == "scripted":
         actions = [("yes" if i % 2 else "no") for i in range(max(1, a.slow_every) - 1)] + ["late"]
         script = write_script(tmp / "script.json", actions, late_s=a.slow_s, cycle=True)
-        backend = None
-    else:
-        if a.model == "tiny":
-            from adfm.appliance.demo import default_cache, ensure_model
-
-            model_dir = ensure_model(default_cache(), None, lambda s: print(s, file=sys.stderr))
-        else:
-            model_dir = Path(a.model).resolve()
-        cfg["model"]["dir"] = str(model_dir)
-        backend = BackendSpec("tests.appliance_fakes:make_slowed_backend", {
-            "model_dir": str(model_dir), "slow_every": a.slow_every, "slow_s": a.slow_s, "check_hashes": False})
-    if a.model == "scripted":
         make_model_dir(tmp / "model")
-    parts = int(a.seconds * a.rate)
+    else:
+        cfg["model"]["dir"] = a.model_dir
+        backend = BackendSpec("tests.appliance_fakes:make_slowed_backend", {
+            "model_dir": a.model_dir, "slow_every": a.slow_every, "slow_s": a.slow_s, "check_hashes": False})
     plc = Plc(port, tmp / "plc.jsonl")
-    plc.start(rate=a.rate, parts=parts)
+    plc.start(rate=a.rate, parts=a.parts)  # it presents parts once the station's heartbeat shows
     run, _ = start_line(cfg, script, backend=backend)
+    load_before = os.getloadavg()
     t0 = time.monotonic()
     try:
         while not plc.done():
             time.sleep(0.5)
-            if time.monotonic() - t0 > a.seconds * 3 + 120:
+            if time.monotonic() - t0 > a.parts / a.rate * 3 + 120:
                 raise SystemExit("the PLC stand-in did not finish presenting parts")
-        end = time.monotonic() + 30
-        while (len(plc.result_writes()) < parts or run.service.line.controller.parts) and time.monotonic() < end:
+        end = time.monotonic() + 60
+        while (len(plc.result_writes()) < a.parts or run.service.line.controller.parts) and time.monotonic() < end:
             time.sleep(0.2)
-        time.sleep(a.delay_ms / 1000 + 0.3)
-        link = run.service.line.link.status()
-        vlm_skipped = run.service.line.controller.skipped
+        time.sleep(a.delay_ms / 1000 + 0.5)
+        line = run.service.line
+        link = line.link.status()
+        counters = line.counters() if hasattr(line, "counters") else {}
+        vlm_skipped = line.controller.skipped
     finally:
         run.stop()
         plc.kill()
     load_after = os.getloadavg()
 
     triggers = {t["part_id"]: t["t"] for t in plc.triggers()}
-    writes = {w["seq"]: w["t"] for w in plc.result_writes()}
+    writes: dict[int, float] = {}
+    for w in plc.result_writes():
+        writes.setdefault(w["seq"], w["t"])  # the first write of a seq is the decision the PLC got
     with Journal(tmp / "state", "st1") as journal:
         firsts = [journal.revisions(s)[0] for s in range(1, journal.last_seq() + 1)]
         revised = sum(len(journal.revisions(r.seq)) > 1 for r in firsts)
-    per_part = {}
+    per_part: dict[str, list] = {}
     for r in firsts:
         per_part.setdefault(r.part_id, []).append(r)
     plc_ms = [(writes[r.seq] - triggers[r.part_id]) * 1000 for r in firsts if r.seq in writes and r.part_id in triggers]
     station_ms = [r.latency_ms["trigger_to_decision"] for r in firsts if "trigger_to_decision" in r.latency_ms]
+    frame_ms = [r.latency_ms["trigger_to_frame"] for r in firsts if "trigger_to_frame" in r.latency_ms]
+    frame_limit_ms = 1000.0 / FPS + 20.0
     sources: dict[str, int] = {}
     for r in firsts:
         sources[r.decision_source or "none"] = sources.get(r.decision_source or "none", 0) + 1
     span = max(triggers.values()) - min(triggers.values()) if len(triggers) > 1 else 0.0
-    in_time = sum(ms <= a.deadline_ms for ms in station_ms)
-    rejects = sum(r.action == "reject" for r in firsts)
+
+    # pulses against the ejector windows of the rejected parts (PLC-side trigger times)
+    poll_ms = float(cfg["plc"]["modbus"]["poll_ms"])
+    window_ms = a.window_ms + 2 * poll_ms
+    due = sorted(triggers[r.part_id] + a.delay_ms / 1000.0 for r in firsts
+                 if r.action == "reject" and r.part_id in triggers)
+    rises = [rise for rise, _ in plc.pulses()]
+    unmatched_due = list(due)
+    outside, lateness = 0, []
+    for rise in rises:
+        hit = next((d for d in unmatched_due if 0.0 <= (rise - d) * 1000.0 <= window_ms), None)
+        if hit is None:
+            outside += 1
+        else:
+            unmatched_due.remove(hit)
+            lateness.append((rise - hit) * 1000.0)
+    return {
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in load_after],
+        "triggered": len(triggers),
+        "decided": len(firsts),
+        "triggers_with_exactly_one_decision": sum(len(per_part.get(pid, [])) == 1 for pid in triggers),
+        "decided_under_station_made_id": sum(pid not in triggers for pid in per_part),
+        "sustained_parts_per_s": round(len(firsts) / span, 3) if span else None,
+        "plc_writes_within_deadline": sum(ms <= a.deadline_ms for ms in plc_ms),
+        "plc_writes_within_deadline_share": round(sum(ms <= a.deadline_ms for ms in plc_ms) / max(1, len(triggers)), 4),
+        "latency_trigger_to_plc_write_ms": pct(plc_ms),
+        "latency_trigger_to_decision_station_ms": pct(station_ms),
+        "trigger_to_frame_ms": pct(frame_ms),
+        "parts_with_a_frame_later_than_one_period_plus_20ms": sum(ms > frame_limit_ms for ms in frame_ms),
+        "decision_sources": sources,
+        "revisions": revised,
+        "late_parts_the_vlm_skipped": vlm_skipped,
+        "rejects": sum(r.action == "reject" for r in firsts),
+        "reject_pulses": len(rises),
+        "pulses_outside_the_ejector_window": outside,
+        "pulse_window_ms": window_ms,
+        "pulse_lateness_ms": pct(lateness),
+        "rejects_without_a_pulse": len(unmatched_due),
+        "decision_loop": {k: counters[k] for k in ("loop_stall_ms_max", "loop_stall_ms_p99", "deadline_misses",
+                                                    "missed_ejections", "vlm_dropped") if k in counters},
+        "link": link,
+    }
+
+
+# ---- the driver: load, trees, JSON --------------------------------------------------------------------
+
+
+def start_load(n: int) -> list[subprocess.Popen]:
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+
+
+def stop_load(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        p.kill()
+    for p in procs:
+        p.wait(10)
+
+
+def worktree(rev: str) -> Path:
+    path = Path(tempfile.gettempdir()) / f"adfm-tree-{rev[:12]}"
+    if not (path / "adfm").is_dir():
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--force", "--detach", str(path), rev], check=True,
+                       capture_output=True)
+    return path
+
+
+def run_child(tree: Path, a: argparse.Namespace, model_dir: str, gate: str) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--parts", str(a.parts), "--rate", str(a.rate),
+           "--deadline-ms", str(a.deadline_ms), "--delay-ms", str(a.delay_ms), "--window-ms", str(a.window_ms),
+           "--model", a.model, "--model-dir", model_dir, "--gate-path", gate, "--slow-every", str(a.slow_every),
+           "--slow-s", str(a.slow_s), "--max-tokens", str(a.max_tokens), "--trigger", a.trigger]
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=a.parts / a.rate * 4 + 600)
+    if proc.returncode != 0:
+        raise SystemExit(f"the run on {tree} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--parts", type=int, default=600)
+    p.add_argument("--rate", type=float, default=5.0, help="parts per second the PLC presents")
+    p.add_argument("--deadline-ms", type=float, default=800.0)
+    p.add_argument("--delay-ms", type=float, default=1200.0, help="trigger → ejector")
+    p.add_argument("--window-ms", type=float, default=50.0, help="the ejector window (station config)")
+    p.add_argument("--load", type=int, default=0, help="busy processes the bench starts beside the station")
+    p.add_argument("--model", default="tiny", help="scripted, tiny, or an exported model directory")
+    p.add_argument("--gate", default="tiny", help="tiny (fitted on synthetic washers), a gate .onnx, or off")
+    p.add_argument("--before", help="also measure this commit's tree (side by side, same load)")
+    p.add_argument("--slow-every", type=int, default=5)
+    p.add_argument("--slow-s", type=float, default=1.2)
+    p.add_argument("--max-tokens", type=int, default=16)
+    p.add_argument("--trigger", choices=["counter", "edge"], default="counter",
+                   help="PLC trigger as a part counter register or a discrete-input edge (80 ms high)")
+    p.add_argument("--out", type=Path)
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--model-dir", default="", help=argparse.SUPPRESS)
+    p.add_argument("--gate-path", default="", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+
+    if a.child:
+        print(json.dumps(measure(a)))
+        return 0
+
+    model_dir = gate = ""
+    if a.model == "tiny" or a.gate == "tiny":
+        from adfm.appliance.demo import default_cache, ensure_gate, ensure_model
+
+        if a.model == "tiny":
+            model_dir = str(ensure_model(default_cache(), None, lambda s: print(s, file=sys.stderr)))
+        if a.gate == "tiny":
+            built = ensure_gate(default_cache(), lambda s: print(s, file=sys.stderr))
+            if built is None:
+                raise SystemExit("--gate tiny needs the trainer extra (torch) to fit the gate")
+            gate = str(built)
+    if a.model not in ("tiny", "scripted"):
+        model_dir = str(Path(a.model).resolve())
+    if a.gate not in ("tiny", "off"):
+        gate = str(Path(a.gate).resolve())
+
+    trees = {"after": REPO}
+    if a.before:
+        rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", a.before], check=True, capture_output=True,
+                             text=True).stdout.strip()
+        trees = {"before": worktree(rev), "after": REPO}
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    load = start_load(a.load)
+    runs = {}
+    try:
+        time.sleep(5 if a.load else 0)  # let the load settle into the load average
+        for name, tree in trees.items():
+            print(f"measuring {name} ({tree}) under {a.load} busy processes…", file=sys.stderr, flush=True)
+            runs[name] = run_child(tree, a, model_dir, gate)
+            print(json.dumps({name: {k: runs[name][k] for k in (
+                "triggered", "decided", "plc_writes_within_deadline_share", "pulses_outside_the_ejector_window",
+                "parts_with_a_frame_later_than_one_period_plus_20ms", "decision_loop")}}), file=sys.stderr, flush=True)
+    finally:
+        stop_load(load)
     out = {
         "bench": "line_rate",
         "command": " ".join([sys.executable, *sys.argv]),
         "at": datetime.now(UTC).isoformat(),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
-        "loadavg_before": [round(x, 2) for x in load_before],
-        "loadavg_after": [round(x, 2) for x in load_after],
+        "how": "the station in line mode (real service, capture thread, journal, bus, PLC link) against the PLC "
+               "stand-in process; load = busy processes at normal priority started by the bench; the runs of the "
+               "trees one after the other under the same load",
+        "commits": {"after": head, **({"before": a.before} if a.before else {})},
         "model": a.model,
-        "settings": {"trigger": a.trigger, "seconds": a.seconds, "rate": a.rate, "deadline_ms": a.deadline_ms,
-                     "delay_ms": a.delay_ms,
-                     "slow_every": a.slow_every, "slow_s": a.slow_s, "max_tokens": a.max_tokens},
-        "triggered": len(triggers),
-        "decided": len(firsts),
-        "triggers_with_exactly_one_decision": sum(len(per_part.get(pid, [])) == 1 for pid in triggers),
-        # decided, but under a station-made id: the trigger counter advanced by 2 between two polls
-        # (a starved machine), and the PLC's registers hold only the newest part's id
-        "decided_under_station_made_id": sum(pid not in triggers for pid in per_part),
-        "sustained_parts_per_s": round(len(firsts) / span, 3) if span else None,
-        "decided_within_deadline": in_time,
-        "latency_trigger_to_plc_write_ms": pct(plc_ms),
-        "latency_trigger_to_decision_station_ms": pct(station_ms),
-        "decision_sources": sources,
-        "revisions": revised,
-        "late_parts_the_vlm_skipped": vlm_skipped,
-        "rejects": rejects,
-        "reject_pulses": len(plc.pulses()),
-        "link": link,
+        "gate": a.gate,
+        "settings": {"parts": a.parts, "rate": a.rate, "deadline_ms": a.deadline_ms, "delay_ms": a.delay_ms,
+                     "window_ms": a.window_ms, "load_processes": a.load, "slow_every": a.slow_every,
+                     "slow_s": a.slow_s, "max_tokens": a.max_tokens, "trigger": a.trigger, "camera_fps": FPS},
+        "runs": runs,
     }
-    path = a.out or RESULTS / f"line_rate-{a.model if a.model in ('scripted', 'tiny') else 'model'}.json"
+    name = f"line_rate-{a.model if a.model in ('scripted', 'tiny') else 'model'}" + (f"-load{a.load}" if a.load else "")
+    path = a.out or RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))

@@ -254,6 +254,11 @@ class CameraWorker:
             log.warning("camera %s: %s", self.config.id, message)
 
     def _disconnect(self, message: str) -> None:
+        """The camera is lost: say so before the error is counted, so no reader ever sees the loss
+        counted while the status still says connected (on a busy machine a reader can look between
+        the two)."""
+        with self._lock:
+            self._connected = False
         self._error(message)
         self._close_source()
 

@@ -6,6 +6,9 @@ Nothing here downloads anything; HF_HUB_OFFLINE is forced so a stray hub lookup 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +30,25 @@ HAS_LLAMA = _has("llama_cpp")
 
 needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="needs the trainer extra (torch, transformers)")
 needs_llama = pytest.mark.skipif(not HAS_LLAMA, reason="needs llama-cpp-python (appliance/export extra)")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--busy", type=int, default=0, metavar="N",
+                     help="run the tests with N busy processes beside them (a station is never idle)")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def busy_processes(request: pytest.FixtureRequest) -> Iterator[int]:
+    """`--busy N`: N processes spinning at normal priority for the whole session."""
+    n = int(request.config.getoption("--busy"))
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        yield n
+    finally:
+        for proc in procs:
+            proc.kill()
+        for proc in procs:
+            proc.wait(10)
 
 
 @pytest.fixture(scope="session")

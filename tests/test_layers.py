@@ -1,4 +1,4 @@
-"""The layers of ARCHITECTURE.md hold: import-linter's contracts pass on the tree and catch a wrong import."""
+"""The layers of docs/architecture.md hold: import-linter's contracts pass on the tree and catch a wrong import."""
 
 from __future__ import annotations
 
