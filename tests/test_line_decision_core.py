@@ -237,3 +237,105 @@ def test_a_readme_station_with_limits_from_the_manifest_is_decided_by_the_model(
             assert r.decision_source == "vlm", (r.decision_source, r.reason)
         else:
             assert r.decision_source == "vlm" and r.model_id
+
+
+class _Camera:
+    """A link-triggered camera stand-in: remembers fires; frames are handed in by the test."""
+
+    def __init__(self) -> None:
+        self.fired: list[tuple[str, float]] = []
+        self.frames: list = []
+
+    def fire(self, key: str, at_mono: float, expires_mono: float) -> None:
+        self.fired.append((key, time.monotonic()))
+
+    def get(self, timeout: float):
+        if self.frames:
+            return self.frames.pop(0)
+        time.sleep(min(timeout, 0.01))
+        return None
+
+
+class _SlowGate:
+    """A gate that finds every part good, too slowly for the deadline."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def score(self, image):
+        time.sleep(self.seconds)
+
+        class Scored:
+            score, suspicious = 0.01, False
+
+        return Scored()
+
+
+def _controller(tmp_path, gate=None, deadline_ms=300.0):
+    from adfm.appliance.inspection.core import ModelInfo
+    from adfm.appliance.modes.line import LineController, Recipe
+    from adfm.appliance.modes.outputs import Outputs
+    from adfm.appliance.system.health import Health
+
+    journal = Journal(tmp_path / "state", "st1")
+    outputs = Outputs()
+    decided: list = []
+    recorded: list = []
+    outputs.add("test", decided=lambda *a: decided.append(a), recorded=recorded.append)
+    recipe = Recipe(name="default", deadline_ms=deadline_ms, failsafe="reject", model="m", gate=gate,
+                    gate_mode="screen" if gate is not None else "off")
+    camera = _Camera()
+    ctl = LineController("st1", journal, Health("st1"), camera, "cam0", None, {"default": recipe}, "default",
+                         {"m": ModelInfo("tiny@1", "multi-stage-v1", 3136, 50176)}, outputs, margin_ms=50)
+    return ctl, journal, camera, decided, recorded
+
+
+def _frame_for(key: str):
+    from adfm.camera.frame import Frame
+
+    return Frame(camera_id="cam0", image=np.full((32, 32, 3), 128, np.uint8), frame_number=1, part_id=key,
+                 captured_mono=time.monotonic(), captured_wall=time.time())
+
+
+def test_a_gate_pass_that_loses_the_race_is_kept_as_a_revision_and_the_main_row_stays(tmp_path):
+    ctl, journal, camera, decided, recorded = _controller(tmp_path, gate=_SlowGate(0.5))
+    ctl.start()
+    try:
+        ctl.trigger(LineTrigger(time.monotonic(), time.time(), part_id="A"))
+        ctl.step(0.05)
+        assert camera.fired and camera.fired[0][0] == "t1"  # fired at the trigger, before any journal write
+        camera.frames.append(_frame_for("t1"))
+        end = time.monotonic() + 5
+        while time.monotonic() < end and (ctl.parts or len(recorded) < 2):
+            ctl.step(0.05)
+    finally:
+        ctl.close()
+    assert [d[1:3] for d in decided] == [("reject", "failsafe_timeout")]  # the line acted once, in time
+    assert [(r.revision, r.decision_source) for r in recorded] == [(0, "failsafe_timeout"), (1, "gate")]
+    main = journal.get(1)
+    assert (main.revision, main.decision_source, main.action, main.verdict) == (0, "failsafe_timeout", "reject",
+                                                                               "review")
+    revs = journal.revisions(1)
+    assert [(r.revision, r.verdict, r.decision_source) for r in revs] == [
+        (0, "review", "failsafe_timeout"), (1, "pass", "gate")]
+    journal.close()
+
+
+def test_a_part_without_a_frame_leaves_memory_at_its_decision(tmp_path):
+    ctl, journal, _camera, decided, recorded = _controller(tmp_path, deadline_ms=150.0)
+    ctl.start()
+    try:
+        for i in range(3):
+            ctl.trigger(LineTrigger(time.monotonic(), time.time(), part_id=f"P{i}"))
+        end = time.monotonic() + 5
+        while time.monotonic() < end and (ctl.parts or len(recorded) < 3):
+            ctl.step(0.05)
+        left = dict(ctl.parts)
+    finally:
+        ctl.close()
+    assert left == {}
+    assert [d[2] for d in decided] == ["failsafe_missed_frame"] * 3
+    assert [r.seq for r in recorded] == [1, 2, 3] and journal.last_seq() == 3
+    counters = ctl.counters()
+    assert counters["deadline_misses"] == 0 and counters["parts_in_flight"] == 0 and counters["decided"] == 3
+    journal.close()
