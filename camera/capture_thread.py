@@ -240,9 +240,13 @@ class CameraWorker:
 
     # ---- capture thread ----------------------------------------------------------------------
 
-    def _error(self, message: str) -> None:
+    def _error(self, message: str, lost: bool = False) -> None:
+        """Count an error; `lost`: the camera is gone — marked disconnected under the same lock, so
+        no reader sees the loss counted while the status still says connected."""
         now = time.monotonic()
         with self._lock:  # also called from the consumer thread (ack)
+            if lost:
+                self._connected = False
             self._counters.errors += 1
             self._last_error = message
             self._errors.append(message)
@@ -254,12 +258,7 @@ class CameraWorker:
             log.warning("camera %s: %s", self.config.id, message)
 
     def _disconnect(self, message: str) -> None:
-        """The camera is lost: say so before the error is counted, so no reader ever sees the loss
-        counted while the status still says connected (on a busy machine a reader can look between
-        the two)."""
-        with self._lock:
-            self._connected = False
-        self._error(message)
+        self._error(message, lost=True)
         self._close_source()
 
     def _close_source(self) -> None:

@@ -154,7 +154,14 @@ def test_the_service_hands_the_gpu_settings_to_the_worker_backend(tmp_path, monk
 
     from adfm.appliance.modes.line_station import LineStation
 
-    spec = LineStation._spec(SimpleNamespace(cfg=config), tmp_path / "recipe-model")  # type: ignore[arg-type]
+    from adfm.appliance.config.station import ModelLimits
+    from adfm.appliance.inspection.core import ModelInfo
+
+    info = ModelInfo("m", "multi-stage-v1", 3136, 50176)
+    vlm = LineStation._vlm_model(SimpleNamespace(cfg=config), info,  # type: ignore[arg-type]
+                                 ModelLimits(n_ctx=4096, max_tokens=96, problems=[]), None, tmp_path / "recipe-model")
+    spec = vlm.spec
+    assert vlm.generation.max_tokens == 96 and spec.kwargs["n_ctx"] == 4096  # the limits from its manifest
     assert spec.factory == "tests.test_appliance_gpu:recording_backend"
     assert spec.kwargs["n_gpu_layers"] == -1 and spec.kwargs["mmproj_gpu"] is False
     assert spec.kwargs["model_dir"] == str(tmp_path / "recipe-model")

@@ -42,8 +42,10 @@ def test_every_line_side_module_imports_without_torch():
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     imported = proc.stdout.split()
-    for module in ("bus_server", "bus_client", "config", "demo", "health", "install", "journal", "keys", "notify",
-                   "pipeline", "service", "inference_worker", "cli"):
+    for module in ("bus.server", "bus.client", "bus.keys", "config.station", "config.line", "demo",
+                   "system.health", "system.install", "system.notify", "journal.store", "journal.writer",
+                   "inspection.core", "inspection.worker", "inspection.runner", "modes.freerun", "modes.line",
+                   "modes.line_station", "modes.outputs", "plc.modbus", "plc.opcua", "service", "cli"):
         assert f"adfm.appliance.{module}" in imported
     for module in ("adfm.runtime.vlm", "adfm.runtime.gate", "adfm.camera.capture_thread"):
         assert module in imported

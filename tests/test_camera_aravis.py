@@ -351,7 +351,8 @@ def test_frames_resume_after_the_camera_is_killed_and_restarted(fake_gv_camera, 
         assert wait_until(lambda: worker.status().connected, timeout=10)
         assert len(_frames(worker, 3, triggered)) == 3
         fake_gv_camera.kill()
-        assert wait_until(lambda: worker.status().errors >= 1, timeout=20)
+        # the loss itself, not just an error: on a busy machine incomplete frames count errors too
+        assert wait_until(lambda: not worker.status().connected, timeout=20)
         lost = worker.status()
         fake_gv_camera.start()
         assert wait_until(lambda: worker.status().reconnects >= 1 and worker.status().connected, timeout=20)

@@ -339,6 +339,8 @@ class StationClient:
                     out.append(result)
                     self._next = result.seq + 1
                     self.gaps_filled += 1
+                elif result.revision > 0 and result.seq == self._next - 1:
+                    out.append(result)  # a later verdict on the part just delivered (line stations)
             self._release_held(out)
             if not reply.more or not reply.results:
                 # Every done part up to the journal's last seq was in the replies: seqs in between

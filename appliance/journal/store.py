@@ -755,9 +755,27 @@ class Journal:
                     rows.append(row)
                     size = grown
                 cur.close()
+                later = self._later_revisions(conn, rows)
             finally:
                 conn.execute("COMMIT")
-        return [self.result_from_row(*r, epoch=self.epoch) for r in rows], last, more
+        out: list[InspectionResult] = []
+        for row in rows:
+            result = self.result_from_row(*row, epoch=self.epoch)
+            out.append(result)
+            out += later.get(result.seq, [])
+        return out, last, more
+
+    def _later_revisions(self, conn: sqlite3.Connection, rows: list[tuple]) -> dict[int, list[InspectionResult]]:
+        """The revisions (≥ 1) of the replayed parts, so a subscriber that missed them live gets them."""
+        if not rows:
+            return {}
+        seqs = [InspectionResult.model_validate_json(r[0]).seq for r in rows]
+        found = conn.execute("SELECT seq, result_json FROM revisions WHERE seq >= ? AND seq <= ? AND revision > 0 "
+                             "ORDER BY seq, revision", (min(seqs), max(seqs))).fetchall()
+        out: dict[int, list[InspectionResult]] = {}
+        for seq, payload in found:
+            out.setdefault(int(seq), []).append(self.result_from_row(payload, None, 0, epoch=self.epoch))
+        return out
 
     def counts(self) -> dict[str, int]:
         """Verdict counts over the whole journal."""
