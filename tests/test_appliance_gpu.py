@@ -152,10 +152,9 @@ def test_the_service_hands_the_gpu_settings_to_the_worker_backend(tmp_path, monk
     # a line station builds its recipes' workers from the same settings
     from types import SimpleNamespace
 
-    from adfm.appliance.modes.line_station import LineStation
-
     from adfm.appliance.config.station import ModelLimits
     from adfm.appliance.inspection.core import ModelInfo
+    from adfm.appliance.modes.line_station import LineStation
 
     info = ModelInfo("m", "multi-stage-v1", 3136, 50176)
     vlm = LineStation._vlm_model(SimpleNamespace(cfg=config), info,  # type: ignore[arg-type]
