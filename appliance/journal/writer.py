@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from ..system.priority import lower_this_thread
 from .store import JournalCorrupt, JournalError
 
 log = logging.getLogger(__name__)
@@ -34,8 +35,10 @@ Done = Callable[[Any, BaseException | None], None]
 class JournalWriter:
     """A thread running journal writes in order. `submit(fn, done)`; `done` is called from it."""
 
-    def __init__(self, name: str, on_retry: Callable[[str, BaseException, int], None] | None = None) -> None:
+    def __init__(self, name: str, on_retry: Callable[[str, BaseException, int], None] | None = None,
+                 nice: int = 0) -> None:
         self.name = name
+        self.nice = nice  # how much nicer than the service this writer runs (0: a write a decision waits for)
         self.on_retry = on_retry  # (what, error, attempt) — a write failed and will be tried again
         self._queue: queue.Queue = queue.Queue()
         self._stop = threading.Event()
@@ -54,6 +57,7 @@ class JournalWriter:
         return self._queue.qsize()
 
     def _run(self) -> None:
+        lower_this_thread(self.nice)
         while True:
             item = self._queue.get()
             if item is None:

@@ -57,6 +57,7 @@ from ..inspection.runner import VlmJob, VlmRunner
 from ..journal.store import AcceptedPart, Journal, JournalFullError, StoredImage
 from ..journal.writer import JournalWriter
 from ..system.health import Health
+from ..system.priority import BACKGROUND_NICE, favour_waking_threads
 from .outputs import Outputs
 
 log = logging.getLogger(__name__)
@@ -193,8 +194,10 @@ class LineController:
         self._unrecorded = 0  # decisions handed to the row writer and not yet journaled
         self._pump_stop = threading.Event()
         self._pump: threading.Thread | None = None
+        # the gate and the image writer are on the decision path (a gate pass, the evidence before
+        # any decision): they keep the service's priority; the row writer may wait
         self._gate = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adfm-gate")
-        self._rows = JournalWriter("line-rows", on_retry=self._journal_retry)
+        self._rows = JournalWriter("line-rows", on_retry=self._journal_retry, nice=BACKGROUND_NICE)
         self._images = JournalWriter("line-images")
 
     # ---- inputs (any thread) ------------------------------------------------------------------
@@ -224,6 +227,7 @@ class LineController:
 
     def start(self) -> None:
         """Start pumping the line camera's frames into the event queue."""
+        favour_waking_threads()
         self._pump = threading.Thread(target=self._pump_frames, name="adfm-line-frames", daemon=True)
         self._pump.start()
 

@@ -36,6 +36,7 @@ from typing import Any
 from adfm.schema import InspectionResult
 
 from ..config.line import OpcUaSection
+from ..system.priority import lower_this_thread
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,7 @@ class StationOpcUa:
             log.warning("OPC UA update failed: %s", exc)
 
     def _refresh_loop(self) -> None:
+        lower_this_thread()
         while not self._stop.is_set():
             self._wake.wait(1.0)
             self._wake.clear()
