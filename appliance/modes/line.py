@@ -95,6 +95,7 @@ class LineTrigger:
     part_id: str | None = None
     recipe_code: int | None = None
     encoder: int | None = None
+    earliest_mono: float | None = None  # the trigger came after this (the PLC link's previous read)
 
 
 @dataclass

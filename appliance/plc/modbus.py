@@ -74,6 +74,9 @@ class _InFlight:
     due_mono: float | None  # delay mode
     due_count: int | None  # encoder mode
     start_count: int | None
+    #: delay mode: after this the part may have passed the ejector by more than its window — from
+    #: the earliest moment its trigger can have come (the poll before the one that saw it)
+    window_end_mono: float | None = None
 
 
 @dataclass
@@ -268,15 +271,16 @@ class ModbusLink:
         self.client.close()
 
     def _cycle(self) -> None:
+        before = self._last_read  # the trigger seen now came after this read
         level, part_id = self.client.read_trigger_and_id()
         now = time.monotonic()
-        if self._last_read is not None:
-            self.stats.poll_gap_ms_max = max(self.stats.poll_gap_ms_max, round((now - self._last_read) * 1000.0, 1))
+        if before is not None:
+            self.stats.poll_gap_ms_max = max(self.stats.poll_gap_ms_max, round((now - before) * 1000.0, 1))
         self._last_read = now
         if self._last_input is not None:
             n = new_parts(self.cfg.trigger.table, self._last_input, level)
             if n:
-                self._triggered(now, n, part_id)
+                self._triggered(now, n, part_id, before)
         self._last_input = level
         self._take_decisions()
         while self._pending_results:
@@ -295,9 +299,11 @@ class ModbusLink:
             self.health.clear("plc.ejector")
             self._ejector_alarm_until = None
 
-    def _triggered(self, seen_mono: float, n: int = 1, part_id: str | None = None) -> None:
+    def _triggered(self, seen_mono: float, n: int = 1, part_id: str | None = None,
+                   earliest_mono: float | None = None) -> None:
         """`n` parts seen at once (a counter that advanced by n between polls): the registers hold the
-        newest part's id, so the earlier ones get station-made ids."""
+        newest part's id, so the earlier ones get station-made ids. `earliest_mono`: the read
+        before, after which the trigger came (bounds the ejector window from the safe side)."""
         cfg = self.cfg
         recipe = encoder = None
         if cfg.part_id_register is not None and part_id is None:
@@ -310,7 +316,7 @@ class ModbusLink:
         for i in range(n):
             self.stats.triggers += 1
             self.on_trigger(LineTrigger(at_mono=seen_mono, at_wall=at_wall, part_id=part_id if i == n - 1 else None,
-                                        recipe_code=recipe, encoder=encoder))
+                                        recipe_code=recipe, encoder=encoder, earliest_mono=earliest_mono))
 
     def _take_decisions(self) -> None:
         ej = self.cfg.ejector
@@ -324,7 +330,9 @@ class ModbusLink:
             if ej is None or action != "reject":
                 continue
             if ej.delay_ms is not None:
-                self._in_flight.append(_InFlight(seq, trigger.at_mono + ej.delay_ms / 1000.0, None, None))
+                earliest = trigger.earliest_mono if trigger.earliest_mono is not None else trigger.at_mono
+                self._in_flight.append(_InFlight(seq, trigger.at_mono + ej.delay_ms / 1000.0, None, None,
+                                                 earliest + (ej.delay_ms + ej.window_ms) / 1000.0))
             elif trigger.encoder is not None:
                 self._in_flight.append(_InFlight(seq, None, (trigger.encoder + int(ej.distance_counts or 0)) % U32,
                                                  trigger.encoder))
@@ -388,7 +396,8 @@ class ModbusLink:
         ej = self.cfg.ejector
         assert ej is not None
         if part.due_mono is not None:
-            return now > part.due_mono + ej.window_ms / 1000.0
+            end = part.window_end_mono if part.window_end_mono is not None else part.due_mono + ej.window_ms / 1e3
+            return now > end
         if count is None or part.start_count is None or part.due_count is None:
             return False
         travelled = (count - part.start_count) % U32
