@@ -1,0 +1,135 @@
+"""Writing what the collector receives into PostgreSQL, exactly once.
+
+A batch (one poll's results and verdicts) and the station's cursor are written in one
+transaction: results by COPY into a temporary table, then inserted with ON CONFLICT DO NOTHING on
+(station, epoch, seq, revision, captured_at) — a part's revisions share its capture time, so this
+is the issue's (station, epoch, seq, revision) key. A collector killed at any point has either
+stored a batch and moved its cursor, or neither; what it receives again after a restart is
+dropped by the key, so every result is stored once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import psycopg
+
+from adfm.schema import InspectionResult, OperatorVerdict
+
+from .partitions import Partitions
+
+RESULT_COLUMNS = (
+    "station", "epoch", "seq", "revision", "part_id", "camera", "frame_number", "captured_at", "verdict",
+    "reason", "decision", "score", "gate_score", "boxes", "think", "rethink", "answer", "format_ok",
+    "problems", "prompt_version", "model_id", "image_path", "image_width", "image_height", "gate_map_path",
+    "latency_ms", "attempts", "decision_source", "action", "decided_at", "triggered_at", "deadline_ms",
+    "deadline_missed", "recipe",
+)
+_COLS = ", ".join(RESULT_COLUMNS)
+_INSERT = f"""
+INSERT INTO results ({_COLS}, first_stored)
+SELECT {", ".join("i." + c for c in RESULT_COLUMNS)},
+       NOT EXISTS (SELECT 1 FROM results r WHERE r.station = i.station AND r.epoch = i.epoch
+                   AND r.seq = i.seq AND r.captured_at = i.captured_at)
+       AND i.revision = (SELECT min(j.revision) FROM incoming j WHERE j.station = i.station
+                         AND j.epoch = i.epoch AND j.seq = i.seq)
+FROM incoming i
+ON CONFLICT DO NOTHING
+"""
+_VERDICT = """
+INSERT INTO verdicts (station, verdict_id, epoch, seq, part_id, decision, operator, note, at, client)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING
+"""
+
+
+def deadline_missed(r: InspectionResult) -> bool:
+    """Decided after the deadline the line gave it (only line stations have one)."""
+    if r.deadline_ms is None or r.decided_at is None or r.triggered_at is None:
+        return False
+    return (r.decided_at - r.triggered_at).total_seconds() * 1000 > r.deadline_ms
+
+
+def result_row(r: InspectionResult) -> tuple:
+    """The row for `results` (JSON columns as JSON text)."""
+    return (
+        r.station, r.epoch, r.seq, r.revision, r.part_id, r.camera, r.frame_number, r.captured_at, r.verdict,
+        r.reason, r.decision, r.score, r.gate_score, json.dumps([b.model_dump() for b in r.boxes]), r.think,
+        r.rethink, r.answer, r.format_ok, json.dumps(r.problems), r.prompt_version, r.model_id, r.image_path,
+        r.image_width, r.image_height, r.gate_map_path, json.dumps(r.latency_ms), r.attempts, r.decision_source,
+        r.action, r.decided_at, r.triggered_at, r.deadline_ms, deadline_missed(r), r.recipe,
+    )
+
+
+@dataclass
+class Written:
+    results: int = 0  # rows new to the store
+    verdicts: int = 0
+
+
+@dataclass(frozen=True)
+class Cursor:
+    epoch: str
+    next_seq: int
+
+
+class Store:
+    """One writer connection in autocommit mode (one per collected station: each station's batches
+    are serial)."""
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self.conn = conn
+        self.partitions = Partitions()
+        conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS incoming AS SELECT {_COLS} FROM results WITH NO DATA")
+
+    def register(self, station: str, line: str, publish: str, control: str) -> None:
+        """Record a configured station (its line is what the view groups by)."""
+        with self.conn.transaction():
+            self.conn.execute(
+                "INSERT INTO stations (station, line, publish, control) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (station) DO UPDATE SET line = excluded.line, publish = excluded.publish, "
+                "control = excluded.control", (station, line, publish, control))
+
+    def cursor(self, station: str) -> Cursor:
+        """Where collection of `station` resumes: the journal epoch and the first seq not stored."""
+        row = self.conn.execute("SELECT epoch, next_seq FROM stations WHERE station = %s", (station,)).fetchone()
+        return Cursor(row[0], row[1]) if row else Cursor("", 1)
+
+    def write(self, station: str, results: Iterable[InspectionResult], verdicts: Iterable[OperatorVerdict],
+              epoch: str | None, next_seq: int | None) -> Written:
+        """Store a batch and move the station's cursor, all or nothing."""
+        results = list(results)
+        verdicts = list(verdicts) + [r.operator for r in results if r.operator is not None]
+        out = Written()
+        if results:
+            self.partitions.ensure(self.conn, [r.captured_at for r in results])
+        with self.conn.transaction():
+            if results:
+                self.conn.execute("TRUNCATE incoming")
+                with self.conn.cursor().copy(f"COPY incoming ({_COLS}) FROM STDIN") as copy:
+                    for r in results:
+                        copy.write_row(result_row(r))
+                out.results = self.conn.execute(_INSERT).rowcount
+            for v in verdicts:
+                cur = self.conn.execute(_VERDICT, (v.station or station, v.verdict_id, v.epoch, v.seq, v.part_id,
+                                                   v.decision, v.operator, v.note, v.at, v.client))
+                out.verdicts += cur.rowcount
+            if epoch is not None and next_seq is not None:
+                self.conn.execute(
+                    "INSERT INTO stations (station, epoch, next_seq, updated_at) VALUES (%s, %s, %s, now()) "
+                    "ON CONFLICT (station) DO UPDATE SET updated_at = now(), epoch = excluded.epoch, next_seq = "
+                    "CASE WHEN stations.epoch = excluded.epoch THEN greatest(stations.next_seq, excluded.next_seq) "
+                    "ELSE excluded.next_seq END", (station, epoch, next_seq))
+        return out
+
+    def has_image(self, station: str, epoch: str, seq: int, kind: str = "image") -> bool:
+        row = self.conn.execute("SELECT 1 FROM images WHERE station = %s AND epoch = %s AND seq = %s AND kind = %s",
+                                (station, epoch, seq, kind)).fetchone()
+        return row is not None
+
+    def put_image(self, station: str, epoch: str, seq: int, kind: str, media_type: str, data: bytes) -> None:
+        with self.conn.transaction():
+            self.conn.execute("INSERT INTO images (station, epoch, seq, kind, media_type, data) "
+                              "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                              (station, epoch, seq, kind, media_type, data))

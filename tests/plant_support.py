@@ -1,0 +1,79 @@
+"""A throwaway PostgreSQL cluster for the plant tests and bench: initdb + pg_ctl in a temporary
+folder, on a free loopback port, as an unprivileged user when run as root (postgres refuses root)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+PG_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+
+
+def pg_bin(name: str) -> str | None:
+    """A PostgreSQL server program: from PATH, else Debian's versioned folder."""
+    found = shutil.which(name)
+    if found:
+        return found
+    return next((str(d / name) for d in PG_BIN_DIRS if (d / name).is_file()), None)
+
+
+def missing_reason() -> str | None:
+    """Why a cluster cannot be started here (None when it can)."""
+    for name in ("initdb", "pg_ctl"):
+        if pg_bin(name) is None:
+            return f"PostgreSQL's {name} not found (apt-get install postgresql)"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PgCluster:
+    """initdb, start, give a DSN per database, stop with `close()` (immediate: it is thrown away)."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="adfm-pg-"))
+        self.data = self.root / "data"
+        self.port = _free_port()
+        self._user = None
+        if os.geteuid() == 0:  # the server refuses to run as root: run it as nobody
+            self._user = "nobody"
+            shutil.chown(self.root, user="nobody")
+        self.root.chmod(0o700)
+        self._run(pg_bin("initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
+                  "--no-sync", "--no-instructions")
+        self._run(pg_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.root / "log"), "-w", "-t", "60", "-o",
+                  f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
+                  "-c synchronous_commit=off -c full_page_writes=off -c max_connections=100", "start")
+
+    def _run(self, *cmd: str | None) -> None:
+        args = [c for c in cmd if c is not None]
+        if self._user:
+            args = ["runuser", "-u", self._user, "--", *args]
+        proc = subprocess.run(args, capture_output=True, text=True, cwd=self.root if not self._user else "/")
+        if proc.returncode != 0:
+            log = (self.root / "log").read_text() if (self.root / "log").exists() else ""
+            raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}): {proc.stderr}{proc.stdout}\n{log}")
+
+    def dsn(self, dbname: str = "postgres") -> str:
+        return f"host=127.0.0.1 port={self.port} user=postgres dbname={dbname}"
+
+    def create_database(self, name: str) -> str:
+        import psycopg
+
+        with psycopg.connect(self.dsn(), autocommit=True) as c:
+            c.execute(f'CREATE DATABASE "{name}"')
+        return self.dsn(name)
+
+    def close(self) -> None:
+        try:
+            self._run(pg_bin("pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
