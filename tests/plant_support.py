@@ -77,3 +77,44 @@ class PgCluster:
             self._run(pg_bin("pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+# ---- a plant's history, made up: stations on two lines, recipes, two model versions ----------------
+
+
+def synthetic_results(n: int, *, stations: int = 3, start=None, span_days: float = 28.0, seed: int = 0,
+                      station_prefix: str = "st"):
+    """`n` results spread over `span_days` (oldest first): ~8 % flagged, line decisions with some
+    fail-safes and deadline misses, a gate score that drifts up over the span."""
+    import random
+    from datetime import UTC, datetime, timedelta
+
+    from adfm.schema import Box, InspectionResult
+
+    rng = random.Random(seed)
+    start = start or datetime(2026, 2, 1, tzinfo=UTC)
+    step = span_days * 86400 / max(n, 1)
+    seqs: dict[str, int] = {}
+    out = []
+    for i in range(n):
+        station = f"{station_prefix}{i % stations + 1}"
+        seq = seqs[station] = seqs.get(station, 0) + 1
+        t = start + timedelta(seconds=i * step)
+        frac = i / max(n, 1)
+        gate = rng.gauss(0.3 + 0.2 * frac * (station.endswith("1")), 0.08)
+        flagged = rng.random() < 0.08
+        source = rng.choices(["gate", "vlm", "failsafe_timeout"], [0.7, 0.27, 0.03])[0] if not flagged else \
+            rng.choices(["vlm", "failsafe_timeout"], [0.9, 0.1])[0]
+        late = source == "failsafe_timeout"
+        out.append(InspectionResult(
+            station=station, seq=seq, epoch=f"ep-{station}", part_id=f"{station}-{seq}", camera="cam0",
+            frame_number=seq, captured_at=t, verdict="fail" if flagged else "pass",
+            reason="model answered yes" if flagged else "screening gate: score below its threshold",
+            decision=flagged, gate_score=gate, boxes=[Box.from_xyxy([10, 12, 40, 30], "scratch")] if flagged else [],
+            think="A dark streak near the upper left." if flagged else "", answer="yes" if flagged else "",
+            format_ok=True, prompt_version="multi-stage-v1", model_id="washer-v1@q4" if frac < 0.5 else "washer-v2@q4",
+            image_width=64, image_height=48, latency_ms={"total": 40.0}, attempts=1, decision_source=source,
+            action="reject" if flagged or late else "pass", triggered_at=t,
+            decided_at=t + timedelta(milliseconds=650 if late else 120), deadline_ms=500.0,
+            recipe="housing-a" if (i // 7) % 2 else "housing-b"))
+    return out
