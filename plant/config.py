@@ -48,7 +48,10 @@ class CollectorSection(StrictModel):
 
 
 class AuthSection(StrictModel):
-    method: Literal["basic", "none"] = "basic"
+    """How the view's users sign in: `basic` (a users file), or `none` (only on a loopback address,
+    e.g. behind a reverse proxy on the same host that authenticates)."""
+
+    method: Literal["basic", "none"] = "none"
     users_file: Path | None = Field(None, description="basic: `name:pbkdf2_sha256$…` lines (adfm-plant passwd)")
 
     @model_validator(mode="after")
