@@ -61,11 +61,13 @@ def histogram(counts: list[int], *, width: int = 200, height: int = 36, mark: in
 def boxes_overlay(boxes: list[dict], width: int, height: int) -> str:
     """The model's boxes (original-image pixels) as an SVG drawn over the part's image."""
     w, h = max(width, 1), max(height, 1)
+    size = max(w, h) * 0.045  # the label about 14 px high whatever the image's pixel size
     rects = []
     for b in boxes:
         x1, y1, x2, y2 = (float(b[k]) for k in ("x1", "y1", "x2", "y2"))
         label = escape(str(b.get("label", "")))
         rects.append(f'<rect class="box" x="{x1:g}" y="{y1:g}" width="{x2 - x1:g}" height="{y2 - y1:g}">'
                      f'<title>{label}</title></rect>'
-                     f'<text class="box-label" x="{x1:g}" y="{max(y1 - 2, 8):g}">{label}</text>')
+                     f'<text class="box-label" x="{x1:g}" y="{max(y1 - size / 4, size):g}" '
+                     f'font-size="{size:.3g}">{label}</text>')
     return (f'<svg class="overlay" viewBox="0 0 {w} {h}" preserveAspectRatio="none">{"".join(rects)}</svg>')

@@ -163,3 +163,94 @@ def test_agreement_and_drift_pages(plant):
         verdicts = conn.execute("SELECT count(*) FROM verdicts").fetchone()[0]
     assert verdicts == 1
 
+
+
+# ---- a real browser: Debian's chromium driven headless through its chromium-driver ---------------
+
+
+def _chromium_missing() -> str | None:
+    import shutil
+
+    for name in ("chromium", "chromedriver"):
+        if shutil.which(name) is None:
+            return f"{name} not found (apt-get install chromium chromium-driver)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    why = _chromium_missing()
+    if why:
+        pytest.skip(why)
+    import shutil
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service as DriverService
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1280,1000", "--force-device-scale-factor=1"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=DriverService(executable_path=shutil.which("chromedriver")))
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def test_the_pages_in_a_real_browser(plant, browser, tmp_path):
+    """Every page loads signed in, the gallery draws the model's boxes over images that loaded from
+    the station, and a filter narrows what a page shows. Screenshots go to ADFM_PLANT_SCREENSHOTS."""
+    import os
+    from pathlib import Path
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    served, _, _ = plant
+    signed_in = served.url.replace("http://", "http://quality:s3cret-pass@")
+    shots = Path(os.environ.get("ADFM_PLANT_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    wide = "since=2026-02-01T00:00&until=2026-03-01T00:00"
+
+    browser.get(f"{signed_in}/?{wide}&by=line")
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Yield and flagged rate"
+    assert len(browser.find_elements(By.CSS_SELECTOR, "svg.chart polyline")) == 2  # line-1 (st1, st2) and line-2 (st3)
+    rows = browser.find_elements(By.CSS_SELECTOR, "#yield tr")
+    assert [r.find_elements(By.TAG_NAME, "td")[0].text for r in rows[1:]] == ["line-1", "line-2"]
+    browser.save_screenshot(str(shots / "plant-yield.png"))
+
+    # a filter: station st3 only, chosen in the menu and applied
+    Select(browser.find_element(By.ID, "filter-station")).select_by_value("st3")
+    browser.find_element(By.ID, "apply").click()
+    WebDriverWait(browser, 10).until(lambda d: "station=st3" in d.current_url)
+    decisions = browser.find_elements(By.CSS_SELECTOR, "#decisions tr")
+    assert [r.find_elements(By.TAG_NAME, "td")[0].text for r in decisions[1:]] == ["st3"]
+
+    browser.get(f"{signed_in}/gallery?since=2026-01-01T00:00&until=2100-01-01T00:00&station=live")
+    parts = browser.find_elements(By.CSS_SELECTOR, ".part")
+    assert len(parts) == 4
+    assert len(browser.find_elements(By.CSS_SELECTOR, ".part svg.overlay rect.box")) == 3
+    WebDriverWait(browser, 15).until(lambda d: all(
+        d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img)
+        for img in d.find_elements(By.CSS_SELECTOR, ".part img")))
+    box = browser.find_element(By.CSS_SELECTOR, ".part svg.overlay rect.box").rect
+    assert box["width"] > 0 and box["height"] > 0  # drawn, over the image
+    Select(browser.find_element(By.ID, "filter-decided")).select_by_value("false_alarm")
+    browser.find_element(By.ID, "apply").click()
+    WebDriverWait(browser, 10).until(lambda d: "decided=false_alarm" in d.current_url)
+    assert len(browser.find_elements(By.CSS_SELECTOR, ".part")) == 1
+    browser.get(f"{signed_in}/gallery?since=2026-01-01T00:00&until=2100-01-01T00:00&station=live")
+    WebDriverWait(browser, 15).until(lambda d: all(
+        d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img)
+        for img in d.find_elements(By.CSS_SELECTOR, ".part img")))
+    browser.save_screenshot(str(shots / "plant-gallery.png"))
+
+    browser.get(f"{signed_in}/agreement?since=2026-01-01T00:00&until=2100-01-01T00:00")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#agreement tr")) > 2
+    browser.save_screenshot(str(shots / "plant-agreement.png"))
+
+    browser.get(f"{signed_in}/drift?{wide}")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#drift svg.hist")) >= 12
+    browser.save_screenshot(str(shots / "plant-drift.png"))
+    assert all((shots / f"plant-{p}.png").stat().st_size > 5000 for p in ("yield", "gallery", "agreement", "drift"))
