@@ -31,11 +31,10 @@ _COLS = ", ".join(RESULT_COLUMNS)
 _INSERT = f"""
 INSERT INTO results ({_COLS}, first_stored)
 SELECT {", ".join("i." + c for c in RESULT_COLUMNS)},
-       NOT EXISTS (SELECT 1 FROM results r WHERE r.station = i.station AND r.epoch = i.epoch
-                   AND r.seq = i.seq AND r.captured_at = i.captured_at)
-       AND i.revision = (SELECT min(j.revision) FROM incoming j WHERE j.station = i.station
-                         AND j.epoch = i.epoch AND j.seq = i.seq)
-FROM incoming i
+       i.nth = 1 AND NOT EXISTS (SELECT 1 FROM results r WHERE r.station = i.station AND r.epoch = i.epoch
+                                 AND r.seq = i.seq AND r.captured_at = i.captured_at)
+FROM (SELECT *, row_number() OVER (PARTITION BY station, epoch, seq ORDER BY revision) AS nth
+      FROM incoming) i
 ON CONFLICT DO NOTHING
 """
 _VERDICT = """
