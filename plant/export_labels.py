@@ -96,7 +96,8 @@ def export_labels(config: PlantConfig, opts: ExportOptions) -> ExportReport:
     if opts.since and opts.until and opts.since >= opts.until:
         raise ExportError(f"--since {opts.since.isoformat()} must be before --until {opts.until.isoformat()}")
     _check_out(opts.out)
-    where, params = [], {}
+    where: list[str] = []
+    params: dict[str, object] = {}
     if opts.since:
         where.append("r.captured_at >= %(since)s")
         params["since"] = opts.since

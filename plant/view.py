@@ -118,7 +118,8 @@ def create_app(config: PlantConfig, now=lambda: datetime.now(UTC)) -> FastAPI:
         require_current(conn)
     pool = Pool(config.database)
     env = _templates()
-    auth = BasicAuth(config.view.auth.users_file) if config.view.auth.method == "basic" else None
+    users = config.view.auth.users_file
+    auth = BasicAuth(users) if config.view.auth.method == "basic" and users is not None else None
     app = FastAPI(title="adfm plant view", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.auth, app.state.now, app.state.pool = auth, now, pool
 
