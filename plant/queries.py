@@ -1,17 +1,20 @@
 """The plant view's queries: yield, line decisions, operator-vs-model agreement, gate-score drift,
-the flagged-part gallery. Each counts a part once (its first stored row) over a time range, so the
-month partitions outside the range are never read; bench/plant_ingest.py times them.
+the flagged-part gallery. Each counts a part once (its first stored row). Counts come from the
+hourly table and gate scores from the weekly bins the collector keeps (so a range's cost is its
+hours, not its parts; ranges are whole hours); the gallery and the operators' decisions read the
+results themselves, by index. bench/plant_ingest.py times them over a million results.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import psycopg
 from psycopg.rows import dict_row
 
-GROUPS = {"station": "r.station", "line": "s.line", "recipe": "r.recipe", "model": "r.model_id"}
+GROUPS = {"station": "h.station", "line": "s.line", "recipe": "h.recipe", "model": "h.model_id"}
 BUCKETS = ("hour", "day", "week")
 HIST_BINS = 20
 
@@ -27,8 +30,12 @@ class Filters:
     recipe: str = ""
     model: str = ""
 
-    def where(self, alias: str = "r") -> tuple[str, dict]:
-        sql = [f"{alias}.first_stored", f"{alias}.captured_at >= %(since)s", f"{alias}.captured_at < %(until)s"]
+    def where(self, alias: str = "r", time: str = "captured_at", parts: bool = True) -> tuple[str, dict]:
+        """SQL conditions and parameters for table `alias` (its time column `time`; `parts`: a
+        results table, counted by each part's first stored row)."""
+        sql = [f"{alias}.{time} >= %(since)s", f"{alias}.{time} < %(until)s"]
+        if parts:
+            sql.insert(0, f"{alias}.first_stored")
         params: dict = {"since": self.since, "until": self.until}
         for key, col in (("station", f"{alias}.station"), ("recipe", f"{alias}.recipe"),
                          ("model", f"{alias}.model_id")):
@@ -40,6 +47,12 @@ class Filters:
             params["line"] = self.line
         return " AND ".join(sql), params
 
+    def hours(self) -> tuple[str, dict]:
+        """Conditions on the hourly table: the hours that start inside the range."""
+        where, params = self.where("h", "hour", parts=False)
+        params["since"] = self.since.replace(minute=0, second=0, microsecond=0)
+        return where, params
+
 
 def _rows(conn: psycopg.Connection, sql: str, params: dict) -> list[dict]:
     with conn.cursor(row_factory=dict_row) as cur:
@@ -50,26 +63,22 @@ def yield_over_time(conn: psycopg.Connection, f: Filters, by: str = "station", b
     """Parts, passes and flagged parts per time bucket and group (station, line, recipe or model)."""
     if by not in GROUPS or bucket not in BUCKETS:
         raise ValueError(f"by must be one of {', '.join(GROUPS)} and bucket one of {', '.join(BUCKETS)}")
-    where, params = f.where()
+    where, params = f.hours()
     return _rows(conn, f"""
-        SELECT date_trunc('{bucket}', r.captured_at) AS t, {GROUPS[by]} AS g, count(*) AS parts,
-               count(*) FILTER (WHERE r.verdict = 'pass') AS passed,
-               count(*) FILTER (WHERE r.verdict <> 'pass') AS flagged
-        FROM results r JOIN stations s ON s.station = r.station
+        SELECT date_trunc('{bucket}', h.hour AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS t, {GROUPS[by]} AS g,
+               sum(h.parts)::bigint AS parts, sum(h.passed)::bigint AS passed, sum(h.flagged)::bigint AS flagged
+        FROM hourly h JOIN stations s ON s.station = h.station
         WHERE {where} GROUP BY 1, 2 ORDER BY 1, 2""", params)
 
 
 def line_decisions(conn: psycopg.Connection, f: Filters) -> list[dict]:
     """Per station: where decisions came from, deadline misses and the fail-safe's share."""
-    where, params = f.where()
+    where, params = f.hours()
     return _rows(conn, f"""
-        SELECT r.station, s.line, count(*) AS parts,
-               count(*) FILTER (WHERE r.decision_source = 'gate') AS gate,
-               count(*) FILTER (WHERE r.decision_source = 'vlm') AS vlm,
-               count(*) FILTER (WHERE r.decision_source LIKE 'failsafe%%') AS failsafe,
-               count(*) FILTER (WHERE r.deadline_missed) AS deadline_missed,
-               count(*) FILTER (WHERE r.verdict = 'review') AS review
-        FROM results r JOIN stations s ON s.station = r.station
+        SELECT h.station, s.line, sum(h.parts)::bigint AS parts, sum(h.by_gate)::bigint AS gate,
+               sum(h.by_vlm)::bigint AS vlm, sum(h.failsafe)::bigint AS failsafe,
+               sum(h.deadline_missed)::bigint AS deadline_missed, sum(h.review)::bigint AS review
+        FROM hourly h JOIN stations s ON s.station = h.station
         WHERE {where} GROUP BY 1, 2 ORDER BY 1""", params)
 
 
@@ -81,18 +90,30 @@ _LATEST_VERDICT = """
 
 def agreement(conn: psycopg.Connection, f: Filters) -> list[dict]:
     """Per station and model version: flagged parts, how many operators judged, how many they
-    confirmed (model right) or called false alarms (overruled), and passes judged defective."""
+    confirmed (model right) or called false alarms (overruled), and passes judged defective.
+    Flagged counts from the hourly table; decisions from the verdicts (few) and their parts."""
+    hwhere, hparams = f.hours()
+    flagged = {(r["station"], r["model_id"]): r["flagged"] for r in _rows(conn, f"""
+        SELECT h.station, h.model_id, sum(h.flagged)::bigint AS flagged FROM hourly h
+        WHERE {hwhere} GROUP BY 1, 2""", hparams)}
     where, params = f.where()
-    return _rows(conn, f"""
-        SELECT r.station, r.model_id, count(*) FILTER (WHERE r.verdict <> 'pass') AS flagged,
-               count(op.decision) FILTER (WHERE r.verdict <> 'pass' AND op.decision <> 'skip') AS judged,
-               count(*) FILTER (WHERE r.verdict <> 'pass' AND op.decision = 'confirmed_defect') AS confirmed,
-               count(*) FILTER (WHERE r.verdict <> 'pass' AND op.decision = 'false_alarm') AS false_alarms,
-               count(*) FILTER (WHERE r.verdict = 'pass' AND op.decision = 'confirmed_defect') AS missed
-        FROM results r {_LATEST_VERDICT}
-        WHERE {where} AND (r.verdict <> 'pass' OR EXISTS (
-              SELECT 1 FROM verdicts v WHERE v.station = r.station AND v.epoch = r.epoch AND v.seq = r.seq))
-        GROUP BY 1, 2 ORDER BY 1, 2""", params)
+    judged = _rows(conn, f"""
+        WITH latest AS (SELECT DISTINCT ON (v.station, v.epoch, v.seq) v.station, v.epoch, v.seq, v.decision
+                        FROM verdicts v ORDER BY v.station, v.epoch, v.seq, v.at DESC)
+        SELECT r.station, r.model_id,
+               count(*) FILTER (WHERE r.verdict <> 'pass' AND l.decision <> 'skip') AS judged,
+               count(*) FILTER (WHERE r.verdict <> 'pass' AND l.decision = 'confirmed_defect') AS confirmed,
+               count(*) FILTER (WHERE r.verdict <> 'pass' AND l.decision = 'false_alarm') AS false_alarms,
+               count(*) FILTER (WHERE r.verdict = 'pass' AND l.decision = 'confirmed_defect') AS missed
+        FROM latest l JOIN results r ON r.station = l.station AND r.epoch = l.epoch AND r.seq = l.seq
+        WHERE {where} GROUP BY 1, 2""", params)
+    out = {(r["station"], r["model_id"]): {**r, "flagged": flagged.get((r["station"], r["model_id"]), 0)}
+           for r in judged}
+    for key, n in flagged.items():
+        if n and key not in out:
+            out[key] = {"station": key[0], "model_id": key[1], "flagged": n, "judged": 0, "confirmed": 0,
+                        "false_alarms": 0, "missed": 0}
+    return [out[k] for k in sorted(out)]
 
 
 @dataclass
@@ -102,41 +123,46 @@ class Histogram:
     rows: list[dict] = field(default_factory=list)  # station, week, counts (HIST_BINS), n, p50, p95
 
 
+def _bin_edge(b: int) -> float:
+    """The lower edge of a fine bin (migrations/0002: bin = floor(100 ln(1 + score)))."""
+    return math.expm1(b / 100)
+
+
 def gate_drift(conn: psycopg.Connection, f: Filters) -> Histogram:
-    """The gate score's distribution per station and week, on shared bins (drift at a glance)."""
-    where, params = f.where()
-    bounds = conn.execute(f"SELECT min(gate_score), max(gate_score) FROM results r "
-                          f"WHERE {where} AND r.gate_score IS NOT NULL", params).fetchone()
-    if bounds is None or bounds[0] is None:
-        return Histogram(0.0, 1.0)
-    lo, hi = float(bounds[0]), float(bounds[1])
-    hi = hi if hi > lo else lo + 1.0
+    """The gate score's distribution per station and week, on shared display bins (drift at a
+    glance), merged from the collector's fine bins; quantiles within a fine bin (~1 %)."""
+    where, params = f.where("g", "week", parts=False)
+    params["since"] = params["since"] - timedelta(days=params["since"].weekday(), hours=params["since"].hour,
+                                                  minutes=params["since"].minute, seconds=params["since"].second)
     rows = _rows(conn, f"""
-        SELECT r.station, date_trunc('week', r.captured_at) AS week,
-               least(width_bucket(r.gate_score, %(lo)s, %(hi)s, {HIST_BINS}), {HIST_BINS}) AS bin, count(*) AS n
-        FROM results r WHERE {where} AND r.gate_score IS NOT NULL GROUP BY 1, 2, 3 ORDER BY 1, 2, 3""",
-                 {**params, "lo": lo, "hi": hi})
+        SELECT g.station, g.week, g.bin, sum(g.n)::bigint AS n FROM gate_bins g
+        WHERE {where} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3""", params)
+    if not rows:
+        return Histogram(0.0, 1.0)
+    lo, hi = _bin_edge(min(r["bin"] for r in rows)), _bin_edge(max(r["bin"] for r in rows) + 1)
+    width = (hi - lo) / HIST_BINS
     out: dict[tuple, dict] = {}
     for row in rows:
-        key = (row["station"], row["week"])
-        entry = out.setdefault(key, {"station": key[0], "week": key[1], "counts": [0] * HIST_BINS})
-        entry["counts"][max(1, row["bin"]) - 1] += row["n"]
-    width = (hi - lo) / HIST_BINS
+        entry = out.setdefault((row["station"], row["week"]), {"station": row["station"], "week": row["week"],
+                                                                "counts": [0] * HIST_BINS, "fine": []})
+        centre = (_bin_edge(row["bin"]) + _bin_edge(row["bin"] + 1)) / 2
+        entry["counts"][min(int((centre - lo) / width), HIST_BINS - 1)] += row["n"]
+        entry["fine"].append((row["bin"], row["n"]))
     for entry in out.values():
-        n = sum(entry["counts"])
-        entry["n"] = n
-        entry["p50"], entry["p95"] = (_quantile(entry["counts"], q, lo, width) for q in (0.5, 0.95))
+        fine = entry.pop("fine")
+        entry["n"] = sum(n for _, n in fine)
+        entry["p50"], entry["p95"] = (_quantile(fine, q) for q in (0.5, 0.95))
     return Histogram(lo, hi, list(out.values()))
 
 
-def _quantile(counts: list[int], q: float, lo: float, width: float) -> float:
-    """A quantile read off the histogram (the upper edge of the bin it falls in)."""
-    target, seen = q * sum(counts), 0
-    for i, c in enumerate(counts):
-        seen += c
-        if seen >= target and c:
-            return lo + (i + 1) * width
-    return lo + len(counts) * width
+def _quantile(fine: list[tuple[int, int]], q: float) -> float:
+    """A quantile read off the fine bins (the upper edge of the bin it falls in)."""
+    target, seen = q * sum(n for _, n in fine), 0
+    for b, n in sorted(fine):
+        seen += n
+        if seen >= target:
+            return _bin_edge(b + 1)
+    return _bin_edge(max(b for b, _ in fine) + 1)
 
 
 def flagged_parts(conn: psycopg.Connection, f: Filters, *, decided: str = "", limit: int = 24,

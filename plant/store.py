@@ -3,8 +3,9 @@
 A batch (one poll's results and verdicts) and the station's cursor are written in one
 transaction: results by COPY into a temporary table, then inserted with ON CONFLICT DO NOTHING on
 (station, epoch, seq, revision, captured_at) — a part's revisions share its capture time, so this
-is the issue's (station, epoch, seq, revision) key. A collector killed at any point has either
-stored a batch and moved its cursor, or neither; what it receives again after a restart is
+is the issue's (station, epoch, seq, revision) key. The same statement adds the newly stored parts to the
+hourly counts and gate-score bins the view reads. A collector killed at any point has either
+stored a batch (with its counts) and moved its cursor, or neither; what it receives again after a restart is
 dropped by the key, so every result is stored once.
 """
 
@@ -29,13 +30,38 @@ RESULT_COLUMNS = (
 )
 _COLS = ", ".join(RESULT_COLUMNS)
 _INSERT = f"""
-INSERT INTO results ({_COLS}, first_stored)
-SELECT {", ".join("i." + c for c in RESULT_COLUMNS)},
-       i.nth = 1 AND NOT EXISTS (SELECT 1 FROM results r WHERE r.station = i.station AND r.epoch = i.epoch
-                                 AND r.seq = i.seq AND r.captured_at = i.captured_at)
-FROM (SELECT *, row_number() OVER (PARTITION BY station, epoch, seq ORDER BY revision) AS nth
-      FROM incoming) i
-ON CONFLICT DO NOTHING
+WITH stored AS (
+    INSERT INTO results ({_COLS}, first_stored)
+    SELECT {", ".join("i." + c for c in RESULT_COLUMNS)},
+           i.nth = 1 AND NOT EXISTS (SELECT 1 FROM results r WHERE r.station = i.station AND r.epoch = i.epoch
+                                     AND r.seq = i.seq AND r.captured_at = i.captured_at)
+    FROM (SELECT *, row_number() OVER (PARTITION BY station, epoch, seq ORDER BY revision) AS nth
+          FROM incoming) i
+    ON CONFLICT DO NOTHING
+    RETURNING station, captured_at, recipe, model_id, verdict, decision_source, deadline_missed, gate_score,
+              first_stored
+), counted AS (
+    INSERT INTO hourly
+    SELECT station, date_trunc('hour', captured_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', recipe, model_id,
+           count(*), count(*) FILTER (WHERE verdict = 'pass'), count(*) FILTER (WHERE verdict <> 'pass'),
+           count(*) FILTER (WHERE verdict = 'review'), count(*) FILTER (WHERE decision_source = 'gate'),
+           count(*) FILTER (WHERE decision_source = 'vlm'),
+           count(*) FILTER (WHERE decision_source LIKE 'failsafe%%'), count(*) FILTER (WHERE deadline_missed)
+    FROM stored WHERE first_stored GROUP BY 1, 2, 3, 4
+    ON CONFLICT (station, hour, recipe, model_id) DO UPDATE SET
+        parts = hourly.parts + excluded.parts, passed = hourly.passed + excluded.passed,
+        flagged = hourly.flagged + excluded.flagged, review = hourly.review + excluded.review,
+        by_gate = hourly.by_gate + excluded.by_gate, by_vlm = hourly.by_vlm + excluded.by_vlm,
+        failsafe = hourly.failsafe + excluded.failsafe,
+        deadline_missed = hourly.deadline_missed + excluded.deadline_missed
+), binned AS (
+    INSERT INTO gate_bins
+    SELECT station, date_trunc('week', captured_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', recipe, model_id,
+           floor(100 * ln(1 + greatest(gate_score, 0)))::integer, count(*)
+    FROM stored WHERE first_stored AND gate_score IS NOT NULL GROUP BY 1, 2, 3, 4, 5
+    ON CONFLICT (station, week, recipe, model_id, bin) DO UPDATE SET n = gate_bins.n + excluded.n
+)
+SELECT count(*) FROM stored
 """
 _VERDICT = """
 INSERT INTO verdicts (station, verdict_id, epoch, seq, part_id, decision, operator, note, at, client)
@@ -109,7 +135,8 @@ class Store:
                 with self.conn.cursor().copy(f"COPY incoming ({_COLS}) FROM STDIN") as copy:
                     for r in results:
                         copy.write_row(result_row(r))
-                out.results = self.conn.execute(_INSERT).rowcount
+                row = self.conn.execute(_INSERT).fetchone()
+                out.results = row[0] if row else 0
             for v in verdicts:
                 cur = self.conn.execute(_VERDICT, (v.station or station, v.verdict_id, v.epoch, v.seq, v.part_id,
                                                    v.decision, v.operator, v.note, v.at, v.client))

@@ -118,3 +118,17 @@ def synthetic_results(n: int, *, stations: int = 3, start=None, span_days: float
             decided_at=t + timedelta(milliseconds=650 if late else 120), deadline_ms=500.0,
             recipe="housing-a" if (i // 7) % 2 else "housing-b"))
     return out
+
+
+def rollups_from_results(conn) -> tuple[list, list]:
+    """The hourly counts and gate bins recomputed from `results` (migrations/0002's backfill) and
+    as the collector kept them: equal when every part was counted once."""
+    from adfm.plant.db import migrations
+
+    backfill = migrations()[1].sql.split("INSERT INTO hourly", 1)[1]
+    hourly_sql, bins_sql = backfill.split("INSERT INTO gate_bins", 1)
+    kept = (sorted(conn.execute("SELECT * FROM hourly").fetchall()),
+            sorted(conn.execute("SELECT * FROM gate_bins").fetchall()))
+    recomputed = (sorted(conn.execute(hourly_sql.strip().rstrip(";")).fetchall()),
+                  sorted(conn.execute(bins_sql.strip().rstrip(";")).fetchall()))
+    return kept, recomputed

@@ -20,6 +20,7 @@ from PIL import Image
 from adfm.appliance.bus_client import StationClient
 from adfm.plant.db import connect
 from tests.appliance_fakes import FACTORY, frame, station_dict, write_script
+from tests.plant_support import rollups_from_results
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -191,6 +192,9 @@ def test_three_stations_into_postgres_exactly_once_across_kills_restarts_and_a_n
         with connect(plant_db) as conn:
             cursors = dict(conn.execute("SELECT station, epoch FROM stations").fetchall())
         assert cursors == truth
+        with connect(plant_db) as conn:  # the view's counts took each part once across the kills
+            kept, recomputed = rollups_from_results(conn)
+        assert kept == recomputed and sum(h[4] for h in kept[0]) == len({k[:3] for k in expected_results})
     finally:
         if collector is not None and collector.poll() is None:
             collector.send_signal(signal.SIGTERM)

@@ -10,6 +10,7 @@ from adfm.plant.db import PlantDBError, applied, connect, migrate, migrations, r
 from adfm.plant.partitions import existing
 from adfm.plant.store import Store
 from adfm.schema import OperatorVerdict
+from tests.plant_support import rollups_from_results
 from tests.review_support import make_result
 
 
@@ -56,3 +57,6 @@ def test_a_batch_is_stored_once_however_often_it_arrives(plant_db):
         other = [r.model_copy(update={"epoch": "e2"}) for r in results[:2]]
         assert store.write("st1", other, [], "e2", 3).results == 2
         assert (store.cursor("st1").epoch, store.cursor("st1").next_seq) == ("e2", 3)
+        # the hourly counts and gate bins the view reads counted each part once, revisions not again
+        kept, recomputed = rollups_from_results(conn)
+        assert kept == recomputed and sum(h[4] for h in kept[0]) == 8
