@@ -91,22 +91,23 @@ _LATEST_VERDICT = """
 def agreement(conn: psycopg.Connection, f: Filters) -> list[dict]:
     """Per station and model version: flagged parts, how many operators judged, how many they
     confirmed (model right) or called false alarms (overruled), and passes judged defective.
-    Flagged counts from the hourly table; decisions from the verdicts (few) and their parts."""
+    Flagged counts from the hourly table; decisions from the verdicts of the range (each carries
+    its part's capture time, model and line verdict), the latest per part."""
     hwhere, hparams = f.hours()
     flagged = {(r["station"], r["model_id"]): r["flagged"] for r in _rows(conn, f"""
         SELECT h.station, h.model_id, sum(h.flagged)::bigint AS flagged FROM hourly h
         WHERE {hwhere} GROUP BY 1, 2""", hparams)}
-    where, params = f.where()
+    where, params = f.where("v", "captured_at", parts=False)
     judged = _rows(conn, f"""
-        WITH latest AS (SELECT DISTINCT ON (v.station, v.epoch, v.seq) v.station, v.epoch, v.seq, v.decision
-                        FROM verdicts v ORDER BY v.station, v.epoch, v.seq, v.at DESC)
-        SELECT r.station, r.model_id,
-               count(*) FILTER (WHERE r.verdict <> 'pass' AND l.decision <> 'skip') AS judged,
-               count(*) FILTER (WHERE r.verdict <> 'pass' AND l.decision = 'confirmed_defect') AS confirmed,
-               count(*) FILTER (WHERE r.verdict <> 'pass' AND l.decision = 'false_alarm') AS false_alarms,
-               count(*) FILTER (WHERE r.verdict = 'pass' AND l.decision = 'confirmed_defect') AS missed
-        FROM latest l JOIN results r ON r.station = l.station AND r.epoch = l.epoch AND r.seq = l.seq
-        WHERE {where} GROUP BY 1, 2""", params)
+        WITH latest AS (SELECT DISTINCT ON (v.station, v.epoch, v.seq) v.station, v.model_id, v.line_verdict,
+                               v.decision
+                        FROM verdicts v WHERE {where} ORDER BY v.station, v.epoch, v.seq, v.at DESC)
+        SELECT station, model_id,
+               count(*) FILTER (WHERE line_verdict <> 'pass' AND decision <> 'skip') AS judged,
+               count(*) FILTER (WHERE line_verdict <> 'pass' AND decision = 'confirmed_defect') AS confirmed,
+               count(*) FILTER (WHERE line_verdict <> 'pass' AND decision = 'false_alarm') AS false_alarms,
+               count(*) FILTER (WHERE line_verdict = 'pass' AND decision = 'confirmed_defect') AS missed
+        FROM latest GROUP BY 1, 2""", params)
     out = {(r["station"], r["model_id"]): {**r, "flagged": flagged.get((r["station"], r["model_id"]), 0)}
            for r in judged}
     for key, n in flagged.items():

@@ -63,6 +63,13 @@ WITH stored AS (
 )
 SELECT count(*) FROM stored
 """
+#: a verdict gets its part's capture time, model, recipe and line verdict once both are stored
+_PLACE_VERDICTS = """
+UPDATE verdicts v SET captured_at = r.captured_at, model_id = r.model_id, recipe = r.recipe, line_verdict = r.verdict
+FROM results r
+WHERE v.captured_at IS NULL AND v.station = ANY(%s) AND r.station = v.station AND r.epoch = v.epoch AND r.seq = v.seq
+  AND r.first_stored
+"""
 _VERDICT = """
 INSERT INTO verdicts (station, verdict_id, epoch, seq, part_id, decision, operator, note, at, client)
 VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING
@@ -141,6 +148,9 @@ class Store:
                 cur = self.conn.execute(_VERDICT, (v.station or station, v.verdict_id, v.epoch, v.seq, v.part_id,
                                                    v.decision, v.operator, v.note, v.at, v.client))
                 out.verdicts += cur.rowcount
+            if results or verdicts:
+                stations = sorted({r.station for r in results} | {v.station or station for v in verdicts})
+                self.conn.execute(_PLACE_VERDICTS, (stations,))
             if epoch is not None and next_seq is not None:
                 self.conn.execute(
                     "INSERT INTO stations (station, epoch, next_seq, updated_at) VALUES (%s, %s, %s, now()) "

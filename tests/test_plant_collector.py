@@ -194,6 +194,8 @@ def test_three_stations_into_postgres_exactly_once_across_kills_restarts_and_a_n
         assert cursors == truth
         with connect(plant_db) as conn:  # the view's counts took each part once across the kills
             kept, recomputed = rollups_from_results(conn)
+            unplaced = conn.execute("SELECT count(*) FROM verdicts WHERE captured_at IS NULL").fetchone()[0]
+        assert unplaced == 0  # every verdict knows its part's time, model and line verdict
         assert kept == recomputed and sum(h[4] for h in kept[0]) == len({k[:3] for k in expected_results})
     finally:
         if collector is not None and collector.poll() is None:

@@ -8,7 +8,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import yaml
@@ -17,6 +17,7 @@ from adfm.plant.auth import set_password
 from adfm.plant.config import load_config
 from adfm.plant.db import connect
 from adfm.plant.store import Store
+from adfm.schema import OperatorVerdict
 from tests.plant_support import synthetic_results
 from tests.review_support import LoopbackStation
 
@@ -69,7 +70,13 @@ def plant(tmp_path_factory, pg_cluster):
         store = Store(conn)
         for s, line in (("st1", "line-1"), ("st2", "line-1"), ("st3", "line-2")):
             store.register(s, line, "tcp://127.0.0.1:1", "tcp://127.0.0.1:2")
-        store.write("st1", synthetic_results(6000), [], None, None)
+        history = synthetic_results(6000)
+        flagged = [r for r in history if r.verdict != "pass"]
+        judged = [OperatorVerdict(station=r.station, seq=r.seq, epoch=r.epoch, part_id=r.part_id, operator="anna",
+                                  decision="false_alarm" if i % 6 == 0 else "confirmed_defect",
+                                  verdict_id=f"h{r.station}-{r.seq}", at=r.captured_at + timedelta(minutes=3))
+                  for i, r in enumerate(flagged) if i % 2 == 0]
+        store.write("st1", history, judged, None, None)
     station = LoopbackStation(root / "real", station="live")
     for verdict in ("fail", "pass", "fail", "review", "fail"):
         station.part(verdict)
@@ -159,9 +166,10 @@ def test_agreement_and_drift_pages(plant):
     status, body, _ = get(served.url + "/drift?since=2026-02-01&until=2026-03-01")
     html = body.decode()
     assert status == 200 and html.count('class="bin mark"') >= 12  # 3 stations × 4+ weeks
-    with connect(plant[1].database) as conn:
-        verdicts = conn.execute("SELECT count(*) FROM verdicts").fetchone()[0]
-    assert verdicts == 1
+    status, body, _ = get(served.url + "/agreement?since=2026-02-01&until=2026-03-01&station=st2")
+    cells = [c.split("</td>")[0] for c in body.decode().replace("\n", "").split("<td>")[1:]]
+    flagged, judged, confirmed, false_alarms = (int(c) for c in cells[1:5])  # st2, washer-v1@q4
+    assert judged == confirmed + false_alarms and 0 < false_alarms < confirmed < judged < flagged
 
 
 
