@@ -17,7 +17,8 @@ full, so everything comes by replay (the bus's replay path), measured the same w
 
 Queries. A fresh database is filled with `--rows` results (10 stations on 2 lines, 90 days, ~8 %
 flagged, 30 % of flagged parts judged, gate scores drifting) through the collector's own `Store.write`
-(its rate is reported too), ANALYZEd, then each of the view's main queries runs `--repeats` times
+(its rate is reported too: results, hourly counts, gate bins and verdicts in one transaction per
+5,000), ANALYZEd, then each of the view's main queries runs `--repeats` times
 round-robin over the view's default windows (yield and line decisions: 7 days; drift: 8 weeks;
 gallery: the newest page) and over the whole 90 days; p50/p95/min/max in ms, and one EXPLAIN
 (ANALYZE, BUFFERS) plan per query.
