@@ -17,8 +17,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from adfm.appliance.bus_client import StationClient
 from adfm.plant.db import connect
+from adfm.plant.stations import StationClient  # the bus client, through the plant's one door
 from tests.appliance_fakes import FACTORY, frame, station_dict, write_script
 from tests.plant_support import rollups_from_results
 

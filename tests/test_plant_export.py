@@ -30,7 +30,7 @@ def _collect(config, station_id: str, results: int, verdicts: int) -> StationFol
 
 
 def test_export_labels_is_read_by_adfm_data_inspect_with_the_right_counts(tmp_path, plant_db, capsys):
-    from adfm.appliance.bus_client import StationClient
+    from adfm.plant.stations import StationClient
     from adfm.trainer.data.cli import main as adfm_data
 
     a = LoopbackStation(tmp_path / "a", station="st-a")

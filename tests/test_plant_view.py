@@ -108,7 +108,7 @@ def plant(tmp_path_factory, pg_cluster):
 
 
 def _client(station):
-    from adfm.appliance.bus_client import StationClient
+    from adfm.plant.stations import StationClient
 
     return StationClient(station.publish_ep, station.control_ep, station=station.station, timeout_s=3.0)
 
