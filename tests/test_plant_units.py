@@ -23,4 +23,4 @@ def test_the_example_config_is_valid():
     config = load_config(REPO / "systemd" / "plant.example.yaml")
     assert config.view.auth.method == "basic" and config.view.host == "0.0.0.0"
     assert config.stations[0].curve is not None
-    assert config.stations[0].curve.server_key == REPO / "systemd" / "keys" / "line1-st1" / "server.key"
+    assert config.stations[0].curve.server_key == REPO / "systemd" / "plant-keys" / "line1-st1" / "server.key"
