@@ -9,7 +9,8 @@ from pathlib import Path
 from setuptools import setup
 
 FOLDERS = {"adfm": "adfm", "adfm.trainer": "trainer", "adfm.export": "export",
-           "adfm.camera": "camera", "adfm.appliance": "appliance"}
+           "adfm.camera": "camera", "adfm.appliance": "appliance",
+           "adfm.plant": "plant"}
 
 
 def _discover() -> tuple[list[str], dict[str, str]]:

@@ -85,3 +85,30 @@ def tiny_gguf_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
     from adfm.export.tiny import build_tiny_gguf
 
     return build_tiny_gguf(tmp_path_factory.mktemp("tiny-gguf"), quant="q4_k_m", base_dir=tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A throwaway PostgreSQL server for the plant tests (skipped only when PostgreSQL is not installed)."""
+    from tests.plant_support import PgCluster, missing_reason
+
+    why = missing_reason()
+    if why:
+        pytest.skip(why)
+    cluster = PgCluster()
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture
+def plant_db(pg_cluster, request):
+    """A fresh, migrated plant database in the session's cluster: its DSN."""
+    import re
+
+    from adfm.plant.db import connect, migrate
+
+    name = "t_" + re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:50]
+    dsn = pg_cluster.create_database(name)
+    with connect(dsn) as conn:
+        migrate(conn)
+    return dsn

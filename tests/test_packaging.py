@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {"adfm": "adfm", "trainer": "adfm/trainer", "export": "adfm/export", "camera": "adfm/camera",
-           "appliance": "adfm/appliance"}
+           "appliance": "adfm/appliance", "plant": "adfm/plant"}
 
 BLOCK_TORCH = (
     "import sys, importlib.abc\n"
@@ -55,4 +55,8 @@ def test_wheel_holds_every_module_under_its_package_name(tmp_path):
     missing = sorted(expected - names)
     assert not missing, missing
     assert "adfm/trainer/__init__.py" in names and "adfm/appliance/__init__.py" in names
-    assert not any(n.startswith(("trainer/", "appliance/", "tests/")) for n in names)
+    assert not any(n.startswith(("trainer/", "appliance/", "plant/", "tests/")) for n in names)
+    # the plant server's schema migrations and page templates travel as package data
+    for data in ("adfm/plant/migrations/0001_results.sql", "adfm/plant/templates/base.jinja",
+                 "adfm/plant/templates/gallery.jinja"):
+        assert data in names, data
