@@ -40,6 +40,10 @@ class GateTrainConfig(StrictModel):
         100_000, ge=1000, description="patches sampled from the images for the coreset (the coreset time grows with it)"
     )
     projection_dim: int = Field(64, ge=4, description="random projection used only to pick the coreset")
+    search_dim: int | None = Field(
+        None, ge=1, description="search the nearest bank row in the bank's leading principal directions "
+        "(faster per frame; the distance stays exact); None searches all feature channels"
+    )
     smoothing_sigma: float = Field(1.0, ge=0.0, le=8.0, description="Gaussian smoothing of the patch map, in cells")
     holdout: float = Field(0.2, gt=0.0, lt=1.0, description="share of the normal training images held out")
     target_recall: float = Field(0.95, gt=0.0, le=1.0, description="recall on held-out anomalies the threshold keeps")
