@@ -82,7 +82,7 @@ class PatchKNNGate(nn.Module):
 
     `search_dim`: the nearest bank row is searched in the bank's `search_dim` leading principal
     directions (one smaller matrix product per frame); the distance to that row is then exact, in
-    all C channels. None searches all C channels (the exact nearest neighbour).
+    all C channels. None or 0 searches all C channels (the exact nearest neighbour).
     """
 
     def __init__(
@@ -102,7 +102,7 @@ class PatchKNNGate(nn.Module):
         self.register_buffer("inv_std", (1.0 / std).reshape(1, 3, 1, 1).float().clone())
         rows = bank.detach().cpu().float().numpy()
         proj = None
-        if search_dim is not None and search_dim < rows.shape[1] and rows.shape[0] > 1:
+        if search_dim and search_dim < rows.shape[1] and rows.shape[0] > 1:
             proj = pca_projection(rows, search_dim)
         self.register_buffer(BANK, torch.from_numpy(as_bank(rows)).clone())  # K×C
         self.register_buffer(BANK_PROJ, None if proj is None else torch.from_numpy(proj))  # C×d
