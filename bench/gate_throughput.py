@@ -113,13 +113,37 @@ def _speed(models: dict[str, Path], rounds: int, frames: int) -> tuple[dict, lis
     return out, loads
 
 
+def markdown_tables(report: dict) -> str:
+    """The README's two tables of a results file: accuracy per proxy, then frames/s per variant."""
+    names = list(report["variants"])
+    lines = ["| data | " + " | ".join(f"{n} AUROC (Δ) · good to VLM" for n in names) + " |",
+             "| --- |" + " --- |" * len(names)]
+    for data, row in report["accuracy"].items():
+        cells = [f"{r['image_auroc']:.3f} ({r['auroc_minus_reference']:+.3f}) · {100 * r['good_to_vlm']:.0f}%"
+                 for r in (row[n] for n in names)]
+        lines.append(f"| {data} | " + " | ".join(cells) + " |")
+    lines += ["", "| variant | threads | graph fps | `Gate.score` 256² fps | `Gate.score` 1280×960 fps |",
+              "| --- | --- | --- | --- | --- |"]
+    for n in names:
+        for t, cell in report["speed_synthetic_station_256"][n].items():
+            f = {k: cell[k] for k in ("graph", "score_256", "score_1280x960")}
+            lines.append(f"| {n} | {t.split('_')[0]} | " + " | ".join(
+                f"{v['frames_per_s_median']:.0f} ({v['frames_per_s_min']:.0f}–{v['frames_per_s_max']:.0f})"
+                for v in f.values()) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller proxy splits (a smoke run)")
     ap.add_argument("--rounds", type=int, default=5, help="timing rounds (default 5)")
     ap.add_argument("--frames", type=int, default=40, help="timed calls per measurement per round (default 40)")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--table", type=Path, metavar="RESULTS_JSON", help="print the README tables of a results file")
     args = ap.parse_args(argv)
+    if args.table:
+        print(markdown_tables(json.loads(args.table.read_text())))
+        return 0
     if args.frames < 1 or args.rounds < 1:
         ap.error("--frames and --rounds must be ≥ 1")
 
