@@ -20,6 +20,8 @@ variant, so they share the machine's load), median over rounds with min/max:
 - `score_256`: `Gate.score` on a 256×256 RGB frame (preprocess + graph + heat map);
 - `score_1280x960`: `Gate.score` on a camera-sized frame (adds the area resize and the map resized back);
 each on 2 threads and on 1. The 1-minute load average is recorded before and after every round.
+`*_cpu_ms`: this process's CPU time per call (all its threads), median over rounds: on a loaded
+machine wall time measures the other work too; on one thread 1000 / cpu_ms is what an idle core gives.
 Writes bench/results/gate_throughput.json. Run: python bench/gate_throughput.py [--quick]
 """
 
@@ -98,14 +100,17 @@ def _speed(models: dict[str, Path], rounds: int, frames: int) -> tuple[dict, lis
             for what, fn, n in (("graph", lambda g=g: g.session.run(batch), frames),
                                 ("score_256", lambda g=g: g.score(frame), frames),
                                 ("score_1280x960", lambda g=g: g.score(camera), max(1, frames // 2))):
+                c0 = time.process_time()
                 times = _time(fn, n)
+                cpu_ms = (time.process_time() - c0) / (n + 3) * 1e3  # warm-up calls included
                 raw.setdefault((k, t, what), []).append(n / sum(times))
+                raw.setdefault((k, t, what + "_cpu_ms"), []).append(cpu_ms)
                 raw.setdefault((k, t, what + "_median_ms"), []).append(statistics.median(times) * 1e3)
         loads.append([round(before, 2), round(os.getloadavg()[0], 2)])
     out: dict[str, dict] = {}
     for (k, t, what), v in raw.items():
         cell = out.setdefault(k, {}).setdefault(f"{t}_threads" if t > 1 else "1_thread", {})
-        if what.endswith("_median_ms"):
+        if what.endswith(("_median_ms", "_cpu_ms")):
             cell[what] = round(statistics.median(v), 2)
         else:
             cell[what] = {"frames_per_s_median": round(statistics.median(v), 1),
@@ -122,14 +127,15 @@ def markdown_tables(report: dict) -> str:
         cells = [f"{r['image_auroc']:.3f} ({r['auroc_minus_reference']:+.3f}) · {100 * r['good_to_vlm']:.0f}%"
                  for r in (row[n] for n in names)]
         lines.append(f"| {data} | " + " | ".join(cells) + " |")
-    lines += ["", "| variant | threads | graph fps | `Gate.score` 256² fps | `Gate.score` 1280×960 fps |",
-              "| --- | --- | --- | --- | --- |"]
+    lines += ["", "| variant | threads | graph fps | `Gate.score` 256² fps | `Gate.score` 1280×960 fps "
+              "| CPU ms per call: graph · 256² · 1280×960 |", "| --- | --- | --- | --- | --- | --- |"]
     for n in names:
         for t, cell in report["speed_synthetic_station_256"][n].items():
             f = {k: cell[k] for k in ("graph", "score_256", "score_1280x960")}
             lines.append(f"| {n} | {t.split('_')[0]} | " + " | ".join(
                 f"{v['frames_per_s_median']:.0f} ({v['frames_per_s_min']:.0f}–{v['frames_per_s_max']:.0f})"
-                for v in f.values()) + " |")
+                for v in f.values()) + " | " + " · ".join(
+                f"{cell.get(k + '_cpu_ms', float('nan')):.1f}" for k in f) + " |")
     return "\n".join(lines)
 
 
