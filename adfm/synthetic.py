@@ -170,6 +170,34 @@ def add_defect(
     return np.clip(out, 0, 255).astype(np.uint8), mask
 
 
+def add_mark(image: np.ndarray, region: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Stamp a harmless mark (a small blue ink ring with a bar, like a batch stamp) inside `region`.
+
+    Not a defect: a station's operators would confirm parts with it as good. The gate has never
+    seen it, so at first it flags them; the line's learning (adfm.runtime.gate_learning) is tested on it.
+    Like a batch stamp it sits at about the same place on every part: the region's point nearest to
+    (0.5, 0.25) of the image, moved by up to 4 px.
+    """
+    h, w = region.shape
+    ys, xs = np.nonzero(region)
+    i = int(np.argmin((xs - 0.5 * w) ** 2 + (ys - 0.25 * h) ** 2))
+    x, y = int(xs[i] + rng.integers(-4, 5)), int(ys[i] + rng.integers(-4, 5))
+    r = 0.035 * min(w, h)
+    ink = Image.new("L", (w, h), 0)
+    d = ImageDraw.Draw(ink)
+    d.ellipse([x - r, y - r, x + r, y + r], outline=255, width=2)
+    d.line([(x - r * 0.6, y), (x + r * 0.6, y)], fill=255, width=2)
+    soft = np.asarray(ink.filter(ImageFilter.GaussianBlur(0.6)), dtype=np.float32)[..., None] / 255.0
+    color = np.array([40.0, 70.0, 170.0])
+    out = image.astype(np.float32) * (1 - 0.8 * soft) + color * (0.8 * soft)
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def relight(image: np.ndarray, gain: float, offset: float = 0.0) -> np.ndarray:
+    """The same part under other lighting: pixel values × `gain` + `offset`, clipped to 0–255."""
+    return np.clip(image.astype(np.float32) * gain + offset, 0, 255).astype(np.uint8)
+
+
 def make_sample(
     kind: str,
     defect: str | None,

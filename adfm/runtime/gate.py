@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..files import write_atomic
 from ..manifest import sha256_file
+from .gate_bank import PATCH_OUTPUT
 
 METADATA_FORMAT = "adfm-gate"
 METADATA_VERSION = 1
@@ -140,6 +141,7 @@ class GateResult:
     threshold: float
     suspicious: bool
     display_range: tuple[float, float] = (0.0, 1.0)
+    bank_sha256: str | None = None  # the memory bank that scored it (changes when the line learns)
 
 
 def metadata_path(onnx_path: str | Path) -> Path:
@@ -215,6 +217,7 @@ class GateSession:
         if len(shape) != 4 or shape[1] != 3 or not all(isinstance(d, int) and d > 0 for d in shape[2:]):
             raise GateError(f"{self.path}: input {INPUT_NAME!r} must be N×3×H×W with a fixed H, W; got {shape}")
         self.input_height, self.input_width = int(shape[2]), int(shape[3])
+        self.has_patch_output = PATCH_OUTPUT in outputs
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -227,6 +230,14 @@ class GateSession:
         return np.asarray(score, dtype=np.float32).reshape(-1), np.asarray(heat, dtype=np.float32).reshape(
             batch.shape[0], self.input_height, self.input_width
         )
+
+    def patch_features(self, batch: np.ndarray) -> np.ndarray:
+        """Every patch's feature (N×hw×C) of a preprocessed batch: what the bank holds for good parts."""
+        if not self.has_patch_output:
+            raise GateError(f"{self.path}: this gate graph has no {PATCH_OUTPUT!r} output (trained by an adfm "
+                            "before the line could learn); train it again with adfm-train gate")
+        (feats,) = self.session.run([PATCH_OUTPUT], {INPUT_NAME: batch})
+        return np.asarray(feats, dtype=np.float32)
 
     def score_images(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """(scores, maps at the input size) of RGB images of any size."""
@@ -296,6 +307,12 @@ class Gate:
         return self.metadata.threshold
 
     @property
+    def bank_sha256(self) -> str | None:
+        """Hash of the memory bank (`gate_bank.bank_digest`), None for gates trained before it was recorded."""
+        value = self.metadata.model.get("bank_sha256")
+        return value if isinstance(value, str) else None
+
+    @property
     def model_id(self) -> str:
         """Short identity of this gate, for logs and results."""
         return f"{self.path.stem}@{self.metadata.onnx_sha256[:12]}"
@@ -312,6 +329,7 @@ class Gate:
             threshold=self.threshold,
             suspicious=bool(score >= self.threshold),
             display_range=self.metadata.heatmap_range,
+            bank_sha256=self.bank_sha256,
         )
 
     def score(self, image_rgb: np.ndarray) -> GateResult:

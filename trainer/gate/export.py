@@ -5,6 +5,8 @@ height and width are fixed, so the line resizes to exactly the size the bank was
 torch 2.14's default exporter needs onnxscript, which adfm does not depend on; the TorchScript
 exporter (`dynamo=False`) handles this graph's plain ops (Conv, Abs, MaxPool, AveragePool,
 MatMul, ArgMin, Gather, Pad, Resize, ReduceMax) fully.
+The third output, every patch's feature, is what the line adds to the bank when operators confirm
+a false alarm (`adfm.runtime.gate_learning`); the line does not fetch it per frame.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 
 from adfm.runtime.gate import FILE_MODE, INPUT_NAME, MAP_OUTPUT, SCORE_OUTPUT, GateSession
+from adfm.runtime.gate_bank import PATCH_OUTPUT
 
 from .model import PatchKNNGate
 
@@ -45,8 +48,9 @@ def export_onnx(gate: PatchKNNGate, path: str | Path) -> Path:
             warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
             torch.onnx.export(
                 gate.cpu().eval(), (example,), tmp, dynamo=False, opset_version=OPSET,
-                input_names=[INPUT_NAME], output_names=[SCORE_OUTPUT, MAP_OUTPUT],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, SCORE_OUTPUT: {0: "batch"}, MAP_OUTPUT: {0: "batch"}},
+                input_names=[INPUT_NAME], output_names=[SCORE_OUTPUT, MAP_OUTPUT, PATCH_OUTPUT],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, SCORE_OUTPUT: {0: "batch"}, MAP_OUTPUT: {0: "batch"},
+                              PATCH_OUTPUT: {0: "batch"}},
             )
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
@@ -63,7 +67,7 @@ def check_parity(gate: PatchKNNGate, session: GateSession, batch: np.ndarray) ->
     calibrated must not ship.
     """
     with torch.no_grad():
-        t_score, t_map = gate.cpu().eval()(torch.from_numpy(batch))
+        t_score, t_map, _ = gate.cpu().eval()(torch.from_numpy(batch))
     o_score, o_map = session.run(batch)
     scale = max(float(t_map.abs().max()), 1e-6)
     diff = max(float(np.abs(o_score - t_score.numpy()).max()), float(np.abs(o_map - t_map.numpy()).max()))

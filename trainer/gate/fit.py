@@ -155,7 +155,7 @@ def fit_gate(cfg: GateTrainConfig, train: Sequence[Sample], size: tuple[int, int
     candidates = torch.cat(chunks)
     picked = greedy_coreset(candidates, cfg.bank_size, cfg.projection_dim, gen, progress=cfg.progress)
     bank = candidates[picked].cpu()
-    gate = PatchKNNGate(features.cpu(), mean, std, bank, (h, w), cfg.smoothing_sigma).eval()
+    gate = PatchKNNGate(features.cpu(), mean, std, bank, (h, w), cfg.smoothing_sigma, cfg.search_dim).eval()
     report = FitReport(
         n_images=len(used), n_candidates=int(candidates.shape[0]), bank_size=int(bank.shape[0]),
         device=str(device), seconds=time.perf_counter() - t0, skipped=errors, used=used,

@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adfm.runtime.gate_bank import BANK, BANK_PROJ, BANK_SEARCH, as_bank, pca_projection, search_matrix
+
 METHODS = {"pretrained": "patch-knn-pretrained-features", "random": "patch-knn-random-features"}
 
 
@@ -74,7 +76,14 @@ def gaussian_kernel(sigma: float) -> torch.Tensor:
 
 
 class PatchKNNGate(nn.Module):
-    """RGB 0–255 N×3×H×W in; (score N, heat map N×H×W) out — the graph exported to ONNX."""
+    """RGB 0–255 N×3×H×W in; (score N, heat map N×H×W, patch features N×hw×C) out — the graph
+    exported to ONNX. The bank's layout in the graph is `adfm.runtime.gate_bank`'s (shared with
+    the line, which rewrites it when operators confirm false alarms).
+
+    `search_dim`: the nearest bank row is searched in the bank's `search_dim` leading principal
+    directions (one smaller matrix product per frame); the distance to that row is then exact, in
+    all C channels. None or 0 searches all C channels (the exact nearest neighbour).
+    """
 
     def __init__(
         self,
@@ -84,42 +93,53 @@ class PatchKNNGate(nn.Module):
         bank: torch.Tensor,
         input_hw: tuple[int, int],
         smoothing_sigma: float = 1.0,
+        search_dim: int | None = None,
     ) -> None:
         super().__init__()
         self.features = features
         self.input_hw = (int(input_hw[0]), int(input_hw[1]))
         self.register_buffer("mean", mean.reshape(1, 3, 1, 1).float().clone())
         self.register_buffer("inv_std", (1.0 / std).reshape(1, 3, 1, 1).float().clone())
-        self.register_buffer("bank", bank.contiguous().float().clone())  # K×C
-        self.register_buffer("bank_t", bank.t().contiguous().float().clone())  # C×K, for the matmul
-        self.register_buffer("bank_sq", (bank.float() ** 2).sum(1).clone())  # K
+        rows = bank.detach().cpu().float().numpy()
+        proj = None
+        if search_dim and search_dim < rows.shape[1] and rows.shape[0] > 1:
+            proj = pca_projection(rows, search_dim)
+        self.register_buffer(BANK, torch.from_numpy(as_bank(rows)).clone())  # K×C
+        self.register_buffer(BANK_PROJ, None if proj is None else torch.from_numpy(proj))  # C×d
+        self.register_buffer(BANK_SEARCH, torch.from_numpy(search_matrix(rows, proj)))  # (d+1)×K
         kernel = gaussian_kernel(smoothing_sigma)
         self.register_buffer("kernel", kernel)
         self.pad = (kernel.shape[-1] - 1) // 2
+
+    @property
+    def bank_size(self) -> int:
+        return int(self.bank.shape[0])
 
     def embed(self, image: torch.Tensor) -> torch.Tensor:
         """Patch features N×C×h×w of raw RGB 0–255 images."""
         return self.features((image - self.mean) * self.inv_std)
 
-    def patch_map(self, image: torch.Tensor) -> torch.Tensor:
-        """Distance of every patch to its nearest normal patch, smoothed: N×1×h×w."""
+    def patch_map(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(distance of every patch to its nearest normal patch, smoothed: N×1×h×w; patches N×hw×C)."""
         f = self.embed(image)
         n, _, h, w = f.shape
         q = f.flatten(2).transpose(1, 2)  # N×hw×C
-        # The nearest bank entry by |m|² − 2q·m (|q|² is the same for every m), then its distance
-        # computed directly: the expanded form alone cancels badly in float32 for near neighbours.
-        nearest = torch.argmin(self.bank_sq - 2.0 * torch.matmul(q, self.bank_t), dim=-1)  # N×hw
+        z = q if self.bank_proj is None else torch.matmul(q, self.bank_proj)
+        z1 = torch.cat([z, torch.ones_like(z[..., :1])], dim=-1)
+        # argmin of |m|² − 2z·m over bank rows m, as one product (gate_bank.search_matrix); then
+        # the distance to that row directly: the expanded form cancels badly in float32.
+        nearest = torch.argmin(torch.matmul(z1, self.bank_search), dim=-1)  # N×hw
         diff = q - self.bank[nearest]
         d = torch.sqrt((diff * diff).sum(-1)).reshape(n, 1, h, w)
         if self.pad:
             d = F.conv2d(F.pad(d, (self.pad,) * 4, mode="replicate"), self.kernel)
-        return d
+        return d, q
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        d = self.patch_map(image)
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        d, q = self.patch_map(image)
         score = d.amax(dim=(1, 2, 3))
         heat = F.interpolate(d, size=self.input_hw, mode="bilinear", align_corners=False)[:, 0]
-        return score, heat
+        return score, heat, q
 
 
 def greedy_coreset(

@@ -20,6 +20,7 @@ import numpy as np
 import adfm
 from adfm.manifest import sha256_file
 from adfm.runtime.gate import GateMetadata, GateSession, metadata_path, write_metadata
+from adfm.runtime.gate_bank import bank_digest
 
 from ..data.records import Sample, write_manifest
 from .calibrate import calibrate, display_range
@@ -152,6 +153,8 @@ def train_gate(cfg: GateTrainConfig) -> GateTrainResult:
             "warnings": warnings,
             "fit_images": image_hashes(fit.used),
             "calibration_images": image_hashes(held_used + anomalous_used),
+            # the drift monitor's reference on the line (adfm.runtime.gate_drift.reference_scores)
+            "holdout_normal_scores": [round(float(v), 6) for v in normal_scores],
         },
         adfm_version=adfm.__version__,
         created_at=datetime.now(UTC),
@@ -179,7 +182,9 @@ def _model_settings(cfg: GateTrainConfig, gate: PatchKNNGate) -> dict:
         **features,
         "feature_channels": gate.features.channels,
         "stride": STRIDE,
-        "bank_size": int(gate.bank_t.shape[1]),
+        "bank_size": gate.bank_size,
+        "bank_sha256": bank_digest(gate.bank.numpy()),
+        "search_dim": None if gate.bank_proj is None else int(gate.bank_proj.shape[1]),
         "smoothing_sigma": cfg.smoothing_sigma,
         "score": "max of the smoothed patch distance map",
         "projection_dim": cfg.projection_dim,
