@@ -114,8 +114,8 @@ def measure(a: argparse.Namespace) -> dict:
         from adfm.appliance.inspection.worker import BackendSpec
         from adfm.appliance.journal.store import Journal
     except ImportError:  # the tree before the appliance's subpackages
-        from adfm.appliance.inspection.worker import BackendSpec  # type: ignore[no-redef]
-        from adfm.appliance.journal.store import Journal  # type: ignore[no-redef]
+        from adfm.appliance.inference_worker import BackendSpec  # type: ignore[no-redef]
+        from adfm.appliance.journal import Journal  # type: ignore[no-redef]
     from tests.appliance_fakes import make_model_dir, write_script
     from tests.line_support import Plc, free_port, line_config, start_line
 

@@ -21,7 +21,7 @@ from adfm.appliance.bus.keys import load_client_curve, load_server_curve
 from adfm.appliance.bus.server import ResultBus
 from adfm.appliance.config.station import ConfigError, parse_config
 from adfm.appliance.inspection.worker import BackendSpec
-from adfm.appliance.journal.store import store as journal_mod
+from adfm.appliance.journal import store as journal_mod
 from adfm.appliance.journal.store import Journal, JournalError
 from adfm.appliance.service import Service
 from adfm.appliance.system.health import Health

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from adfm.appliance.journal.store import store as journal_mod
+from adfm.appliance.journal import store as journal_mod
 from adfm.appliance.journal.store import Journal, JournalError, JournalFullError, RetentionPolicy
 from adfm.schema import InspectionResult, OperatorVerdict
 

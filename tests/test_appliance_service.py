@@ -23,7 +23,7 @@ from PIL import Image
 from adfm.appliance.config.station import parse_config
 from adfm.appliance.inspection.core import verdict_for
 from adfm.appliance.inspection.worker import BackendSpec
-from adfm.appliance.journal.store import store as journal_mod
+from adfm.appliance.journal import store as journal_mod
 from adfm.appliance.journal.store import Journal
 from adfm.appliance.service import Service
 from adfm.camera.frame import Frame

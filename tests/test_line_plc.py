@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("pymodbus")
 
 from adfm.appliance.config.line import DECISION_CODES, SOURCE_CODES
-from adfm.appliance.journal.store import store as journal_mod
+from adfm.appliance.journal import store as journal_mod
 from adfm.appliance.journal.store import Journal
 from tests.appliance_fakes import write_script
 from tests.conftest import needs_llama

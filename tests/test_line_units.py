@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from adfm.appliance.config.station import ConfigError, parse_config
-from adfm.appliance.journal.store import store as journal_mod
+from adfm.appliance.journal import store as journal_mod
 from adfm.appliance.journal.store import Journal, JournalError, JournalFullError
 from adfm.camera.capture import device_capture_mono
 from adfm.camera.capture_thread import CameraWorker
