@@ -433,8 +433,13 @@ class StationClient:
         payload = message.model_dump_json().encode()
         for _attempt in range(self.retries):
             dealer = self._control_socket()
-            dealer.send_multipart([b"", payload])
-            if dealer.poll(int(self.timeout_s * 1000)):
+            try:  # with no connected peer (a refused CURVE handshake) a send would wait for ever
+                dealer.send_multipart([b"", payload])
+            except zmq.Again:
+                sent = False
+            else:
+                sent = True
+            if sent and dealer.poll(int(self.timeout_s * 1000)):
                 frames = dealer.recv_multipart()
                 reply = parse_reply(frames[-1])
                 if isinstance(reply, ErrorReply):
@@ -464,6 +469,7 @@ class StationClient:
         if self._dealer is None:
             dealer = self._ctx.socket(zmq.DEALER)
             dealer.setsockopt(zmq.LINGER, 0)
+            dealer.setsockopt(zmq.SNDTIMEO, int(self.timeout_s * 1000))
             self._secure(dealer)
             if self.curve is not None:
                 self._monitor = dealer.get_monitor_socket(
