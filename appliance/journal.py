@@ -239,7 +239,10 @@ class Journal:
         image_format: str = "png",
         retention: RetentionPolicy | None = None,
         busy_timeout_s: float = 10.0,
+        sweep: bool = True,
     ) -> None:
+        """`sweep=False`: leave stray image files alone — `journal recover` opens a database it is
+        about to fill, whose last seq is still 0, and must not take every image for an orphan."""
         if image_format not in ("png", "jpg"):
             raise ValueError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
         self.root = Path(root)
@@ -259,7 +262,8 @@ class Journal:
         self._init_db()
         with self._sql("opening"):
             self._image_bytes = self._sum_image_bytes()
-        self._sweep_orphans()
+        if sweep:
+            self._sweep_orphans()
 
     # ---- connections ------------------------------------------------------------------------
 
@@ -854,11 +858,16 @@ class Journal:
         return PruneReport(len(doomed), freed, self._image_bytes)
 
     def _sweep_orphans(self) -> None:
-        """Remove image files a crash left without a row (written, then the insert never committed)."""
+        """Remove image files a crash left without a row (written, then the insert never committed).
+
+        Only regular files directly inside a real day folder are touched: a symlinked day folder or
+        file is left alone, since deleting through it would delete outside the journal."""
         images = self.root / IMAGES_DIR
         last = int(self._conn().execute("SELECT COALESCE(MAX(seq), 0) FROM parts").fetchone()[0])
-        for day in sorted(p for p in images.iterdir() if p.is_dir())[-3:]:
+        for day in sorted(p for p in images.iterdir() if p.is_dir() and not p.is_symlink())[-3:]:
             for f in day.iterdir():
+                if f.is_symlink() or not f.is_file():
+                    continue
                 if f.name.endswith(".tmp"):
                     f.unlink(missing_ok=True)
                     continue
