@@ -185,6 +185,12 @@ class BusSection(_Section):
     send_hwm: int = Field(10_000, ge=1)
     io_threads: int = Field(2, ge=1, le=64, description="ZeroMQ I/O threads (with CURVE they encrypt each "
                             "subscriber's copy of every message)")
+    plain_roles: list[Literal["verdict", "recipe", "model"]] = Field(
+        default_factory=lambda: ["verdict"],
+        description="what clients without a CURVE key (loopback/ipc only) may do; recipe changes need "
+                    "`recipe` here, on purpose")
+    control_hwm: int = Field(4, ge=1, le=1000, description="replies queued per control client; a client "
+                             "that reads none gets no more")
 
     @field_validator("publish", "control", mode="before")
     @classmethod

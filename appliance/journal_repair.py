@@ -122,6 +122,7 @@ class RecoverReport:
     parts_salvaged: int = 0
     verdicts_salvaged: int = 0
     revisions_salvaged: int = 0
+    commands_salvaged: int = 0
     rows_lost: int = 0
     images_before: int = 0
     images_after: int = 0
@@ -242,6 +243,7 @@ def _rebuild(root: Path, station: str, report: RecoverReport) -> None:
     parts: tuple[list[str], list[tuple], int] = ([], [], 0)
     verdicts: tuple[list[str], list[tuple], int] = ([], [], 0)
     revisions: tuple[list[str], list[tuple], int] = ([], [], 0)
+    commands: tuple[list[str], list[tuple], int] = ([], [], 0)
     with closing(sqlite3.connect(f"file:{aside}?mode=ro", uri=True)) as old:
         with suppress(sqlite3.DatabaseError):
             meta = dict(old.execute("SELECT key, value FROM meta").fetchall())
@@ -254,6 +256,8 @@ def _rebuild(root: Path, station: str, report: RecoverReport) -> None:
             verdicts = _salvage(old, "operator_verdicts")
         with suppress(sqlite3.DatabaseError):
             revisions = _salvage(old, "revisions")
+        with suppress(sqlite3.DatabaseError):
+            commands = _salvage(old, "commands")  # absent from journals older than the table
     part_cols, part_rows, _ = parts
     seqs = {r[part_cols.index("seq")] for r in part_rows} if part_rows else set()
     verdict_cols, verdict_rows, _ = verdicts
@@ -265,10 +269,12 @@ def _rebuild(root: Path, station: str, report: RecoverReport) -> None:
     with Journal(root, station, sweep=False) as fresh, fresh._write() as w:
         for cols, rows, table in ((part_cols, part_rows, "parts"),
                                   (verdict_cols, verdict_rows, "operator_verdicts"),
-                                  (revision_cols, revision_rows, "revisions")):
+                                  (revision_cols, revision_rows, "revisions"),
+                                  (commands[0], commands[1], "commands")):
             if rows:
                 w.executemany(f"INSERT OR IGNORE INTO {table} ({', '.join(cols)}) "
                               f"VALUES ({', '.join('?' * len(cols))})", rows)
     report.parts_salvaged, report.verdicts_salvaged = len(part_rows), len(verdict_rows)
     report.revisions_salvaged = len(revision_rows)
-    report.rows_lost = parts[2] + verdicts[2] + revisions[2]
+    report.commands_salvaged = len(commands[1])
+    report.rows_lost = parts[2] + verdicts[2] + revisions[2] + commands[2]

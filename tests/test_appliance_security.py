@@ -177,3 +177,301 @@ def test_recover_refuses_a_user_who_does_not_own_the_journal(open_dir):
                          capture_output=True, text=True, cwd=REPO, check=False, timeout=120,
                          env={**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", str(REPO))})
     assert out.returncode == 1 and "owned by uid 4242" in out.stderr
+
+
+# ---- 2. commands that change what the line does need authority ---------------------------------------
+
+
+class _RecipeStation:
+    """A bus with a recipe callback that records what it was told (the line's changeover)."""
+
+    def __init__(self, root: Path, curve=None, plain_roles=("verdict",)):
+        from adfm.appliance.bus_server import ResultBus
+        from adfm.schema import StationStatus
+
+        self.selected: list[str] = []
+        self.journal = Journal(root, "st1")
+        self.bus = ResultBus("st1", self.journal, lambda: StationStatus(station="st1", healthy=True),
+                             publish=["tcp://127.0.0.1:*"], control=["tcp://127.0.0.1:*"], curve=curve,
+                             on_recipe=self._select, plain_roles=plain_roles)
+        self.bus.start()
+        self.publish_ep, self.control_ep = self.bus.bound["publish"][0], self.bus.bound["control"][0]
+
+    def _select(self, name: str) -> None:
+        if name not in ("widget-a", "widget-b"):
+            raise ValueError(f"unknown recipe {name!r}")
+        self.selected.append(name)
+
+    def client(self, **kw):
+        from adfm.appliance.bus_client import StationClient
+
+        return StationClient(self.publish_ep, self.control_ep, timeout_s=3.0, **kw)
+
+    def close(self) -> None:
+        self.bus.stop()
+        self.journal.close()
+
+
+def _commands_published(sub, n: int, timeout_s: float = 5.0) -> list[dict]:
+    out: list[dict] = []
+    end = time.monotonic() + timeout_s
+    while len(out) < n and time.monotonic() < end:
+        if sub.poll(100):
+            topic, _seq, body = sub.recv_multipart()
+            assert topic == b"command.st1"
+            out.append(json.loads(body))
+    return out
+
+
+def _subscribe(endpoint: str, curve=None):
+    import zmq
+
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    if curve is not None:
+        sub.curve_serverkey, sub.curve_publickey, sub.curve_secretkey = (
+            curve.server_public, curve.keys.public, curve.keys.secret)
+    sub.setsockopt(zmq.SUBSCRIBE, b"command.st1")
+    sub.connect(endpoint)
+    time.sleep(0.3)  # the subscription reaches the PUB socket
+    return sub
+
+
+def test_a_recipe_from_a_review_key_is_refused_and_from_a_line_key_accepted_both_journaled(tmp_path):
+    from adfm.appliance.bus_client import StationError
+    from adfm.appliance.keys import admit_client, load_client_curve, load_server_curve
+    from adfm.schema import RecipeRequest
+    from tests.appliance_fakes import make_keys
+
+    keys = make_keys(tmp_path / "keys", ["review", "plc"], operators={"review": ["anna"], "plc": ["shift-lead"]})
+    plc_public = keys.client_secrets["plc"].with_suffix(".key")
+    admit_client(tmp_path / "keys", "plc", plc_public, ["shift-lead"], force=True, roles=["recipe"])
+    station = _RecipeStation(tmp_path / "j", curve=load_server_curve(keys.server_secret, keys.authorized_clients))
+    review = load_client_curve(keys.server_public, keys.client_secrets["review"])
+    plc = load_client_curve(keys.server_public, keys.client_secrets["plc"])
+    sub = _subscribe(station.publish_ep, review)
+    try:
+        with station.client(curve=review) as c, pytest.raises(
+                StationError, match="client key 'review' has no role 'recipe'"):
+            c.request(RecipeRequest(recipe="widget-b", operator="anna"))
+        with station.client(curve=plc) as c:
+            with pytest.raises(StationError, match="'anna' is not registered for client key 'plc'"):
+                c.request(RecipeRequest(recipe="widget-b", operator="anna"))
+            ack = c.request(RecipeRequest(recipe="widget-b", operator="shift-lead"))
+            assert "key 'plc'" in ack.detail
+        assert station.selected == ["widget-b"]
+        rows = [(c["command"], c["argument"], c["client"], c["operator"], c["accepted"])
+                for c in station.journal.commands()]
+        assert rows == [("recipe", "widget-b", "review", "anna", False), ("recipe", "widget-b", "plc", "anna", False),
+                        ("recipe", "widget-b", "plc", "shift-lead", True)]
+        published = _commands_published(sub, 3)
+        assert [(p["client"], p["accepted"]) for p in published] == [("review", False), ("plc", False), ("plc", True)]
+    finally:
+        sub.close()
+        station.close()
+
+
+def test_a_recipe_from_a_plain_loopback_client_is_refused_unless_the_config_allows_it(tmp_path):
+    from adfm.appliance.bus_client import StationError
+    from adfm.schema import RecipeRequest
+    from tests.test_appliance_hardening import _raw_request
+
+    station = _RecipeStation(tmp_path / "j")
+    sub = _subscribe(station.publish_ep)
+    try:
+        reply = _raw_request(station.control_ep, {"type": "recipe", "recipe": "widget-b"})
+        assert reply["type"] == "error" and "without a CURVE key may not send recipe" in reply["error"]
+        assert station.selected == []
+        [row] = station.journal.commands()
+        assert (row["client"], row["accepted"]) == ("local", False) and "refused" in row["detail"]
+        assert _commands_published(sub, 1)[0]["accepted"] is False
+    finally:
+        sub.close()
+        station.close()
+    allowed = _RecipeStation(tmp_path / "j2", plain_roles=("verdict", "recipe"))
+    try:
+        with allowed.client() as c:
+            c.request(RecipeRequest(recipe="widget-a", operator="ben"))
+            with pytest.raises(StationError, match="unknown recipe 'nope'"):
+                c.request(RecipeRequest(recipe="nope"))
+        assert allowed.selected == ["widget-a"]
+        assert [(r["operator"], r["accepted"]) for r in allowed.journal.commands()] == [("ben", True), ("", False)]
+    finally:
+        allowed.close()
+
+
+def test_the_config_documents_and_checks_plain_roles(tmp_path):
+    from adfm.appliance.config import ConfigError, parse_config
+    from tests.appliance_fakes import station_dict
+
+    cfg = station_dict(tmp_path)
+    assert parse_config(cfg).bus.plain_roles == ["verdict"]
+    cfg.setdefault("bus", {})["plain_roles"] = ["verdict", "shutdown"]
+    with pytest.raises(ConfigError, match=r"bus\.plain_roles\.1"):
+        parse_config(cfg)
+    for example in (REPO / "appliance" / "station.example.yaml", REPO / "systemd" / "station.example.yaml"):
+        assert "plain_roles" in example.read_text()
+
+
+# ---- 4. no path from a station is trusted; the station serves only its own files --------------------
+
+
+@pytest.mark.parametrize("field,value", [("station", "../../../.config/autostart"), ("station", "a/b"),
+                                         ("epoch", "../x"), ("epoch", ".."),
+                                         ("image_path", "images/../../evil.desktop"),
+                                         ("image_path", "images/x/a.desktop")])
+def test_the_dashboard_refuses_traversal_ids_before_building_a_path(tmp_path, field, value):
+    from adfm.appliance.review.outbox import VerdictOutbox
+    from adfm.appliance.review.sources import LiveOptions, LiveSource
+
+    station = _RecipeStation(tmp_path / "j")
+    try:
+        p = station.journal.accept(np.zeros((8, 8, 3), np.uint8), part_id="p1", camera="cam0", frame_number=1,
+                                   captured_wall=time.time())
+        good = station.journal.complete(InspectionResult(
+            station="st1", seq=1, part_id="p1", camera="cam0", frame_number=1, captured_at=p.captured_at,
+            verdict="fail", image_path=p.image_path))
+        outbox = VerdictOutbox.in_dir(tmp_path / "dash")
+        src = LiveSource(station.publish_ep, station.control_ep, outbox, options=LiveOptions(timeout_s=1.0))
+        bad = good.model_copy(update={field: value, "epoch": good.epoch or "e1"} if field != "epoch"
+                              else {field: value})
+        assert src.image_file(bad) is None
+        written = [f for f in tmp_path.rglob("*") if f.is_file() and "desktop" in f.name]
+        assert written == [] and not (tmp_path / ".config").exists()
+        assert src.image_file(good.model_copy(update={"epoch": station.journal.epoch})) is not None
+        outbox.close()
+    finally:
+        station.close()
+
+
+def test_the_station_does_not_serve_a_symlinked_image(tmp_path):
+    from adfm.appliance.bus_client import StationError
+
+    station = _RecipeStation(tmp_path / "j")
+    try:
+        results = []
+        for i in (1, 2):
+            p = station.journal.accept(np.full((8, 8, 3), i, np.uint8), part_id=f"p{i}", camera="cam0",
+                                       frame_number=i, captured_wall=time.time())
+            results.append(station.journal.complete(InspectionResult(
+                station="st1", seq=i, part_id=f"p{i}", camera="cam0", frame_number=i, captured_at=p.captured_at,
+                verdict="fail", image_path=p.image_path)))
+        secret = tmp_path / "passwd"
+        secret.write_text("root:x:0:0:root:/root:/bin/bash\n")
+        img = station.journal.root / results[0].image_path
+        img.unlink()
+        img.symlink_to(secret)
+        day = img.parent
+        other = tmp_path / "elsewhere"
+        other.mkdir()
+        (other / Path(results[1].image_path).name).write_text("not the journal's")
+        with station.client() as c:
+            with pytest.raises(StationError, match="symlink"):
+                c.fetch_image(1)
+            data, _ = c.fetch_image(2)  # a real file: served
+            assert data.startswith(b"\x89PNG")
+            day.rename(day.with_name("moved"))
+            day.symlink_to(other, target_is_directory=True)  # a symlinked day folder
+            with pytest.raises(StationError, match="symlink"):
+                c.fetch_image(2)
+    finally:
+        station.close()
+
+
+def test_images_come_in_pages_and_arrive_whole(tmp_path, monkeypatch):
+    from adfm.appliance import bus_server
+
+    monkeypatch.setattr(bus_server, "IMAGE_PAGE_BYTES", 1000)
+    station = _RecipeStation(tmp_path / "j")
+    try:
+        noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        p = station.journal.accept(noise, part_id="p1", camera="cam0", frame_number=1, captured_wall=time.time())
+        station.journal.complete(InspectionResult(station="st1", seq=1, part_id="p1", camera="cam0", frame_number=1,
+                                                  captured_at=p.captured_at, verdict="fail", image_path=p.image_path))
+        whole = (station.journal.root / p.image_path).read_bytes()
+        assert len(whole) > 5000
+        before = station.bus.stats.requests
+        with station.client() as c:
+            data, media = c.fetch_image(1)
+        assert data == whole and media == "image/png"
+        assert station.bus.stats.requests - before >= -(-len(whole) // 1000)
+    finally:
+        station.close()
+
+
+# ---- 5. verdicts: the station's clock, checked operator names ----------------------------------------
+
+
+def test_verdicts_get_the_stations_time_and_operator_names_are_checked(tmp_path):
+    from datetime import UTC, datetime
+
+    from adfm.appliance.bus_client import StationError
+    from adfm.schema import VerdictRequest
+
+    station = _RecipeStation(tmp_path / "j")
+    try:
+        p = station.journal.accept(np.zeros((8, 8, 3), np.uint8), part_id="p1", camera="cam0", frame_number=1,
+                                   captured_wall=time.time())
+        station.journal.complete(InspectionResult(station="st1", seq=1, part_id="p1", camera="cam0", frame_number=1,
+                                                  captured_at=p.captured_at, verdict="fail"))
+        old = datetime(1970, 1, 1, tzinfo=UTC)
+        with station.client() as c:
+            for bad, why in (("anna\x1b[2J", "control characters"), ("anna\nroot", "control characters"),
+                             (" anna", "spaces at either end"), ("an\u200bna", "control characters")):
+                verdict = OperatorVerdict(station="st1", seq=1, decision="skip", operator=bad, verdict_id="x",
+                                          part_id="p1", at=old)
+                with pytest.raises(StationError, match=why):
+                    c.request(VerdictRequest(verdict=verdict))
+            c.request(VerdictRequest(verdict=OperatorVerdict(station="st1", seq=1, decision="skip", operator="anna",
+                                                             verdict_id="ok", part_id="p1", at=old)))
+        [v] = station.journal.verdicts(1)
+        assert abs(v.at.timestamp() - time.time()) < 60
+    finally:
+        station.close()
+
+
+# ---- 6. one redaction, everywhere ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text,secret", [
+    ("rtsp://admin:p@ss@S3cretPW@10.0.0.5:554/stream", "S3cretPW"),
+    ("rtsp://admin:pa/ss@10.0.0.5/stream", "pa/ss"),
+    ("url 'rtsp://admin:pa\"ss@cam/x' refused", 'pa"ss'),
+    ("url \"rtsp://admin:pa'ss@cam/x\" refused", "pa'ss"),
+    ("http://cam.local/snap.jpg?user=admin&pwd=Hunter2&x=1", "Hunter2"),
+    ("http://cam/snap?password=Hunter2", "Hunter2"),
+    ("http://cam/snap?api_key=Hunter2#frag", "Hunter2"),
+    ("http://cam/snap?token=Hunter2 and more", "Hunter2"),
+    ("rtsp://:onlypass@cam/x", "onlypass"),
+])
+def test_redaction_handles_any_userinfo_and_credential_parameters(text, secret):
+    from adfm.camera.config import redact_url
+    from adfm.config import redact_secrets
+
+    for out in (redact_secrets(text), redact_url(text)):
+        assert secret not in out and "***" in out
+
+
+def test_redaction_keeps_what_is_not_a_secret():
+    from adfm.config import redact_secrets
+
+    for text in ("rtsp://cam.local:554/stream?channel=1", "user@example.com wrote", "tcp://127.0.0.1:5561",
+                 "http://admin@cam/snap.jpg"):
+        assert redact_secrets(text) == text
+
+
+def test_check_json_prints_no_password(tmp_path, capsys):
+    from adfm.appliance.cli import main
+    from tests.appliance_fakes import station_dict
+
+    cfg = station_dict(tmp_path)
+    cfg["cameras"][0]["url"] = "http://admin:p@ss@S3cretPW@127.0.0.1:8554/snap.jpg?pwd=Hunter2"
+    path = tmp_path / "station.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(cfg))
+    code = main(["check", "--config", str(path), "--json"])
+    out, err = capsys.readouterr()
+    assert "S3cretPW" not in out + err and "Hunter2" not in out + err
+    if code == 0:
+        assert "***" in out

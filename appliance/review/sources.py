@@ -12,13 +12,14 @@ read-only; it cannot take verdicts.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Literal
 
 from adfm.appliance.bus_client import (
@@ -29,7 +30,8 @@ from adfm.appliance.bus_client import (
     StationUnreachable,
 )
 from adfm.appliance.bus_server import is_local_endpoint
-from adfm.appliance.review.journal_reader import JournalReader, JournalReadError
+from adfm.appliance.config import ID_PATTERN
+from adfm.appliance.review.journal_reader import JournalReader, JournalReadError, confined, relative_image_problem
 from adfm.files import write_atomic
 from adfm.schema import Ack, InspectionResult, OperatorVerdict, StationStatus, VerdictRequest
 
@@ -38,6 +40,21 @@ if TYPE_CHECKING:
     from adfm.appliance.review.outbox import VerdictOutbox
 
 log = logging.getLogger(__name__)
+
+_ID = re.compile(ID_PATTERN)
+
+
+def untrusted_path_problem(result: InspectionResult) -> str | None:
+    """Why the ids a station sent cannot name a file here (None when they can): the station, the
+    epoch and the image path come from another machine (or anyone between, on an insecure bus), so
+    each is checked against the id pattern before any path is built from it."""
+    if not _ID.match(result.station):
+        return f"station id {result.station!r} does not match {ID_PATTERN}"
+    if result.epoch and not _ID.match(result.epoch):
+        return f"epoch {result.epoch!r} does not match {ID_PATTERN}"
+    return relative_image_problem(result.image_path)
+
+
 
 
 # ---- events ----------------------------------------------------------------------------------------
@@ -219,10 +236,14 @@ class LiveSource(_Threaded):
         fetched over the (authenticated) control socket once and kept in a local cache."""
         if not result.image_path:
             return None
+        why = untrusted_path_problem(result)
+        if why is not None:
+            log.warning("image of seq %d not fetched: %s", result.seq, why)
+            return None
         if self.images_dir is not None:
-            return self.images_dir / result.image_path
+            return confined(self.images_dir, result.image_path)
         cached = (self.outbox.path.parent / "images" / result.station / (result.epoch or "no-epoch")
-                  / f"{result.seq:010d}{Path(result.image_path).suffix}")
+                  / f"{result.seq:010d}{PurePosixPath(result.image_path).suffix.lower()}")
         if cached.is_file():
             return cached
         client = StationClient(self.publish, self.control, station=result.station, curve=self.curve,
