@@ -475,3 +475,87 @@ def test_check_json_prints_no_password(tmp_path, capsys):
     assert "S3cretPW" not in out + err and "Hunter2" not in out + err
     if code == 0:
         assert "***" in out
+
+
+# ---- 7. the systemd unit: its exposure score, and the station running under its sandbox -------------
+
+
+def test_the_unit_scores_at_most_2_in_systemd_analyze_security():
+    import re
+    import shutil
+
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze not installed")
+    unit = REPO / "systemd" / "adfm-appliance.service"
+    out = subprocess.run(["systemd-analyze", "security", "--offline=true", str(unit)],
+                         capture_output=True, text=True, check=False)
+    score = re.search(r"Overall exposure level for adfm-appliance\.service: ([0-9.]+)", out.stdout)
+    assert score, out.stdout + out.stderr
+    assert float(score.group(1)) <= 2.0
+    assert "SystemCallFilter=@system-service" in (REPO / "systemd" / "adfm-appliance.service").read_text()
+
+
+#: the unit's sandbox as far as bubblewrap and setpriv apply it outside systemd (README "Hardening")
+def sandboxed(command: list[str], *, state: Path, readable: list[Path], uid: int = 4242) -> list[str]:
+    """`command` the way the unit runs it: a read-only root (ProtectSystem=strict), only the state
+    folder writable, private /tmp (PrivateTmp), empty /home and /root (ProtectHome), private IPC and
+    PID namespaces, a minimal /dev, a fresh /proc, a new session, an unprivileged user with no
+    capabilities and no_new_privs (User=, CapabilityBoundingSet=, NoNewPrivileges=), umask 0027."""
+    hidden = (Path("/tmp"), Path("/home"), Path("/root"))
+    folders: list[Path] = []  # below a hidden folder: made traversable (bwrap makes them 0700)
+    for p in [*readable, state]:
+        for a in reversed(p.parents):
+            if any(a.is_relative_to(h) and a != h for h in hidden) and a not in folders:
+                folders.append(a)
+    binds = [x for f in folders for x in ("--perms", "0755", "--dir", str(f))]
+    binds += [a for p in readable for a in ("--ro-bind", str(p), str(p))]
+    return ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
+            "--tmpfs", "/home", "--tmpfs", "/root", *binds, "--bind", str(state), str(state),
+            "--unshare-ipc", "--unshare-pid", "--unshare-uts", "--new-session", "--die-with-parent", "--",
+            "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs",
+            "--bounding-set=-all", "--inh-caps=-all", "--", "sh", "-c", 'umask 0027 && exec "$@"', "sh", *command]
+
+
+@pytest.mark.slow
+def test_the_station_runs_the_tiny_model_under_the_units_sandbox(open_dir, tiny_gguf_dir):
+    import shutil
+
+    import yaml
+
+    from adfm.synthetic import make_synthetic_dataset
+
+    if shutil.which("bwrap") is None:
+        pytest.skip("bubblewrap not installed")
+    data = make_synthetic_dataset(open_dir / "parts", layout="folder", categories=("washer",), n_train=2,
+                                  n_test_good=0, n_test_defect=1, defects=("scratch",), size=(128, 96), seed=3)
+    model = open_dir / "model"
+    shutil.copytree(tiny_gguf_dir, model)
+    state = open_dir / "state"
+    state.mkdir(mode=0o750)
+    os.chown(state, 4242, 4242)
+    for p in [open_dir, *open_dir.rglob("*")]:
+        if not p.is_relative_to(state):
+            os.chmod(p, 0o755 if p.is_dir() else 0o644)
+    config = open_dir / "station.yaml"
+    config.write_text(yaml.safe_dump({
+        "station": "sandboxed", "state_dir": str(state),
+        "model": {"dir": str(model), "max_tokens": 16, "n_ctx": 2048, "deadline_s": 300},
+        "cameras": [{"id": "cam0", "url": f"replay:{data / 'anomalous'}", "fps": 20, "loop": False}],
+        "bus": {"publish": f"ipc://{state}/pub", "control": f"ipc://{state}/ctl"},
+    }))
+    venv = Path(sys.executable).parent.parent
+    command = [sys.executable, "-m", "adfm.appliance.cli", "run", "--config", str(config), "--until-sources-end"]
+    env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO),
+           "HOME": str(state)}
+    python_home = Path(os.path.realpath(sys.executable)).parents[1]  # the interpreter behind the venv
+    readable = [open_dir / "parts", model, config, REPO, python_home]
+    out = subprocess.run(sandboxed(command, state=state, readable=readable),
+                         capture_output=True, text=True, check=False, timeout=900, env=env, cwd="/")
+    assert out.returncode == 0, out.stderr[-3000:]
+    db = sqlite3.connect(state / "journal.sqlite")
+    rows = db.execute("SELECT state, verdict FROM parts").fetchall()
+    db.close()
+    n = len(list((data / "anomalous").glob("*.png")))
+    assert len(rows) == n and all(s == "done" and v in ("pass", "fail", "review") for s, v in rows)
+    st = (state / "journal.sqlite").stat()
+    assert st.st_uid == 4242 and st.st_mode & 0o007 == 0  # written by the service user, umask 0027
