@@ -80,6 +80,10 @@ IMAGE_PAGE_BYTES = 512 * 1024
 CONTROL_BATCH = 4
 #: requests buffered per client before ZeroMQ stops reading its connection
 CONTROL_RCVHWM = 64
+#: requests per second one connection may have answered (a burst of CONTROL_BURST first); more are
+#: dropped unanswered before any work, so a flooding client cannot take the CPU the line needs
+CONTROL_RATE = 100.0
+CONTROL_BURST = 200.0
 _MEDIA_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 #: the identity recorded for verdicts that came without CURVE (only possible on local endpoints)
 LOCAL_CLIENT = "local"
@@ -134,6 +138,7 @@ class BusStats:
     verdicts: int = 0
     commands_refused: int = 0
     replies_dropped: int = 0
+    requests_throttled: int = 0
     bound: dict[str, list[str]] = field(default_factory=dict)
 
 
@@ -192,6 +197,7 @@ class ResultBus:
         self._error: BaseException | None = None
         self._push: zmq.Socket | None = None
         self._auth = None
+        self._buckets: dict[bytes, tuple[float, float]] = {}  # routing id -> (tokens, when)
         self._topics = (result_topic(station), status_topic(station), verdict_topic(station),
                         command_topic(station))
 
@@ -355,6 +361,9 @@ class ResultBus:
                 return
             self.stats.requests += 1
             envelope, last = [f.bytes for f in frames[:-1]], frames[-1]
+            if not self._allowed(envelope[0] if envelope else b""):
+                self.stats.requests_throttled += 1
+                continue
             client = LOCAL_CLIENT
             if self.curve is not None:
                 client = self.curve.client_name(last.get("User-Id")) or ""
@@ -368,6 +377,16 @@ class ResultBus:
                     raise
                 self._dropped(client)
             self._forward(pull, pub)
+
+    def _allowed(self, peer: bytes) -> bool:
+        """A token bucket per connection: CONTROL_RATE requests/s after a CONTROL_BURST."""
+        now = time.monotonic()
+        tokens, then = self._buckets.get(peer, (CONTROL_BURST, now))
+        tokens = min(CONTROL_BURST, tokens + (now - then) * CONTROL_RATE)
+        if len(self._buckets) > 10_000:  # connections come and go: forget the idle ones
+            self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 60}
+        self._buckets[peer] = (tokens - 1, now) if tokens >= 1 else (tokens, now)
+        return tokens >= 1
 
     def _dropped(self, client: str) -> None:
         self.stats.replies_dropped += 1
