@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from adfm.manifest import ModelManifest
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+#: the unit's StateDirectory=adfm-appliance, where tools run outside systemd find the journal
+UNIT_STATE_DIR = "/var/lib/adfm-appliance"
 MB = 1024 * 1024
 
 
@@ -308,9 +310,12 @@ class StationConfig(_Section):
         if self.state_dir is not None:
             return self.state_dir
         env = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
-        if not env:
-            raise _invalid(["state_dir: not set, and $STATE_DIRECTORY (set by systemd) is not either"])
-        return Path(env)
+        if env:
+            return Path(env)
+        if Path(UNIT_STATE_DIR).is_dir():  # the unit's StateDirectory: `sudo adfm-appliance check` outside systemd
+            return Path(UNIT_STATE_DIR)
+        raise _invalid([f"state_dir: not set, $STATE_DIRECTORY (set by systemd) is not either, and "
+                        f"{UNIT_STATE_DIR} does not exist"])
 
 
 def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = None) -> StationConfig:
