@@ -29,13 +29,42 @@ class ConfigError(ValueError):
         super().__init__("\n".join(lines))
 
 
-#: `scheme://user:password@` anywhere in a text (a URL inside an error message, a repr, a log line)
-_URL_CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^\s/@:'\"]*):(?P<password>[^\s/@'\"]+)@")
+#: where a URL starts in a text; its token runs to the next whitespace
+_URL_START = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+#: query parameters that carry credentials (`?pwd=…`, `&token=…`), their value up to the next parameter
+_CREDENTIAL_PARAM = re.compile(
+    r"(?i)(?P<name>[?&;](?:pwd|pass|passwd|password|passphrase|secret|token|access_token|auth|api_?key|key|"
+    r"sig|signature|credentials?)=)(?P<value>[^&#\s]+?)(?=['\"]?(?:[&#\s]|$))")
+
+
+def _redact_userinfo(text: str) -> str:
+    out: list[str] = []
+    pos = 0
+    for m in _URL_START.finditer(text):
+        if m.start() < pos:
+            continue
+        end = len(text)
+        for i in range(m.end(), len(text)):
+            if text[i].isspace():
+                end = i
+                break
+        token = text[m.end():end]
+        user, colon, rest = token.partition(":")
+        at = rest.rfind("@")
+        # user:password@host — the password is everything to the LAST '@' of the token, so a
+        # password holding '@', '/', quotes or '#' is hidden whole (a path with '@' may be hidden too:
+        # better too much than a password); `host:port/...@` (digits up to '/') is not userinfo.
+        if colon and at >= 0 and not any(c in user for c in "/@?#") and not rest.split("/", 1)[0].isdigit():
+            out.append(text[pos:m.end()] + f"{user}:***" + rest[at:])
+            pos = end
+    out.append(text[pos:])
+    return "".join(out)
 
 
 def redact_secrets(text: str) -> str:
-    """`text` with every URL password replaced by ***: for config errors, logs, anything shown."""
-    return _URL_CREDENTIALS.sub(lambda m: f"{m['head']}:***@", text)
+    """`text` with every URL password (any userinfo) and credential query parameter replaced by ***:
+    the one redaction used by config errors, logs, `check --json` and camera status."""
+    return _CREDENTIAL_PARAM.sub(lambda m: f"{m['name']}***", _redact_userinfo(text))
 
 
 def key_path(loc: tuple[Any, ...]) -> str:

@@ -212,6 +212,8 @@ class RecipeRequest(_Message):
 
     type: Literal["recipe"] = "recipe"
     recipe: str = Field(min_length=1, max_length=64)
+    #: who gave the command (journaled and published with the key that sent it)
+    operator: str = Field("", max_length=MAX_NAME_CHARS)
 
 
 class ImageRequest(_Message):
@@ -221,6 +223,8 @@ class ImageRequest(_Message):
     seq: int = Field(ge=1)
     kind: Literal["image", "gate_map"] = "image"
     epoch: Epoch = ""
+    #: the first byte wanted: images come in pages (ImageReply.size is the whole file's)
+    offset: int = Field(0, ge=0)
 
 
 ControlRequest = Annotated[
@@ -242,7 +246,9 @@ class ImageReply(_Message):
     kind: Literal["image", "gate_map"] = "image"
     epoch: str = ""
     media_type: str
-    data_b64: str = Field(description="the file's bytes, base64")
+    data_b64: str = Field(description="the file's bytes from `offset`, base64 (one page)")
+    offset: int = Field(0, ge=0)
+    size: int = Field(0, ge=0, description="the whole file's size in bytes")
 
 
 class Ack(_Message):

@@ -113,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="admit a client's public key file (repeatable), e.g. review=/tmp/review.key")
     p.add_argument("--operators", metavar="A,B", help="with one --admit: the operator names that key may sign "
                    "verdicts as (default: any, recorded with the key's name)")
+    p.add_argument("--roles", metavar="A,B", help="with one --admit: what that key may do: verdict, recipe, "
+                   "model (default: verdict; a line controller needs recipe)")
     p.add_argument("--force", action="store_true", help="replace existing keys (locks out old clients)")
 
     p = sub.add_parser("client-key", help="create this client's CURVE key pair (run on the client)")
@@ -202,7 +204,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
     if args.json:
-        print(config.model_dump_json(indent=2))
+        from adfm.config import redact_secrets
+
+        print(redact_secrets(config.model_dump_json(indent=2)))  # camera URLs name passwords
     else:
         from adfm.manifest import ManifestError
 
@@ -232,9 +236,10 @@ def _placement(model: ModelSection) -> str:
 def cmd_keys(args: argparse.Namespace) -> int:
     from .bus.keys import CurveKeyError, admit_client, generate_server_keys
 
-    if args.operators is not None and len(args.admit) != 1:
-        print("adfm-appliance keys: --operators goes with exactly one --admit", file=sys.stderr)
-        return EXIT_FAIL
+    for flag in ("operators", "roles"):
+        if getattr(args, flag) is not None and len(args.admit) != 1:
+            print(f"adfm-appliance keys: --{flag} goes with exactly one --admit", file=sys.stderr)
+            return EXIT_FAIL
     try:
         made = generate_server_keys(args.dir, force=args.force and not args.admit)
         admitted = []
@@ -243,7 +248,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
             if not sep:
                 raise ValueError(f"--admit {item!r}: use NAME=FILE (the client's public NAME.key)")
             operators = [o.strip() for o in args.operators.split(",")] if args.operators is not None else None
-            admitted.append((name, admit_client(args.dir, name, file, operators, force=args.force)))
+            roles = [r.strip() for r in args.roles.split(",") if r.strip()] if args.roles is not None else None
+            admitted.append((name, admit_client(args.dir, name, file, operators, force=args.force, roles=roles)))
     except (FileExistsError, ValueError, OSError, CurveKeyError) as exc:
         print(f"adfm-appliance keys: {exc}", file=sys.stderr)
         return EXIT_FAIL

@@ -341,6 +341,8 @@ class Service:
             status_interval_s=b.status_interval_s,
             send_hwm=b.send_hwm,
             io_threads=b.io_threads,
+            plain_roles=b.plain_roles,
+            control_hwm=b.control_hwm,
         )
 
     def _on_result(self, result: InspectionResult) -> None:

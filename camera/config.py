@@ -10,11 +10,11 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
-from adfm.config import StrictModel
+from adfm.config import StrictModel, redact_secrets
 
 from .genicam import GenicamOptions, parse_target
 
@@ -55,18 +55,9 @@ def source_location(url: str) -> str:
 
 
 def redact_url(url: str) -> str:
-    """The URL without its password, for logs, status and frame records."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    """The URL without its password or credential parameters, for logs, status and frame records
+    (adfm.config.redact_secrets: the one redaction)."""
+    return redact_secrets(url)
 
 
 def _is_loopback_host(host: str) -> bool:

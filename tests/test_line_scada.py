@@ -48,6 +48,7 @@ def test_recipes_from_the_plc_register_and_by_command_and_the_opcua_nodes(tmp_pa
     recipes = [RECIPES[0], {**RECIPES[1], "model_dir": str(model_b)}]
     cfg = line_config(tmp_path, port, deadline_ms=500, recipes=recipes,
                       opcua={"endpoint": endpoint, "namespace": "urn:adfm:test", "last_results": 5})
+    cfg.setdefault("bus", {})["plain_roles"] = ["verdict", "recipe"]  # changeover by a loopback client
     run, _ = start_line(cfg, script)
     service = run.service
     try:

@@ -421,11 +421,20 @@ class StationClient:
 
     def fetch_image(self, seq: int, kind: str = "image", epoch: str | None = None) -> tuple[bytes, str]:
         """A part's journaled image (or gate heat map) over the control socket: (bytes, media type).
-        For dashboards on other machines; the station refuses files over its size limit."""
-        reply = self.request(ImageRequest(seq=seq, kind=kind, epoch=epoch or ""))
-        if not isinstance(reply, ImageReply):
-            raise StationError(f"image of seq {seq}: unexpected reply {reply.type!r}")
-        return base64.b64decode(reply.data_b64), reply.media_type
+        For dashboards on other machines; it comes in pages (the station keeps its replies small),
+        and the station refuses files over its size limit."""
+        data = b""
+        while True:
+            reply = self.request(ImageRequest(seq=seq, kind=kind, epoch=epoch or "", offset=len(data)))
+            if not isinstance(reply, ImageReply):
+                raise StationError(f"image of seq {seq}: unexpected reply {reply.type!r}")
+            page = base64.b64decode(reply.data_b64)
+            epoch = epoch or reply.epoch  # every page from the same journal
+            if reply.offset != len(data) or (not page and len(data) < reply.size):
+                raise StationError(f"image of seq {seq}: page at byte {reply.offset}, asked for {len(data)}")
+            data += page
+            if len(data) >= reply.size:
+                return data, reply.media_type
 
     def request(self, message) -> Ack | ReplayReply | StationStatus | ErrorReply | ImageReply:
         """Send one control request; retry on a fresh socket after each timeout. Raises

@@ -6,18 +6,25 @@ A secret key never leaves the machine that made it. On the station::
     server.key_secret             the station's secret key (mode 0600)
     clients/<name>.key            public keys of the clients the station admits
     clients/<name>.operators      optional: the operator names that key may sign verdicts as
+    clients/<name>.roles          optional: what that key may do, one role a line (default: verdict)
 
 Each client makes its own pair (`adfm-appliance client-key --dir DIR --name review`: `review.key`
 and `review.key_secret`, mode 0600 in a 0700 folder) and sends only `review.key` to the station's
 administrator, who admits it (`adfm-appliance keys --dir /etc/adfm/keys --admit review=review.key`).
 The station admits exactly the public keys found in `clients/`; the file's name is the identity
-the journal records with every verdict that key sends.
+the journal records with every verdict and command that key sends.
+
+Roles say what a key may ask of the station beyond reading: `verdict` (operator verdicts),
+`recipe` (product changeover) and `model` (reserved for model changes). A review terminal gets
+`verdict` only — the default for a key without a roles file — and a line controller `recipe`:
+changing what the line does needs a role given on purpose (`keys --admit NAME=FILE --roles recipe`).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +33,12 @@ CLIENTS_DIR = "clients"
 #: where older versions put client secrets on the station; clients still find their key there
 CLIENT_SECRETS_DIR = "client-secrets"
 OPERATORS_SUFFIX = ".operators"
+ROLES_SUFFIX = ".roles"
+#: what a key may be allowed to ask; reading (replay, status, images) needs no role
+ROLES = ("verdict", "recipe", "model")
+#: the roles of an admitted key without a roles file: a review terminal's
+DEFAULT_ROLES = frozenset({"verdict"})
+MAX_OPERATOR_CHARS = 128
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -49,6 +62,15 @@ class ServerCurve:
     authorized_clients: Path
     clients: dict[str, str] = field(default_factory=dict)
     operators: dict[str, frozenset[str] | None] = field(default_factory=dict)
+    roles: dict[str, frozenset[str]] = field(default_factory=dict)
+
+    def check_role(self, client: str, role: str) -> str | None:
+        """Why `client` may not do what `role` covers (None when it may)."""
+        have = self.roles.get(client, DEFAULT_ROLES)
+        if role in have:
+            return None
+        return (f"client key {client!r} has no role {role!r} (its roles: {', '.join(sorted(have)) or 'none'}); "
+                f"see {CLIENTS_DIR}/{client}{ROLES_SUFFIX}")
 
     def client_name(self, user_id: str | None) -> str | None:
         """The admitted client's name for the User-Id ZeroMQ reports (its public key, z85)."""
@@ -71,6 +93,29 @@ class ClientCurve:
     keys: CurveKeyPair
 
 
+def operator_problem(name: str) -> str | None:
+    """Why `name` is not an acceptable operator name (None when it is): 1-128 characters, no
+    control or format characters (no line breaks, escapes or invisible marks in the journal and
+    the log), no spaces at either end."""
+    if not name or len(name) > MAX_OPERATOR_CHARS:
+        return f"operator name {name!r}: 1-{MAX_OPERATOR_CHARS} characters"
+    if name != name.strip():
+        return f"operator name {name!r}: spaces at either end"
+    bad = [c for c in name if unicodedata.category(c)[0] == "C"]
+    if bad:
+        return f"operator name {name!r}: control characters ({', '.join(repr(c) for c in bad[:3])})"
+    return None
+
+
+def _read_list(path: Path, what: str) -> list[str]:
+    """The non-empty, non-comment lines of a clients/ side file."""
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CurveKeyError(f"{path}: cannot read the {what}: {exc}") from exc
+    return [n for n in lines if n and not n.startswith("#")]
+
+
 def _load(path: Path, need_secret: bool,
           made_by: str = "create keys with `adfm-appliance keys`") -> tuple[bytes, bytes | None]:
     """A certificate file's (public, secret) keys; `made_by` tells a missing file's owner how to make it."""
@@ -80,6 +125,10 @@ def _load(path: Path, need_secret: bool,
         raise CurveKeyError(f"{path}: key file not found ({made_by})")
     try:
         public, secret = zmq.auth.load_certificate(path)
+    except PermissionError as exc:
+        raise CurveKeyError(
+            f"{path}: cannot be read by uid {os.geteuid()} ({exc.strerror}); the service user reads its keys "
+            "through the group: chown root:adfm FILE && chmod 0640 FILE (the folder: 0750)") from exc
     except (OSError, ValueError) as exc:
         raise CurveKeyError(f"{path}: not a ZeroMQ certificate file: {exc}") from exc
     if need_secret and not secret:
@@ -106,19 +155,23 @@ def load_server_curve(secret_file: str | Path, authorized_clients: str | Path) -
         raise CurveKeyError(f"{folder}: holds no client public key (*.key); no client could connect")
     clients: dict[str, str] = {}
     operators: dict[str, frozenset[str] | None] = {}
+    roles: dict[str, frozenset[str]] = {}
     for f in key_files:
         name = f.stem
         clients[load_public_key(f).decode("ascii")] = name
         listed = f.with_suffix(OPERATORS_SUFFIX)
-        if listed.is_file():
-            try:
-                names = [line.strip() for line in listed.read_text(encoding="utf-8").splitlines()]
-            except (OSError, UnicodeDecodeError) as exc:
-                raise CurveKeyError(f"{listed}: cannot read the operator list: {exc}") from exc
-            operators[name] = frozenset(n for n in names if n and not n.startswith("#"))
+        operators[name] = frozenset(_read_list(listed, "operator list")) if listed.is_file() else None
+        granted = f.with_suffix(ROLES_SUFFIX)
+        if granted.is_file():
+            names = _read_list(granted, "roles")
+            unknown = sorted(set(names) - set(ROLES))
+            if unknown:
+                raise CurveKeyError(f"{granted}: unknown role(s) {', '.join(map(repr, unknown))}; "
+                                    f"roles are {', '.join(ROLES)}")
+            roles[name] = frozenset(names)
         else:
-            operators[name] = None
-    return ServerCurve(load_key_pair(secret_file), folder, clients, operators)
+            roles[name] = DEFAULT_ROLES
+    return ServerCurve(load_key_pair(secret_file), folder, clients, operators, roles)
 
 
 def load_client_curve(server_key: str | Path, client_secret: str | Path) -> ClientCurve:
@@ -193,9 +246,13 @@ def generate_client_keys(key_dir: str | Path, name: str, force: bool = False) ->
 
 
 def admit_client(key_dir: str | Path, name: str, public_file: str | Path,
-                 operators: list[str] | None = None, force: bool = False) -> Path:
+                 operators: list[str] | None = None, force: bool = False, roles: list[str] | None = None) -> Path:
     """On the station: admit a client's public key as `clients/<name>.key` (a file holding a
-    secret key is refused). `operators`: the names that key may sign verdicts as."""
+    secret key is refused). `operators`: the names that key may sign verdicts as; `roles`: what
+    it may do (default: verdicts only)."""
+    for role in roles or []:
+        if role not in ROLES:
+            raise ValueError(f"role {role!r}: roles are {', '.join(ROLES)}")
     _check_name(name)
     public_file = Path(public_file)
     public, secret = _load(public_file, need_secret=False,
@@ -211,9 +268,15 @@ def admit_client(key_dir: str | Path, name: str, public_file: str | Path,
     listed = target.with_suffix(OPERATORS_SUFFIX)
     if operators is not None:
         for op in operators:
-            if not op.strip() or "\n" in op or len(op) > 128:
-                raise ValueError(f"operator name {op!r}: 1-128 characters on one line")
+            why = operator_problem(op.strip())
+            if why:
+                raise ValueError(why)
         listed.write_text("".join(f"{op.strip()}\n" for op in operators), encoding="utf-8")
     elif force:
         listed.unlink(missing_ok=True)
+    granted = target.with_suffix(ROLES_SUFFIX)
+    if roles is not None:
+        granted.write_text("".join(f"{r}\n" for r in roles), encoding="utf-8")
+    elif force:
+        granted.unlink(missing_ok=True)
     return target

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from adfm.manifest import ModelManifest
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+#: the unit's StateDirectory=adfm-appliance, where tools run outside systemd find the journal
+UNIT_STATE_DIR = "/var/lib/adfm-appliance"
 MB = 1024 * 1024
 
 
@@ -176,6 +178,12 @@ class BusSection(_Section):
     send_hwm: int = Field(10_000, ge=1)
     io_threads: int = Field(2, ge=1, le=64, description="ZeroMQ I/O threads (with CURVE they encrypt each "
                             "subscriber's copy of every message)")
+    plain_roles: list[Literal["verdict", "recipe", "model"]] = Field(
+        default_factory=lambda: ["verdict"],
+        description="what clients without a CURVE key (loopback/ipc only) may do; recipe changes need "
+                    "`recipe` here, on purpose")
+    control_hwm: int = Field(4, ge=1, le=1000, description="replies queued per control client; a client "
+                             "that reads none gets no more")
 
     @field_validator("publish", "control", mode="before")
     @classmethod
@@ -293,9 +301,12 @@ class StationConfig(_Section):
         if self.state_dir is not None:
             return self.state_dir
         env = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
-        if not env:
-            raise _invalid(["state_dir: not set, and $STATE_DIRECTORY (set by systemd) is not either"])
-        return Path(env)
+        if env:
+            return Path(env)
+        if Path(UNIT_STATE_DIR).is_dir():  # the unit's StateDirectory: `sudo adfm-appliance check` outside systemd
+            return Path(UNIT_STATE_DIR)
+        raise _invalid([f"state_dir: not set, $STATE_DIRECTORY (set by systemd) is not either, and "
+                        f"{UNIT_STATE_DIR} does not exist"])
 
 
 def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = None) -> StationConfig:

@@ -92,12 +92,23 @@ CREATE TABLE IF NOT EXISTS revisions (
     recorded_wall REAL NOT NULL,
     PRIMARY KEY (seq, revision)
 );
+CREATE TABLE IF NOT EXISTS commands (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    command TEXT NOT NULL,
+    argument TEXT NOT NULL,
+    client TEXT NOT NULL,
+    operator TEXT NOT NULL,
+    accepted INTEGER NOT NULL,
+    detail TEXT NOT NULL
+);
 """
 #: columns added after version 1 was first written; added on open to older files
 _ADDED_COLUMNS = {"operator_verdicts": (("part_id", "TEXT NOT NULL DEFAULT ''"),
                                         ("client", "TEXT NOT NULL DEFAULT ''"))}
-#: a replay reply stops adding results once their JSON reaches this many bytes (at least one is sent)
-REPLAY_MAX_BYTES = 4 * 1024 * 1024
+#: a replay reply stops adding results once their JSON reaches this many bytes (at least one is sent);
+#: small, so that replies queued for a client that does not read them stay small (bench/control_plane.py)
+REPLAY_MAX_BYTES = 512 * 1024
 
 
 class JournalError(RuntimeError):
@@ -249,7 +260,10 @@ class Journal:
         image_format: str = "png",
         retention: RetentionPolicy | None = None,
         busy_timeout_s: float = 10.0,
+        sweep: bool = True,
     ) -> None:
+        """`sweep=False`: leave stray image files alone — `journal recover` opens a database it is
+        about to fill, whose last seq is still 0, and must not take every image for an orphan."""
         if image_format not in ("png", "jpg"):
             raise ValueError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
         self.root = Path(root)
@@ -269,7 +283,8 @@ class Journal:
         self._init_db()
         with self._sql("opening"):
             self._image_bytes = self._sum_image_bytes()
-        self._sweep_orphans()
+        if sweep:
+            self._sweep_orphans()
 
     # ---- connections ------------------------------------------------------------------------
 
@@ -835,6 +850,30 @@ class Journal:
             ).fetchall()
         return [OperatorVerdict.model_validate_json(r[0]) for r in rows]
 
+    # ---- commands that change what the line does ------------------------------------------------
+
+    def record_command(self, command: str, argument: str, *, client: str, operator: str, accepted: bool,
+                       detail: str) -> dict:
+        """Journal a command (a recipe change …), accepted or refused, with the key and operator that
+        sent it; returns the record as published. The station's clock stamps it."""
+        at = datetime.now(UTC).isoformat()
+        with self._sql(f"journaling command {command}"), self._write() as conn:
+            cur = conn.execute(
+                "INSERT INTO commands (at, command, argument, client, operator, accepted, detail) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)", (at, command, argument, client, operator, int(accepted), detail))
+        return {"id": cur.lastrowid, "station": self.station, "epoch": self.epoch, "at": at, "command": command,
+                "argument": argument, "client": client, "operator": operator, "accepted": accepted,
+                "detail": detail}
+
+    def commands(self, limit: int = 1000) -> list[dict]:
+        """The newest journaled commands, oldest first."""
+        with self._sql("reading commands"):
+            rows = self._conn().execute(
+                "SELECT id, at, command, argument, client, operator, accepted, detail FROM commands "
+                "ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        keys = ("id", "at", "command", "argument", "client", "operator", "accepted", "detail")
+        return [dict(zip(keys, (*r[:6], bool(r[6]), r[7]), strict=True)) for r in reversed(rows)]
+
     # ---- retention ----------------------------------------------------------------------------
 
     def _sum_image_bytes(self) -> int:
@@ -917,11 +956,16 @@ class Journal:
         return PruneReport(len(doomed), freed, self._image_bytes)
 
     def _sweep_orphans(self) -> None:
-        """Remove image files a crash left without a row (written, then the insert never committed)."""
+        """Remove image files a crash left without a row (written, then the insert never committed).
+
+        Only regular files directly inside a real day folder are touched: a symlinked day folder or
+        file is left alone, since deleting through it would delete outside the journal."""
         images = self.root / IMAGES_DIR
         last = int(self._conn().execute("SELECT COALESCE(MAX(seq), 0) FROM parts").fetchone()[0])
-        for day in sorted(p for p in images.iterdir() if p.is_dir())[-3:]:
+        for day in sorted(p for p in images.iterdir() if p.is_dir() and not p.is_symlink())[-3:]:
             for f in day.iterdir():
+                if f.is_symlink() or not f.is_file():
+                    continue
                 if f.name.endswith(".tmp"):
                     f.unlink(missing_ok=True)
                     continue

@@ -178,6 +178,9 @@ def export_labels(opts: ExportOptions) -> ExportReport:
         for item in items:
             r = item.part.result
             source = reader.image_file(r.image_path)
+            if source is None:
+                report.errors.append(f"seq {r.seq}: image path {r.image_path!r} leaves the journal's image folder")
+                continue
             try:
                 image = decode_image(source)
             except JournalError as exc:

@@ -11,11 +11,12 @@ the database and the images are never changed.)
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import suppress
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
 from pydantic import ValidationError
@@ -25,6 +26,31 @@ from adfm.schema import InspectionResult, OperatorVerdict
 from ..journal.store import DB_NAME, JOURNAL_VERSION, Journal
 
 _COLUMNS = "seq, product, result_json, operator_json, image_pruned"
+#: a journal path component: what the journal itself writes (day folders, seq-numbered files)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+#: the suffixes a journaled image (or gate map) may have
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def relative_image_problem(rel: str) -> str | None:
+    """Why `rel` is not a journal image path (`images/<day>/<file>.png`), None when it is."""
+    parts = PurePosixPath(rel).parts
+    if (len(parts) != 3 or parts[0] != "images" or any(p in ("..", ".") or not _NAME.match(p) for p in parts[1:])
+            or PurePosixPath(rel).suffix.lower() not in _IMAGE_SUFFIXES or "\\" in rel):
+        return f"image path {rel!r} is not images/<day>/<file>.png|.jpg"
+    return None
+
+
+def confined(folder: Path, rel: str) -> Path | None:
+    """`folder / rel` when `rel` is a journal image path that stays inside `folder`, else None."""
+    if relative_image_problem(rel):
+        return None
+    path = folder / rel
+    try:
+        inside = path.resolve().is_relative_to(folder.resolve())
+    except OSError:
+        return None
+    return path if inside else None
 
 
 class JournalReadError(RuntimeError):
@@ -142,5 +168,6 @@ class JournalReader:
     def last_verdict_rowid(self) -> int:
         return int(self._query("SELECT COALESCE(MAX(rowid), 0) FROM operator_verdicts")[0][0])
 
-    def image_file(self, rel: str) -> Path:
-        return self.root / rel
+    def image_file(self, rel: str) -> Path | None:
+        """The image file `rel` names, None when the path leaves the journal's image folder."""
+        return confined(self.root, rel)

@@ -12,13 +12,14 @@ read-only; it cannot take verdicts.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Literal
 
 from adfm.files import write_atomic
@@ -32,13 +33,29 @@ from ..bus.client import (
     StationUnreachable,
 )
 from ..bus.server import is_local_endpoint
-from .journal_reader import JournalReader, JournalReadError
+from ..config.station import ID_PATTERN
+from .journal_reader import JournalReader, JournalReadError, confined, relative_image_problem
 
 if TYPE_CHECKING:
     from ..bus.keys import ClientCurve
     from .outbox import VerdictOutbox
 
 log = logging.getLogger(__name__)
+
+_ID = re.compile(ID_PATTERN)
+
+
+def untrusted_path_problem(result: InspectionResult) -> str | None:
+    """Why the ids a station sent cannot name a file here (None when they can): the station, the
+    epoch and the image path come from another machine (or anyone between, on an insecure bus), so
+    each is checked against the id pattern before any path is built from it."""
+    if not _ID.match(result.station):
+        return f"station id {result.station!r} does not match {ID_PATTERN}"
+    if result.epoch and not _ID.match(result.epoch):
+        return f"epoch {result.epoch!r} does not match {ID_PATTERN}"
+    return relative_image_problem(result.image_path)
+
+
 
 
 # ---- events ----------------------------------------------------------------------------------------
@@ -220,10 +237,14 @@ class LiveSource(_Threaded):
         fetched over the (authenticated) control socket once and kept in a local cache."""
         if not result.image_path:
             return None
+        why = untrusted_path_problem(result)
+        if why is not None:
+            log.warning("image of seq %d not fetched: %s", result.seq, why)
+            return None
         if self.images_dir is not None:
-            return self.images_dir / result.image_path
+            return confined(self.images_dir, result.image_path)
         cached = (self.outbox.path.parent / "images" / result.station / (result.epoch or "no-epoch")
-                  / f"{result.seq:010d}{Path(result.image_path).suffix}")
+                  / f"{result.seq:010d}{PurePosixPath(result.image_path).suffix.lower()}")
         if cached.is_file():
             return cached
         client = StationClient(self.publish, self.control, station=result.station, curve=self.curve,

@@ -75,10 +75,12 @@ UMask=0027
 # A folder: camera moves each file once journaled: allow its folder in a drop-in
 # (`systemctl edit adfm-appliance`): [Service] ReadWritePaths=/srv/adfm/drop
 
-# Cameras only: /dev/video* (V4L2) plus the standard pseudo devices; no other device. A station
-# configured for the GPU gets {gpu_dropin} from `adfm-appliance install`.
+# Cameras only: /dev/video* (V4L2), USB3 Vision (libusb: /dev/bus/usb) plus the standard pseudo
+# devices; GigE Vision and RTSP cameras are sockets. A station configured for the GPU gets
+# {gpu_dropin} from `adfm-appliance install`.
 DevicePolicy=closed
 DeviceAllow=char-video4linux rw
+DeviceAllow=char-usb_device rw
 
 ProtectSystem=strict
 ProtectHome=yes
@@ -98,6 +100,19 @@ RestrictNamespaces=yes
 LockPersonality=yes
 RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
 SystemCallArchitectures=native
+# System calls: what a service needs (llama.cpp's threads, mmap of the model, sockets), without
+# the privileged ones (mount, module loading, reboot, swap, raw I/O …); refused calls fail with EPERM.
+SystemCallFilter=@system-service
+SystemCallFilter=~@privileged
+SystemCallErrorNumber=EPERM
+RemoveIPC=yes
+PrivateMounts=yes
+ProcSubset=pid
+KeyringMode=private
+# Plant networks only: loopback, link-local (GigE Vision cameras) and the private ranges (PLC,
+# cameras, review terminals); no public address. Narrow it in a drop-in for a given plant.
+IPAddressDeny=any
+IPAddressAllow=localhost link-local multicast 10.0.0.0/8 172.16.0.0/12 192.168.0.0/16 fc00::/7
 
 [Install]
 WantedBy=multi-user.target
