@@ -296,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         out = measure(a)
         out["code"] = str(Path(adfm.__file__).resolve().parents[1])  # which tree's code ran
         out["station_nice"] = os.nice(0)
+        out["commit"] = subprocess.run(["git", "-C", str(TREE), "rev-parse", "HEAD"], capture_output=True,
+                                       text=True).stdout.strip()  # the tree as it was when this run began
         print(json.dumps(out))
         return 0
 
