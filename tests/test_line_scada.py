@@ -66,6 +66,10 @@ def test_recipes_from_the_plc_register_and_by_command_and_the_opcua_nodes(tmp_pa
         _wait(lambda: service.line.controller.active_recipe == "widget-a", 5, "the changeover")
         service.line.trigger_now(part_id="cmd-1", recipe_code=0)
         _wait(lambda: any(r.part_id == "cmd-1" for r in run.results), 5, "the commanded part")
+        # its model's answer, in time or as a revision: on a busy machine switching the worker back to
+        # the default model can take longer than the deadline
+        _wait(lambda: any(r.part_id == "cmd-1" and r.decision_source == "vlm" for r in run.results), 60,
+              "the VLM's answer on the commanded part")
 
         with Client(endpoint) as opc:
             ns = opc.get_namespace_index("urn:adfm:test")

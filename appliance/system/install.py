@@ -63,6 +63,10 @@ RestartPreventExitStatus=2 3
 # journaled and finished on the next start), so stopping is quick.
 TimeoutStartSec=900
 TimeoutStopSec=30
+# The line's deadlines first: the deciding loop, the PLC link and the capture threads run above
+# ordinary load; background threads (journal rows, OPC UA, housekeeping) lower themselves by 5 and
+# the model process by line.vlm_nice (10), so llama.cpp runs at ordinary priority.
+Nice=-10
 
 User={user}
 Group={user}
