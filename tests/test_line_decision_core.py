@@ -339,3 +339,25 @@ def test_a_part_without_a_frame_leaves_memory_at_its_decision(tmp_path):
     counters = ctl.counters()
     assert counters["deadline_misses"] == 0 and counters["parts_in_flight"] == 0 and counters["decided"] == 3
     journal.close()
+
+
+def test_decisions_journaled_while_the_line_closes_are_still_published(tmp_path, monkeypatch):
+    ctl, journal, _camera, decided, recorded = _controller(tmp_path, deadline_ms=120.0)
+    complete = journal.complete
+
+    def slow_complete(result):  # a busy disk: the row comes after the loop's last turn
+        time.sleep(0.2)
+        return complete(result)
+
+    monkeypatch.setattr(journal, "complete", slow_complete)
+    ctl.start()
+    ctl.trigger(LineTrigger(time.monotonic(), time.time(), part_id="last"))
+    end = time.monotonic() + 5
+    while time.monotonic() < end and not decided:
+        ctl.step(0.02)
+    time.sleep(0.5)  # the row writer journals the decision; the loop does not turn again
+    ctl.close()
+    assert [d[2] for d in decided] == ["failsafe_missed_frame"]
+    assert [(r.seq, r.part_id) for r in recorded] == [(1, "last")]  # published on the way out, not dropped
+    assert journal.get(1) is not None
+    journal.close()

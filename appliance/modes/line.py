@@ -239,17 +239,20 @@ class LineController:
             self._pump.join(2.0)
         self._gate.shutdown(wait=True)
         self._images.close()
-        self._drain(("stored",))
+        self._drain()  # images written meanwhile: their decisions go to the row writer
         self._rows.close()
-        self._drain(("opened", "row", "recorded", "revised"))
+        self._drain()  # rows written meanwhile: publish them
 
-    def _drain(self, kinds: tuple[str, ...]) -> None:
+    #: what the loop still handles while closing: journal outcomes, never new work
+    CLOSING_EVENTS = ("stored", "opened", "row", "recorded", "revised")
+
+    def _drain(self) -> None:
         while True:
             try:
                 event = self.events.get_nowait()
             except queue.Empty:
                 return
-            if event[0] in kinds:
+            if event[0] in self.CLOSING_EVENTS:
                 self._handle(event)
 
     def _pump_frames(self) -> None:
