@@ -573,11 +573,10 @@ class LineController:
                           lambda stored, error: self.events.put(("revised", revision.seq, stored or revision, error)))
 
     def _on_missed(self, seq: int, why: str) -> None:
-        """A reject the line did not carry out (its part passed the ejector): counted, alarmed,
-        and journaled and published as a revision of the part."""
+        """A reject the line did not carry out (its part passed the ejector): counted, and journaled
+        and published as a revision of the part. The alarm is the PLC link's (`plc.ejector`), which
+        clears itself once no part has been missed for a while."""
         self.missed_ejections += 1
-        self.health.problem("line.ejector", f"{self.missed_ejections} rejected parts passed the ejector unrejected; "
-                                            f"last: seq {seq}: {why}")
         known = self._recent.get(seq)
         if known is None:
             log.error("missed ejection of seq %d, which is no longer in memory: %s", seq, why)

@@ -193,8 +193,7 @@ class LineStation:
             out.update(plc_connected=float(s["connected"]), plc_poll_gap_ms_max=s["poll_gap_ms_max"],
                        plc_pulses=s["pulses"], plc_pulse_late_ms_max=s["pulse_late_ms_max"],
                        plc_pulse_late_ms_p99=s["pulse_late_ms_p99"], plc_disconnects=s["disconnects"],
-                       plc_results_written=s["results_written"],
-                       missed_ejections=out["missed_ejections"])
+                       plc_results_written=s["results_written"])
         return out
 
     def worker_state(self) -> tuple[bool, int]:
