@@ -72,6 +72,8 @@ class GateWatch:
                                   reference_size=d.reference_size) if d.enabled else None
         self._results: queue.Queue[InspectionResult] = queue.Queue(QUEUE_LIMIT)
         self.dropped = 0
+        self.verdicts_handled = 0  # operator verdicts read (learned from or not), this run
+        self._few_holdout: set[Path] = set()
         self._learning: dict[Path, _Learning] = {}
         self._changes: dict[Path, int] = {}
         self._stop = threading.Event()
@@ -186,7 +188,8 @@ class GateWatch:
             scores = reference_scores(gate.metadata)
             if len(scores) >= 10:
                 self.drift.set_reference(name, scores)
-            else:
+            elif gate.path not in self._few_holdout:
+                self._few_holdout.add(gate.path)
                 log.warning("gate %s records %d held-out scores; recipe %s takes its first %d parts as the drift "
                             "reference", gate.path, len(scores), name, self.section.drift.reference_size)
 
@@ -230,6 +233,7 @@ class GateWatch:
                 if self._stop.is_set():
                     return
                 self._learn(path, state, verdict)
+                self.verdicts_handled += 1
                 write_atomic(state.cursor_path, json.dumps({"epoch": self.journal.epoch, "rowid": rowid}).encode())
 
     def _learn(self, path: Path, state: _Learning, verdict: Any) -> None:
