@@ -127,6 +127,7 @@ class InspectionResult(_Message):
     image_height: int = Field(0, ge=0)
     gate_score: float | None = None
     gate_map_path: str = ""
+    gate_bank_sha256: str = Field("", description="the gate memory bank that scored it (changes as the line learns)")
     latency_ms: dict[str, float] = Field(default_factory=dict)
     attempts: int = Field(1, ge=0)
     operator: OperatorVerdict | None = None
@@ -162,6 +163,20 @@ class CameraStatus(BaseModel):
                             "cameras, where a long silence is an idle line, not a stall")
 
 
+class GateState(BaseModel):
+    """One recipe's screening gate as the station runs it: which bank, and whether its scores drift."""
+
+    recipe: str
+    bank_sha256: str = ""
+    bank_size: int = 0
+    threshold: float | None = None
+    learned_changes: int = Field(0, ge=0, description="bank versions the line made from operator verdicts")
+    drift_raised: bool = False
+    drift_statistic: float | None = Field(None, description="KS D of the latest window against the reference")
+    drift_critical: float | None = None
+    drift_parts_seen: int = 0
+
+
 class StationStatus(_Message):
     """The appliance's health, published on the status topic and answered to status requests."""
 
@@ -186,6 +201,7 @@ class StationStatus(_Message):
         description="the line's running counters: deadline misses, missed ejections, decision-loop stalls "
                     "(ms, max and p99), the PLC link's poll gap and pulses, VLM jobs dropped",
     )
+    gates: list[GateState] = Field(default_factory=list, description="each recipe's gate: bank, threshold, drift")
 
 
 # ---- control socket (ROUTER): requests and replies ------------------------------------------

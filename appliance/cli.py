@@ -10,6 +10,7 @@
     adfm-appliance tail | status | verdict                follow a station's bus, ask its health,
                                                           record an operator's decision
     adfm-appliance camera-probe URL                       try a camera the way the service opens it
+    adfm-appliance gate history|undo --config station.yaml   the gate's lessons from operators; undo
 """
 
 from __future__ import annotations
@@ -128,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--config", type=Path, metavar="FILE", help="station YAML (its state_dir)")
     where.add_argument("--dir", type=Path, metavar="DIR", help="the journal directory")
     p.add_argument("--station", help="station id, when a damaged journal no longer says")
+
+    from .system import gate_cli
+
+    gate_cli.add_arguments(sub.add_parser(
+        "gate", help="what the line taught the screening gate; undo the last change",
+        description="The gate's versions learned from operator verdicts (gate.learn), and undo."))
 
     p = sub.add_parser("install", help="install the systemd unit and an example station config")
     p.add_argument("--print", action="store_true", dest="print_only", help="print the unit, write nothing")
@@ -429,6 +436,11 @@ def main(argv: list[str] | None = None) -> int:
         from adfm.camera import probe
 
         return probe.run(args)
+    if args.command == "gate":
+        from .system import gate_cli
+
+        _setup_logging("WARNING")
+        return gate_cli.run(args)
     if args.command == "plc-probe":
         from .plc import probe as plc_probe
 

@@ -29,6 +29,7 @@ from adfm.schema import InspectionResult
 from .bus.server import ResultBus
 from .config.station import ModelLimits, StationConfig, model_limits
 from .inspection.core import GenerationOptions, ModelInfo, load_reference
+from .inspection.live_gate import GateSet
 from .inspection.worker import BackendSpec, InferenceWorker
 from .journal.store import (
     Journal,
@@ -41,6 +42,7 @@ from .journal.store import (
 from .modes.freerun import Camera, FreeRunStation
 from .modes.line_station import LineStation
 from .modes.outputs import Outputs
+from .system.gate_watch import GateWatch
 from .system.health import Health, Metrics
 from .system.notify import SystemdNotifier
 from .system.priority import lower_this_thread
@@ -128,6 +130,8 @@ class Service:
         self.bus: ResultBus | None = None
         self.health: Health | None = None
         self.metrics: Metrics | None = None
+        self.gates = GateSet()
+        self.gate_watch: GateWatch | None = None
         self.outputs = Outputs()
         self.mode: FreeRunStation | LineStation | None = None
         self.cameras: dict[str, Camera] = {}
@@ -180,11 +184,14 @@ class Service:
         self._make_health(model)
         self._make_outputs()
         self.mode = self._make_mode(model, limits, references, gate)
+        self._make_gate_watch()
         assert self.bus is not None
         self.bus.start()
         self._start_metrics()
         self._start_cameras()
         self.mode.start()
+        if self.gate_watch is not None:
+            self.gate_watch.start()
         self._start_housekeeping()
         # Everything loaded so far lives as long as the service: keep it out of the garbage
         # collector's full passes, which otherwise stop every thread for tens of ms on a busy CPU.
@@ -248,12 +255,29 @@ class Service:
         cfg = self.config
         if cfg.gate.mode == "off":
             return None
-        from adfm.runtime.gate import Gate
-
+        assert cfg.gate.path is not None
         try:
-            return Gate.load(cfg.gate.path)
+            return self.gates.load(cfg.gate.path)
         except Exception as exc:
             raise ServiceError(f"gate.path: cannot load {cfg.gate.path}: {exc}") from exc
+
+    def _make_gate_watch(self) -> None:
+        """Drift and learning for every gate the mode scores with (each recipe's file, or gate.path)."""
+        cfg = self.config
+        recipe_gates: dict[str, Path] = {}
+        if cfg.line is not None and cfg.recipes:
+            for r in cfg.recipes:
+                path = r.gate_path or cfg.gate.path
+                if (r.gate_mode or cfg.gate.mode) != "off" and path is not None:
+                    recipe_gates[r.name] = path
+        elif cfg.gate.mode != "off" and cfg.gate.path is not None:
+            recipe_gates["default" if cfg.line is not None else ""] = cfg.gate.path
+        if not recipe_gates:
+            return
+        assert self.journal is not None and self.health is not None
+        self.gate_watch = GateWatch(cfg.gate, self.journal, self.health, self.gates, recipe_gates)
+        self.outputs.add("gate_watch", recorded=self.gate_watch.recorded)
+        self.health.gates = self.gate_watch.states
 
     def _make_cameras(self) -> None:
         if self._cameras_given is not None:
@@ -287,7 +311,7 @@ class Service:
         if cfg.line is not None:
             line = LineStation(cfg, journal=journal, health=health, outputs=self.outputs,
                                camera=self.cameras[cfg.line_camera], model=model, limits=limits,
-                               references=references, gate=gate, backend=self._backend)
+                               references=references, gate=gate, backend=self._backend, load_gate=self.gates.load)
             self.bus.on_recipe = line.select_recipe
             return line
         worker = InferenceWorker(
@@ -490,6 +514,8 @@ class Service:
                     log.exception("camera stop failed")
         if self.mode is not None:
             self.mode.close()
+        if self.gate_watch is not None:
+            self.gate_watch.stop()
         if self.metrics is not None:
             self.write_metrics()
             self.metrics.close()

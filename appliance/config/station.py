@@ -129,12 +129,46 @@ class StationCamera(CameraConfig):
         return CameraConfig.model_validate(self.model_dump(exclude={"product"}))
 
 
+class GateLearnSection(_Section):
+    """Learning on the line: operators' confirmed false alarms join the gate's memory bank.
+
+    The threshold is re-derived from the commissioning calibration images (the folders the gate was
+    trained from: only images its metadata lists by hash are used) plus the reviewed parts."""
+
+    calibration_normal: Path = Field(description="folder of the held-out good images the gate was calibrated on")
+    calibration_anomalous: Path | None = Field(None, description="folder of the defective calibration images")
+    store: Path | None = Field(None, description="versions and reviewed parts (default: beside the gate, *.learning)")
+    max_added_patches: int = Field(2048, ge=1, description="patches the line may add before the gate must be retrained")
+
+    _paths = field_validator("calibration_normal", "calibration_anomalous", "store", mode="before")(resolve_path)
+
+
+class GateDriftSection(_Section):
+    """Drift of the gate's scores per recipe: a two-sample KS test of the latest `window` scores
+    against the reference (the trainer's held-out good scores, or the first `reference_size` parts)."""
+
+    enabled: bool = True
+    window: int = Field(50, ge=10)
+    alpha: float = Field(1e-3, gt=0, lt=1, description="level that raises the alarm (tested at every part)")
+    clear_alpha: float = Field(0.05, gt=0, lt=1, description="level below which the alarm clears")
+    reference: Literal["holdout", "commissioning"] = "holdout"
+    reference_size: int = Field(100, ge=10, description="parts taken as the reference with `commissioning`")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> GateDriftSection:
+        if self.alpha >= self.clear_alpha:
+            raise ValueError(f"alpha ({self.alpha}) must be below clear_alpha ({self.clear_alpha})")
+        return self
+
+
 class GateSection(_Section):
     """The screening gate (ONNX): `screen` sends only suspicious parts to the model (the others
     pass on the gate's word); `annotate` sends every part and attaches the gate score."""
 
     mode: Literal["off", "screen", "annotate"] = "off"
     path: Path | None = None
+    learn: GateLearnSection | None = None
+    drift: GateDriftSection = Field(default_factory=GateDriftSection)
 
     _paths = field_validator("path", mode="before")(resolve_path)
 
@@ -408,6 +442,13 @@ def check_resources(config: StationConfig, source: str = "<config>") -> list[str
     for i, product in enumerate(config.products):
         if product.reference is not None:
             problems += _check_image(product.reference, f"{source}: products.{i}.reference")
+    learn = config.gate.learn
+    if learn is not None:
+        for key in ("calibration_normal", "calibration_anomalous"):
+            folder = getattr(learn, key)
+            if folder is not None and not folder.is_dir():
+                problems.append(f"{source}: gate.learn.{key}: {folder} is not a directory (the gate's calibration "
+                                "images, kept from its training, set the threshold again as the line learns)")
     if config.gate.mode != "off" and config.gate.path is not None and not config.gate.path.is_file():
         problems.append(f"{source}: gate.path: {config.gate.path} not found")
     for i, recipe in enumerate(config.recipes):

@@ -71,6 +71,7 @@ class GateScore:
     result: Any = None  # the gate's full result (heat map), None when it failed
     error: str = ""
     ms: float = 0.0
+    bank_sha256: str = ""  # the memory bank that scored it ('' for gates without one)
 
 
 def ms_since(t0: float) -> float:
@@ -82,7 +83,8 @@ def score_gate(gate: Any, image: np.ndarray) -> GateScore:
     t0 = time.perf_counter()
     try:
         scored = gate.score(image)
-        return GateScore(float(scored.score), bool(scored.suspicious), scored, ms=ms_since(t0))
+        bank = getattr(scored, "bank_sha256", None) or ""
+        return GateScore(float(scored.score), bool(scored.suspicious), scored, ms=ms_since(t0), bank_sha256=bank)
     except Exception as exc:  # the caller raises the `gate` problem; the part goes to the model
         return GateScore(None, True, None, f"screening gate failed: {exc}", ms_since(t0))
 
@@ -179,6 +181,7 @@ def build_result(
     image: tuple[str, int, int] = ("", 0, 0),
     gate_score: float | None = None,
     gate_map: str = "",
+    gate_bank: str = "",
     latency: dict[str, float] | None = None,
     problems: list[str] | None = None,
     source: DecisionSource | None = None,
@@ -217,6 +220,7 @@ def build_result(
         image_height=image[2],
         gate_score=gate_score,
         gate_map_path=gate_map,
+        gate_bank_sha256=gate_bank,
         latency_ms=dict(latency or {}),
         attempts=inference.attempts if inference else 0,
         revision=revision,

@@ -850,6 +850,16 @@ class Journal:
             ).fetchall()
         return [OperatorVerdict.model_validate_json(r[0]) for r in rows]
 
+    def verdicts_after(self, rowid: int, limit: int = 100) -> list[tuple[int, OperatorVerdict]]:
+        """Verdicts journaled after `rowid` (their insertion order), with their rowids: a reader
+        that keeps the last rowid it handled resumes there after a restart."""
+        with self._sql(f"reading the verdicts after {rowid}"):
+            rows = self._conn().execute(
+                "SELECT rowid, verdict_json FROM operator_verdicts WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                (rowid, limit),
+            ).fetchall()
+        return [(int(r[0]), OperatorVerdict.model_validate_json(r[1])) for r in rows]
+
     # ---- commands that change what the line does ------------------------------------------------
 
     def record_command(self, command: str, argument: str, *, client: str, operator: str, accepted: bool,

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adfm.schema import CameraStatus, InspectionResult, StationStatus
+from adfm.schema import CameraStatus, GateState, InspectionResult, StationStatus
 
 STAGES = ("capture", "journal", "journal_wait", "gate", "resize", "vlm", "model", "parse", "complete", "publish",
           "total", "trigger_to_frame", "trigger_to_decision")
@@ -51,6 +51,7 @@ class Health:
         cameras: Callable[[], list[CameraStatus]] | None = None,
         worker: Callable[[], tuple[bool, int]] | None = None,
         counters: Callable[[], dict[str, float]] | None = None,
+        gates: Callable[[], list[GateState]] | None = None,
     ) -> None:
         self.station = station
         self.model_id = model_id
@@ -67,6 +68,7 @@ class Health:
         self._cameras = cameras or (lambda: [])
         self._worker = worker or (lambda: (False, 0))
         self._counters = counters or (lambda: {})  # the mode's running counters (line: misses, stalls, …)
+        self.gates = gates or (lambda: [])  # each recipe's gate: bank, threshold, drift (system/gate_watch.py)
 
     # ---- recording (main loop) ----------------------------------------------------------------
 
@@ -147,6 +149,7 @@ class Health:
             problems=[problems[k] for k in sorted(problems)],
             recipe=self.recipe,
             counters=self._safe(self._counters, {}),
+            gates=self._safe(self.gates, []),
         )
 
     def pipeline_ok(self, max_heartbeat_age_s: float = 60.0) -> bool:
@@ -231,6 +234,24 @@ class _StationCollector:
         for name, value in sorted(s.counters.items()):
             g.add_metric([*station, name], float(value))
         yield g
+        gate_figures = {
+            "adfm_gate_threshold": ("the recipe's gate threshold", lambda x: x.threshold),
+            "adfm_gate_bank_size": ("patches in the recipe's gate memory bank", lambda x: x.bank_size),
+            "adfm_gate_learned_changes": ("bank versions made on the line from operator verdicts",
+                                          lambda x: x.learned_changes),
+            "adfm_gate_drift_raised": ("1 while the recipe's gate scores drift from commissioning",
+                                       lambda x: float(x.drift_raised)),
+            "adfm_gate_drift_statistic": ("KS D of the latest gate scores against the reference",
+                                          lambda x: x.drift_statistic),
+            "adfm_gate_drift_critical": ("KS D above which the drift alarm is raised", lambda x: x.drift_critical),
+        }
+        for name, (doc, get) in gate_figures.items():
+            g = GaugeMetricFamily(name, doc, labels=["station", "recipe"])
+            for gs in s.gates:
+                value = get(gs)
+                if value is not None:
+                    g.add_metric([*station, gs.recipe], float(value))
+            yield g
         for name, value in (self.extra() if self.extra else {}).items():
             yield gauge(name, name.replace("_", " "), value)
 
