@@ -41,6 +41,7 @@ def make_result(seq: int, verdict: str = "fail", *, camera: str = "cam0", statio
         answer="yes" if verdict == "fail" else ("" if verdict == "review" else "no"),
         format_ok=verdict != "review", prompt_version="multi-stage-v1", model_id="tiny-q4_k_m",
         image_path=image_path, image_width=96, image_height=96, gate_score=0.83 if flagged else 0.12,
+        gate_threshold=0.5, grid_width=112, grid_height=112,
         latency_ms={"vlm": 380.0 + seq, "total": 412.0 + seq}, operator=operator,
     )
 

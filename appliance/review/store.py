@@ -10,9 +10,10 @@ reachable, and the row says whether the station has journaled it yet.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta, tzinfo
+from datetime import time as dt_time
 from typing import Literal
 
 import numpy as np
@@ -21,8 +22,9 @@ from adfm.schema import InspectionResult, OperatorVerdict, StationStatus
 
 LocalState = Literal["queued", "sent", "rejected"]
 
-#: Shown to operators; the schema's decisions by name.
-DECISION_LABELS = {"confirmed_defect": "defect", "false_alarm": "false alarm", "skip": "skipped"}
+#: Shown to operators; the schema's decisions by name (every `OperatorDecision`, tests check).
+DECISION_LABELS = {"confirmed_defect": "defect", "defect_wrong_box": "defect, box redrawn",
+                   "false_alarm": "false alarm", "unsure": "unsure", "skip": "skipped"}
 VERDICT_CYCLE: tuple[str | None, ...] = (None, "fail", "review", "pass")
 WINDOW_CYCLE: tuple[float | None, ...] = (None, 3600.0, 8 * 3600.0, 24 * 3600.0)
 
@@ -215,6 +217,21 @@ class PartStore:
         """Flagged parts nobody has decided: oldest first, the order they are worked off in."""
         return [p for p in self.parts() if p.awaiting_review and filters.matches(p, now)]
 
+    def last(self) -> Part | None:
+        """The newest part (the run view's tile)."""
+        return self._parts[self._order[-1]] if self._order else None
+
+    def recent_flagged(self, limit: int) -> list[Part]:
+        """The newest flagged parts, newest first (the run view's filmstrip)."""
+        out: list[Part] = []
+        for seq in reversed(self._order):
+            if len(out) >= limit:
+                break
+            part = self._parts[seq]
+            if part.flagged:
+                out.append(part)
+        return out
+
     def awaiting_count(self) -> int:
         return sum(1 for p in self._parts.values() if p.awaiting_review)
 
@@ -257,3 +274,62 @@ class PartStore:
         if not self._order:
             return None
         return self._parts[self._order[0]].result.captured_at, self._parts[self._order[-1]].result.captured_at
+
+
+# ---- the shift ---------------------------------------------------------------------------------
+
+
+def shift_start(now: float, tz: tzinfo | None, starts: Sequence[dt_time]) -> datetime:
+    """When the shift running at `now` began: the latest of `starts` (local times of day) at or
+    before `now`, today or yesterday."""
+    if not starts:
+        raise ValueError("a shift needs at least one start time")
+    local = datetime.fromtimestamp(now, tz).astimezone(tz)
+    candidates = [datetime.combine(local.date() - timedelta(days=back), s, local.tzinfo)
+                  for back in (0, 1) for s in starts]
+    return max(c for c in candidates if c <= local)
+
+
+@dataclass(frozen=True)
+class ShiftSummary:
+    """Counts of the parts captured since the shift began (of the parts loaded here)."""
+
+    since: datetime
+    parts: int = 0
+    ok: int = 0
+    ng: int = 0
+    review: int = 0
+    false_alarms: int = 0
+    awaiting: int = 0
+    #: True when parts of the shift may be missing: the oldest loaded part is inside the shift
+    partial: bool = False
+
+    @property
+    def first_pass_yield(self) -> float | None:
+        """Parts the line passed, of all parts."""
+        return self.ok / self.parts if self.parts else None
+
+    @property
+    def reviewed_yield(self) -> float | None:
+        """Parts the line passed or an operator called a false alarm, of all parts."""
+        return (self.ok + self.false_alarms) / self.parts if self.parts else None
+
+
+def summarize_shift(store: PartStore, since: datetime) -> ShiftSummary:
+    ts = since.timestamp()
+    counts = {"pass": 0, "fail": 0, "review": 0}
+    parts = false_alarms = awaiting = 0
+    oldest: Part | None = None
+    for p in store.parts():
+        if oldest is None:
+            oldest = p
+        if p.result.captured_at.timestamp() < ts:
+            continue
+        parts += 1
+        counts[p.result.verdict] = counts.get(p.result.verdict, 0) + 1
+        d = p.decision
+        false_alarms += d is not None and d.decision == "false_alarm" and p.flagged
+        awaiting += p.awaiting_review
+    partial = oldest is not None and oldest.seq > 1 and oldest.result.captured_at.timestamp() > ts
+    return ShiftSummary(since, parts, counts["pass"], counts["fail"], counts["review"], false_alarms, awaiting,
+                        partial)
