@@ -151,7 +151,7 @@ class ReviewApp(App):
             store.apply_journaled(event.verdict)
             v = event.verdict
             if v.verdict_id not in self._mine:
-                self.say(f"{self._name(v.seq)}: {decision_label(v)} · {v.operator}")
+                self.say(f"{self.part_name(v.seq)}: {decision_label(v)} · {v.operator}")
         elif isinstance(event, Status):
             store.status = event.status
             store.station = store.station or event.status.station
@@ -174,9 +174,9 @@ class ReviewApp(App):
         self._mine.add(v.verdict_id)
         self.store.set_local(v, event.state, event.detail)
         if event.state == "sent":
-            self.say(f"✓ {self._name(v.seq)}: {decision_label(v)} · {v.operator} journaled by the station")
+            self.say(f"✓ {self.part_name(v.seq)}: {decision_label(v)} · {v.operator} journaled by the station")
         elif event.state == "rejected":
-            self.say(f"✗ {self._name(v.seq)}: the station refused {decision_label(v)} · {v.operator}: "
+            self.say(f"✗ {self.part_name(v.seq)}: the station refused {decision_label(v)} · {v.operator}: "
                      f"{event.detail}", "error")
             screen = self._top()
             if isinstance(screen, DetailScreen | MainScreen) and screen.is_mounted:
@@ -190,7 +190,7 @@ class ReviewApp(App):
         elif isinstance(screen, MainScreen):
             screen.select(seq)
 
-    def _name(self, seq: int) -> str:
+    def part_name(self, seq: int) -> str:
         """How messages name a part: its part id, and the station's seq."""
         part = self.store.get(seq)
         return f"{part.result.part_id} (seq {seq})" if part is not None else f"seq {seq}"
@@ -364,12 +364,12 @@ class ReviewApp(App):
             return
         picture, problem, _ = self.picture_for(part.result, heat=False)
         if picture is None:
-            self.say(f"{self._name(seq)}: cannot draw a box: {problem}", "warning")
+            self.say(f"{self.part_name(seq)}: cannot draw a box: {problem}", "warning")
             return
 
         def drawn(boxes: list[Box] | None) -> None:
             if boxes is None:
-                self.say(f"{self._name(seq)}: box not drawn; nothing decided")
+                self.say(f"{self.part_name(seq)}: box not drawn; nothing decided")
             elif self.decide(seq, decision, boxes=boxes) and after is not None:  # type: ignore[arg-type]
                 after()
 
@@ -392,18 +392,18 @@ class ReviewApp(App):
                 at=datetime.fromtimestamp(self.clock(), UTC), verdict_id=uuid.uuid4().hex,
                 part_id=part.result.part_id, epoch=part.result.epoch, boxes=list(boxes))
         except ValueError as exc:  # pydantic's ValidationError: names the field
-            self.say(f"✗ {self._name(seq)}: not recorded: {exc}", "error")
+            self.say(f"✗ {self.part_name(seq)}: not recorded: {exc}", "error")
             return False
         try:
             self.source.send(verdict)
         except (OutboxError, ReadOnlySource, OSError) as exc:
-            self.say(f"✗ {self._name(seq)}: not recorded: {exc}", "error")
+            self.say(f"✗ {self.part_name(seq)}: not recorded: {exc}", "error")
             return False
         self.notes.pop(seq, None)
         self._mine.add(verdict.verdict_id)
         self.store.set_local(verdict, "queued")
         where = "sending to the station" if self.connected else "queued here until the station is reachable"
-        self.say(f"… {self._name(seq)}: {decision_label(verdict)} · {self.operator} — {where}")
+        self.say(f"… {self.part_name(seq)}: {decision_label(verdict)} · {self.operator} — {where}")
         self.refresh_views()
         return True
 
@@ -428,7 +428,7 @@ class ReviewApp(App):
                 self.decide(seq, decision.decision, note, boxes=decision.boxes)
             else:
                 self.notes[seq] = note
-                self.say(f"note kept for {self._name(seq)}: it goes with your decision (d b f u s)")
+                self.say(f"note kept for {self.part_name(seq)}: it goes with your decision (d b f u s)")
                 self.refresh_views()
 
         self.push_screen(NoteScreen(seq, current), done)

@@ -139,8 +139,8 @@ class BoxEditor(Screen[list[Box] | None]):
         t.append(f" Draw the defect's box on {self.result.part_id}", style="bold")
         t.append(f" · [{box.x1:.0f}, {box.y1:.0f}, {box.x2:.0f}, {box.y2:.0f}] px of "
                  f"{self.width_px}×{self.height_px}\n")
-        t.append(f" arrows move · shift+arrows size · +/- step ({STEPS[self.step_index]}) · mouse: drag "
-                 "· enter keep · esc cancel", style="dim")
+        t.append(f" arrows move · shift+arrows size · +/- step ({STEPS[self.step_index]}) · or drag the mouse",
+                 style="dim")
         self.query_one("#box-help", Static).update(t)
 
     # ---- actions ------------------------------------------------------------------------------
