@@ -49,8 +49,9 @@ async def test_flagged_part_arrives_live_and_the_operators_verdict_is_journaled(
         queue = app.screen.query_one("#queue", PartsTable)
         assert queue.seqs == [2]
         await pilot.press("enter")  # open it: the image with its box is there
-        image = app.screen.query_one("#image", PartImage)
-        assert image._image is not None and image._problem == ""
+        await wait_for(pilot, lambda: app.screen.query_one(PartImage).picture is not None, what="the image")
+        image = app.screen.query_one(PartImage)
+        assert image._problem == "" and len(image.picture.boxes) == len(station.journal.get(2).boxes)
         await pilot.press("n", *"burr on edge", "enter")
         assert app.notes == {2: "burr on edge"}
         await pilot.press("d")  # confirm defect
@@ -161,7 +162,7 @@ async def test_other_operators_verdicts_take_parts_out_of_the_queue(station, tmp
             other.send_verdict(1, "false_alarm", "bob", note="oil drop")
         await wait_for(pilot, lambda: app.store.awaiting_count() == 0, what="the announcement")
         assert app.screen.query_one("#queue", PartsTable).seqs == []
-        assert "by bob" in app.message
+        assert "p1 (seq 1): false alarm · bob" in app.message
     outbox.close()
 
 
