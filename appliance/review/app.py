@@ -18,6 +18,7 @@ from datetime import time as dt_time
 from functools import partial
 from typing import ClassVar
 
+import numpy as np
 from PIL import Image
 from textual.app import App
 from textual.binding import Binding, BindingType
@@ -43,24 +44,28 @@ from .sources import (
     Status,
     VerdictUpdate,
 )
-from .store import Filters, PartStore, shift_start, summarize_shift
+from .store import DEFAULT_SHIFTS, Filters, PartStore, shift_start, summarize_shift
 from .widgets import Banner, MessageLine, TopBar
 from .widgets.part_image import Picture, part_picture
 from .widgets.run_view import RunView
 
-#: Shift changes (local time of day) when none are given: three eight-hour shifts.
-DEFAULT_SHIFTS = (dt_time(6), dt_time(14), dt_time(22))
-#: How much of the gate's heat map shows over the part (0: none, 1: the map alone).
-HEAT_ALPHA = 0.6
+#: How much of the gate's heat map shows over the part where it is hottest (0: none, 1: the map alone).
+HEAT_ALPHA = 0.75
 FILMSTRIP_PARTS = 12
 
 
 def heat_over(image: Image.Image | None, heat: Image.Image) -> Image.Image:
-    """The gate's heat map over the part's image (the map is stored at its own size)."""
+    """The gate's heat map over the part's image: each pixel as opaque as the map is hot (the
+    stored map's brightness; its colours run dark to bright), so cold areas leave the part as it
+    is. The map is stored at its own size."""
     if image is None:
         return heat.convert("RGB")
-    base = image.convert("RGB")
-    return Image.blend(base, heat.convert("RGB").resize(base.size, Image.Resampling.BILINEAR), HEAT_ALPHA)
+    base = np.asarray(image.convert("RGB"), np.float32)
+    colour = heat.convert("RGB").resize(image.size, Image.Resampling.BILINEAR)
+    level = np.asarray(colour.convert("L"), np.float32)[..., None] / 255.0
+    alpha = np.clip(HEAT_ALPHA * level * 1.5, 0.0, HEAT_ALPHA)
+    mixed = base * (1.0 - alpha) + np.asarray(colour, np.float32) * alpha
+    return Image.fromarray(np.round(mixed).astype(np.uint8))
 
 
 class SourceEvents(Message):

@@ -279,6 +279,10 @@ class PartStore:
 # ---- the shift ---------------------------------------------------------------------------------
 
 
+#: Shift changes (local time of day) when none are given: three eight-hour shifts.
+DEFAULT_SHIFTS = (dt_time(6), dt_time(14), dt_time(22))
+
+
 def shift_start(now: float, tz: tzinfo | None, starts: Sequence[dt_time]) -> datetime:
     """When the shift running at `now` began: the latest of `starts` (local times of day) at or
     before `now`, today or yesterday."""
