@@ -283,3 +283,18 @@ async def test_a_refused_verdict_is_shown_in_full_and_its_part_comes_back(images
         assert "the station refused false alarm · anna" in details and "until then this verdict" in details
         part = app.store.get(4)
         assert part is not None and part.awaiting_review  # back in the queue
+
+
+@run_async
+async def test_the_filmstrip_takes_the_mouse(images):
+    app, _ = make(images)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        strip = app.screen.query_one(Filmstrip)
+        strip.blur()
+        await pilot.click(Filmstrip, offset=(Filmstrip.THUMB_WIDTH + 3, 2))  # the second thumb: picked
+        await pilot.pause()
+        assert strip.current_seq == 6 and isinstance(app.screen, MainScreen)
+        await pilot.click(Filmstrip, offset=(2 * (Filmstrip.THUMB_WIDTH + 1) + 3, 2), times=2)  # opened
+        await pilot.pause()
+        assert isinstance(app.screen, DetailScreen) and app.screen.seq == 4

@@ -131,6 +131,7 @@ class Filmstrip(Widget, can_focus=True):
         self.parts: list[Part] = []
         self.pictures: dict[int, Picture | None] = {}
         self.selected = 0
+        self._picked_by_click = False
         self._cache: dict[tuple, list[list[Segment]]] = {}
 
     @property
@@ -151,6 +152,7 @@ class Filmstrip(Widget, can_focus=True):
         self.refresh()
 
     def action_move(self, delta: int) -> None:
+        self._picked_by_click = False
         if self.parts:
             self.selected = min(max(self.selected + delta, 0), min(len(self.parts), self.capacity) - 1)
             self.refresh()
@@ -162,10 +164,12 @@ class Filmstrip(Widget, can_focus=True):
     def on_click(self, event: events.Click) -> None:
         index = event.x // (self.THUMB_WIDTH + 1)
         if 0 <= index < min(len(self.parts), self.capacity):
+            picked = index == self.selected
             self.selected = index
             self.refresh()
-            if event.chain >= 2 or self.has_focus:
-                self.action_open()
+            if event.chain >= 2 or (picked and event.chain == 1 and self._picked_by_click):
+                self.action_open()  # a double click, or a click on the part a click picked
+            self._picked_by_click = True
 
     def _thumb(self, part: Part, rows: int) -> list[list[Segment]]:
         picture = self.pictures.get(part.seq)
