@@ -194,17 +194,21 @@ class LoopbackStation:
             self.bus.stop()
             self.bus = None
 
-    def part(self, verdict: str = "fail", publish: bool = True, camera: str = "cam0") -> InspectionResult:
+    def part(self, verdict: str = "fail", publish: bool = True, camera: str = "cam0",
+             gate_map: bool = False) -> InspectionResult:
+        """Journal (and publish) a part; `gate_map`: with a stored gate heat map, as free-run keeps one."""
         i = self.journal.last_seq() + 1
         image = np.full((32, 48, 3), 120, np.uint8)
         image[8:12, 5:30] = 20
         p = self.journal.accept(image, part_id=f"p{i}", camera=camera, frame_number=i, captured_wall=time.time())
+        map_rel = self.journal.attach_map_file(p.seq, lambda path: write_gate_map(path, 32)) if gate_map else ""
         boxes = [Box.from_xyxy([5, 8, 30, 12], "scratch")] if verdict == "fail" else []
         result = self.journal.complete(InspectionResult(
             station=self.station, seq=p.seq, part_id=p.part_id, camera=camera, frame_number=i,
             captured_at=p.captured_at, verdict=verdict, decision=verdict == "fail", boxes=boxes,  # type: ignore[arg-type]
             think="looked", answer="yes" if verdict == "fail" else "no", format_ok=True,
-            image_path=p.image_path, image_width=48, image_height=32, latency_ms={"total": 5.0}))
+            image_path=p.image_path, image_width=48, image_height=32, latency_ms={"total": 5.0},
+            gate_map_path=map_rel, gate_score=0.7 if gate_map else None, gate_threshold=0.5 if gate_map else None))
         if publish and self.bus is not None:
             self.bus.publish(result)
         return result

@@ -156,10 +156,12 @@ async def test_graphics_terminals_get_the_textual_image_widget(tmp_path):
     app, _ = make(tmp_path)
     app.graphics = True
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.press("2", "down", "enter")
         await settle(pilot)
         from textual_image.widget._base import Image as TIImage
 
+        assert isinstance(app.screen.query_one("#run-image").query_one(".graphics"), TIImage)  # the run view too
+        await pilot.press("2", "down", "enter")
+        await settle(pilot)
         pane = app.screen.query_one(ImagePane)
         assert isinstance(pane.query_one(".graphics"), TIImage)
         assert not pane.query_one(PartImage).display
