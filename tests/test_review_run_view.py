@@ -298,3 +298,19 @@ async def test_the_filmstrip_takes_the_mouse(images):
         await pilot.click(Filmstrip, offset=(2 * (Filmstrip.THUMB_WIDTH + 1) + 3, 2), times=2)  # opened
         await pilot.pause()
         assert isinstance(app.screen, DetailScreen) and app.screen.seq == 4
+
+
+def test_on_a_line_the_tile_and_the_shift_count_what_the_line_did():
+    from adfm.appliance.review.store import line_outcome
+    from adfm.appliance.review.widgets.run_view import tile_text
+
+    timed_out = make_result(1, "review").model_copy(update={"action": "reject", "decision_source": "failsafe_timeout"})
+    held = make_result(2, "review").model_copy(update={"action": "hold", "decision_source": "failsafe_model_down"})
+    free = make_result(3, "review")
+    assert [line_outcome(r) for r in (timed_out, held, free)] == ["ng", "review", "review"]
+    assert "NG: fail-safe (timeout)" in str(tile_text(Part(timed_out), UTC, 26))
+    assert "HOLD: fail-safe (model down)" in str(tile_text(Part(held), UTC, 26))
+    store = PartStore()
+    store.add_results([timed_out, held, free, make_result(4, "pass")])
+    s = summarize_shift(store, T0)
+    assert (s.ok, s.ng, s.review) == (1, 1, 2)

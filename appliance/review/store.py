@@ -246,7 +246,7 @@ class PartStore:
     def verdict_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for p in self._parts.values():
-            counts[p.result.verdict] = counts.get(p.result.verdict, 0) + 1
+            counts[line_outcome(p.result)] += 1
         return counts
 
     def decision_counts(self) -> dict[str, int]:
@@ -277,6 +277,16 @@ class PartStore:
 
 
 # ---- the shift ---------------------------------------------------------------------------------
+
+Outcome = Literal["ok", "ng", "review"]
+
+
+def line_outcome(result: InspectionResult) -> Outcome:
+    """What the line did with a part: on a line station its action (a fail-safe reject is NG), in
+    free-run its verdict (pass OK, fail NG, review undecided)."""
+    if result.action is not None:
+        return {"pass": "ok", "reject": "ng"}.get(result.action, "review")  # type: ignore[return-value]
+    return {"pass": "ok", "fail": "ng"}.get(result.verdict, "review")  # type: ignore[return-value]
 
 
 #: Shift changes (local time of day) when none are given: three eight-hour shifts.
@@ -321,7 +331,7 @@ class ShiftSummary:
 
 def summarize_shift(store: PartStore, since: datetime) -> ShiftSummary:
     ts = since.timestamp()
-    counts = {"pass": 0, "fail": 0, "review": 0}
+    counts = {"ok": 0, "ng": 0, "review": 0}
     parts = false_alarms = awaiting = 0
     oldest: Part | None = None
     for p in store.parts():
@@ -330,10 +340,10 @@ def summarize_shift(store: PartStore, since: datetime) -> ShiftSummary:
         if p.result.captured_at.timestamp() < ts:
             continue
         parts += 1
-        counts[p.result.verdict] = counts.get(p.result.verdict, 0) + 1
+        counts[line_outcome(p.result)] += 1
         d = p.decision
         false_alarms += d is not None and d.decision == "false_alarm" and p.flagged
         awaiting += p.awaiting_review
     partial = oldest is not None and oldest.seq > 1 and oldest.result.captured_at.timestamp() > ts
-    return ShiftSummary(since, parts, counts["pass"], counts["fail"], counts["review"], false_alarms, awaiting,
+    return ShiftSummary(since, parts, counts["ok"], counts["ng"], counts["review"], false_alarms, awaiting,
                         partial)

@@ -24,7 +24,7 @@ from textual.widgets import Static
 
 from ..format import DECISION_STYLES, decision_label, fmt_score, fmt_time, latency_words, model_answer
 from ..render import halfblock_lines
-from ..store import Part, ShiftSummary
+from ..store import Part, ShiftSummary, line_outcome
 from .image_pane import ImagePane
 from .part_image import Picture
 
@@ -37,9 +37,9 @@ GLYPHS = {
     "?": ("▄▀▀▀▄", "  ▄▀ ", "  ▄  "),
     " ": ("  ", "  ", "  "),
 }
-#: what the tile says for a line verdict, and its colours
-TILES = {"pass": ("OK", "bold black on green", "OK: passed"),
-         "fail": ("NG", "bold white on red", "NG: rejected"),
+#: what the tile says for what the line did (`line_outcome`), and its colours
+TILES = {"ok": ("OK", "bold black on green", "OK: passed"),
+         "ng": ("NG", "bold white on red", "NG: rejected"),
          "review": ("?", "bold black on yellow", "REVIEW: no clear answer")}
 
 
@@ -68,7 +68,11 @@ def tile_text(part: Part | None, tz: tzinfo | None, width: int) -> Text:
     if part is None:
         return Text("\n no part yet\n", style="dim")
     r = part.result
-    word, style, words = TILES.get(r.verdict, ("?", "bold", r.verdict))
+    word, style, words = TILES[line_outcome(r)]
+    if r.action == "hold":
+        words = "HOLD: held for a person"
+    if r.decision_source is not None and r.decision_source.startswith("failsafe"):
+        words = f"{words.split(':')[0]}: fail-safe ({r.decision_source.removeprefix('failsafe_').replace('_', ' ')})"
     t = Text(no_wrap=False)
     t.append_text(big_text(word, style, width))
     t.append("\n" + words.center(width) + "\n", style=style)
