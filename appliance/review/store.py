@@ -246,7 +246,7 @@ class PartStore:
     def verdict_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for p in self._parts.values():
-            counts[line_outcome(p.result)] += 1
+            counts[p.result.verdict] = counts.get(p.result.verdict, 0) + 1
         return counts
 
     def decision_counts(self) -> dict[str, int]:
