@@ -3,8 +3,8 @@ same fixed parts as the snapshot tests:
 
     PYTHONPATH=. python -m tests.review_screenshots docs/review
 
-Writes run-view.svg (120×36), run-view-80x24.svg, queue.svg, part-heat-map.svg, draw-box.svg and
-refused-verdict.svg into the folder given.
+Writes run-view.svg (120×36, the size of the operators' trial) and, at 80×24, run-view-80x24.svg,
+queue.svg, part-heat-map.svg, draw-box.svg and refused-verdict.svg into the folder given.
 """
 
 from __future__ import annotations

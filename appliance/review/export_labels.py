@@ -1,8 +1,8 @@
 """`adfm-review export-labels`: operators' decisions out as a dataset `adfm-data` reads.
 
-Confirmed defects (with the model's boxes or the operator's redrawn ones) become `anomalous`, false alarms
-`normal`; skipped and unsure parts stay out. Two layouts
-of the generic station format read by adfm-data's folder adapter:
+Confirmed defects (with the model's boxes or the operator's redrawn ones) become `anomalous`, false
+alarms `normal`; skipped and unsure parts stay out. Two layouts of the generic station format read
+by adfm-data's folder adapter:
 
     folder:  ROOT/normal/<station>-<seq>.png, ROOT/anomalous/<station>-<seq>.png,
              ROOT/masks/<station>-<seq>.png (only with --masks-from-boxes)
