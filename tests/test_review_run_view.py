@@ -314,3 +314,18 @@ def test_on_a_line_the_tile_and_the_shift_count_what_the_line_did():
     store.add_results([timed_out, held, free, make_result(4, "pass")])
     s = summarize_shift(store, T0)
     assert (s.ok, s.ng, s.review) == (1, 1, 2)
+
+
+@run_async
+async def test_a_redrawn_box_shows_while_its_verdict_waits_for_the_station(images):
+    app, source = make(images, online=False)  # nothing acknowledged
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("enter")  # seq 9, from the run view's filmstrip
+        await settle(pilot)
+        await pilot.press("b", "enter")
+        await settle(pilot)
+        part = app.store.get(9)
+        assert part is not None and part.decision_pending and part.result.operator is None
+        picture = app.screen.query_one(PartImage).picture
+        assert picture is not None and source.sent[-1].boxes[0] in picture.boxes
+        assert picture.colors[-1] == OPERATOR_COLOR

@@ -44,7 +44,7 @@ from .sources import (
     Status,
     VerdictUpdate,
 )
-from .store import DEFAULT_SHIFTS, Filters, PartStore, shift_start, summarize_shift
+from .store import DEFAULT_SHIFTS, Filters, Part, PartStore, shift_start, summarize_shift
 from .widgets import Banner, MessageLine, TopBar
 from .widgets.part_image import Picture, part_picture
 from .widgets.run_view import RunView
@@ -282,6 +282,14 @@ class ReviewApp(App):
         if self.is_running:
             self.call_from_thread(self.refresh_views)
 
+    @staticmethod
+    def as_decided(part: Part) -> InspectionResult:
+        """The part's result with the verdict in force (a redrawn box shows as soon as it is made,
+        before the station has acknowledged it)."""
+        d = part.decision
+        r = part.result
+        return r if d is r.operator else r.model_copy(update={"operator": d})
+
     def picture_for(self, result: InspectionResult, heat: bool | None = None) -> tuple[Picture | None, str, str]:
         """(picture, why none, caption) of a part: its image with the model's boxes and the
         operator's, or with `heat` (default: as toggled with h) the gate's heat map over it."""
@@ -327,9 +335,10 @@ class ReviewApp(App):
         now = self.clock()
         last = store.last()
         shift = summarize_shift(store, shift_start(now, self.tz, self.shifts))
-        picture, problem, caption = self.picture_for(last.result) if last is not None else (None, "no part yet", "")
+        picture, problem, caption = (self.picture_for(self.as_decided(last)) if last is not None
+                                     else (None, "no part yet", ""))
         flagged = store.recent_flagged(FILMSTRIP_PARTS)
-        thumbs = {p.seq: self.picture_for(p.result, heat=False)[0] for p in flagged}
+        thumbs = {p.seq: self.picture_for(self.as_decided(p), heat=False)[0] for p in flagged}
         view.show(last, shift, self.tz, picture, problem, caption, self.graphics, flagged, thumbs)
 
     # ---- operator actions -----------------------------------------------------------------------

@@ -71,7 +71,7 @@ class DetailScreen(Screen):
             self.query_one("#details", Static).update(f"seq {self.seq} is no longer loaded")
             return
         self.query_one("#details", Static).update(part_details(part, self.app.tz, self.app.notes.get(self.seq, "")))
-        picture, problem, caption = self.app.picture_for(part.result)
+        picture, problem, caption = self.app.picture_for(self.app.as_decided(part))
         self.query_one(ImagePane).show(picture, problem, caption, self.app.graphics)
 
     def show_seq(self, seq: int) -> None:
