@@ -329,3 +329,32 @@ async def test_a_redrawn_box_shows_while_its_verdict_waits_for_the_station(image
         picture = app.screen.query_one(PartImage).picture
         assert picture is not None and source.sent[-1].boxes[0] in picture.boxes
         assert picture.colors[-1] == OPERATOR_COLOR
+
+
+def test_shift_counts_kept_as_parts_arrive_are_decided_and_dropped():
+    from adfm.appliance.review.store import line_outcome
+
+    def counted(store: PartStore, since) -> tuple:
+        inside = [p for p in store.parts() if p.result.captured_at >= since]
+        return (len(inside), sum(line_outcome(p.result) == "ok" for p in inside),
+                sum(line_outcome(p.result) == "ng" for p in inside),
+                sum(p.decision is not None and p.decision.decision == "false_alarm" and p.flagged for p in inside),
+                sum(p.awaiting_review for p in inside))
+
+    def summary(store: PartStore, since) -> tuple:
+        s = summarize_shift(store, since)
+        return (s.parts, s.ok, s.ng, s.false_alarms, s.awaiting)
+
+    store = PartStore(max_parts=8)
+    since = T0 + timedelta(minutes=3)
+    store.add_results(fixed_results()[:6])
+    assert summary(store, since) == counted(store, since)
+    store.add_results([make_result(s, "fail" if s % 2 else "pass") for s in range(11, 15)])  # trims the oldest
+    v = OperatorVerdict(station="st1", seq=13, decision="false_alarm", operator="anna", verdict_id="v13")
+    store.set_local(v, "queued")
+    assert summary(store, since) == counted(store, since)
+    store.set_local(v, "rejected", "refused")
+    store.apply_journaled(v.model_copy(update={"verdict_id": "v13b", "decision": "unsure"}))
+    assert summary(store, since) == counted(store, since) and len(store) == 8
+    later = T0 + timedelta(minutes=12)  # a new shift: counted again from the parts loaded
+    assert summary(store, later) == counted(store, later)

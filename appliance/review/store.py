@@ -10,7 +10,8 @@ reachable, and the row says whether the station has journaled it yet.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, tzinfo
 from datetime import time as dt_time
@@ -126,6 +127,48 @@ class PartStore:
     _parts: dict[int, Part] = field(default_factory=dict)
     _order: list[int] = field(default_factory=list)
     _early_locals: dict[int, LocalVerdict] = field(default_factory=dict)  # for parts not yet loaded
+    _awaiting: set[int] = field(default_factory=set)  # seqs awaiting review, kept as parts change
+    #: the shift's counts, kept as parts change: its start (epoch s), each counted part's share, totals
+    _shift_since: float | None = None
+    _shift: dict[int, tuple[Outcome, bool, bool]] = field(default_factory=dict)
+    _shift_totals: Counter = field(default_factory=Counter)
+
+    def _put(self, part: Part) -> None:
+        self._parts[part.seq] = part
+        if part.awaiting_review:
+            self._awaiting.add(part.seq)
+        else:
+            self._awaiting.discard(part.seq)
+        self._count_in_shift(part.seq, part)
+
+    def _count_in_shift(self, seq: int, part: Part | None) -> None:
+        """Take `seq`'s old share out of the shift's totals and put `part`'s in (None: it left)."""
+        old = self._shift.pop(seq, None)
+        if old is not None:
+            self._shift_totals.subtract({"parts": 1, old[0]: 1, "false_alarms": old[1], "awaiting": old[2]})
+        if part is None or self._shift_since is None or part.result.captured_at.timestamp() < self._shift_since:
+            return
+        d = part.decision
+        new = (line_outcome(part.result), d is not None and d.decision == "false_alarm" and part.flagged,
+               part.awaiting_review)
+        self._shift[seq] = new
+        self._shift_totals.update({"parts": 1, new[0]: 1, "false_alarms": new[1], "awaiting": new[2]})
+
+    def shift_summary(self, since: datetime) -> ShiftSummary:
+        """Counts of the parts captured since `since`: counted once per shift, then kept as parts
+        arrive and are decided (a new part or verdict costs the same with 50 or 50,000 loaded)."""
+        ts = since.timestamp()
+        if ts != self._shift_since:
+            self._shift_since = ts
+            self._shift.clear()
+            self._shift_totals.clear()
+            for seq, part in self._parts.items():
+                self._count_in_shift(seq, part)
+        t = self._shift_totals
+        oldest = self.first()
+        partial = oldest is not None and oldest.seq > 1 and oldest.result.captured_at.timestamp() > ts
+        return ShiftSummary(since, t["parts"], t["ok"], t["ng"], t["review"], t["false_alarms"], t["awaiting"],
+                            partial)
 
     def __len__(self) -> int:
         return len(self._parts)
@@ -142,6 +185,10 @@ class PartStore:
     def reset(self) -> None:
         """Forget every part (the station's journal was replaced: its seqs now name other parts)."""
         self._parts.clear()
+        self._awaiting.clear()
+        self._shift_since = None
+        self._shift.clear()
+        self._shift_totals.clear()
         self._order.clear()
         self._early_locals.clear()
 
@@ -153,7 +200,7 @@ class PartStore:
             old = self._parts.get(r.seq)
             local = old.local if old else self._early_locals.pop(r.seq, None)
             product = products.get(r.seq, old.product if old else "")
-            self._parts[r.seq] = Part(r, product, local)
+            self._put(Part(r, product, local))
             if old is None:
                 if not self._order or r.seq > self._order[-1]:
                     self._order.append(r.seq)
@@ -172,8 +219,7 @@ class PartStore:
         local = part.local
         if local is not None and local.verdict.verdict_id == verdict.verdict_id:
             local = replace(local, state="sent")
-        self._parts[verdict.seq] = replace(part, result=part.result.model_copy(update={"operator": verdict}),
-                                           local=local)
+        self._put(replace(part, result=part.result.model_copy(update={"operator": verdict}), local=local))
 
     def set_local(self, verdict: OperatorVerdict, state: LocalState, detail: str = "") -> None:
         """Record a verdict made here (queued), acknowledged (sent) or refused (rejected)."""
@@ -185,7 +231,7 @@ class PartStore:
         if part.local is not None and part.local.verdict.verdict_id != verdict.verdict_id and (
                 part.local.verdict.at > verdict.at):
             return  # an older verdict's outcome arriving after a newer decision
-        self._parts[verdict.seq] = replace(part, local=local)
+        self._put(replace(part, local=local))
         if state == "sent":
             self.apply_journaled(verdict)
 
@@ -198,6 +244,8 @@ class PartStore:
             part = self._parts[seq]
             if excess > 0 and not part.awaiting_review and not part.decision_pending:
                 del self._parts[seq]
+                self._awaiting.discard(seq)
+                self._count_in_shift(seq, None)
                 excess -= 1
             else:
                 keep.append(seq)
@@ -217,6 +265,14 @@ class PartStore:
         """Flagged parts nobody has decided: oldest first, the order they are worked off in."""
         return [p for p in self.parts() if p.awaiting_review and filters.matches(p, now)]
 
+    def newest_first(self) -> Iterator[Part]:
+        for seq in reversed(self._order):
+            yield self._parts[seq]
+
+    def first(self) -> Part | None:
+        """The oldest part loaded."""
+        return self._parts[self._order[0]] if self._order else None
+
     def last(self) -> Part | None:
         """The newest part (the run view's tile)."""
         return self._parts[self._order[-1]] if self._order else None
@@ -233,7 +289,7 @@ class PartStore:
         return out
 
     def awaiting_count(self) -> int:
-        return sum(1 for p in self._parts.values() if p.awaiting_review)
+        return len(self._awaiting)
 
     def queued_verdicts(self) -> int:
         """Verdicts made here that the station has not acknowledged yet."""
@@ -330,20 +386,5 @@ class ShiftSummary:
 
 
 def summarize_shift(store: PartStore, since: datetime) -> ShiftSummary:
-    ts = since.timestamp()
-    counts = {"ok": 0, "ng": 0, "review": 0}
-    parts = false_alarms = awaiting = 0
-    oldest: Part | None = None
-    for p in store.parts():
-        if oldest is None:
-            oldest = p
-        if p.result.captured_at.timestamp() < ts:
-            continue
-        parts += 1
-        counts[line_outcome(p.result)] += 1
-        d = p.decision
-        false_alarms += d is not None and d.decision == "false_alarm" and p.flagged
-        awaiting += p.awaiting_review
-    partial = oldest is not None and oldest.seq > 1 and oldest.result.captured_at.timestamp() > ts
-    return ShiftSummary(since, parts, counts["ok"], counts["ng"], counts["review"], false_alarms, awaiting,
-                        partial)
+    """The shift's counts (`PartStore.shift_summary`)."""
+    return store.shift_summary(since)
