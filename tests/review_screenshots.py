@@ -16,10 +16,13 @@ from datetime import UTC, time
 from pathlib import Path
 
 from adfm.appliance.review.app import ReviewApp
+from adfm.appliance.review.sources import Results
+from adfm.schema import Box
 from tests.review_support import (
     NOW,
     ScriptedSource,
     fixed_results,
+    make_result,
     settle,
     standard_events,
     write_gate_map,
@@ -37,8 +40,17 @@ SHOTS = (
 )
 
 
+def newest_rejected(images: Path) -> Results:
+    """An eleventh part, rejected with a box: what the run view looks like when the line finds one."""
+    write_part_image(images / "p11.png", seed=11)
+    r = make_result(11, "fail", camera="cam1", image_path="p11.png")
+    return Results([r.model_copy(update={"boxes": [Box.from_xyxy([12, 24, 58, 40], "scratch")],
+                                         "gate_score": 0.91, "decision_source": "vlm"})])
+
+
 async def shoot(images: Path, out: Path, name: str, size: tuple[int, int], keys: tuple[str, ...]) -> Path:
-    source = ScriptedSource(standard_events(images), images=images, refuse=REFUSAL if "refused" in name else "")
+    events = [*standard_events(images), *([newest_rejected(images)] if name.startswith("run-view") else [])]
+    source = ScriptedSource(events, images=images, refuse=REFUSAL if "refused" in name else "")
     app = ReviewApp(source, operator="anna", tz=UTC, clock=lambda: NOW, shifts=[time(6), time(14), time(22)])
     async with app.run_test(size=size) as pilot:
         await settle(pilot)

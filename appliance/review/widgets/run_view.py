@@ -234,7 +234,7 @@ class RunView(Vertical):
 
     DEFAULT_CSS = """
     RunView #run-top { height: 1fr; }
-    RunView #run-left { width: 27; height: 1fr; padding: 0 1 0 0; }
+    RunView #run-left { width: 30; height: 1fr; padding: 0 1 0 0; }
     RunView #run-tile { height: auto; }
     RunView #run-shift { height: 1; background: $boost; }
     """
