@@ -445,4 +445,4 @@ class ReviewApp(App):
                 self.say(f"note kept for {self.part_name(seq)}: it goes with your decision (d b f u s)")
                 self.refresh_views()
 
-        self.push_screen(NoteScreen(seq, current), done)
+        self.push_screen(NoteScreen(seq, current, self.part_name(seq)), done)

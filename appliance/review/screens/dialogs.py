@@ -35,14 +35,15 @@ class NoteScreen(ModalScreen[str | None]):
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
 
-    def __init__(self, seq: int, current: str = "") -> None:
+    def __init__(self, seq: int, current: str = "", name: str = "") -> None:
         super().__init__()
         self.seq = seq
         self.current = current
+        self.part_label = name or f"seq {seq}"
 
     def compose(self) -> ComposeResult:
         with Vertical(id="note-box"):
-            yield Static(f"Note for seq {self.seq} — Enter keeps it, Esc cancels")
+            yield Static(f"Note for {self.part_label} — Enter keeps it, Esc cancels")
             yield Input(value=self.current, placeholder="what you saw", max_length=500, id="note-input",
                         select_on_focus=False)
 
