@@ -7,16 +7,27 @@ Every message carries `schema_version`; readers refuse a major version they do n
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 SCHEMA_VERSION = "1.0"
 SCHEMA_MAJOR = SCHEMA_VERSION.split(".")[0]
 
 Verdict = Literal["pass", "fail", "review"]
-OperatorDecision = Literal["confirmed_defect", "false_alarm", "skip"]
+#: A person's decision on a part: a defect (the model's boxes right, or wrong and redrawn), a
+#: false alarm, unsure (looked, cannot tell: for an engineer), or skipped (not judged).
+OperatorDecision = Literal["confirmed_defect", "defect_wrong_box", "false_alarm", "unsure", "skip"]
+#: What each decision says about the part as a training label: `anomalous`, `normal`, or None
+#: (no label). Every export of operator decisions reads this one table.
+DECISION_TRAINING_LABEL: dict[str, str | None] = {
+    "confirmed_defect": "anomalous", "defect_wrong_box": "anomalous", "false_alarm": "normal",
+    "unsure": None, "skip": None,
+}
+#: Decisions that carry the operator's own boxes (and must: at least one).
+DECISIONS_WITH_BOXES = ("defect_wrong_box",)
 #: What the line does with a part (the PLC's reject output acts on `reject`).
 LineAction = Literal["pass", "reject", "hold"]
 #: Where a part's decision came from: the screening gate, the VLM in time, or the fail-safe
@@ -39,6 +50,8 @@ MAX_NOTE_CHARS = 2000
 MAX_REQUEST_BYTES = 16 * 1024
 #: the most results one replay request may ask for (its `limit`)
 MAX_REPLAY_LIMIT = 5000
+#: the most boxes an operator may draw on one part
+MAX_VERDICT_BOXES = 16
 
 Epoch = Annotated[str, Field(max_length=MAX_ID_CHARS)]
 
@@ -96,6 +109,23 @@ class OperatorVerdict(_Message):
     #: Set by the station, never by the client: the name of the CURVE key that sent the verdict
     #: ("local" without CURVE).
     client: str = Field("", max_length=MAX_NAME_CHARS)
+    #: The operator's own boxes, in original-image pixels (never the model grid's): only with
+    #: `defect_wrong_box`, which needs at least one.
+    boxes: list[Box] = Field(default_factory=list, max_length=MAX_VERDICT_BOXES)
+
+    @model_validator(mode="after")
+    def _boxes_fit_the_decision(self) -> OperatorVerdict:
+        if self.decision in DECISIONS_WITH_BOXES and not self.boxes:
+            raise ValueError(f"boxes: decision {self.decision!r} needs the corrected box (at least one, "
+                             "in image pixels)")
+        if self.decision not in DECISIONS_WITH_BOXES and self.boxes:
+            raise ValueError(f"boxes: only {' / '.join(DECISIONS_WITH_BOXES)} carries boxes, "
+                             f"not {self.decision!r}")
+        for i, b in enumerate(self.boxes):
+            if not all(math.isfinite(v) and v >= 0 for v in b.xyxy) or b.x2 <= b.x1 or b.y2 <= b.y1:
+                raise ValueError(f"boxes[{i}]: {b.xyxy} is not a box in image pixels "
+                                 "(finite, ≥ 0, x1 < x2, y1 < y2)")
+        return self
 
 
 class InspectionResult(_Message):
@@ -126,8 +156,13 @@ class InspectionResult(_Message):
     image_width: int = Field(0, ge=0)
     image_height: int = Field(0, ge=0)
     gate_score: float | None = None
+    gate_threshold: float | None = Field(None, description="the gate's threshold: a score at or above it "
+                                         "is suspicious")
     gate_map_path: str = ""
     gate_bank_sha256: str = Field("", description="the gate memory bank that scored it (changes as the line learns)")
+    grid_width: int = Field(0, ge=0, description="the model grid the VLM saw (0: not asked); its boxes "
+                            "in `think`/`rethink` are in these pixels")
+    grid_height: int = Field(0, ge=0)
     latency_ms: dict[str, float] = Field(default_factory=dict)
     attempts: int = Field(1, ge=0)
     operator: OperatorVerdict | None = None

@@ -21,7 +21,9 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
+
+from adfm.schema import OperatorDecision
 
 if TYPE_CHECKING:
     from .config.station import ModelSection
@@ -161,10 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verdict", help="record an operator's decision on a result")
     _add_client_args(p, publish=False)
     p.add_argument("--seq", type=int, required=True)
-    p.add_argument("--decision", required=True, choices=["confirmed_defect", "false_alarm", "skip"])
+    p.add_argument("--decision", required=True, choices=list(get_args(OperatorDecision)),
+                   help="defect_wrong_box needs --box")
     p.add_argument("--operator", required=True)
     p.add_argument("--note", default="")
     p.add_argument("--part-id", help="the part judged (default: the part the station holds under --seq now)")
+    p.add_argument("--box", action="append", default=[], metavar="X1,Y1,X2,Y2",
+                   help="the corrected box in image pixels (defect_wrong_box; repeat for several)")
     return parser
 
 
@@ -392,12 +397,28 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_verdict(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from adfm.schema import Box
+
     from .bus.client import StationError
 
+    boxes = []
+    for text in args.box:
+        try:
+            boxes.append(Box.from_xyxy([float(v) for v in text.split(",")]))
+        except ValueError:
+            print(f"adfm-appliance verdict: --box {text!r}: give four numbers X1,Y1,X2,Y2 in image pixels",
+                  file=sys.stderr)
+            return EXIT_FAIL
     client = _client(args)
     try:
-        ack = client.send_verdict(args.seq, args.decision, args.operator, note=args.note, part_id=args.part_id)
+        ack = client.send_verdict(args.seq, args.decision, args.operator, note=args.note, part_id=args.part_id,
+                                  boxes=boxes)
         print(ack.detail)
+    except ValidationError as exc:
+        print(f"adfm-appliance verdict: {exc.errors()[0]['msg']}", file=sys.stderr)
+        return EXIT_FAIL
     except StationError as exc:
         print(f"adfm-appliance verdict: {exc}", file=sys.stderr)
         return EXIT_FAIL

@@ -71,8 +71,8 @@ WHERE v.captured_at IS NULL AND v.station = ANY(%s) AND r.station = v.station AN
   AND r.first_stored
 """
 _VERDICT = """
-INSERT INTO verdicts (station, verdict_id, epoch, seq, part_id, decision, operator, note, at, client)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING
+INSERT INTO verdicts (station, verdict_id, epoch, seq, part_id, decision, operator, note, at, client, boxes)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING
 """
 
 
@@ -146,7 +146,8 @@ class Store:
                 out.results = row[0] if row else 0
             for v in verdicts:
                 cur = self.conn.execute(_VERDICT, (v.station or station, v.verdict_id, v.epoch, v.seq, v.part_id,
-                                                   v.decision, v.operator, v.note, v.at, v.client))
+                                                   v.decision, v.operator, v.note, v.at, v.client,
+                                                   json.dumps([b.model_dump() for b in v.boxes])))
                 out.verdicts += cur.rowcount
             if results or verdicts:
                 stations = sorted({r.station for r in results} | {v.station or station for v in verdicts})

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from importlib import resources
-from typing import Annotated
+from typing import Annotated, get_args
 from urllib.parse import urlencode
 
 import jinja2
@@ -22,13 +22,15 @@ import psycopg
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
 
+from adfm.schema import OperatorDecision
+
 from . import charts, queries
 from .auth import BasicAuth
 from .config import PlantConfig
 from .db import connect, require_current
 from .stations import StationError, fetch_image
 
-DECIDED = ("", "undecided", "confirmed_defect", "false_alarm", "skip")
+DECIDED = ("", "undecided", *get_args(OperatorDecision))
 
 
 class Pool:

@@ -82,3 +82,15 @@ def test_tail_status_and_verdict(station, capsys):
 def test_status_of_a_silent_station_fails_cleanly(capsys):
     assert main(["status", "--control", "tcp://127.0.0.1:9", "--timeout", "0.2"]) == 1
     assert "no reply" in capsys.readouterr().err
+
+
+def test_verdict_with_the_right_box(station, capsys):
+    station.part(verdict="fail")
+    common = ["--control", station.control_ep, "--timeout", "2", "--seq", "1", "--operator", "ben"]
+    assert main(["verdict", *common, "--decision", "defect_wrong_box"]) == 1
+    assert "needs the corrected box" in capsys.readouterr().err
+    assert main(["verdict", *common, "--decision", "defect_wrong_box", "--box", "1,2,3"]) == 1
+    assert "give four numbers X1,Y1,X2,Y2" in capsys.readouterr().err
+    assert main(["verdict", *common, "--decision", "defect_wrong_box", "--box", "10,12,1,2"]) == 0
+    v = station.journal.get(1).operator
+    assert (v.decision, v.operator, [b.xyxy for b in v.boxes]) == ("defect_wrong_box", "ben", [[1, 2, 10, 12]])

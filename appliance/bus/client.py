@@ -42,6 +42,7 @@ from pydantic import ValidationError
 from adfm.schema import (
     MAX_REPLAY_LIMIT,
     Ack,
+    Box,
     ErrorReply,
     ImageReply,
     ImageRequest,
@@ -391,12 +392,14 @@ class StationClient:
         *,
         part_id: str | None = None,
         epoch: str | None = None,
+        boxes: list[Box] | None = None,
     ) -> Ack:
         """Journal an operator's decision on result `seq`. Safe to call again after a timeout with
         the same `verdict_id`: the station stores it once.
 
         `part_id`/`epoch`: the part the operator saw (from its result). When omitted they are read
-        from the station now, for a decision taken on what the station holds at this moment."""
+        from the station now, for a decision taken on what the station holds at this moment.
+        `boxes`: the operator's corrected boxes in image pixels (`defect_wrong_box` needs them)."""
         if self.station is None:
             self.status()
         if part_id is None:
@@ -413,6 +416,7 @@ class StationClient:
             verdict_id=verdict_id or uuid.uuid4().hex,
             part_id=part_id,
             epoch=epoch if epoch is not None else (self.epoch or ""),
+            boxes=list(boxes or []),
         )
         reply = self.request(VerdictRequest(verdict=verdict))
         if not isinstance(reply, Ack):

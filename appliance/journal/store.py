@@ -821,7 +821,8 @@ class Journal:
             verdict = verdict.model_copy(update={"client": client})
         payload = verdict.model_dump_json()
         with self._sql(f"journaling verdict {verdict.verdict_id}"), self._write() as conn:
-            row = conn.execute("SELECT state, part_id FROM parts WHERE seq = ?", (verdict.seq,)).fetchone()
+            row = conn.execute("SELECT state, part_id, image_width, image_height FROM parts WHERE seq = ?",
+                               (verdict.seq,)).fetchone()
             if row is None or row[0] != "done":
                 raise JournalError(f"no inspected part with seq {verdict.seq} on station {self.station!r}")
             if verdict.part_id and verdict.part_id != row[1]:
@@ -829,6 +830,12 @@ class Journal:
                     f"verdict {verdict.verdict_id} is for part {verdict.part_id!r} but seq {verdict.seq} on "
                     f"station {self.station!r} is part {row[1]!r}: refused"
                 )
+            width, height = row[2], row[3]
+            outside = [b.xyxy for b in verdict.boxes if width and height and (b.x2 > width or b.y2 > height)]
+            if outside:
+                raise JournalError(
+                    f"verdict {verdict.verdict_id}: box {outside[0]} leaves part {row[1]!r}'s image "
+                    f"({width}×{height} px): refused, boxes are in that image's pixels")
             cur = conn.execute(
                 "INSERT OR IGNORE INTO operator_verdicts (verdict_id, seq, decision, operator, at, "
                 "verdict_json, received_wall, part_id, client) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",

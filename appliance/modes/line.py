@@ -112,6 +112,7 @@ class _Part:
     image: StoredImage | None = None  # its image file, once written
     storing: bool = False  # the image file is being written
     gate_score: float | None = None
+    gate_threshold: float | None = None
     gate_map: Any = None
     gate_bank: str = ""
     result: InspectionResult | None = None  # the line's decision
@@ -426,6 +427,7 @@ class LineController:
         part.gate_pending = False
         part.gate_score = scored.score
         part.gate_bank = scored.bank_sha256
+        part.gate_threshold = scored.threshold
         part.latency["gate"] = scored.ms
         if scored.error:
             self.health.problem("gate", scored.error)
@@ -616,7 +618,8 @@ class LineController:
             captured_at=utc(frame.captured_wall if frame is not None else part.trigger.at_wall),
             verdict=verdict, reason=reason, model=self.models.get(part.recipe.model), inference=inference,
             image=(part.image.path, part.image.width, part.image.height) if part.image is not None else ("", 0, 0),
-            gate_score=part.gate_score, gate_bank=part.gate_bank, latency=part.latency,
+            gate_score=part.gate_score, gate_threshold=part.gate_threshold, gate_bank=part.gate_bank,
+            latency=part.latency,
             problems=[f"minimal record: {part.disk_full}"] if part.disk_full else [],
             source=source, action=action, revision=revision, decided_at=utc(decided_wall),
             triggered_at=utc(part.trigger.at_wall), deadline_ms=part.recipe.deadline_ms, recipe=part.recipe.name,

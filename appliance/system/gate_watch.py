@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from adfm.schema import GateState, InspectionResult
+from adfm.schema import DECISION_TRAINING_LABEL, GateState, InspectionResult
 
 from ..config.station import GateSection
 from ..inspection.live_gate import GateSet, LiveGate
@@ -42,8 +42,8 @@ log = logging.getLogger(__name__)
 QUEUE_LIMIT = 10_000
 #: How often the thread looks for new verdicts and changed gate files.
 POLL_S = 1.0
-#: Verdicts that teach the gate: the operator's decision → the learner's call.
-LEARNS_FROM = {"false_alarm": "false_alarm", "confirmed_defect": "defect"}
+#: What a decision teaches the gate, read from the schema's one table of training labels.
+LEARNS_FROM = {"normal": "false_alarm", "anomalous": "defect"}
 CURSOR_FILE = "verdict_cursor.json"
 
 
@@ -239,7 +239,7 @@ class GateWatch:
     def _learn(self, path: Path, state: _Learning, verdict: Any) -> None:
         from adfm.runtime.gate_learning import LearningError
 
-        how = LEARNS_FROM.get(verdict.decision)
+        how = LEARNS_FROM.get(DECISION_TRAINING_LABEL.get(verdict.decision) or "")
         if how is None:
             return
         try:
