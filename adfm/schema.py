@@ -227,8 +227,27 @@ class ImageRequest(_Message):
     offset: int = Field(0, ge=0)
 
 
+#: what a model command asks: make a stored candidate the active model, go back to the previous active
+#: one, run a stored candidate in shadow beside the active model, or stop the shadow
+ModelAction = Literal["promote", "rollback", "shadow", "shadow_stop"]
+
+
+class ModelRequest(_Message):
+    """A model change on a running station (needs a key with the `model` role; journaled either way).
+
+    `model_id` names a model in the station's store (`adfm-appliance models`); `rollback` and
+    `shadow_stop` take none."""
+
+    type: Literal["model"] = "model"
+    action: ModelAction
+    model_id: str = Field("", max_length=MAX_NAME_CHARS)
+    #: who gave the command (journaled and published with the key that sent it)
+    operator: str = Field("", max_length=MAX_NAME_CHARS)
+
+
 ControlRequest = Annotated[
-    ReplayRequest | VerdictRequest | StatusRequest | ImageRequest | RecipeRequest, Field(discriminator="type")
+    ReplayRequest | VerdictRequest | StatusRequest | ImageRequest | RecipeRequest | ModelRequest,
+    Field(discriminator="type"),
 ]
 
 
@@ -270,7 +289,9 @@ _REQUEST = TypeAdapter(ControlRequest)
 _REPLY = TypeAdapter(ControlReply)
 
 
-def parse_request(data: bytes | str) -> ReplayRequest | VerdictRequest | StatusRequest | ImageRequest | RecipeRequest:
+def parse_request(
+    data: bytes | str,
+) -> ReplayRequest | VerdictRequest | StatusRequest | ImageRequest | RecipeRequest | ModelRequest:
     """Decode a control request; raises pydantic.ValidationError naming the bad field."""
     return _REQUEST.validate_json(data)
 
@@ -290,3 +311,9 @@ def status_topic(station: str) -> bytes:
 def verdict_topic(station: str) -> bytes:
     """Topic on which the appliance announces each newly journaled operator verdict."""
     return f"verdict.{station}".encode()
+
+
+def shadow_topic(station: str) -> bytes:
+    """Topic of shadow results: a candidate model's answers on parts the active model decided (never
+    acted on). Each message is `[topic, id, InspectionResult JSON]`, id the journal's shadow row id."""
+    return f"shadow.{station}".encode()

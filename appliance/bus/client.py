@@ -55,6 +55,7 @@ from adfm.schema import (
     VerdictRequest,
     parse_reply,
     result_topic,
+    shadow_topic,
     status_topic,
     verdict_topic,
 )
@@ -79,7 +80,16 @@ class JournalReplaced:
     new_epoch: str
 
 
-Event = InspectionResult | OperatorVerdict | StationStatus | JournalReplaced
+@dataclass(frozen=True)
+class ShadowResult:
+    """A candidate model's answer on a part, run in shadow (never acted on); `row_id` numbers it in the
+    station's journal. Delivered live to clients made with `shadow=True`."""
+
+    row_id: int
+    result: InspectionResult
+
+
+Event = InspectionResult | OperatorVerdict | StationStatus | JournalReplaced | ShadowResult
 
 
 class StationError(RuntimeError):
@@ -120,12 +130,14 @@ class StationClient:
         context: zmq.Context | None = None,
         epoch: str | None = None,
         page_size: int = 500,
+        shadow: bool = False,
     ) -> None:
         if from_seq is not None and from_seq < 1:
             raise ValueError(f"from_seq must be ≥ 1 or None, got {from_seq}")
         if not 1 <= page_size <= MAX_REPLAY_LIMIT:
             raise ValueError(f"page_size must be 1-{MAX_REPLAY_LIMIT}, got {page_size}")
         self.page_size = page_size
+        self.shadow = shadow  # also deliver shadow results (ShadowResult)
         self.publish_endpoint = publish
         self.control_endpoint = control
         self.curve = curve
@@ -171,6 +183,8 @@ class StationClient:
         self._secure(sub)
         for topic in self._topics:
             sub.setsockopt(zmq.SUBSCRIBE, topic)
+        if self.shadow:
+            sub.setsockopt(zmq.SUBSCRIBE, shadow_topic(self.station))
         sub.connect(self.publish_endpoint)
         self._sub = sub
         # Subscribed first, then asked: anything published meanwhile is either replayed or
@@ -244,8 +258,13 @@ class StationClient:
                 frames = self._sub.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if len(frames) == 3:  # anything else is not the bus's framing
-                self._on_message(frames[0], frames[2], out)
+            if len(frames) != 3:  # anything else is not the bus's framing
+                continue
+            if self.shadow and frames[0] == shadow_topic(self.station or ""):
+                with suppress(ValidationError, ValueError):
+                    out.append(ShadowResult(int(frames[1]), InspectionResult.model_validate_json(frames[2])))
+                continue
+            self._on_message(frames[0], frames[2], out)
 
     def receive(self, timeout_s: float | None = None) -> list[InspectionResult]:
         """Like `poll`, but only the results (the latest status stays in `last_status`)."""
