@@ -146,13 +146,14 @@ class ModelStore:
         becomes the active one."""
         source = Path(source)
         try:
+            if source.is_dir():
+                for entry in read_manifest(source).files:
+                    if Path(entry.path).name != entry.path or entry.path in (".", "..", MANIFEST_NAME):
+                        raise ModelStoreError(f"{source / MANIFEST_NAME}: file {entry.path!r} is not a plain file "
+                                              "name inside the model directory")
             manifest = load_model_dir(source, check_hashes=False)  # listed files present, right sizes
         except ManifestError as exc:
             raise ModelStoreError(f"{source}: {exc}") from exc
-        for entry in manifest.files:
-            if Path(entry.path).name != entry.path or entry.path in (".", "..", MANIFEST_NAME):
-                raise ModelStoreError(f"{source / MANIFEST_NAME}: file {entry.path!r} is not a plain file name "
-                                      "inside the model directory")
         model_id = check_model_id(manifest.model_id)
         final = self.root / model_id
         added = False
