@@ -17,7 +17,7 @@ from adfm.schema import InspectionResult, OperatorVerdict
 
 from .config import PlantConfig, StationSection
 from .db import connect, require_current
-from .stations import JournalReplaced, StationError, client_for
+from .stations import JournalReplaced, ShadowResult, StationError, client_for
 from .store import Store
 
 log = logging.getLogger("adfm.plant.collector")
@@ -27,6 +27,7 @@ log = logging.getLogger("adfm.plant.collector")
 class StationStats:
     results: int = 0
     verdicts: int = 0
+    shadow: int = 0
     images: int = 0
     epoch_changes: int = 0
     errors: list[str] = field(default_factory=list)
@@ -59,7 +60,8 @@ class StationFollower(threading.Thread):
             store.register(s.id, s.line, s.publish, s.control)
             cursor = store.cursor(s.id)
             from_seq = max(1, cursor.next_seq - opts.verdict_lookback)
-            client = client_for(s, from_seq=from_seq, epoch=cursor.epoch or None, timeout_s=opts.timeout_s)
+            client = client_for(s, from_seq=from_seq, epoch=cursor.epoch or None, timeout_s=opts.timeout_s,
+                                shadow=True)
             try:
                 client.connect()
                 log.info("%s: following from seq %d (epoch %s)", s.id, from_seq, cursor.epoch or "new")
@@ -73,6 +75,9 @@ class StationFollower(threading.Thread):
                     written = store.write(s.id, results, verdicts, client.epoch, client.next_seq)
                     self.stats.results += written.results
                     self.stats.verdicts += written.verdicts
+                    shadows = [(e.row_id, e.result) for e in events if isinstance(e, ShadowResult)]
+                    if shadows:
+                        self.stats.shadow += store.write_shadow(s.id, shadows)
                     if opts.copy_flagged_images:
                         self._copy_images(store, client, results)
             finally:
