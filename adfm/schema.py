@@ -245,8 +245,18 @@ class ModelRequest(_Message):
     operator: str = Field("", max_length=MAX_NAME_CHARS)
 
 
+class ShadowReplayRequest(_Message):
+    """Shadow results journaled from row id `from_id` on (they are published live only; a follower
+    that missed some, or was away, fetches them with this)."""
+
+    type: Literal["shadow_replay"] = "shadow_replay"
+    from_id: int = Field(ge=1)
+    limit: int = Field(500, ge=1, le=MAX_REPLAY_LIMIT)
+
+
 ControlRequest = Annotated[
-    ReplayRequest | VerdictRequest | StatusRequest | ImageRequest | RecipeRequest | ModelRequest,
+    ReplayRequest | VerdictRequest | StatusRequest | ImageRequest | RecipeRequest | ModelRequest
+    | ShadowReplayRequest,
     Field(discriminator="type"),
 ]
 
@@ -255,6 +265,21 @@ class ReplayReply(_Message):
     type: Literal["replay_reply"] = "replay_reply"
     results: list[InspectionResult]
     last_seq: int = Field(ge=0, description="the journal's newest seq when the reply was made")
+    more: bool = False
+    epoch: str = ""
+
+
+class ShadowEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    row_id: int = Field(ge=1, description="the shadow result's row id in the station's journal")
+    result: InspectionResult
+
+
+class ShadowReplayReply(_Message):
+    type: Literal["shadow_replay_reply"] = "shadow_replay_reply"
+    entries: list[ShadowEntry]
+    last_id: int = Field(ge=0, description="the journal's newest shadow row id when the reply was made")
     more: bool = False
     epoch: str = ""
 
@@ -282,7 +307,7 @@ class ErrorReply(_Message):
 
 
 ControlReply = Annotated[
-    ReplayReply | Ack | ErrorReply | StationStatus | ImageReply, Field(discriminator="type")
+    ReplayReply | Ack | ErrorReply | StationStatus | ImageReply | ShadowReplayReply, Field(discriminator="type")
 ]
 
 _REQUEST = TypeAdapter(ControlRequest)
@@ -291,12 +316,12 @@ _REPLY = TypeAdapter(ControlReply)
 
 def parse_request(
     data: bytes | str,
-) -> ReplayRequest | VerdictRequest | StatusRequest | ImageRequest | RecipeRequest | ModelRequest:
+) -> ReplayRequest | VerdictRequest | StatusRequest | ImageRequest | RecipeRequest | ModelRequest | ShadowReplayRequest:
     """Decode a control request; raises pydantic.ValidationError naming the bad field."""
     return _REQUEST.validate_json(data)
 
 
-def parse_reply(data: bytes | str) -> ReplayReply | Ack | ErrorReply | StationStatus | ImageReply:
+def parse_reply(data: bytes | str) -> ReplayReply | Ack | ErrorReply | StationStatus | ImageReply | ShadowReplayReply:
     return _REPLY.validate_json(data)
 
 

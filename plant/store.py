@@ -159,6 +159,12 @@ class Store:
                     "ELSE excluded.next_seq END", (station, epoch, next_seq))
         return out
 
+    def shadow_cursor(self, station: str, epoch: str) -> int:
+        """The first shadow row id of `station`'s journal `epoch` not stored yet."""
+        row = self.conn.execute("SELECT COALESCE(MAX(row_id), 0) FROM shadow_results WHERE station = %s AND epoch = %s",
+                                (station, epoch)).fetchone()
+        return int(row[0]) + 1 if row else 1
+
     def write_shadow(self, station: str, shadows: Iterable[tuple[int, InspectionResult]]) -> int:
         """Store shadow results ((journal row id, result) pairs); returns how many were new."""
         n = 0

@@ -50,6 +50,8 @@ from adfm.schema import (
     OperatorVerdict,
     ReplayReply,
     ReplayRequest,
+    ShadowReplayReply,
+    ShadowReplayRequest,
     StationStatus,
     StatusRequest,
     VerdictRequest,
@@ -438,6 +440,13 @@ class StationClient:
             raise StationError(f"verdict on seq {seq}: unexpected reply {reply.type!r}")
         return reply
 
+    def replay_shadow(self, from_id: int, limit: int = 500) -> ShadowReplayReply:
+        """Shadow results journaled from row id `from_id` on (one page; `more` says whether to ask again)."""
+        reply = self.request(ShadowReplayRequest(from_id=from_id, limit=limit))
+        if not isinstance(reply, ShadowReplayReply):
+            raise StationError(f"shadow replay: unexpected reply {reply.type!r}")
+        return reply
+
     def fetch_image(self, seq: int, kind: str = "image", epoch: str | None = None) -> tuple[bytes, str]:
         """A part's journaled image (or gate heat map) over the control socket: (bytes, media type).
         For dashboards on other machines; it comes in pages (the station keeps its replies small),
@@ -455,7 +464,7 @@ class StationClient:
             if len(data) >= reply.size:
                 return data, reply.media_type
 
-    def request(self, message) -> Ack | ReplayReply | StationStatus | ErrorReply | ImageReply:
+    def request(self, message) -> Ack | ReplayReply | StationStatus | ErrorReply | ImageReply | ShadowReplayReply:
         """Send one control request; retry on a fresh socket after each timeout. Raises
         StationError for an error reply, StationUnreachable / StationAuthError when none comes."""
         payload = message.model_dump_json().encode()

@@ -57,6 +57,9 @@ from adfm.schema import (
     RecipeRequest,
     ReplayReply,
     ReplayRequest,
+    ShadowEntry,
+    ShadowReplayReply,
+    ShadowReplayRequest,
     StationStatus,
     StatusRequest,
     VerdictRequest,
@@ -441,6 +444,10 @@ class ResultBus:
                 return self._recipe(request, pub, client)
             if isinstance(request, ModelRequest):
                 return self._model(request, pub, client)
+            if isinstance(request, ShadowReplayRequest):
+                entries, last, more = self.journal.shadow_replay(request.from_id, request.limit)
+                return ShadowReplayReply(entries=[ShadowEntry(row_id=i, result=r) for i, r in entries], last_id=last,
+                                         more=more, epoch=self.journal.epoch)
         except Exception as exc:  # a request must never take the bus down
             log.warning("control request failed: %s", exc)
             return ErrorReply(error=str(exc))

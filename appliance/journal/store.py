@@ -884,6 +884,23 @@ class Journal:
                                                           time.time()))
         return int(cur.lastrowid)
 
+    def shadow_replay(self, from_id: int, limit: int = 500) -> tuple[list[tuple[int, InspectionResult]], int, bool]:
+        """Shadow results from row id `from_id` on, oldest first: (entries, newest row id, more to
+        come). Bounded like a replay: at most `limit` entries and about REPLAY_MAX_BYTES of JSON."""
+        with self._sql("reading shadow results"):
+            conn = self._conn()
+            last = conn.execute("SELECT COALESCE(MAX(id), 0) FROM shadow_results").fetchone()[0]
+            rows = conn.execute("SELECT id, result_json FROM shadow_results WHERE id >= ? ORDER BY id LIMIT ?",
+                                (from_id, limit + 1)).fetchall()
+        out: list[tuple[int, InspectionResult]] = []
+        size = 0
+        for row_id, payload in rows[:limit]:
+            if out and size + len(payload) > REPLAY_MAX_BYTES:
+                break
+            size += len(payload)
+            out.append((row_id, InspectionResult.model_validate_json(payload).model_copy(update={"epoch": self.epoch})))
+        return out, last, len(out) < len(rows)
+
     def commands(self, limit: int = 1000) -> list[dict]:
         """The newest journaled commands, oldest first."""
         with self._sql("reading commands"):
