@@ -343,7 +343,10 @@ class LineController:
             self.active_recipe = event[1]
             log.info("recipe changed to %s", event[1])
         elif kind == "call":
-            event[1]()
+            try:
+                event[1]()
+            except Exception:
+                log.exception("a call in the deciding loop failed")
 
     def _recipe_for(self, trigger: LineTrigger) -> Recipe:
         if trigger.recipe_code:  # 0: the PLC selects none
