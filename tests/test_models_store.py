@@ -150,3 +150,28 @@ def test_guard_refuses_a_candidate_that_agrees_less_with_the_operators(tmp_path)
     outcome = promotion_guard(db, "B@2", "A@1", 5)
     assert not outcome.allowed
     assert "3/6" in outcome.detail and "6/6" in outcome.detail
+
+
+def test_a_station_starts_on_the_stores_active_model_and_free_run_refuses_live_switches(tmp_path):
+    from adfm.appliance.config.station import parse_config
+    from adfm.appliance.inspection.core import ModelInfo
+    from adfm.appliance.models.control import ModelCommandRefused, ModelControl, with_store_model
+    from adfm.schema import ModelRequest
+    from tests.appliance_fakes import station_dict
+
+    cfg = parse_config(station_dict(tmp_path))
+    assert with_store_model(cfg).model.dir == cfg.model.dir  # an empty store: the config's model
+    store = ModelStore.for_state_dir(cfg.journal_dir)
+    b_id, _ = store.add(make_rule_model(tmp_path / "b", 150))
+    assert with_store_model(cfg).model.dir == cfg.model.dir  # stored, not active: still the config's
+    state = store.state()
+    state.active = b_id
+    store.save(state)
+    assert with_store_model(cfg).model.dir == store.path(b_id)  # promoted before a restart
+
+    with Journal(cfg.journal_dir, "st1") as journal:
+        control = ModelControl(cfg, journal, store, active=ModelInfo("a@1", "multi-stage-v1", 1, 2), line=None)
+        for action in ("promote", "rollback", "shadow"):
+            with pytest.raises(ModelCommandRefused, match="needs line mode"):
+                control.handle(ModelRequest(action=action, model_id=b_id))
+    assert store.state().active == b_id  # nothing changed
