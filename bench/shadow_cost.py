@@ -129,7 +129,13 @@ def measure(a: argparse.Namespace) -> dict:
     sources: dict[str, int] = {}
     for r in firsts:
         sources[r.decision_source or "none"] = sources.get(r.decision_source or "none", 0) + 1
-    shutil.rmtree(tmp, ignore_errors=True)
+    decided_ids = {r.part_id for r in firsts}
+    t_first = min(triggers.values()) if triggers else 0.0
+    unwritten = sorted(round(t - t_first, 3) for pid, t in triggers.items() if pid not in decided_ids)
+    if unwritten:  # kept for a look: the journal, the PLC's log
+        print(f"triggers without a journaled decision at {unwritten} s; kept {tmp}", file=sys.stderr)
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
     return {
         "shadow": a.shadow,
         "loadavg_before": [round(x, 2) for x in load_before],
@@ -140,6 +146,8 @@ def measure(a: argparse.Namespace) -> dict:
         "latency_trigger_to_plc_write_ms": pct(plc_ms),
         "latency_trigger_to_decision_station_ms": pct(station_ms),
         "decision_sources": sources,
+        "triggers_without_a_journaled_decision_at_s": unwritten,
+        "parts_in_flight_at_end": counters.get("parts_in_flight"),
         "deadline_misses": counters.get("deadline_misses"),
         "loop_stall_ms_p99": counters.get("loop_stall_ms_p99"),
         "shadow_answered": counters.get("shadow_answered", 0),
