@@ -109,7 +109,10 @@ def measure(a: argparse.Namespace) -> dict:
             if time.monotonic() - t0 > a.parts / a.rate * 3 + 180:
                 raise SystemExit("the PLC stand-in did not finish presenting parts")
         end = time.monotonic() + 60
-        while (len(plc.result_writes()) < a.parts or service.line.controller.parts) and time.monotonic() < end:
+        # distinct seqs written, not writes: a result the link wrote again after a reconnect must not
+        # end the wait while the last trigger is still on its way to the station
+        while ((len({w["seq"] for w in plc.result_writes()}) < a.parts or service.line.controller.parts)
+               and time.monotonic() < end):
             time.sleep(0.2)
         counters = service.health.snapshot().counters
     finally:
