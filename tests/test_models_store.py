@@ -175,3 +175,50 @@ def test_a_station_starts_on_the_stores_active_model_and_free_run_refuses_live_s
             with pytest.raises(ModelCommandRefused, match="needs line mode"):
                 control.handle(ModelRequest(action=action, model_id=b_id))
     assert store.state().active == b_id  # nothing changed
+
+
+def test_models_cli_sends_model_commands_and_reports_refusals(tmp_path, capsys):
+    from adfm.appliance.bus.server import ResultBus
+    from adfm.appliance.cli import main
+    from adfm.schema import StationStatus
+
+    told: list[tuple[str, str, str]] = []
+
+    def on_model(r):
+        told.append((r.action, r.model_id, r.operator))
+        if r.model_id == "unknown@0":
+            raise ValueError("model 'unknown@0' is not in the store")
+        return f"{r.action} done"
+
+    with Journal(tmp_path / "j", "st1") as journal:
+        bus = ResultBus("st1", journal, lambda: StationStatus(station="st1", healthy=True),
+                        publish=["tcp://127.0.0.1:*"], control=["tcp://127.0.0.1:*"], plain_roles=("verdict", "model"))
+        bus.on_model = on_model
+        bus.start()
+        try:
+            ep = bus.bound["control"][0]
+            assert main(["models", "promote", "rule@1", "--control", ep, "--operator", "lee"]) == 0
+            assert "promote done (key 'local')" in capsys.readouterr().out
+            assert main(["models", "shadow-stop", "--control", ep]) == 0
+            assert main(["models", "promote", "unknown@0", "--control", ep]) == 1
+            assert "refused: model 'unknown@0' is not in the store" in capsys.readouterr().err
+            assert main(["models", "promote", "--control", ep]) == 1
+            assert "promote needs the model id" in capsys.readouterr().err
+            assert main(["models", "rollback"]) == 1
+            assert "give --control ENDPOINT" in capsys.readouterr().err
+        finally:
+            bus.stop()
+        rows = [(c["argument"], c["operator"], c["accepted"]) for c in journal.commands()]
+    assert told == [("promote", "rule@1", "lee"), ("shadow_stop", "", ""), ("promote", "unknown@0", "")]
+    assert rows == [("promote rule@1", "lee", True), ("shadow_stop", "", True), ("promote unknown@0", "", False)]
+
+
+def test_models_compare_without_shadow_results_says_so(tmp_path, capsys):
+    from adfm.appliance.cli import main
+    from tests.appliance_fakes import station_dict
+
+    cfg = tmp_path / "station.yaml"
+    cfg.write_text(yaml.safe_dump(station_dict(tmp_path)))
+    Journal(tmp_path / "state", "st1").close()
+    assert main(["models", "compare", "--config", str(cfg)]) == 1
+    assert "no shadow results yet" in capsys.readouterr().err
