@@ -222,3 +222,26 @@ def test_models_compare_without_shadow_results_says_so(tmp_path, capsys):
     Journal(tmp_path / "state", "st1").close()
     assert main(["models", "compare", "--config", str(cfg)]) == 1
     assert "no shadow results yet" in capsys.readouterr().err
+
+
+def test_late_parts_of_a_retired_model_are_dropped_not_run(tmp_path):
+    import time as _time
+
+    import numpy as np
+
+    from adfm.appliance.inspection.core import ModelInfo
+    from adfm.appliance.inspection.runner import VlmJob, VlmModel, VlmRunner
+    from adfm.appliance.inspection.worker import BackendSpec
+
+    m = VlmModel(ModelInfo("x@1", "multi-stage-v1", 1, 2), BackendSpec("unused:unused"))
+    skipped: list[str] = []
+    runner = VlmRunner({"old": m, "new": m}, lambda k, i: None, skipped.append, backlog=4)
+    now, img = _time.monotonic(), np.zeros((2, 2, 3), np.uint8)
+    for key, model, deadline in (("o-late", "old", now - 1), ("o-live", "old", now + 5), ("n-late", "new", now - 1)):
+        runner.submit(VlmJob(key, img, deadline, model))
+    runner.retired.add("old")
+    job, dropped = runner._pick()
+    assert job.key == "o-live"  # a part the old model can still decide in time keeps it
+    assert [j.key for j in dropped] == ["o-late"] and runner.dropped == 1
+    job, dropped = runner._pick()
+    assert job.key == "n-late" and dropped == []

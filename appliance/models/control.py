@@ -225,6 +225,9 @@ class ModelControl:
                 if cancelled:
                     return
                 controller.models[key] = vlm.info
+                line.runner.retired.discard(key)
+                if old_key is not None and old_key != key:  # its late parts no longer reload it
+                    line.runner.retired.add(old_key)
                 controller.recipes = {n: (replace(r, model=key) if r.model == old_key else r)
                                       for n, r in controller.recipes.items()}
                 controller.by_code = {r.code: r for r in controller.recipes.values() if r.code is not None}
