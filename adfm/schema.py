@@ -278,8 +278,37 @@ class ImageRequest(_Message):
     offset: int = Field(0, ge=0)
 
 
+#: what a model command asks: make a stored candidate the active model, go back to the previous active
+#: one, run a stored candidate in shadow beside the active model, or stop the shadow
+ModelAction = Literal["promote", "rollback", "shadow", "shadow_stop"]
+
+
+class ModelRequest(_Message):
+    """A model change on a running station (needs a key with the `model` role; journaled either way).
+
+    `model_id` names a model in the station's store (`adfm-appliance models`); `rollback` and
+    `shadow_stop` take none."""
+
+    type: Literal["model"] = "model"
+    action: ModelAction
+    model_id: str = Field("", max_length=MAX_NAME_CHARS)
+    #: who gave the command (journaled and published with the key that sent it)
+    operator: str = Field("", max_length=MAX_NAME_CHARS)
+
+
+class ShadowReplayRequest(_Message):
+    """Shadow results journaled from row id `from_id` on (they are published live only; a follower
+    that missed some, or was away, fetches them with this)."""
+
+    type: Literal["shadow_replay"] = "shadow_replay"
+    from_id: int = Field(ge=1)
+    limit: int = Field(500, ge=1, le=MAX_REPLAY_LIMIT)
+
+
 ControlRequest = Annotated[
-    ReplayRequest | VerdictRequest | StatusRequest | ImageRequest | RecipeRequest, Field(discriminator="type")
+    ReplayRequest | VerdictRequest | StatusRequest | ImageRequest | RecipeRequest | ModelRequest
+    | ShadowReplayRequest,
+    Field(discriminator="type"),
 ]
 
 
@@ -287,6 +316,21 @@ class ReplayReply(_Message):
     type: Literal["replay_reply"] = "replay_reply"
     results: list[InspectionResult]
     last_seq: int = Field(ge=0, description="the journal's newest seq when the reply was made")
+    more: bool = False
+    epoch: str = ""
+
+
+class ShadowEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    row_id: int = Field(ge=1, description="the shadow result's row id in the station's journal")
+    result: InspectionResult
+
+
+class ShadowReplayReply(_Message):
+    type: Literal["shadow_replay_reply"] = "shadow_replay_reply"
+    entries: list[ShadowEntry]
+    last_id: int = Field(ge=0, description="the journal's newest shadow row id when the reply was made")
     more: bool = False
     epoch: str = ""
 
@@ -314,19 +358,21 @@ class ErrorReply(_Message):
 
 
 ControlReply = Annotated[
-    ReplayReply | Ack | ErrorReply | StationStatus | ImageReply, Field(discriminator="type")
+    ReplayReply | Ack | ErrorReply | StationStatus | ImageReply | ShadowReplayReply, Field(discriminator="type")
 ]
 
 _REQUEST = TypeAdapter(ControlRequest)
 _REPLY = TypeAdapter(ControlReply)
 
 
-def parse_request(data: bytes | str) -> ReplayRequest | VerdictRequest | StatusRequest | ImageRequest | RecipeRequest:
+def parse_request(
+    data: bytes | str,
+) -> ReplayRequest | VerdictRequest | StatusRequest | ImageRequest | RecipeRequest | ModelRequest | ShadowReplayRequest:
     """Decode a control request; raises pydantic.ValidationError naming the bad field."""
     return _REQUEST.validate_json(data)
 
 
-def parse_reply(data: bytes | str) -> ReplayReply | Ack | ErrorReply | StationStatus | ImageReply:
+def parse_reply(data: bytes | str) -> ReplayReply | Ack | ErrorReply | StationStatus | ImageReply | ShadowReplayReply:
     return _REPLY.validate_json(data)
 
 
@@ -341,3 +387,9 @@ def status_topic(station: str) -> bytes:
 def verdict_topic(station: str) -> bytes:
     """Topic on which the appliance announces each newly journaled operator verdict."""
     return f"verdict.{station}".encode()
+
+
+def shadow_topic(station: str) -> bytes:
+    """Topic of shadow results: a candidate model's answers on parts the active model decided (never
+    acted on). Each message is `[topic, id, InspectionResult JSON]`, id the journal's shadow row id."""
+    return f"shadow.{station}".encode()

@@ -11,6 +11,7 @@
                                                           record an operator's decision
     adfm-appliance camera-probe URL                       try a camera the way the service opens it
     adfm-appliance gate history|undo --config station.yaml   the gate's lessons from operators; undo
+    adfm-appliance models [list|add|compare|shadow|promote|rollback]   the station's models (see models/cli.py)
 """
 
 from __future__ import annotations
@@ -83,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     plc_probe.add_arguments(sub.add_parser(
         "plc-probe", help="check a station's PLC link: read the trigger (pulse the reject only when asked)",
         description=plc_probe.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+
+    from .models import cli as models_cli
+
+    models_cli.add_arguments(sub.add_parser(
+        "models", help="the station's model store: list, add, compare a shadowed candidate, promote, roll back",
+        description=models_cli.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
 
     p = sub.add_parser("run", help="run the station service", description=(
         "Run the station: cameras → gate → model → journal → result bus, until SIGTERM/SIGINT. "
@@ -462,6 +469,11 @@ def main(argv: list[str] | None = None) -> int:
 
         _setup_logging("WARNING")
         return gate_cli.run(args)
+    if args.command == "models":
+        from .models import cli as models_cli
+
+        _setup_logging("WARNING" if args.log_level == "INFO" else args.log_level)
+        return models_cli.run(args)
     if args.command == "plc-probe":
         from .plc import probe as plc_probe
 

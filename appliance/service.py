@@ -39,6 +39,8 @@ from .journal.store import (
     RetentionPolicy,
     journal_summary,
 )
+from .models.control import ModelControl, with_store_model
+from .models.store import ModelStore
 from .modes.freerun import Camera, FreeRunStation
 from .modes.line_station import LineStation
 from .modes.outputs import Outputs
@@ -141,6 +143,7 @@ class Service:
         self._parts = 0
         self._verdicts: dict[str, int] = {}
         self._first_seq: int | None = None
+        self.model_control: ModelControl | None = None
 
     # ---- the mode's parts, by name (tests, tools, benchmarks) ------------------------------------
 
@@ -176,6 +179,8 @@ class Service:
 
     def start(self) -> None:
         """Check the model, open the journal, load references and gate, build the mode, start."""
+        config_model_dir = self.config.model.dir
+        self.config = with_store_model(self.config)  # a promoted model outlives a restart
         model, limits = self._check_model()
         self._open_journal()
         references = self._load_references(model)
@@ -186,12 +191,18 @@ class Service:
         self.mode = self._make_mode(model, limits, references, gate)
         self._make_gate_watch()
         assert self.bus is not None
+        self.model_control = ModelControl(
+            self.config, self.journal, ModelStore.for_state_dir(self.config.journal_dir), active=model,
+            line=self.line, backend=self._backend, publish=self.bus.shadow_publisher(), health=self.health,
+            config_model_dir=config_model_dir)
+        self.bus.on_model = self.model_control.handle
         self.bus.start()
         self._start_metrics()
         self._start_cameras()
         self.mode.start()
         if self.gate_watch is not None:
             self.gate_watch.start()
+        self.model_control.start()
         self._start_housekeeping()
         # Everything loaded so far lives as long as the service: keep it out of the garbage
         # collector's full passes, which otherwise stop every thread for tens of ms on a busy CPU.
@@ -295,7 +306,8 @@ class Service:
             verdict_counts=journal.counts(), last_seq=journal.last_seq,
             cameras=lambda: [c.status() for c in self.cameras.values()],
             worker=lambda: self.mode.worker_state() if self.mode is not None else (False, 0),
-            counters=lambda: self.mode.counters() if self.mode is not None else {},
+            counters=lambda: {**(self.mode.counters() if self.mode is not None else {}),
+                              **(self.model_control.counters() if self.model_control is not None else {})},
         )
 
     def _make_outputs(self) -> None:
@@ -512,6 +524,8 @@ class Service:
                     stop()
                 except Exception:
                     log.exception("camera stop failed")
+        if self.model_control is not None:
+            self.model_control.close()
         if self.mode is not None:
             self.mode.close()
         if self.gate_watch is not None:

@@ -160,6 +160,25 @@ class Store:
                     "ELSE excluded.next_seq END", (station, epoch, next_seq))
         return out
 
+    def shadow_cursor(self, station: str, epoch: str) -> int:
+        """The first shadow row id of `station`'s journal `epoch` not stored yet."""
+        row = self.conn.execute("SELECT COALESCE(MAX(row_id), 0) FROM shadow_results WHERE station = %s AND epoch = %s",
+                                (station, epoch)).fetchone()
+        return int(row[0]) + 1 if row else 1
+
+    def write_shadow(self, station: str, shadows: Iterable[tuple[int, InspectionResult]]) -> int:
+        """Store shadow results ((journal row id, result) pairs); returns how many were new."""
+        n = 0
+        with self.conn.transaction():
+            for row_id, r in shadows:
+                cur = self.conn.execute(
+                    "INSERT INTO shadow_results (station, epoch, row_id, seq, model_id, verdict, answer, reason, "
+                    "boxes, captured_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                    (r.station or station, r.epoch, row_id, r.seq, r.model_id, r.verdict, r.answer, r.reason,
+                     json.dumps([b.model_dump() for b in r.boxes]), r.captured_at))
+                n += cur.rowcount
+        return n
+
     def has_image(self, station: str, epoch: str, seq: int, kind: str = "image") -> bool:
         row = self.conn.execute("SELECT 1 FROM images WHERE station = %s AND epoch = %s AND seq = %s AND kind = %s",
                                 (station, epoch, seq, kind)).fetchone()

@@ -195,6 +195,28 @@ def create_app(config: PlantConfig, now=lambda: datetime.now(UTC)) -> FastAPI:
                                                               queries.HIST_BINS - 1))
         return page(request, "drift.jinja", f, who, hist=hist)
 
+    @app.get("/models", response_class=HTMLResponse)
+    def models(request: Request, who: User, f: Selected):
+        """Candidates in shadow: agreement with the active model and the operators, and the parts
+        where they disagree side by side (both answers, both boxes, the operators' verdict)."""
+        from . import shadow_compare
+
+        with pool.connection() as conn:
+            found = shadow_compare.candidates(conn, f)
+            chosen = request.query_params.get("candidate") or (found[0]["model_id"] if found else "")
+            report = shadow_compare.compare(conn, f, chosen) if chosen else None
+        figures, pairs = {}, []
+        if report is not None:
+            figures = report.to_json(max_disagreements=0)
+            for p in report.disagreements[-48:][::-1]:
+                c, a = p.candidate, p.active
+                pairs.append({"part": p, "station": c.station, "epoch": c.epoch,
+                              "candidate_overlay": charts.boxes_overlay([b.model_dump() for b in c.boxes],
+                                                                        c.image_width, c.image_height),
+                              "active_overlay": charts.boxes_overlay([b.model_dump() for b in a.boxes],
+                                                                     a.image_width, a.image_height)})
+        return page(request, "models.jinja", f, who, found=found, chosen=chosen, figures=figures, pairs=pairs)
+
     @app.get("/image/{station}/{epoch}/{seq}")
     def image(station: str, epoch: str, seq: int, who: User) -> Response:
         epoch = "" if epoch == "-" else epoch  # a station without journal epochs

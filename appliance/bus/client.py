@@ -51,11 +51,14 @@ from adfm.schema import (
     OperatorVerdict,
     ReplayReply,
     ReplayRequest,
+    ShadowReplayReply,
+    ShadowReplayRequest,
     StationStatus,
     StatusRequest,
     VerdictRequest,
     parse_reply,
     result_topic,
+    shadow_topic,
     status_topic,
     verdict_topic,
 )
@@ -80,7 +83,16 @@ class JournalReplaced:
     new_epoch: str
 
 
-Event = InspectionResult | OperatorVerdict | StationStatus | JournalReplaced
+@dataclass(frozen=True)
+class ShadowResult:
+    """A candidate model's answer on a part, run in shadow (never acted on); `row_id` numbers it in the
+    station's journal. Delivered live to clients made with `shadow=True`."""
+
+    row_id: int
+    result: InspectionResult
+
+
+Event = InspectionResult | OperatorVerdict | StationStatus | JournalReplaced | ShadowResult
 
 
 class StationError(RuntimeError):
@@ -121,12 +133,14 @@ class StationClient:
         context: zmq.Context | None = None,
         epoch: str | None = None,
         page_size: int = 500,
+        shadow: bool = False,
     ) -> None:
         if from_seq is not None and from_seq < 1:
             raise ValueError(f"from_seq must be ≥ 1 or None, got {from_seq}")
         if not 1 <= page_size <= MAX_REPLAY_LIMIT:
             raise ValueError(f"page_size must be 1-{MAX_REPLAY_LIMIT}, got {page_size}")
         self.page_size = page_size
+        self.shadow = shadow  # also deliver shadow results (ShadowResult)
         self.publish_endpoint = publish
         self.control_endpoint = control
         self.curve = curve
@@ -172,6 +186,8 @@ class StationClient:
         self._secure(sub)
         for topic in self._topics:
             sub.setsockopt(zmq.SUBSCRIBE, topic)
+        if self.shadow:
+            sub.setsockopt(zmq.SUBSCRIBE, shadow_topic(self.station))
         sub.connect(self.publish_endpoint)
         self._sub = sub
         # Subscribed first, then asked: anything published meanwhile is either replayed or
@@ -245,8 +261,13 @@ class StationClient:
                 frames = self._sub.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if len(frames) == 3:  # anything else is not the bus's framing
-                self._on_message(frames[0], frames[2], out)
+            if len(frames) != 3:  # anything else is not the bus's framing
+                continue
+            if self.shadow and frames[0] == shadow_topic(self.station or ""):
+                with suppress(ValidationError, ValueError):
+                    out.append(ShadowResult(int(frames[1]), InspectionResult.model_validate_json(frames[2])))
+                continue
+            self._on_message(frames[0], frames[2], out)
 
     def receive(self, timeout_s: float | None = None) -> list[InspectionResult]:
         """Like `poll`, but only the results (the latest status stays in `last_status`)."""
@@ -423,6 +444,13 @@ class StationClient:
             raise StationError(f"verdict on seq {seq}: unexpected reply {reply.type!r}")
         return reply
 
+    def replay_shadow(self, from_id: int, limit: int = 500) -> ShadowReplayReply:
+        """Shadow results journaled from row id `from_id` on (one page; `more` says whether to ask again)."""
+        reply = self.request(ShadowReplayRequest(from_id=from_id, limit=limit))
+        if not isinstance(reply, ShadowReplayReply):
+            raise StationError(f"shadow replay: unexpected reply {reply.type!r}")
+        return reply
+
     def fetch_image(self, seq: int, kind: str = "image", epoch: str | None = None) -> tuple[bytes, str]:
         """A part's journaled image (or gate heat map) over the control socket: (bytes, media type).
         For dashboards on other machines; it comes in pages (the station keeps its replies small),
@@ -440,7 +468,7 @@ class StationClient:
             if len(data) >= reply.size:
                 return data, reply.media_type
 
-    def request(self, message) -> Ack | ReplayReply | StationStatus | ErrorReply | ImageReply:
+    def request(self, message) -> Ack | ReplayReply | StationStatus | ErrorReply | ImageReply | ShadowReplayReply:
         """Send one control request; retry on a fresh socket after each timeout. Raises
         StationError for an error reply, StationUnreachable / StationAuthError when none comes."""
         payload = message.model_dump_json().encode()

@@ -15,7 +15,7 @@ The station admits exactly the public keys found in `clients/`; the file's name 
 the journal records with every verdict and command that key sends.
 
 Roles say what a key may ask of the station beyond reading: `verdict` (operator verdicts),
-`recipe` (product changeover) and `model` (reserved for model changes). A review terminal gets
+`recipe` (product changeover) and `model` (promote, roll back, shadow a model). A review terminal gets
 `verdict` only — the default for a key without a roles file — and a line controller `recipe`:
 changing what the line does needs a role given on purpose (`keys --admit NAME=FILE --roles recipe`).
 """

@@ -22,6 +22,7 @@ from adfm.config import ConfigError, StrictModel, validation_problems
 from adfm.protocol import PROMPT_VERSIONS
 
 from .line import LineSection, OpcUaSection, PlcSection, RecipeSection
+from .models import ModelsSection
 from .paths import resolve_path
 
 if TYPE_CHECKING:
@@ -264,6 +265,7 @@ class StationConfig(_Section):
     recipes: list[RecipeSection] = Field(default_factory=list)
     plc: PlcSection | None = None
     opcua: OpcUaSection | None = None
+    models: ModelsSection = Field(default_factory=ModelsSection, description="model store, shadow, promotion guard")
 
     _paths = field_validator("state_dir", mode="before")(resolve_path)
 

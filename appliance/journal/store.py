@@ -102,6 +102,15 @@ CREATE TABLE IF NOT EXISTS commands (
     accepted INTEGER NOT NULL,
     detail TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS shadow_results (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER NOT NULL,
+    model_id TEXT NOT NULL,
+    verdict TEXT NOT NULL,
+    result_json TEXT NOT NULL,
+    recorded_wall REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS shadow_by_model ON shadow_results (model_id, seq);
 """
 #: columns added after version 1 was first written; added on open to older files
 _ADDED_COLUMNS = {"operator_verdicts": (("part_id", "TEXT NOT NULL DEFAULT ''"),
@@ -881,6 +890,33 @@ class Journal:
         return {"id": cur.lastrowid, "station": self.station, "epoch": self.epoch, "at": at, "command": command,
                 "argument": argument, "client": client, "operator": operator, "accepted": accepted,
                 "detail": detail}
+
+    def record_shadow(self, result: InspectionResult) -> int:
+        """Journal a shadow result (a candidate model's answer on part `result.seq`, never acted on);
+        returns its row id, the number it is published under."""
+        payload = result.model_copy(update={"operator": None, "epoch": ""}).model_dump_json()
+        with self._sql(f"journaling the shadow result of seq {result.seq}"), self._write() as conn:
+            cur = conn.execute("INSERT INTO shadow_results (seq, model_id, verdict, result_json, recorded_wall) "
+                               "VALUES (?, ?, ?, ?, ?)", (result.seq, result.model_id, result.verdict, payload,
+                                                          time.time()))
+        return int(cur.lastrowid)
+
+    def shadow_replay(self, from_id: int, limit: int = 500) -> tuple[list[tuple[int, InspectionResult]], int, bool]:
+        """Shadow results from row id `from_id` on, oldest first: (entries, newest row id, more to
+        come). Bounded like a replay: at most `limit` entries and about REPLAY_MAX_BYTES of JSON."""
+        with self._sql("reading shadow results"):
+            conn = self._conn()
+            last = conn.execute("SELECT COALESCE(MAX(id), 0) FROM shadow_results").fetchone()[0]
+            rows = conn.execute("SELECT id, result_json FROM shadow_results WHERE id >= ? ORDER BY id LIMIT ?",
+                                (from_id, limit + 1)).fetchall()
+        out: list[tuple[int, InspectionResult]] = []
+        size = 0
+        for row_id, payload in rows[:limit]:
+            if out and size + len(payload) > REPLAY_MAX_BYTES:
+                break
+            size += len(payload)
+            out.append((row_id, InspectionResult.model_validate_json(payload).model_copy(update={"epoch": self.epoch})))
+        return out, last, len(out) < len(rows)
 
     def commands(self, limit: int = 1000) -> list[dict]:
         """The newest journaled commands, oldest first."""
