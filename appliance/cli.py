@@ -90,8 +90,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until-sources-end", action="store_true",
                    help="stop when every camera source is finished (non-looping replays)")
 
-    p = sub.add_parser("check", help="validate a station config and the files it names")
+    p = sub.add_parser("check", help="check a station before `run`: config, files, access, ports, model load; "
+                       "--probe: PLC and cameras", description=(
+        "Everything `run` would fail on, without starting the line: the config's form, the files it names, "
+        "that the service user can read and list them, that the ports are free, that every model (model.dir "
+        "and each recipe's) loads with the context and answer length it will get. With --probe, also the "
+        "PLC (connect, read the trigger) and one frame from each camera (a trigger fired for a camera that "
+        "waits for one). Each problem names the file, the key, what is wrong and how to fix it. Exit 0: "
+        "ready to run; 2: the config or what it names; 1: only a probe failed."))
     p.add_argument("--config", required=True, type=Path, metavar="FILE")
+    p.add_argument("--user", metavar="NAME", help="the service user whose access is checked "
+                   "(default: the unit's user adfm where it exists, else the one running check)")
+    p.add_argument("--probe", action="store_true", help="also reach the PLC and take a frame from each camera")
+    p.add_argument("--no-load", action="store_true", help="skip loading the model (quick; hashes still checked)")
     p.add_argument("--json", action="store_true", help="print the resolved config as JSON")
 
     p = sub.add_parser("demo", help="run a synthetic station with a tiny model trained on synthetic parts",
@@ -203,10 +214,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .config.station import ConfigError, load_config
+    from .config.station import ConfigError, read_config
 
     try:
-        config = load_config(args.config)
+        config = read_config(args.config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
@@ -214,21 +225,34 @@ def cmd_check(args: argparse.Namespace) -> int:
         from adfm.config import redact_secrets
 
         print(redact_secrets(config.model_dump_json(indent=2)))  # camera URLs name passwords
-    else:
-        from adfm.manifest import ManifestError
+        return EXIT_OK
+    from adfm.manifest import ManifestError
 
-        from .inspection.model_check import CACHE_NAME, verify_model_dir
+    from .inspection.model_check import CACHE_NAME, verify_model_dir
+    from .system.preflight import run_check
 
+    report = run_check(config, args.config, user=args.user, load=not args.no_load, probe=args.probe)
+    hashed = 0
+    if not report.problems:
         try:  # the full check: every file hashed, and the start-up cache refreshed
             manifest, hashed = verify_model_dir(config.model.dir, config.journal_dir / CACHE_NAME, full=True)
         except ManifestError as exc:
-            print(f"{args.config}: model.dir: {exc}", file=sys.stderr)
-            return EXIT_CONFIG
-        print(f"{args.config}: OK — station {config.station}, model {manifest.model_id} "
-              f"({manifest.prompt_version}) on {_placement(config.model)}, {len(config.cameras)} camera(s), "
-              f"journal in {config.journal_dir}, "
-              f"bus {', '.join(config.bus.publish)} / {', '.join(config.bus.control)}; "
-              f"{hashed} model file(s) hashed and matching")
+            report.problems.append(f"{args.config}: model.dir: {exc}; copy the exported directory again")
+    for note in report.notes:
+        print(f"note: {note}")
+    if not report.ok:
+        problems = report.problems + report.probe_problems
+        print(f"{args.config}: {len(problems)} problem(s) `run` would fail on:", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_CONFIG if report.problems else EXIT_FAIL
+    print(f"{args.config}: OK — station {config.station}, model {manifest.model_id} "
+          f"({manifest.prompt_version}) on {_placement(config.model)}, {len(config.cameras)} camera(s), "
+          f"journal in {config.journal_dir}, "
+          f"bus {', '.join(config.bus.publish)} / {', '.join(config.bus.control)}; "
+          f"{hashed} model file(s) hashed and matching")
+    for line in report.summary:
+        print(f"  {line}")
     return EXIT_OK
 
 
@@ -238,6 +262,40 @@ def _placement(model: ModelSection) -> str:
         return "the CPU"
     layers = "all layers" if model.n_gpu_layers == -1 else f"{model.n_gpu_layers} layers"
     return f"the GPU ({layers}, projector on the {'GPU' if model.projector_on_gpu else 'CPU'})"
+
+
+def _is_station_file(path: Path) -> bool:
+    """A station file (with `cameras`) rather than one camera's settings."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return False  # the camera probe's own reader says what is wrong
+    return isinstance(data, dict) and isinstance(data.get("cameras"), list)
+
+
+def _station_camera(path: Path, camera: str | None) -> dict | None:
+    """One camera of a station file, as the service would build it (relative paths from the file's
+    folder), or None after saying what is wrong."""
+    from .config.station import ConfigError, read_config
+
+    try:
+        config = read_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return None
+    ids = [c.id for c in config.cameras]
+    if camera is None and len(ids) > 1:
+        print(f"{path}: cameras: the station has {len(ids)} cameras ({', '.join(ids)}); choose one with --camera ID",
+              file=sys.stderr)
+        return None
+    if camera is not None and camera not in ids:
+        print(f"{path}: cameras: no camera with id {camera!r}; the station's cameras: {', '.join(ids)}",
+              file=sys.stderr)
+        return None
+    cam = next(c for c in config.cameras if c.id == (camera or ids[0]))
+    return cam.camera_config().model_dump()
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -435,7 +493,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "camera-probe":
         from adfm.camera import probe
 
-        return probe.run(args)
+        base = None
+        if args.config is not None and _is_station_file(args.config):
+            base = _station_camera(args.config, args.camera)
+            if base is None:
+                return EXIT_CONFIG
+        elif args.camera is not None:
+            print("camera-probe: --camera ID picks a camera of a station file (--config station.yaml)", file=sys.stderr)
+            return EXIT_CONFIG
+        return probe.run(args, base)
     if args.command == "gate":
         from .system import gate_cli
 
