@@ -6,7 +6,7 @@
     adfm-appliance keys --dir /etc/adfm/keys [--admit review=review.key]   station CURVE keys, admit clients
     adfm-appliance client-key --dir ~/.config/adfm/keys --name review   a client's own key pair
     adfm-appliance journal check|recover --config station.yaml   verify / mend the journal
-    adfm-appliance install [--print]                      the systemd unit and an example config
+    adfm-appliance install [--dry-run] [--root DIR]       the systemd unit and an example config
     adfm-appliance tail | status | verdict                follow a station's bus, ask its health,
                                                           record an operator's decision
     adfm-appliance camera-probe URL                       try a camera the way the service opens it
@@ -122,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
         "with `adfm-appliance client-key` on its machine and sends only NAME.key here."))
     p.add_argument("--dir", required=True, type=Path, metavar="DIR", help="key directory (e.g. /etc/adfm/keys)")
     p.add_argument("--admit", action="append", default=[], metavar="NAME=FILE",
-                   help="admit a client's public key file (repeatable), e.g. review=/tmp/review.key")
+                   help="admit a client's public key file (repeatable), e.g. review=review.key: a relative FILE is "
+                   "looked for in the working directory, then in --dir")
     p.add_argument("--operators", metavar="A,B", help="with one --admit: the operator names that key may sign "
                    "verdicts as (default: any, recorded with the key's name)")
     p.add_argument("--roles", metavar="A,B", help="with one --admit: what that key may do: verdict, recipe, "
@@ -147,10 +148,21 @@ def build_parser() -> argparse.ArgumentParser:
         "gate", help="what the line taught the screening gate; undo the last change",
         description="The gate's versions learned from operator verdicts (gate.learn), and undo."))
 
-    p = sub.add_parser("install", help="install the systemd unit and an example station config")
-    p.add_argument("--print", action="store_true", dest="print_only", help="print the unit, write nothing")
-    p.add_argument("--unit-dir", type=Path, default=Path("/etc/systemd/system"), metavar="DIR")
-    p.add_argument("--config-path", type=Path, default=Path("/etc/adfm/station.yaml"), metavar="FILE")
+    p = sub.add_parser("install", help="install the systemd unit and an example station config",
+                       description="Writes the systemd unit (/etc/systemd/system/adfm-appliance.service) and, "
+                       "when none is there, an example station config (/etc/adfm/station.yaml; an existing one is "
+                       "kept and the example written beside it), then verifies the unit and prints the next steps. "
+                       "See what it would do first with --dry-run.")
+    p.add_argument("--dry-run", action="store_true", help="say what would be written or removed, write nothing")
+    p.add_argument("--print", action="store_true", dest="print_only", help="print the unit (and GPU drop-in), "
+                   "write nothing")
+    p.add_argument("--root", type=Path, default=Path("/"), metavar="DIR",
+                   help="write under DIR instead of / (a system image, a scratch tree); the unit names the paths "
+                   "as the installed system sees them")
+    p.add_argument("--unit-dir", type=Path, default=Path("/etc/systemd/system"), metavar="DIR",
+                   help="where the unit goes (default /etc/systemd/system)")
+    p.add_argument("--config-path", type=Path, default=Path("/etc/adfm/station.yaml"), metavar="FILE",
+                   help="the station config the unit runs (default /etc/adfm/station.yaml)")
     p.add_argument("--user", default="adfm", help="system user the service runs as (default adfm)")
     p.add_argument("--bin-dir", metavar="DIR", help="folder holding adfm-appliance (default: this install's)")
     p.add_argument("--force", action="store_true", help="overwrite an existing station config")
@@ -375,7 +387,7 @@ def cmd_install(args: argparse.Namespace) -> int:
     from .system import install
 
     try:  # the GPU drop-in follows the station config in place
-        p = install.plan(args.unit_dir, args.config_path, args.user, args.bin_dir, force=args.force)
+        p = install.plan(args.unit_dir, args.config_path, args.user, args.bin_dir, force=args.force, root=args.root)
     except ConfigError as exc:
         print(f"adfm-appliance install: {exc}\n(fix the config, then run install again)", file=sys.stderr)
         return EXIT_CONFIG
@@ -385,13 +397,17 @@ def cmd_install(args: argparse.Namespace) -> int:
             print(f"\n# {p.gpu_dropin_path}\n{p.gpu_dropin_text}", end="")
         return EXIT_OK
     try:
-        done = install.install(p, force=args.force)
+        done = install.install(p, force=args.force, dry_run=args.dry_run)
     except OSError as exc:
-        print(f"adfm-appliance install: {exc} (run as root, or use --print)", file=sys.stderr)
+        print(f"adfm-appliance install: {exc} (run as root, see what it would do with --dry-run, or write "
+              "under a folder of yours with --root DIR)", file=sys.stderr)
         return EXIT_FAIL
-    ok, out = install.verify_unit(p.unit_path)
     for line in done:
         print(line)
+    if args.dry_run:
+        print("dry run: nothing written")
+        return EXIT_OK
+    ok, out = install.verify_unit(p.on_disk(p.unit_path))
     print(f"systemd-analyze verify: {'clean' if ok else 'PROBLEMS'}" + (f"\n{out}" if out else ""))
     print("next steps:")
     for step in p.steps():
