@@ -39,13 +39,19 @@ class RedactingFormatter(logging.Formatter):
         return redact_secrets(super().format(record))
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, verbose: int = 0) -> None:
+    """The station's log: `level` for adfm's own lines (DEBUG with -v), the chatty libraries
+    (asyncua, pymodbus) kept to what a station's log needs unless -v/-vv (system.logs)."""
+    from .system.logs import quiet_libraries
+
     # Under systemd, journald stamps each line itself.
     fmt = "%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM") else (
         "%(asctime)s %(levelname)s %(name)s: %(message)s")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(RedactingFormatter(fmt))
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
+    chosen = "DEBUG" if verbose else level
+    logging.basicConfig(level=getattr(logging, chosen.upper(), logging.INFO), handlers=[handler])
+    quiet_libraries(verbose)
 
 
 def _add_client_args(p: argparse.ArgumentParser, publish: bool) -> None:
@@ -63,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="adfm inspection appliance: run the station service and its tools.",
     )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more log: -v adfm's debug lines and the libraries' (asyncua, pymodbus) INFO, -vv all")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     from adfm.camera import probe
@@ -506,6 +514,16 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        return _dispatch(args)
+    except BrokenPipeError:  # `adfm-appliance status | head`: the reader has gone, nothing is wrong
+        from .system.logs import stdout_closed_quietly
+
+        stdout_closed_quietly()
+        return EXIT_OK
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "camera-probe":
         from adfm.camera import probe
 
@@ -526,10 +544,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "plc-probe":
         from .plc import probe as plc_probe
 
-        _setup_logging("ERROR")
+        _setup_logging("ERROR", args.verbose)
         return plc_probe.run(args)
     _setup_logging("WARNING" if args.command in ("demo", "tail", "status", "verdict") and args.log_level == "INFO"
-                   else args.log_level)
+                   else args.log_level, args.verbose)
     return COMMANDS[args.command](args)
 
 
