@@ -226,3 +226,11 @@ def test_probe_reaches_a_plc_and_names_the_recipes(scratch, capsys):
     assert code == 0, err
     assert f"PLC 127.0.0.1:{plc.port} unit 1, trigger discrete_input 0, result block at 100: reached in" in out
     assert "recipe housing-b (code 2): deadline 600 ms, fail-safe hold" in out
+
+
+def test_a_gate_that_does_not_open_is_named(scratch, capsys):
+    (scratch / "gate.onnx").write_bytes(b"not an onnx graph")
+    code, _, err, path = check(scratch, station(scratch, gate={"mode": "screen", "path": "gate.onnx"}), capsys)
+    assert code == 2
+    line = the_line(err, path, "gate.path")
+    assert f"cannot load the gate {scratch}/gate.onnx" in line and "fit the gate again" in line

@@ -305,6 +305,27 @@ def check_model_loads(cfg: StationConfig, source: str, loads: list[ModelLoad]) -
     return problems
 
 
+def check_gates(cfg: StationConfig, source: str) -> list[str]:
+    """Every gate the line may use, opened as `run` opens it (graph, metadata, hash)."""
+    gates = []
+    if cfg.gate.mode != "off" and cfg.gate.path is not None:
+        gates.append(("gate.path", cfg.gate.path))
+    gates += [(f"recipes.{i}.gate_path", r.gate_path) for i, r in enumerate(cfg.recipes)
+              if r.gate_path is not None and (r.gate_mode or cfg.gate.mode) != "off"]
+    problems = []
+    for key, path in gates:
+        if not path.is_file():
+            continue  # check_resources said so
+        try:
+            from adfm.runtime.gate import Gate
+
+            Gate.load(path)
+        except Exception as exc:  # ONNX Runtime's own errors are not one type
+            problems.append(f"{source}: {key}: cannot load the gate {path}: {exc}; copy the .onnx with its "
+                            "metadata file again, or fit the gate again (`adfm-train gate`)")
+    return problems
+
+
 # ---- probes ------------------------------------------------------------------------------------
 
 
@@ -382,6 +403,7 @@ def run_check(cfg: StationConfig, config_path: Path, *, user: str | None = None,
     loads = [] if model_problem else models_to_load(cfg)
     if load and loads:
         report.problems += check_model_loads(cfg, source, loads)
+    report.problems += check_gates(cfg, source)
     plc_line = ""
     if probe:
         if cfg.plc is not None:
