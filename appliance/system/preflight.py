@@ -264,20 +264,25 @@ class ModelLoad:
 
 
 def models_to_load(cfg: StationConfig) -> list[ModelLoad]:
-    """Every model the station may run with the limits it will run it with (model.dir first)."""
-    from adfm.manifest import read_manifest
+    """Every model the station may run with the limits it will run it with (model.dir first); a
+    model whose manifest or limits are wrong is left out (check_resources names it)."""
+    from adfm.manifest import ManifestError, read_manifest
 
-    loads: dict[Path, ModelLoad] = {}
+    loads: dict[Path, ModelLoad | None] = {}
     dirs = [("model.dir", cfg.model.dir, None)] + [
         (f"recipes.{i}.model_dir", r.model_dir or cfg.model.dir, r.name) for i, r in enumerate(cfg.recipes)]
     for key, d, recipe in dirs:
         if d not in loads:
-            limits = model_limits(cfg, read_manifest(d))
-            loads[d] = ModelLoad(key, d, [], limits.n_ctx, limits.max_tokens,
-                                 cfg.model.n_ctx is None or cfg.model.max_tokens is None)
-        if recipe is not None:
-            loads[d].recipes.append(recipe)
-    return list(loads.values())
+            try:
+                limits = model_limits(cfg, read_manifest(d))
+            except (ManifestError, OSError):
+                limits = None
+            loads[d] = None if limits is None or limits.problems else ModelLoad(
+                key, d, [], limits.n_ctx, limits.max_tokens, cfg.model.n_ctx is None or cfg.model.max_tokens is None)
+        load = loads[d]
+        if recipe is not None and load is not None:
+            load.recipes.append(recipe)
+    return [ld for ld in loads.values() if ld is not None]
 
 
 def check_model_loads(cfg: StationConfig, source: str, loads: list[ModelLoad]) -> list[str]:
@@ -399,10 +404,11 @@ def run_check(cfg: StationConfig, config_path: Path, *, user: str | None = None,
         if cam.kind == "v4l2" and not Path(cam.location).exists():
             report.problems.append(f"{source}: cameras.{i}.url: {cam.location} does not exist; `ls /dev/video*` "
                                    "lists the V4L2 devices (`v4l2-ctl --list-devices` says which is which)")
-    model_problem = any(": model.dir:" in p or ".model_dir:" in p or ": model.n_ctx:" in p for p in report.problems)
-    loads = [] if model_problem else models_to_load(cfg)
-    if load and loads:
+    loads = models_to_load(cfg)
+    if load and loads and not report.problems:  # a broken config would only fail the load again
         report.problems += check_model_loads(cfg, source, loads)
+    elif load and loads:
+        report.notes.append("the model was not loaded: fix the problems below first")
     report.problems += check_gates(cfg, source)
     plc_line = ""
     if probe:
