@@ -539,7 +539,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "gate":
         from .system import gate_cli
 
-        _setup_logging("WARNING")
+        _setup_logging("WARNING", args.verbose)
         return gate_cli.run(args)
     if args.command == "plc-probe":
         from .plc import probe as plc_probe
