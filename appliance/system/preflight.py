@@ -157,6 +157,15 @@ def _access_needs(cfg: StationConfig, config_path: Path) -> list[tuple[str, Path
         out += [(key, d / e.path, "r", f"the model's {e.role} file") for e in manifest.files]
     if cfg.gate.mode != "off" and cfg.gate.path is not None:
         out.append(("gate.path", cfg.gate.path, "r", "the gate model"))
+        learn = cfg.gate.learn
+        if learn is not None:
+            out.append(("gate.learn.calibration_normal", learn.calibration_normal, "rx", "the calibration images"))
+            if learn.calibration_anomalous is not None:
+                out.append(("gate.learn.calibration_anomalous", learn.calibration_anomalous, "rx",
+                            "the calibration images"))
+            store = learn.store or cfg.gate.path.with_suffix(".learning")
+            # the store, or the folder it is made in: the gate's versions are written as the line learns
+            out.append(("gate.learn.store", store if store.exists() else store.parent, "rwx", "the learning store"))
     out += [(f"recipes.{i}.gate_path", r.gate_path, "r", "the recipe's gate model")
             for i, r in enumerate(cfg.recipes) if r.gate_path is not None]
     out += [(f"products.{i}.reference", p.reference, "r", "the reference image")
