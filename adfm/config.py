@@ -75,7 +75,7 @@ def key_path(loc: tuple[Any, ...]) -> str:
 
 
 #: pydantic error types that mean "a value of the wrong type": the field's description says what fits
-_TYPE_ERRORS = ("_type", "_parsing", "literal_error", "enum")
+_TYPE_ERRORS = ("_type", "_parsing")
 
 
 def _model_in(annotation: Any) -> type[BaseModel] | None:
@@ -104,6 +104,21 @@ def _section_at(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> type[Bas
     return model
 
 
+_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "text"}
+
+
+def _in_words(annotation: Any) -> str:
+    """A field's type as a config's reader says it: `int | None` → 'an integer (or leave it out)'."""
+    args = get_args(annotation)
+    optional = type(None) in args
+    kinds = [a for a in args if a is not type(None)] if args and get_origin(annotation) in (Union, types.UnionType) \
+        else [annotation]
+    words = " or ".join("a mapping of keys" if isinstance(k, type) and issubclass(k, BaseModel)
+                        else _WORDS.get(k, getattr(k, "__name__", None) or str(k).replace("typing.", ""))
+                        for k in kinds)
+    return words + (" (or leave it out)" if optional else "")
+
+
 def _hint(model: type[BaseModel] | None, err: dict[str, Any]) -> str:
     """How to fix one error: the key meant for a misspelt one, what a field takes for a wrong type."""
     loc = tuple(err["loc"])
@@ -124,8 +139,7 @@ def _hint(model: type[BaseModel] | None, err: dict[str, Any]) -> str:
         field = section.model_fields.get(str(loc[-1])) if section is not None and isinstance(loc[-1], str) else None
         if field is not None:
             what = field.description or ""
-            ann = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
-            return f"; {loc[-1]} takes {ann}" + (f": {what}" if what else "")
+            return f"; {loc[-1]} takes {_in_words(field.annotation)}" + (f": {what}" if what else "")
     return ""
 
 

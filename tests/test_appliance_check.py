@@ -97,7 +97,7 @@ def test_mistake_2_value_of_the_wrong_type(scratch, capsys):
     code, _, err, path = check(scratch, station(scratch, model={"dir": "model", "n_ctx": "large"}), capsys)
     assert code == 2
     line = the_line(err, path, "model.n_ctx")
-    assert "valid integer" in line and "(got 'large')" in line and "n_ctx takes int" in line
+    assert "valid integer" in line and "(got 'large')" in line and "n_ctx takes an integer (or leave it out)" in line
 
 
 def test_mistake_3_missing_model(scratch, capsys):
