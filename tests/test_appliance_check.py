@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -234,3 +235,26 @@ def test_a_gate_that_does_not_open_is_named(scratch, capsys):
     assert code == 2
     line = the_line(err, path, "gate.path")
     assert f"cannot load the gate {scratch}/gate.onnx" in line and "fit the gate again" in line
+
+
+def test_keys_the_service_user_cannot_read(scratch, capsys):
+    if os.geteuid() != 0:
+        pytest.skip("checking access as another user needs root")
+    assert main(["client-key", "--dir", str(scratch / "laptop"), "--name", "review"]) == 0
+    assert main(["keys", "--dir", str(scratch / "keys"), "--admit", f"review={scratch}/laptop/review.key"]) == 0
+    (scratch / "state").mkdir()
+    for folder in ("state", "drop"):
+        shutil.chown(scratch / folder, "nobody")
+    curve = {"server_secret": "keys/server.key_secret", "authorized_clients": "keys/clients"}
+    cfg = station(scratch)
+    cfg["bus"]["curve"] = curve
+    code, _, err, path = check(scratch, cfg, capsys, "--user", "nobody")
+    assert code == 2
+    line = the_line(err, path, "bus.curve.server_secret")
+    assert "the service user nobody (uid 65534) cannot use the station's secret key" in line
+    assert f"chgrp nogroup {scratch}/keys/server.key_secret && chmod g+r" in line
+    # README's step: the key folder to the service user's group, group-readable
+    subprocess.run(["chown", "-R", "root:nogroup", str(scratch / "keys")], check=True)
+    subprocess.run(["chmod", "-R", "g+rX,o-rwx", str(scratch / "keys")], check=True)
+    code, _, err, _ = check(scratch, cfg, capsys, "--user", "nobody")
+    assert code == 0, err
