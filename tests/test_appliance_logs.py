@@ -27,7 +27,7 @@ from adfm.camera.capture_thread import CameraWorker
 from adfm.camera.config import CameraConfig
 from adfm.camera.errors import SourceError
 from adfm.camera.source import FrameSource
-from tests.appliance_fakes import FACTORY, frame, write_script
+from tests.appliance_fakes import FACTORY, BusStation, frame, write_script
 from tests.camera_support import write_video
 from tests.line_support import Plc, free_port, line_config
 
@@ -124,14 +124,20 @@ def test_llama_cpp_qwen_vl_image_token_advice_is_debug_not_a_warning(caplog):
     assert levels == [(logging.DEBUG, "clip_model_loader: Q"), (logging.WARNING, "llama_context: n_ctx")]
 
 
-def test_status_piped_to_a_reader_that_leaves_ends_without_a_traceback():
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "adfm.appliance.cli", "install", "--print"], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    assert proc.stdout is not None and proc.stderr is not None
-    proc.stdout.close()  # `| head` that has read enough
-    err = proc.stderr.read().decode()
-    assert proc.wait(30) == 0 and "Traceback" not in err and "BrokenPipeError" not in err, err
+def test_status_piped_to_a_reader_that_leaves_ends_without_a_traceback(tmp_path):
+    """`adfm-appliance status | head`: the reader closes the pipe before the status is printed."""
+    station = BusStation(tmp_path)
+    try:
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        proc = subprocess.Popen([sys.executable, "-m", "adfm.appliance.cli", "status", "--control", station.control_ep],
+                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()  # `| head` that has read enough (here: before anything came)
+        err = proc.stderr.read().decode()
+        assert proc.wait(30) == 0, err
+    finally:
+        station.close()
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
 
 
 def test_log_budget_of_a_line_station_with_opc_ua(tmp_path):
