@@ -407,6 +407,11 @@ def run_check(cfg: StationConfig, config_path: Path, *, user: str | None = None,
         return report
     if note:
         report.notes.append(note)
+    if not who.is_me and os.geteuid() != 0:  # taking another user's ids needs root
+        me = pwd.getpwuid(os.geteuid()).pw_name
+        report.notes.append(f"access checked as {me}, not as the service user {who.name}: run check as root "
+                            "(sudo) to check it as the service user")
+        who = ServiceUser(me, os.geteuid(), os.getegid(), tuple(os.getgroups()))
     report.problems += check_access(cfg, config_path, who, source)
     report.problems += check_ports(cfg, source)
     for i, cam in enumerate(cfg.cameras):
