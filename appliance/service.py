@@ -46,6 +46,7 @@ from .modes.line_station import LineStation
 from .modes.outputs import Outputs
 from .system.gate_watch import GateWatch
 from .system.health import Health, Metrics
+from .system.logs import part_line
 from .system.notify import SystemdNotifier
 from .system.priority import lower_this_thread
 
@@ -385,10 +386,12 @@ class Service:
         """Count the result; keep only the last SUMMARY_RESULTS (the journal has every one)."""
         self._results.append(result)
         if result.revision:  # a line's later verdict on a part already counted
+            log.debug("revision %d of %s", result.revision, part_line(result))
             if self.on_result is not None:
                 self.on_result(result)
             return
         self._parts += 1
+        log.info("%s", part_line(result))
         self._verdicts[result.verdict] = self._verdicts.get(result.verdict, 0) + 1
         if self._first_seq is None:
             self._first_seq = result.seq
@@ -466,8 +469,9 @@ class Service:
             try:
                 self.start()
                 assert self.mode is not None and self.health is not None
+                kind = "line mode" if self.line is not None else "free-run"
+                log.info("station %s running (%s)", self.config.station, kind)
                 if self.health.pipeline_ok():
-                    kind = "line mode" if self.line is not None else "free-run"
                     self.notifier.ready(f"station {self.config.station} running ({kind})")
                 self.tick()
                 self.mode.recover()

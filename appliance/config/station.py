@@ -274,11 +274,14 @@ class StationConfig(_Section):
         ids = [c.id for c in self.cameras]
         dup = sorted({i for i in ids if ids.count(i) > 1})
         if dup:
-            raise ValueError(f"camera ids must be unique; repeated: {', '.join(dup)}")
+            where = "; ".join(f"{d} in " + " and ".join(f"cameras.{i}.id" for i, c in enumerate(ids) if c == d)
+                              for d in dup)
+            raise ValueError(f"cameras: camera ids must be unique; repeated: {where}; give each camera its own id "
+                             "(results, status and line.camera name cameras by id)")
         names = [p.name for p in self.products]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
-            raise ValueError(f"product names must be unique; repeated: {', '.join(dup)}")
+            raise ValueError(f"products: product names must be unique; repeated: {', '.join(dup)}")
         for cam in self.cameras:
             if cam.product is not None and cam.product not in names:
                 known = ", ".join(names) or "none defined"
@@ -352,7 +355,7 @@ def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = No
     try:
         return StationConfig.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
-        raise _invalid(validation_problems(source, exc)) from None
+        raise _invalid(validation_problems(source, exc, StationConfig)) from None
 
 
 def read_config(path: str | Path) -> StationConfig:
@@ -417,20 +420,28 @@ def model_limits(config: StationConfig, manifest: ModelManifest, source: str = "
     return ModelLimits(n_ctx=n_ctx, max_tokens=max_tokens, problems=problems)
 
 
+#: how to fix a model directory that is missing or not an export
+MODEL_DIR_FIX = "point it at a model directory written by `adfm-export` (manifest.json, the GGUF model, its mmproj)"
+
+
 def check_resources(config: StationConfig, source: str = "<config>") -> list[str]:
-    """What the config points at, checked: every problem as 'source: key: why' (empty: all fine)."""
+    """What the config points at, checked: every problem as 'source: key: why; how to fix' (empty: all fine).
+
+    Every model the line may run — model.dir and each recipe's model_dir — is checked with the
+    limits (context, answer length) it will run with."""
     from adfm.manifest import ManifestError, read_manifest
 
     problems: list[str] = []
     try:
         manifest = read_manifest(config.model.dir) if config.model.dir.is_dir() else None
         if manifest is None:
-            problems.append(f"{source}: model.dir: {config.model.dir} is not a directory")
+            problems.append(f"{source}: model.dir: {config.model.dir} is not a directory; {MODEL_DIR_FIX}")
         else:
             for role in ("model", "mmproj"):
                 entry = manifest.file(role)
                 if not (config.model.dir / entry.path).is_file():
-                    problems.append(f"{source}: model.dir: {config.model.dir / entry.path} ({role}) is missing")
+                    problems.append(f"{source}: model.dir: {config.model.dir / entry.path} ({role}) is missing; "
+                                    "copy the whole exported directory again")
             pv = config.model.prompt_version
             if pv is not None and pv != manifest.prompt_version:
                 problems.append(
@@ -439,7 +450,7 @@ def check_resources(config: StationConfig, source: str = "<config>") -> list[str
                 )
             problems += model_limits(config, manifest, source).problems
     except ManifestError as exc:
-        problems.append(f"{source}: model.dir: {exc}")
+        problems.append(f"{source}: model.dir: {exc}; {MODEL_DIR_FIX}")
     problems += _check_gpu(config.model, source)
     for i, product in enumerate(config.products):
         if product.reference is not None:
@@ -452,15 +463,13 @@ def check_resources(config: StationConfig, source: str = "<config>") -> list[str
                 problems.append(f"{source}: gate.learn.{key}: {folder} is not a directory (the gate's calibration "
                                 "images, kept from its training, set the threshold again as the line learns)")
     if config.gate.mode != "off" and config.gate.path is not None and not config.gate.path.is_file():
-        problems.append(f"{source}: gate.path: {config.gate.path} not found")
+        problems.append(f"{source}: gate.path: {config.gate.path} not found; point it at the .onnx file "
+                        "`adfm-train gate` wrote, or set gate.mode: \"off\"")
     for i, recipe in enumerate(config.recipes):
         if recipe.gate_path is not None and not recipe.gate_path.is_file():
             problems.append(f"{source}: recipes.{i}.gate_path: {recipe.gate_path} not found")
-        if recipe.model_dir is not None:
-            try:
-                read_manifest(recipe.model_dir)
-            except ManifestError as exc:
-                problems.append(f"{source}: recipes.{i}.model_dir: {exc}")
+        if recipe.model_dir is not None and recipe.model_dir != config.model.dir:
+            problems += _check_recipe_model(config, i, source)
     if config.bus.curve is not None:
         from ..bus.keys import CurveKeyError, load_server_curve
 
@@ -470,7 +479,8 @@ def check_resources(config: StationConfig, source: str = "<config>") -> list[str
             problems.append(f"{source}: bus.curve: {exc}")
     for i, cam in enumerate(config.cameras):
         if cam.kind in ("folder", "replay") and not cam.path.exists():
-            problems.append(f"{source}: cameras.{i}.url: {cam.path} does not exist")
+            problems.append(f"{source}: cameras.{i}.url: {cam.path} does not exist; create it or correct the path "
+                            "(relative paths are read from the config file's folder)")
         if cam.kind == "aravis":
             from adfm.camera.aravis import aravis_available
 
@@ -486,6 +496,28 @@ def check_resources(config: StationConfig, source: str = "<config>") -> list[str
     except OSError as exc:
         problems.append(f"{source}: state_dir: cannot create {config.state_dir}: {exc.strerror or exc}")
     return problems
+
+
+def _check_recipe_model(config: StationConfig, i: int, source: str) -> list[str]:
+    """A recipe's own model: an export, runnable with the limits the config leaves it."""
+    from adfm.manifest import ManifestError, read_manifest
+
+    recipe = config.recipes[i]
+    assert recipe.model_dir is not None
+    key = f"{source}: recipes.{i}.model_dir"
+    if not recipe.model_dir.is_dir():
+        return [f"{key}: {recipe.model_dir} is not a directory (recipe {recipe.name!r}); {MODEL_DIR_FIX}, "
+                "or leave model_dir out to use model.dir"]
+    try:
+        manifest = read_manifest(recipe.model_dir)
+    except ManifestError as exc:
+        return [f"{key}: {exc} (recipe {recipe.name!r}); {MODEL_DIR_FIX}, or leave model_dir out to use model.dir"]
+    problems = [f"{key}: {recipe.model_dir / manifest.file(role).path} ({role}) is missing; copy the whole "
+                "exported directory again" for role in ("model", "mmproj")
+                if not (recipe.model_dir / manifest.file(role).path).is_file()]
+    limits = model_limits(config, manifest, f"{source}: recipes.{i}.model_dir ({recipe.name})")
+    return problems + [p.replace(f"({recipe.name}): model.", f"({recipe.name}): the config's model.")
+                       for p in limits.problems]
 
 
 def _check_gpu(model: ModelSection, source: str) -> list[str]:

@@ -16,6 +16,7 @@ Two levels of health:
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -25,6 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from adfm.schema import CameraStatus, GateState, InspectionResult, StationStatus
+
+from .logs import restate
+
+log = logging.getLogger(__name__)
 
 STAGES = ("capture", "journal", "journal_wait", "gate", "resize", "vlm", "model", "parse", "complete", "publish",
           "total", "trigger_to_frame", "trigger_to_decision")
@@ -62,6 +67,7 @@ class Health:
         self._done_at: deque[float] = deque(maxlen=100_000)
         self._counts: dict[str, int] = dict(verdict_counts or {})
         self._problems: dict[str, str] = {}
+        self._raised: dict[str, tuple[float, int]] = {}  # alarm → (raised at, times reported since)
         self._started = time.monotonic()
         self._heartbeat = time.monotonic()
         self._last_seq = last_seq or (lambda: 0)
@@ -86,13 +92,26 @@ class Health:
                 self._latency[stage].append(float(ms))
 
     def problem(self, key: str, text: str) -> None:
-        """Raise (or update) a standing problem, e.g. key 'camera.cam0' or 'journal'."""
+        """Raise (or update) a standing problem, e.g. key 'camera.cam0' or 'journal'. The log says it
+        once when raised, then again only at the 10th, 100th … report, with the count."""
+        now = time.monotonic()
         with self._lock:
             self._problems[key] = text
+            since, n = self._raised.get(key, (now, 0))
+            self._raised[key] = (since, n + 1)
+        if n == 0:
+            log.warning("alarm %s: %s", key, text)
+        elif restate(n + 1):
+            log.warning("alarm %s still raised (%d reports in %.0f s): %s", key, n + 1, now - since, text)
+        else:
+            log.debug("alarm %s: %s", key, text)
 
     def clear(self, key: str) -> None:
         with self._lock:
-            self._problems.pop(key, None)
+            text = self._problems.pop(key, None)
+            since, n = self._raised.pop(key, (0.0, 0))
+        if text is not None:
+            log.info("alarm %s cleared after %.0f s (%d report(s); last: %s)", key, time.monotonic() - since, n, text)
 
     def heartbeat(self) -> None:
         """The main loop is alive (called every loop turn and while waiting on the model)."""
