@@ -138,9 +138,12 @@ def test_pending_parts_are_finished_at_start(tmp_path):
 
 
 def test_screen_gate_passes_unsuspicious_parts_without_the_model(tmp_path, monkeypatch):
-    class FakeGate:
+    class FakeGate:  # the parts of adfm.runtime.gate.Gate the station uses
+        threshold, bank_sha256 = 0.5, None
+        metadata = types.SimpleNamespace(training={}, model={})
+
         @classmethod
-        def load(cls, path):
+        def load(cls, path, threads=None):
             return cls()
 
         def score(self, image):
@@ -152,7 +155,8 @@ def test_screen_gate_passes_unsuspicious_parts_without_the_model(tmp_path, monke
         Image.fromarray((result.heatmap * 255).astype(np.uint8)).save(path)
 
     monkeypatch.setitem(sys.modules, "adfm.runtime.gate",
-                        types.SimpleNamespace(Gate=FakeGate, save_heatmap=save_heatmap))
+                        types.SimpleNamespace(Gate=FakeGate, save_heatmap=save_heatmap, GateError=RuntimeError,
+                                              metadata_path=lambda p: Path(p).with_suffix(".json")))
     gate_file = tmp_path / "gate.onnx"
     gate_file.write_bytes(b"onnx")
     script = write_script(tmp_path / "script.json", ["yes"])

@@ -222,7 +222,7 @@ def test_drift_alarm_on_a_lighting_change_and_none_on_a_steady_run(tmp_path, tmp
             assert problems and "KS D" in problems[0] and not status.healthy
             st.service.write_metrics()
             prom = (tmp_path / "metrics" / "adfm.prom").read_text()
-            assert 'adfm_gate_drift_raised{station="st1",recipe="default"} 1.0' in prom
+            assert 'adfm_gate_drift_raised{recipe="default",station="st1"} 1.0' in prom
         else:
             assert raised_at is None and not problems
     finally:
