@@ -94,6 +94,18 @@ def test_config_checks_the_files_it_names(tmp_path):
     assert not [p for p in check_resources(ok, "station.yaml") if "mqtt" in p]
 
 
+def test_the_example_config_s_mqtt_block_is_valid():
+    """The commented `mqtt:` block of station.example.yaml, uncommented, is a valid section."""
+    lines = (REPO / "appliance" / "station.example.yaml").read_text().splitlines()
+    block = lines[lines.index("# mqtt:"):]
+    data = yaml.safe_load("\n".join(line.removeprefix("#").removeprefix(" ") for line in block))
+    from adfm.appliance.config.mqtt import MqttSection
+
+    section = MqttSection.model_validate(data["mqtt"])
+    assert section.topic_prefix("line1-press3") == "plant1/press-shop/line1/line1-press3"
+    assert section.tls is not None and section.password_file is not None and section.broker_port == 8883
+
+
 # ---- a real station through a broker restart --------------------------------------------------------
 
 
@@ -231,6 +243,49 @@ def test_revisions_follow_their_part_and_a_restart_resumes_from_the_acknowledged
     assert [m.payload["seq"] for m in sub.on("result")] == [p.seq for p in (*parts, *later)]
     assert first[-1].seq not in [m.payload["seq"] for m in sub.on("result")]
     journal.close()
+
+
+# ---- a line station: decisions and the VLM's late verdicts --------------------------------------------
+
+
+@needs_broker
+@pytest.mark.slow
+def test_line_station_publishes_each_decision_and_each_late_verdict_after_it(tmp_path, broker):
+    """A line (PLC stand-in over Modbus/TCP, 5 parts/s, every 5th answer past the deadline): each
+    decision on `result` once in seq order; each late VLM verdict, journaled as a revision, on
+    `revision` after its part's decision."""
+    pytest.importorskip("pymodbus")
+    from tests.line_support import Plc, free_port, line_config, start_line
+
+    parts = 20
+    port = free_port()
+    plc = Plc(port, tmp_path / "plc.jsonl")
+    plc.start(rate=5.0, parts=parts)
+    script = write_script(tmp_path / "script.json", ["no", "yes", "no", "late", "no"], late_s=0.7, cycle=True)
+    sub = Subscriber(broker.port, f"{TOPIC}/#").start()
+    run, _ = start_line(line_config(tmp_path, port, counter=True, mqtt=mqtt_section(broker.port)), script)
+    try:
+        wait_for(plc.done, 60, "the PLC did not present every part")
+        wait_for(lambda: not run.service.line.controller.parts, 30, "parts still in flight")
+        journal = run.service.journal
+        revisions = [r for seq in range(1, journal.last_seq() + 1) for r in journal.revisions(seq) if r.revision]
+        wait_for(lambda: len(sub.on("result")) >= parts and len(sub.on("revision")) >= len(revisions), 30,
+                 "not everything reached the broker")
+        time.sleep(0.5)
+    finally:
+        run.stop()
+        plc.kill()
+        sub.stop()
+    assert [m.payload["seq"] for m in sub.on("result")] == list(range(1, parts + 1))
+    assert all(m.payload["revision"] == 0 and m.payload["decision_source"] for m in sub.on("result"))
+    assert revisions, "the script makes late verdicts: there must be revisions"
+    assert sorted((m.payload["seq"], m.payload["revision"]) for m in sub.on("revision")) == sorted(
+        (r.seq, r.revision) for r in revisions)
+    order = [(m.topic.rsplit("/", 1)[1], m.payload["seq"]) for m in sub.messages
+             if m.topic.endswith(("/result", "/revision"))]
+    for r in revisions:
+        assert order.index(("revision", r.seq)) > order.index(("result", r.seq))
+    assert sub.on("state")[-1].payload["state"] == "offline"  # the station stopped
 
 
 # ---- the real process killed: the last will, the retained state, the resume -----------------------------
