@@ -5,6 +5,7 @@ process is killed, resuming from the acknowledged seq, TLS and a password from a
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -116,10 +117,11 @@ def test_every_decision_once_in_seq_order_through_a_broker_restart(tmp_path, bro
     and started again mid-run; parts keep coming while it is down. A subscriber on a persistent session
     deduplicating nothing gets seqs 1..60 once each, in order.
 
-    QoS 1 is at least once on each leg: when the broker stops in the instant between handing a result to
-    the subscriber and reading the subscriber's acknowledgment (`mid-message`: stopped without waiting),
-    mosquitto hands that one result again after its restart, flagged DUP. The station itself never
-    sends a result twice here (its own count), and the subscriber loses nothing either way."""
+    `between-messages`: the broker stops in a pause of the line, after the subscriber acknowledged what
+    it got: exactly once. `mid-message`: it stops while results flow. QoS 1 is at least once on each
+    leg, so the one or two results in flight at that instant may come twice (the broker re-delivers one
+    whose acknowledgment from the subscriber it never read, flagged DUP; the station sends again one whose
+    PUBACK it never got) — right at the stop, still in seq order, and nothing is lost."""
     n = 60
     script = write_script(tmp_path / "script.json", ["no", "yes"], cycle=True)
     config = parse_config(station_dict(tmp_path, mqtt=mqtt_section(broker.port)))
@@ -165,18 +167,20 @@ def test_every_decision_once_in_seq_order_through_a_broker_restart(tmp_path, bro
         sub.stop()
     assert not runner.is_alive()
     assert during < n  # the restart happened while parts were still being made
-    assert service.mqtt.stats["published"] == n  # the station sent each result once
     received = sub.on("result")
     seqs = [m.payload["seq"] for m in received]
     if in_flight:
-        again = [(i, m.payload["seq"]) for i, m in enumerate(received) if m.dup]
-        assert len(again) <= 1, again
-        for i, seq in again:  # only the result in flight at the stop, handed again at once after the restart
-            assert seqs[i - 1] == seq and i == before
-            del seqs[i]
+        assert service.mqtt.stats["published"] - n <= 2  # only what was unacknowledged at the stop went again
+        # forward one seq at a time, never skipping; back (by at most 2) only where the stop cut the flow:
+        # to the first result the station had no PUBACK for, or the broker's re-delivery of the one in
+        # flight to the subscriber
+        steps = [b - a for a, b in itertools.pairwise(seqs)]
+        assert seqs[0] == 1 and all(step == 1 or -2 <= step <= 0 for step in steps), seqs
+        assert sorted(set(seqs)) == list(range(1, n + 1)) and len(seqs) - n <= 2, seqs
     else:
+        assert service.mqtt.stats["published"] == n  # the station sent each result once
         assert not any(m.dup for m in received)
-    assert seqs == list(range(1, n + 1))
+        assert seqs == list(range(1, n + 1))
     first = InspectionResult.model_validate(received[0].payload)  # the one result schema
     assert first.station == "st1" and first.epoch and first.verdict in ("pass", "fail")
     cursor = json.loads((tmp_path / "state" / "mqtt-cursor.json").read_text())
@@ -267,14 +271,18 @@ def test_line_station_publishes_each_decision_and_each_late_verdict_after_it(tmp
     try:
         wait_for(plc.done, 60, "the PLC did not present every part")
         wait_for(lambda: not run.service.line.controller.parts, 30, "parts still in flight")
-        journal = run.service.journal
-        revisions = [r for seq in range(1, journal.last_seq() + 1) for r in journal.revisions(seq) if r.revision]
-        wait_for(lambda: len(sub.on("result")) >= parts and len(sub.on("revision")) >= len(revisions), 30,
-                 "not everything reached the broker")
-        time.sleep(0.5)
+        time.sleep(1.0)  # the last late verdicts
     finally:
         run.stop()
         plc.kill()
+    journal = Journal(tmp_path / "state", "st1")
+    revisions = [r for seq in range(1, journal.last_seq() + 1) for r in journal.revisions(seq) if r.revision]
+    journal.close()
+    try:
+        wait_for(lambda: len(sub.on("result")) >= parts and len(sub.on("revision")) >= len(revisions), 10,
+                 "not everything reached the broker")
+        time.sleep(0.3)
+    finally:
         sub.stop()
     assert [m.payload["seq"] for m in sub.on("result")] == list(range(1, parts + 1))
     assert all(m.payload["revision"] == 0 and m.payload["decision_source"] for m in sub.on("result"))
