@@ -144,10 +144,17 @@ def test_every_decision_once_in_seq_order_through_a_broker_restart(tmp_path, bro
         wait_for(lambda: service.mqtt is not None and service.mqtt.connected, 60, "the station did not connect")
         feeder.start()
         wait_for(lambda: len(sub.on("result")) >= 15, 60, "no results before the restart")
-        if not in_flight:  # a gap in the line: the subscriber has acknowledged all it got
+        if not in_flight:  # a gap in the line: every part made is delivered and acknowledged, nothing flows
             paused.set()
-            wait_for(lambda: len(sub.on("result")) >= service.journal.last_seq(), 10, "the subscriber lags")
-            time.sleep(0.3)
+
+            def settled() -> bool:
+                if not cam.frames.empty() or len(sub.on("result")) < service.journal.last_seq():
+                    return False
+                seen = len(sub.on("result"))
+                time.sleep(0.5)
+                return len(sub.on("result")) == seen == service.journal.last_seq()
+
+            wait_for(settled, 30, "the line did not settle")
         broker.stop()
         before = len(sub.on("result"))
         paused.clear()  # parts keep coming: the journal keeps them
