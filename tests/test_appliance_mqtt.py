@@ -194,6 +194,38 @@ def test_every_decision_once_in_seq_order_through_a_broker_restart(tmp_path, bro
     assert cursor["acked_seq"] == n and cursor["epoch"] == first.epoch
 
 
+@needs_broker
+def test_a_broker_that_never_answers_does_not_hold_the_station(tmp_path):
+    """The broker's port accepts connections and never answers (a hung broker, a firewall that swallows
+    packets): the station inspects and journals every part as usual, raises the `mqtt` alarm and keeps
+    the results for later."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)  # never accepted: the kernel completes the handshake, nobody ever speaks MQTT
+    n = 20
+    script = write_script(tmp_path / "script.json", ["no"])
+    config = parse_config(station_dict(tmp_path, mqtt=mqtt_section(silent.getsockname()[1])))
+    cam = ListCamera()
+    for i in range(n):
+        cam.put(frame(i))
+    service = Service(config, cameras={"cam0": cam}, backend=BackendSpec(FACTORY, {"script": str(script)}))
+    runner = threading.Thread(target=service.run, daemon=True)
+    runner.start()
+    try:
+        wait_for(lambda: service.mode is not None and service.mode.decided >= n, 60, "the station stalled")
+        assert service.journal.last_seq() == n
+        wait_for(lambda: "mqtt" in service.health.alarms(), 20, "no alarm for a broker that never answers")
+        assert "no answer (CONNACK)" in service.health.alarms()["mqtt"]
+        assert "from seq 1" in service.health.alarms()["mqtt"] and service.mqtt.acked_seq == 0
+    finally:
+        service.request_stop("test over")
+        runner.join(30)
+        silent.close()
+    assert not runner.is_alive()
+
+
 # ---- revisions after their part, resuming from the cursor -------------------------------------------
 
 

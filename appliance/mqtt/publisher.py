@@ -49,6 +49,10 @@ ALARM_CHECK_S = 0.5
 IDLE_POLL_S = 0.25
 #: the longest a stopping station keeps publishing its backlog before it says offline
 DRAIN_S = 2.0
+#: the wait before reading the journal again after it failed
+JOURNAL_RETRY_S = 1.0
+#: TCP connect and TLS handshake limit (a stopping station waits at most this for a connection attempt)
+CONNECT_TIMEOUT_S = 3.0
 
 
 class MqttPublisher:
@@ -101,7 +105,7 @@ class MqttPublisher:
         """A result was journaled (the outputs' `recorded`): cheap, never blocks the caller."""
         self._wake.set()
 
-    def stop(self, timeout_s: float = DRAIN_S + 3.0) -> None:
+    def stop(self, timeout_s: float = DRAIN_S + CONNECT_TIMEOUT_S + 2.0) -> None:
         """Publish what is left (for up to DRAIN_S), say offline, disconnect; the cursor keeps the rest."""
         self._stop.set()
         self._wake.set()
@@ -138,6 +142,9 @@ class MqttPublisher:
         while not self._stop.is_set():
             try:
                 self._turn()
+            except JournalError as exc:  # a locked or full database: the broker link is fine, try again soon
+                log.warning("mqtt: cannot read the journal: %s", exc)
+                self._stop.wait(JOURNAL_RETRY_S)
             except Exception as exc:  # never let one bad turn end the publisher: drop and reconnect
                 log.exception("mqtt: publisher turn failed")
                 self._drop(f"{type(exc).__name__}: {exc}")
@@ -183,7 +190,7 @@ class MqttPublisher:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=s.client_id or f"adfm-{self.station}",
                              protocol=mqtt.MQTTv311, clean_session=True)
         client.max_inflight_messages_set(s.max_inflight + 8)  # + state, status and alarm messages
-        client.connect_timeout = 5.0
+        client.connect_timeout = CONNECT_TIMEOUT_S
         if s.username is not None:
             password = read_password(s.password_file) if s.password_file is not None else None
             client.username_pw_set(s.username, password)
