@@ -95,6 +95,18 @@ def test_config_checks_the_files_it_names(tmp_path):
     assert not [p for p in check_resources(ok, "station.yaml") if "mqtt" in p]
 
 
+def test_check_names_the_broker_and_refuses_a_password_in_the_file(tmp_path, capsys):
+    from adfm.appliance.cli import main
+
+    path = tmp_path / "station.yaml"
+    path.write_text(yaml.safe_dump(station_dict(tmp_path, mqtt=mqtt_section(1883))))
+    assert main(["check", "--config", str(path)]) == 0
+    assert "MQTT to 127.0.0.1:1883 under plant1/press-shop/line1/st1/" in capsys.readouterr().out
+    path.write_text(yaml.safe_dump(station_dict(tmp_path, mqtt={**mqtt_section(1883), "password": "pw"})))
+    assert main(["check", "--config", str(path)]) == 2
+    assert f"{path}: mqtt: password: passwords are never written in the station file" in capsys.readouterr().err
+
+
 def test_the_example_config_s_mqtt_block_is_valid():
     """The commented `mqtt:` block of station.example.yaml, uncommented, is a valid section."""
     lines = (REPO / "appliance" / "station.example.yaml").read_text().splitlines()
