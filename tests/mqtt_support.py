@@ -102,6 +102,8 @@ class Subscriber:
     username: str | None = None
     password: str | None = None
     tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     messages: list[Recorded] = field(default_factory=list)
     connects: int = 0
 
@@ -115,7 +117,8 @@ class Subscriber:
         if self.username is not None:
             self.client.username_pw_set(self.username, self.password)
         if self.tls_ca is not None:
-            self.client.tls_set(ca_certs=str(self.tls_ca))
+            self.client.tls_set(ca_certs=str(self.tls_ca), certfile=str(self.tls_cert) if self.tls_cert else None,
+                                keyfile=str(self.tls_key) if self.tls_key else None)
         self.client.reconnect_delay_set(0.1, 0.5)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
@@ -169,6 +172,12 @@ def make_tls_files(root: Path) -> dict[str, Path]:
     f["san.cnf"].write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
     run("x509", "-req", "-in", str(f["server.csr"]), "-CA", str(f["ca.crt"]), "-CAkey", str(f["ca.key"]),
         "-CAcreateserial", "-out", str(f["server.crt"]), "-days", "2", "-extfile", str(f["san.cnf"]))
+    for client in ("st1", "mes"):  # client certificates for brokers that require one
+        key, csr, crt = root / f"{client}.key", root / f"{client}.csr", root / f"{client}.crt"
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={client}")
+        run("x509", "-req", "-in", str(csr), "-CA", str(f["ca.crt"]), "-CAkey", str(f["ca.key"]),
+            "-CAcreateserial", "-out", str(crt), "-days", "2")
+        f[f"{client}.key"], f[f"{client}.crt"] = key, crt
     for key in ("ca.key", "server.key"):
         f[key].chmod(0o644)  # mosquitto may read them as another user
     return f

@@ -451,3 +451,37 @@ def test_tls_and_password_file(tmp_path):
     finally:
         journal.close()
         broker.close()
+
+
+@needs_broker
+@pytest.mark.skipif(OPENSSL is None, reason="needs openssl")
+def test_client_certificate(tmp_path):
+    """A broker that requires a client certificate: the station with tls.cert/tls.key gets in; without
+    them the handshake fails, the alarm says so and nothing is skipped."""
+    tls = make_tls_files(tmp_path / "tls")
+    broker = Mosquitto(tmp_path / "broker", extra=(
+        f"cafile {tls['ca.crt']}\ncertfile {tls['server.crt']}\nkeyfile {tls['server.key']}\n"
+        "require_certificate true\n")).start()
+    journal = Journal(tmp_path / "state", "st1")
+    try:
+        sub = Subscriber(broker.port, f"{TOPIC}/result", tls_ca=tls["ca.crt"], tls_cert=tls["mes.crt"],
+                         tls_key=tls["mes.key"]).start()
+        bare = _publisher(journal, mqtt_section(broker.port, tls={"ca": str(tls["ca.crt"])}))
+        bare.start()
+        wait_for(lambda: "mqtt" in bare.health.alarms(), 10, "a refused handshake raised no alarm")
+        _journal_part(journal)
+        bare.wake()
+        time.sleep(0.5)
+        bare.stop()
+        assert not sub.on("result") and bare.acked_seq == 0
+        pub = _publisher(journal, mqtt_section(broker.port, tls={"ca": str(tls["ca.crt"]), "cert": str(tls["st1.crt"]),
+                                                                 "key": str(tls["st1.key"])}))
+        pub.start()
+        wait_for(lambda: len(sub.on("result")) == 1, 10, "no result with a client certificate")
+        pub.stop()
+        sub.stop()
+        assert sub.on("result")[0].payload["seq"] == 1
+    finally:
+        journal.close()
+        broker.close()
+
