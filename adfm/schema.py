@@ -239,6 +239,41 @@ class StationStatus(_Message):
     gates: list[GateState] = Field(default_factory=list, description="each recipe's gate: bank, threshold, drift")
 
 
+class StationState(_Message):
+    """Whether a station is on line, for plant systems that follow it over MQTT (retained on
+    `<site>/<area>/<line>/<station>/state`): `online` once its publisher is connected; `offline`
+    from the station when it stops, or from the broker (the last will) when the station vanished."""
+
+    type: Literal["state"] = "state"
+    station: str
+    state: Literal["online", "offline"]
+    at: datetime = Field(default_factory=utcnow, description="when the station said so (for the last will: "
+                         "when the connection that left it was made)")
+    reason: str = ""
+    epoch: str = ""
+    last_seq: int = Field(0, ge=0, description="the newest journaled seq when the state was published")
+
+
+class Alarm(BaseModel):
+    """One standing problem of a station: a stable key (`camera.cam0`, `plc.link`, `journal` …) and its text."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str
+    text: str
+
+
+class StationAlarms(_Message):
+    """A station's standing alarms, published (retained) whenever the set of alarm keys changes."""
+
+    type: Literal["alarms"] = "alarms"
+    station: str
+    at: datetime = Field(default_factory=utcnow)
+    active: list[Alarm] = Field(default_factory=list)
+    epoch: str = ""
+    last_seq: int = Field(0, ge=0)
+
+
 # ---- control socket (ROUTER): requests and replies ------------------------------------------
 
 

@@ -282,7 +282,9 @@ def cmd_check(args: argparse.Namespace) -> int:
           f"({manifest.prompt_version}) on {_placement(config.model)}, {len(config.cameras)} camera(s), "
           f"journal in {config.journal_dir}, "
           f"bus {', '.join(config.bus.publish)} / {', '.join(config.bus.control)}; "
-          f"{hashed} model file(s) hashed and matching")
+          + (f"MQTT to {config.mqtt.broker}{' (TLS)' if config.mqtt.tls else ''} under "
+             f"{config.mqtt.topic_prefix(config.station)}/; " if config.mqtt is not None else "")
+          + f"{hashed} model file(s) hashed and matching")
     for line in report.summary:
         print(f"  {line}")
     return EXIT_OK

@@ -137,6 +137,7 @@ class Service:
         self.gate_watch: GateWatch | None = None
         self.outputs = Outputs()
         self.mode: FreeRunStation | LineStation | None = None
+        self.mqtt: Any = None  # MqttPublisher when the station file has an `mqtt` section
         self.cameras: dict[str, Camera] = {}
         self._housekeeper: threading.Thread | None = None
         self._housekeeping_stop = threading.Event()
@@ -198,6 +199,7 @@ class Service:
             config_model_dir=config_model_dir)
         self.bus.on_model = self.model_control.handle
         self.bus.start()
+        self._start_mqtt()
         self._start_metrics()
         self._start_cameras()
         self.mode.start()
@@ -315,7 +317,29 @@ class Service:
         """The bus, then the service's own summary: every mode's results leave through these."""
         self.bus = self._make_bus()
         self.outputs.add("bus", recorded=self.bus.publish)
+        self.mqtt = self._make_mqtt()
+        if self.mqtt is not None:  # it reads the journal itself; the loop only wakes it
+            self.outputs.add("mqtt", recorded=self.mqtt.wake)
         self.outputs.add("summary", recorded=self._on_result)
+
+    def _make_mqtt(self) -> Any:
+        """The MQTT publisher (the `mqtt` extra) when configured; imported only then."""
+        section = self.config.mqtt
+        if section is None:
+            return None
+        assert self.journal is not None and self.health is not None
+        try:
+            from .mqtt.publisher import MqttPublisher
+        except ImportError as exc:
+            raise ServiceError(f"mqtt: needs the paho-mqtt library (pip install 'adfm[mqtt]'): {exc}") from exc
+        return MqttPublisher(section, self.config.station, self.journal, self.health)
+
+    def _start_mqtt(self) -> None:
+        if self.mqtt is not None:
+            try:
+                self.mqtt.start()
+            except (JournalError, OSError) as exc:
+                raise ServiceError(f"mqtt: cannot start the publisher: {exc}", EXIT_FAIL) from exc
 
     def _make_mode(self, model: ModelInfo, limits: ModelLimits, references: dict[str, np.ndarray],
                    gate: Any) -> FreeRunStation | LineStation:
@@ -346,7 +370,9 @@ class Service:
         cfg, journal, health = self.config, self.journal, self.health
         assert journal is not None and health is not None
         if cfg.health.prometheus_file or cfg.health.prometheus_port:
-            self.metrics = Metrics(health, lambda: {"adfm_journal_image_bytes": float(journal.image_bytes)})
+            mqtt = self.mqtt
+            self.metrics = Metrics(health, lambda: {"adfm_journal_image_bytes": float(journal.image_bytes),
+                                                    **(mqtt.metrics() if mqtt is not None else {})})
             if cfg.health.prometheus_port:
                 self.metrics.serve(cfg.health.prometheus_port, cfg.health.prometheus_addr)
 
@@ -406,6 +432,8 @@ class Service:
         self.health.heartbeat()
         if self.bus is not None and not self.bus.alive:
             self.health.problem("bus", "the result bus thread has stopped")
+        if self.mqtt is not None and not self.mqtt.alive:
+            self.health.problem("mqtt", "the MQTT publisher thread has stopped")
         if self.notifier.watchdog_due() and self.health.pipeline_ok():
             self.notifier.watchdog()
         if self._stop.is_set():
@@ -538,6 +566,8 @@ class Service:
             self.write_metrics()
             self.metrics.close()
             self.metrics = None
+        if self.mqtt is not None:  # after the mode: its last results are journaled and go out too
+            self.mqtt.stop()
         if self.bus is not None:
             self.bus.stop()
         if self.journal is not None:

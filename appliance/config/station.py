@@ -23,6 +23,7 @@ from adfm.protocol import PROMPT_VERSIONS
 
 from .line import LineSection, OpcUaSection, PlcSection, RecipeSection
 from .models import ModelsSection
+from .mqtt import MqttSection, mqtt_problems
 from .paths import resolve_path
 
 if TYPE_CHECKING:
@@ -266,6 +267,7 @@ class StationConfig(_Section):
     plc: PlcSection | None = None
     opcua: OpcUaSection | None = None
     models: ModelsSection = Field(default_factory=ModelsSection, description="model store, shadow, promotion guard")
+    mqtt: MqttSection | None = Field(None, description="results, state and alarms to the plant's MQTT broker")
 
     _paths = field_validator("state_dir", mode="before")(resolve_path)
 
@@ -477,6 +479,7 @@ def check_resources(config: StationConfig, source: str = "<config>") -> list[str
             load_server_curve(config.bus.curve.server_secret, config.bus.curve.authorized_clients)
         except CurveKeyError as exc:
             problems.append(f"{source}: bus.curve: {exc}")
+    problems += mqtt_problems(config.mqtt, source)
     for i, cam in enumerate(config.cameras):
         if cam.kind in ("folder", "replay") and not cam.path.exists():
             problems.append(f"{source}: cameras.{i}.url: {cam.path} does not exist; create it or correct the path "

@@ -639,6 +639,22 @@ class Journal:
         one = self.get(seq)
         return [] if one is None else [one]
 
+    def revision_feed(self, after_row: int, limit: int = 100) -> list[tuple[int, InspectionResult]]:
+        """Later verdicts (revision ≥ 1) in the order they were journaled, after feed position
+        `after_row`: (position, result) pairs, oldest first. The position (the revisions table's row
+        id, which only grows: revisions are never deleted) lets an output that follows the journal
+        by seq (MQTT) also follow the revisions that arrive after it has passed their part."""
+        with self._sql(f"reading revisions after row {after_row}"):
+            rows = self._conn().execute(
+                "SELECT rowid, result_json FROM revisions WHERE rowid > ? AND revision > 0 ORDER BY rowid LIMIT ?",
+                (after_row, limit)).fetchall()
+        return [(int(r[0]), self.result_from_row(r[1], None, 0, epoch=self.epoch)) for r in rows]
+
+    def revision_feed_end(self) -> int:
+        """The newest revision feed position (0 before any revision)."""
+        with self._sql("reading the revision feed's end"):
+            return int(self._conn().execute("SELECT COALESCE(MAX(rowid), 0) FROM revisions").fetchone()[0])
+
     def _find_dedupe(self, key: str) -> AcceptedPart | None:
         with self._sql("looking up a re-delivered part"):
             row = self._conn().execute(

@@ -146,6 +146,15 @@ class Health:
                 out[f"camera.{c.camera}"] = f"camera {c.camera}: no frame for {c.last_frame_age_s:.0f} s"
         return out
 
+    def alarms(self) -> dict[str, str]:
+        """The standing problems by key (cameras included), for outputs that report raised and cleared
+        alarms (MQTT) rather than a list of texts."""
+        cams = self._safe(self._cameras, [])
+        with self._lock:
+            problems = dict(self._problems)
+        problems.update(self._camera_problems(cams))
+        return dict(sorted(problems.items()))
+
     def snapshot(self) -> StationStatus:
         cams = self._safe(self._cameras, [])
         alive, restarts = self._safe(self._worker, (False, 0))
