@@ -168,7 +168,11 @@ def test_trigger_edges_and_counters():
     assert [new_parts("discrete_input", a, b) for a, b in ((0, 1), (1, 1), (1, 0), (0, 0))] == [1, 0, 0, 0]
     assert new_parts("counter", 7, 10) == 3  # a late poll loses no part
     assert new_parts("counter", 65535, 1) == 2  # wraps at 2**16
-    assert new_parts("counter", 500, 0) == 0  # a reset is no parts
+    assert new_parts("counter", 500, 0) == 65036  # a reset looks like a huge advance: implausible, refused
+    from adfm.appliance.config.line import TriggerInput
+
+    t = TriggerInput(table="counter", max_parts_per_s=50, max_burst=4)
+    assert t.plausible(3, 0.01) == 4 and t.plausible(3, 1.0) == 54  # 50/s × elapsed + the burst
 
 
 def test_link_triggers_fire_an_on_demand_camera_once_each():

@@ -92,6 +92,11 @@ class Health:
         with self._lock:
             self._problems.pop(key, None)
 
+    def has_problems(self) -> bool:
+        """Whether any problem stands (cheap: for the PLC's status word every poll)."""
+        with self._lock:
+            return bool(self._problems)
+
     def heartbeat(self) -> None:
         """The main loop is alive (called every loop turn and while waiting on the model)."""
         with self._lock:
