@@ -356,8 +356,8 @@ class LineController:
             except Exception as exc:  # a camera that cannot take triggers: the deadline records it missed
                 log.error("camera %s: cannot fire trigger: %s", self.camera_id, exc)
         part_id = trigger.part_id or f"{self.camera_id}-{utc(trigger.at_wall).strftime('%Y%m%dT%H%M%S.%f')[:-3]}Z"
-        if trigger.missed and not trigger.part_id and trigger.count is not None:
-            part_id += f"-count{trigger.count}"  # several parts missed at once: told apart by the PLC's count
+        if not trigger.part_id and trigger.count is not None:
+            part_id += f"-count{trigger.count}"  # several parts counted at once: told apart by the PLC's count
         seq = self._next_seq
         self._next_seq += 1
         part = _Part(key, seq, part_id, trigger, recipe, deadline, max(trigger.at_mono, deadline - self.margin_s))

@@ -211,8 +211,9 @@ class ModbusClient:
         cfg = self.cfg
         if cfg.mode == "handshake":
             r = self.read_registers(cfg.handshake.inputs, 8)
-            return Inputs(int(r[2]), str(words_to_u32(r[0], r[1])), int(r[3]), words_to_u32(r[4], r[5]),
-                          int(r[6]), int(r[7]))
+            pid = words_to_u32(r[0], r[1])  # 0: the PLC gives no ids
+            return Inputs(int(r[2]), str(pid) if pid else None, int(r[3]), words_to_u32(r[4], r[5]), int(r[6]),
+                          int(r[7]))
         span = self._span()
         if span is None:
             return Inputs(self.read_trigger())
