@@ -63,8 +63,6 @@ def test_a_slow_acking_plc_takes_every_result_once_in_seq_order_and_times_its_ow
     taken = plc.taken()
     assert [r["seq"] for r in taken] == list(range(1, parts + 1)), "every result once, in seq order"
     assert len(decisions) == parts and {d.part_id for d in decisions} == set(triggers)
-    decided_order = [d.seq for d in sorted(decisions, key=lambda d: d.decided_at)]
-    assert decided_order != sorted(decided_order), "decisions came out of seq order (what the FIFO must fix)"
     assert stats["fifo_max"] > 2, "results were held while the PLC's slots were full"
     for r, d in zip(taken, decisions, strict=True):
         t = triggers[d.part_id]
@@ -229,9 +227,11 @@ class _FlakyPlc:
 
     def close(self) -> None: ...
 
+    ack = 0
+
     def read_inputs(self) -> Inputs:
         self._check()
-        return Inputs(self.counter)
+        return Inputs(self.counter, None, 0, self.ack)
 
     def read_trigger(self) -> int:
         return self.read_inputs().level
@@ -298,3 +298,45 @@ def test_counter_advances_beyond_the_plausible_rate_are_refused_and_alarmed():
     assert [n for n, _ in refused] == [64] and "refused, not decided as parts" in refused[0][1]
     assert [t.count for t in triggers] == [1, 66]
     assert any("implausible trigger counter" in p for p in health.snapshot().problems)
+
+
+def test_the_fifo_shows_results_in_trigger_order_and_releases_them_only_on_ack():
+    cfg = ModbusSection.model_validate({"host": "127.0.0.1", "poll_ms": 5, "mode": "handshake", "reject": "bit",
+                                        "handshake": {"inputs": 10, "outputs": RESULT_HR, "slots": 2}})
+    plc = _FlakyPlc()
+    triggers: list[LineTrigger] = []
+    link = ModbusLink(cfg, triggers.append, client=plc)  # type: ignore[arg-type]
+
+    def blocks() -> list[list[int]]:  # the seqs in the slots of each block written
+        out = []
+        for kind, address, values in plc.writes:
+            if kind == "reg" and address == RESULT_HR and len(values) > 8:
+                out.append([values[8 + 8 * k] for k in range(values[2])])
+        return out
+
+    link.start()
+    try:
+        _wait(lambda: link.connected and link._count is not None, 5, "the baseline")
+        plc.counter = 3  # three parts in one poll
+        _wait(lambda: len(triggers) == 3, 5, "the parts")
+        link.decided(12, "pass", "gate", triggers[1])  # decided before the part triggered first
+        link.decided(13, "reject", "vlm", triggers[2])
+        time.sleep(0.1)
+        assert all(b == [] for b in blocks()), "nothing shown before the first part is decided"
+        link.decided(11, "reject", "failsafe_timeout", triggers[0])
+        _wait(lambda: blocks() and blocks()[-1] == [11, 12], 5, "the two oldest")
+        time.sleep(0.1)
+        assert blocks()[-1] == [11, 12] and link.stats.fifo == 3  # 13 held: the slots are full
+        plc.ack = 13  # not shown yet: releases nothing
+        time.sleep(0.1)
+        assert blocks()[-1] == [11, 12]
+        plc.ack = 12  # the PLC took 11 and 12
+        _wait(lambda: blocks()[-1] == [13], 5, "13 after the ack")
+        plc.ack = 13
+        _wait(lambda: blocks()[-1] == [], 5, "an empty FIFO")
+    finally:
+        link.stop()
+    shown = [b for b in blocks() if b]
+    assert all(b == sorted(b) for b in shown) and [s for b in shown for s in b][:1] == [11]
+    assert link.stats.results_acked == 3 and link.stats.results_written == 3
+    assert [t.count for t in triggers] == [1, 2, 3]
