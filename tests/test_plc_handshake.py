@@ -340,3 +340,34 @@ def test_the_fifo_shows_results_in_trigger_order_and_releases_them_only_on_ack()
     assert all(b == sorted(b) for b in shown) and [s for b in shown for s in b][:1] == [11]
     assert link.stats.results_acked == 3 and link.stats.results_written == 3
     assert [t.count for t in triggers] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_plc_probe_reads_both_handshake_blocks(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.line_support import REPO
+
+    port = free_port()
+    plc = Plc(port, tmp_path / "plc.jsonl")
+    plc.start(rate=0, parts=0, recipe=2)
+    try:
+        path = tmp_path / "station.yaml"
+        path.write_text(yaml.safe_dump(line_config(tmp_path, port, handshake={"reject": "bit"},
+                                                   recipes=[{"name": "a", "code": 1}, {"name": "b", "code": 2}])))
+        cmd = [sys.executable, "-m", "adfm.appliance.cli", "plc-probe", str(path)]
+        out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
+    finally:
+        plc.kill()
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["mode"] == "handshake" and report["trigger"] == {"table": "counter", "address": 12, "count": 0}
+    assert report["recipe"] == {"code": 2, "name": "b"}
+    assert report["station_side"]["status"]["online"] is False and report["station_side"]["slots"] == []
+    assert report["plc_side"] == {"ack": 0, "recipe_request": {"code": 0, "id": 0}}
+    writes = [(e["fc"], e["address"]) for e in plc.events() if e["ev"] == "write"]
+    assert writes == [(6, 13)], writes  # the stand-in's own recipe code; the probe writes nothing unless asked

@@ -69,6 +69,14 @@ HEAD_WAIT_S = 120.0
 
 #: Status word bits (handshake mode, `handshake.outputs` + 0).
 STATUS_ONLINE, STATUS_READY, STATUS_BUSY, STATUS_ALARM, STATUS_TOGGLE, STATUS_BEHIND = (1 << i for i in range(6))
+STATUS_BITS = ("online", "ready", "busy", "alarm", "new_result_toggle", "fifo_behind")
+
+
+def decode_status(word: int) -> dict[str, bool]:
+    """The handshake's status word as names (plc-probe)."""
+    return {name: bool(word >> i & 1) for i, name in enumerate(STATUS_BITS)}
+
+
 #: Result slot flags.
 FLAG_REJECT, FLAG_MISSED = 1, 2
 #: Recipe request answers.
