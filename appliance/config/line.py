@@ -1,6 +1,6 @@
 """Station config sections for the line: decision deadline and fail-safe, product recipes, the PLC's
 Modbus/TCP register map and the OPC UA server. Part of `station.yaml` (see appliance/config/station.py);
-README "Wiring a station to a PLC" documents every key.
+README "The line: a decision for every part in time, and the PLC" documents every key.
 
 Register addresses are 0-based protocol addresses (what goes on the wire), not the 1-based
 "40001"-style numbers of some PLC manuals.

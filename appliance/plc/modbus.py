@@ -1,5 +1,6 @@
 """The PLC link over Modbus/TCP (pymodbus client, the `plc` extra): trigger in, results and the
-reject out, in one of two modes (README "Wiring a station to a PLC" and "The Modbus handshake").
+reject out, in one of two modes (README "The line: a decision for every part in time, and the
+PLC" and its "The Modbus handshake").
 
 One thread owns the connection (pymodbus's sync client is not thread-safe). Every `poll_ms`:
 - read the PLC's inputs in as few requests as the map allows (handshake: one request for part id,
