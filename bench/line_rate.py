@@ -19,7 +19,9 @@ With `--before REV` the same measurement runs on that commit's tree too (a git w
 after the other under the same load, and both land in one JSON file — side by side.
 
 `--modes simple,handshake` measures the PLC link in each mode, one after the other under the same
-load, in one JSON file (runs `<tree>-<mode>`; `after` alone for the simple mode without --modes).
+load, in one JSON file (runs `<tree>-<mode>`; `after` alone for the simple mode without --modes);
+`--repeat N` alternates them N times (`<tree>-<mode>-<n>`), so a machine whose load drifts
+(other work on it) weighs on every mode alike.
 In handshake mode the stand-in also runs the PLC side of the handshake: it scans the station's
 output block every `--plc-scan-ms`, takes each new result and acknowledges it `--plc-ack-ms` later;
 the reject is the station-timed pulse (`--handshake-reject pulse`) or the PLC's own (`bit`).
@@ -361,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trigger", choices=["counter", "edge"], default="counter",
                    help="PLC trigger as a part counter register or a discrete-input edge (80 ms high)")
     p.add_argument("--modes", default="simple", help="PLC link modes to measure side by side: simple,handshake")
+    p.add_argument("--repeat", type=int, default=1, help="measure the trees × modes this many times, alternating")
     p.add_argument("--plc-scan-ms", type=float, default=20.0, help="handshake: the PLC program's scan")
     p.add_argument("--plc-ack-ms", type=float, default=20.0, help="handshake: the PLC acks this long after taking")
     p.add_argument("--handshake-reject", choices=["pulse", "bit"], default="pulse")
@@ -413,15 +416,17 @@ def main(argv: list[str] | None = None) -> int:
     runs = {}
     try:
         time.sleep(5 if a.load else 0)  # let the load settle into the load average
-        for tree_name, tree in trees.items():
-            for mode in modes:
-                name = tree_name if modes == ["simple"] else f"{tree_name}-{mode}"
-                print(f"measuring {name} ({tree}) under {a.load} busy processes…", file=sys.stderr, flush=True)
-                runs[name] = run_child(tree, a, model_dir, gate, mode)
-                print(json.dumps({name: {k: runs[name].get(k) for k in (
-                    "triggered", "decided", "sustained_parts_per_s", "latency_trigger_to_plc_write_ms",
-                    "latency_trigger_to_plc_taking_ms", "plc_writes_within_deadline_share",
-                    "pulses_outside_the_ejector_window", "decision_loop")}}), file=sys.stderr, flush=True)
+        # the runs alternate (ABAB…): a load that drifts during the bench weighs on every run alike
+        plan = [(t, p, m, r) for r in range(1, a.repeat + 1) for t, p in trees.items() for m in modes]
+        for tree_name, tree, mode, rep in plan:
+            name = tree_name if modes == ["simple"] else f"{tree_name}-{mode}"
+            name += f"-{rep}" if a.repeat > 1 else ""
+            print(f"measuring {name} ({tree}) under {a.load} busy processes…", file=sys.stderr, flush=True)
+            runs[name] = run_child(tree, a, model_dir, gate, mode)
+            print(json.dumps({name: {k: runs[name].get(k) for k in (
+                "triggered", "decided", "sustained_parts_per_s", "latency_trigger_to_plc_write_ms",
+                "latency_trigger_to_plc_taking_ms", "plc_writes_within_deadline_share",
+                "pulses_outside_the_ejector_window", "decision_loop")}}), file=sys.stderr, flush=True)
     finally:
         stop_load(load)
     out = {
@@ -439,11 +444,12 @@ def main(argv: list[str] | None = None) -> int:
                      "window_ms": a.window_ms, "load_processes": a.load, "slow_every": a.slow_every,
                      "slow_s": a.slow_s, "max_tokens": a.max_tokens, "trigger": a.trigger, "camera_fps": FPS,
                      "modes": modes, "plc_scan_ms": a.plc_scan_ms, "plc_ack_ms": a.plc_ack_ms,
-                     "handshake_reject": a.handshake_reject, "overrides": {k: v for k, v in a.set or []}},
+                     "handshake_reject": a.handshake_reject, "overrides": {k: v for k, v in a.set or []},
+                     "repeat": a.repeat},
         "runs": runs,
     }
     name = f"line_rate-{a.model if a.model in ('scripted', 'tiny') else 'model'}" + (f"-load{a.load}" if a.load else "")
-    name += "" if modes == ["simple"] else "-" + "-".join(modes)
+    name += ("" if modes == ["simple"] else "-" + "-".join(modes)) + (f"-x{a.repeat}" if a.repeat > 1 else "")
     path = a.out or RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")

@@ -20,6 +20,7 @@ from adfm.camera.frame import Frame
 from adfm.camera.triggers import LinkTrigger
 from adfm.schema import InspectionResult
 from tests.line_support import SyntheticStream, line_config
+from tests.plc_standin import standin_modbus
 
 
 def _result(part, **kw) -> InspectionResult:
@@ -131,6 +132,15 @@ def test_a_v4l2_buffer_time_is_used_only_when_it_is_on_the_monotonic_clock():
     (lambda c: c.update(recipes=[{"name": "a", "code": 1}, {"name": "b", "code": 1}]), "recipe codes must be unique"),
     (lambda c: c["line"].update(failsafe="maybe"), "line.failsafe"),
     (lambda c: c.pop("line"), "plc and recipes need a `line` section"),
+    (lambda c: c["plc"]["modbus"].update(reject="bit"), "reject: bit needs mode: handshake"),
+    (lambda c: c["plc"]["modbus"].update(mode="handshake", trigger={"table": "counter"}),
+     "part_id_register is part of handshake.inputs"),
+    (lambda c: c["plc"].update(modbus={**standin_modbus(1502, handshake={"reject": "bit"}),
+                                       "ejector": {"coil": 8, "delay_ms": 700}}), "remove the ejector section"),
+    (lambda c: c["plc"].update(modbus={**standin_modbus(1502, handshake={"outputs": 14})}),
+     "holding registers overlap: handshake.inputs 10..17 and handshake.outputs 14..53"),
+    (lambda c: c["plc"].update(modbus={**standin_modbus(1502, handshake={}), "trigger": {"table": "discrete_input"}}),
+     "mode: handshake needs trigger.table: counter"),
 ])
 def test_line_config_errors_name_the_key(tmp_path, change, message):
     cfg = line_config(tmp_path, 1502)
