@@ -100,8 +100,9 @@ def test_a_plc_restart_and_a_network_cut_leave_no_count_without_exactly_one_deci
         plc.kill()
         _wait(lambda: not link.connected, 5, "the link to notice the PLC gone")
         restart_wall = time.time()
-        proxy.cut(1.5)  # the restarted PLC counts parts before the station reaches it again
+        proxy.cut(60)  # the restarted PLC counts parts before the station reaches it again:
         plc2.start(rate=10, parts=30, first_id=1000, start_delay=0.0, extra=(*SCAN, "--ack-ms", "20", "--no-wait"))
+        proxy.cut(1.5)  # unreachable from before it listens until 1.5 s after
         _wait(plc2.done, 30, "the restarted PLC's parts")
         _wait(lambda: link.connected and not run.service.line.controller.parts and link.stats.fifo == 0, 20,
               "every decision taken by the PLC")
