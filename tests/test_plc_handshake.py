@@ -78,6 +78,32 @@ def test_a_slow_acking_plc_takes_every_result_once_in_seq_order_and_times_its_ow
 
 
 @pytest.mark.slow
+def test_handshake_with_the_station_timed_pulse_pulses_every_rejected_part_in_its_window(tmp_path):
+    parts, delay_ms = 15, 700.0
+    port = free_port()
+    plc = Plc(port, tmp_path / "plc.jsonl")
+    plc.start(rate=5, parts=parts, extra=(*SCAN, "--ack-ms", "20"))
+    run, _ = start_line(line_config(tmp_path, port, deadline_ms=500, delay_ms=delay_ms, handshake={}),
+                        write_script(tmp_path / "s.json", ["yes", "no"], cycle=True))
+    try:
+        _wait(plc.done, 30, "every part")
+        _wait(lambda: len(plc.taken()) >= parts, 20, "every result taken")
+        time.sleep(delay_ms / 1000 + 0.3)
+    finally:
+        run.stop()
+        plc.kill()
+    triggers = {t["part_id"]: t["t"] for t in plc.triggers()}
+    decisions = _decisions(tmp_path)
+    rejects = sorted(triggers[d.part_id] for d in decisions if d.action == "reject")
+    rises = [rise for rise, fall in plc.pulses() if fall is not None]
+    assert len(rejects) >= 7 and len(rises) == len(rejects), (rises, rejects)
+    for rise, t in zip(rises, rejects, strict=True):  # the PLC sees the trigger up to a poll late
+        assert delay_ms <= (rise - t) * 1000 <= delay_ms + 200, (rise - t)
+    assert [r["seq"] for r in plc.taken()] == [d.seq for d in decisions]
+    assert [bool(r["flags"] & FLAG_REJECT) for r in plc.taken()] == [d.action == "reject" for d in decisions]
+
+
+@pytest.mark.slow
 def test_a_plc_restart_and_a_network_cut_leave_no_count_without_exactly_one_decision(tmp_path):
     port = free_port()
     proxy = CutProxy(port)

@@ -436,6 +436,7 @@ class ModbusLink:
             self._last_input = inputs.level
         self._take_decisions()
         if self.handshake:
+            self._eject()  # a pulse is due at an instant; the block is read at the PLC's next scan
             self._handshake(inputs)
         else:
             while self._pending_results:
@@ -446,7 +447,7 @@ class ModbusLink:
                 self.write_latency_ms.append((seq, round((time.monotonic() - at_mono) * 1000.0, 3)))
             if self._beat(time.monotonic()):
                 self.client.write_registers(self.cfg.result.base + 4, [self.stats.heartbeat])
-        self._eject()
+            self._eject()
         now = time.monotonic()
         if self._ejector_alarm_until is not None and now >= self._ejector_alarm_until and self.health is not None:
             self.health.clear("plc.ejector")
