@@ -24,7 +24,9 @@ from ..inspection.core import GenerationOptions, ModelInfo, build_result
 from ..inspection.runner import VlmModel, VlmRunner
 from ..inspection.worker import BackendSpec
 from ..journal.store import Journal, JournalError
+from ..journal.writer import JournalWriter
 from ..system.health import Health
+from ..system.priority import BACKGROUND_NICE
 from .line import LineController, LineTrigger, Recipe
 from .outputs import Outputs
 
@@ -106,9 +108,13 @@ class LineStation:
             {k: m.info for k, m in models.items()}, outputs, margin_ms=line.margin_ms,
         )
         self.link: ModbusLink | None = None
+        self._plc_commands: JournalWriter | None = None
         if cfg.plc is not None:
             from ..plc.modbus import ModbusLink
 
+            # the PLC's commands (recipe requests, refused counts) are journaled off the link's
+            # thread: a locked database must not hold up trigger polling or a pulse
+            self._plc_commands = JournalWriter("plc-commands", nice=BACKGROUND_NICE)
             self.link = ModbusLink(cfg.plc.modbus, self.trigger, health, alive=self.controller.alive,
                                    on_missed=self.controller.missed_ejection, on_refused=self._plc_refused,
                                    on_recipe=self._plc_recipe, recipe_code=self._recipe_code, ready=self._ready)
@@ -159,17 +165,18 @@ class LineStation:
             detail = f"recipe {recipe.name} selected for the next parts"
         else:
             detail = f"refused: no recipe has code {code} (known: {known})"
-        self.journal.record_command("recipe", name, client=self._plc_client, operator="", accepted=recipe is not None,
-                                    detail=detail)
+        self._journal_command("recipe", name, recipe is not None, detail)
         return recipe is not None, detail
 
     def _plc_refused(self, counts: int, why: str) -> None:
         """A trigger counter advance refused as implausible: journaled as a refused command."""
-        try:
-            self.journal.record_command("parts", str(counts), client=self._plc_client, operator="", accepted=False,
-                                        detail=why)
-        except JournalError as exc:
-            log.error("cannot journal a refused counter advance (%s): %s", why, exc)
+        self._journal_command("parts", str(counts), False, why)
+
+    def _journal_command(self, command: str, argument: str, accepted: bool, detail: str) -> None:
+        assert self._plc_commands is not None
+        client = self._plc_client
+        self._plc_commands.submit(f"PLC command {command} {argument}", lambda: self.journal.record_command(
+            command, argument, client=client, operator="", accepted=accepted, detail=detail))
 
     def _recipe_code(self) -> int:
         recipe = self.recipes.get(self.controller.active_recipe)
@@ -243,6 +250,8 @@ class LineStation:
             self.opcua.stop()
         if self.link is not None:
             self.link.stop()
+        if self._plc_commands is not None:
+            self._plc_commands.close()
         self.controller.close()
         self.runner.stop()
 
