@@ -15,12 +15,12 @@ With `--scan-ms` the stand-in also runs the handshake's PLC side (README "The Mo
 every scan it reads the station's output block, takes each result slot whose seq is newer than the
 last it took (`{"ev": "result", "seq": …, "count": …, "part_id": …, "decision": …, "source": …,
 "flags": …, "status": …}`), and `--ack-ms` later writes the last taken seq to the ack registers.
-`--recipes 1,2` gives part i recipe code i mod 2, written with its id and count, and writes the next
-part's code `--early-recipe-ms` after the trigger (a recipe written after a trigger must not apply
-to that part). `--rogue-after K` adds `--rogue-step` to the counter `--rogue-bursts` times within
-`--rogue-s` seconds after part K (a rogue writer on the PLC network). `--no-wait`: present parts at
-once, without waiting for the station's heartbeat (a restarted PLC counts parts the station has
-not seen yet).
+`--recipes 1,2` gives part i recipe code i mod 2, written with its id and count in one write (the
+PLC program's contract: the recipe register always belongs to the current count).
+`--rogue-after K` adds `--rogue-step` to the counter `--rogue-bursts` times within `--rogue-s`
+seconds after part K (a rogue writer on the PLC network). `--no-wait`: present parts at once,
+without waiting for the station's heartbeat (a restarted PLC counts parts the station has not
+seen yet).
 """
 
 from __future__ import annotations
@@ -136,10 +136,7 @@ class Standin:
             self.event(ev="trigger", part_id=str(part), encoder=encoder, count=self.count, recipe=recipe)
             if a.rogue_after and i + 1 == a.rogue_after:
                 self._rogue = asyncio.create_task(self.rogue(a.rogue_step, a.rogue_bursts, a.rogue_s))
-            if a.recipes:  # the next part's recipe, written early: it must not apply to this part
-                await asyncio.sleep(a.early_recipe_ms / 1000.0)
-                await ctx.async_setValues(1, 6, RECIPE_HR, [recipes[(i + 1) % len(recipes)]])
-            await asyncio.sleep(max(0.0, a.high_ms - (a.early_recipe_ms if a.recipes else 0.0)) / 1000.0)
+            await asyncio.sleep(a.high_ms / 1000.0)
             await ctx.async_setValues(1, 2, TRIGGER_DI, [False])
             await asyncio.sleep(max(0.0, t_next - time.monotonic()))
         self.event(ev="done")
@@ -185,7 +182,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recipe", type=int, default=0)
     p.add_argument("--start-delay", type=float, default=0.0)
     p.add_argument("--recipes", default="", help="recipe codes for parts in turn, e.g. 1,2")
-    p.add_argument("--early-recipe-ms", type=float, default=10.0)
     p.add_argument("--scan-ms", type=float, default=0.0, help="run the handshake's PLC side, scanning this often")
     p.add_argument("--ack-ms", type=float, default=0.0, help="how long after taking results the PLC acks them")
     p.add_argument("--no-wait", action="store_true", help="present parts without waiting for the station")
