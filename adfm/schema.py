@@ -32,9 +32,11 @@ DECISIONS_WITH_BOXES = ("defect_wrong_box",)
 LineAction = Literal["pass", "reject", "hold"]
 #: Where a part's decision came from: the screening gate, the VLM in time, or the fail-safe
 #: action because the VLM did not finish in time, was down, the part had no frame, or the
-#: disk was full.
+#: disk was full; `missed_link`: the PLC counted the part while its link was down, so the station
+#: never saw it (recorded with the fail-safe action on reconnect, before the count moves on).
 DecisionSource = Literal[
-    "gate", "vlm", "failsafe_timeout", "failsafe_model_down", "failsafe_missed_frame", "failsafe_disk_full"
+    "gate", "vlm", "failsafe_timeout", "failsafe_model_down", "failsafe_missed_frame", "failsafe_disk_full",
+    "missed_link",
 ]
 
 

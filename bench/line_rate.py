@@ -2,6 +2,7 @@
 
     python bench/line_rate.py [--parts 600] [--rate 5] [--deadline-ms 800] [--load 6]
                               [--model scripted|tiny|DIR] [--gate tiny|PATH|off] [--before REV]
+                              [--modes simple,handshake] [--set KEY=VALUE ...]
 
 The real station service in line mode against the PLC stand-in (pymodbus's Modbus/TCP server in its
 own process on 127.0.0.1, tests/plc_standin.py) presenting `--parts` parts at `--rate`, a 30 fps
@@ -17,9 +18,22 @@ after each run.
 With `--before REV` the same measurement runs on that commit's tree too (a git worktree), one
 after the other under the same load, and both land in one JSON file — side by side.
 
+`--modes simple,handshake` measures the PLC link in each mode, one after the other under the same
+load, in one JSON file (runs `<tree>-<mode>`; `after` alone for the simple mode without --modes);
+`--repeat N` alternates them N times (`<tree>-<mode>-<n>`), so a machine whose load drifts
+(other work on it) weighs on every mode alike.
+In handshake mode the stand-in also runs the PLC side of the handshake: it scans the station's
+output block every `--plc-scan-ms`, takes each new result and acknowledges it `--plc-ack-ms` later;
+the reject is the station-timed pulse (`--handshake-reject pulse`) or the PLC's own (`bit`).
+`--set KEY=VALUE` overrides any station config key (dotted path, YAML value), e.g.
+`--set plc.modbus.poll_ms=20` or an output section such as `--set 'mqtt={...}'` — applied to
+every run, and recorded in the JSON.
+
 Measured per run:
 - at the PLC: trigger (the stand-in raising it) → the station's result write, both stamped with
-  CLOCK_MONOTONIC on this machine; the share written before the deadline;
+  CLOCK_MONOTONIC on this machine; the share written before the deadline (handshake: the write of
+  the block that first shows the part's result; and trigger → the PLC program taking it, which
+  adds its scan);
 - triggers with exactly one decision; decision sources; revisions;
 - reject pulses against the ejector window: a pulse must rise between its part's trigger +
   `delay_ms` and that + `window_ms` + 2 × the link's poll period (the station sees a trigger up to
@@ -122,7 +136,13 @@ def measure(a: argparse.Namespace) -> dict:
     _patch_camera(_washer_frames())
     tmp = Path(tempfile.mkdtemp(prefix="adfm-line-rate-"))
     port = free_port()
-    cfg = line_config(tmp, port, deadline_ms=a.deadline_ms, delay_ms=a.delay_ms, counter=a.trigger == "counter")
+    handshake = None
+    if a.mode == "handshake":
+        handshake = {"reject": a.handshake_reject}
+    cfg = line_config(tmp, port, deadline_ms=a.deadline_ms, delay_ms=a.delay_ms, counter=a.trigger == "counter",
+                      **({"handshake": handshake} if handshake is not None else {}))
+    for key, value in a.set or []:
+        apply_override(cfg, key, value)
     cfg["line"]["vlm_backlog"] = 16
     cfg["model"]["max_tokens"] = a.max_tokens
     if a.gate_path:
@@ -138,7 +158,8 @@ def measure(a: argparse.Namespace) -> dict:
         backend = BackendSpec("tests.appliance_fakes:make_slowed_backend", {
             "model_dir": a.model_dir, "slow_every": a.slow_every, "slow_s": a.slow_s, "check_hashes": False})
     plc = Plc(port, tmp / "plc.jsonl")
-    plc.start(rate=a.rate, parts=a.parts)  # it presents parts once the station's heartbeat shows
+    extra = ("--scan-ms", str(a.plc_scan_ms), "--ack-ms", str(a.plc_ack_ms)) if a.mode == "handshake" else ()
+    plc.start(rate=a.rate, parts=a.parts, extra=extra)  # it presents parts once the station's heartbeat shows
     # The PLC is a machine of its own on a line; here its stand-in shares the CPU, so it runs above
     # the station and the load: its own starvation must not be counted against the station.
     os.setpriority(os.PRIO_PROCESS, plc.proc.pid, PLC_NICE)
@@ -151,7 +172,9 @@ def measure(a: argparse.Namespace) -> dict:
             if time.monotonic() - t0 > a.parts / a.rate * 3 + 120:
                 raise SystemExit("the PLC stand-in did not finish presenting parts")
         end = time.monotonic() + 60
-        while (len(plc.result_writes()) < a.parts or run.service.line.controller.parts) and time.monotonic() < end:
+        while (len(_written(plc, a.mode)) < a.parts or run.service.line.controller.parts) and time.monotonic() < end:
+            time.sleep(0.2)
+        while a.mode == "handshake" and len(plc.taken()) < a.parts and time.monotonic() < end:
             time.sleep(0.2)
         time.sleep(a.delay_ms / 1000 + 0.5)
         line = run.service.line
@@ -164,9 +187,9 @@ def measure(a: argparse.Namespace) -> dict:
     load_after = os.getloadavg()
 
     triggers = {t["part_id"]: t["t"] for t in plc.triggers()}
-    writes: dict[int, float] = {}
-    for w in plc.result_writes():
-        writes.setdefault(w["seq"], w["t"])  # the first write of a seq is the decision the PLC got
+    writes = _written(plc, a.mode)
+    taken = {r["seq"]: r["t"] for r in plc.taken()}
+    taken_order = [r["seq"] for r in plc.taken()]
     with Journal(tmp / "state", "st1") as journal:
         firsts = [journal.revisions(s)[0] for s in range(1, journal.last_seq() + 1)]
         revised = sum(len(journal.revisions(r.seq)) > 1 for r in firsts)
@@ -174,6 +197,7 @@ def measure(a: argparse.Namespace) -> dict:
     for r in firsts:
         per_part.setdefault(r.part_id, []).append(r)
     plc_ms = [(writes[r.seq] - triggers[r.part_id]) * 1000 for r in firsts if r.seq in writes and r.part_id in triggers]
+    taken_ms = [(taken[r.seq] - triggers[r.part_id]) * 1000 for r in firsts if r.seq in taken and r.part_id in triggers]
     station_ms = [r.latency_ms["trigger_to_decision"] for r in firsts if "trigger_to_decision" in r.latency_ms]
     frame_ms = [r.latency_ms["trigger_to_frame"] for r in firsts if "trigger_to_frame" in r.latency_ms]
     frame_limit_ms = 1000.0 / FPS + 20.0
@@ -197,7 +221,18 @@ def measure(a: argparse.Namespace) -> dict:
         else:
             unmatched_due.remove(hit)
             lateness.append((rise - hit) * 1000.0)
+    handshake_out = {}
+    if a.mode == "handshake":
+        handshake_out = {
+            "latency_trigger_to_plc_taking_ms": pct(taken_ms),
+            "results_the_plc_took": len(taken_order),
+            "plc_took_every_result_once_in_seq_order": taken_order == sorted(writes),
+            "plc_scan_ms": a.plc_scan_ms, "plc_ack_ms": a.plc_ack_ms, "reject": a.handshake_reject,
+        }
     return {
+        "mode": a.mode,
+        "overrides": {k: v for k, v in a.set or []},
+        **handshake_out,
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in load_after],
         "triggered": len(triggers),
@@ -224,6 +259,44 @@ def measure(a: argparse.Namespace) -> dict:
                                                     "missed_ejections", "vlm_dropped") if k in counters},
         "link": link,
     }
+
+
+def _written(plc, mode: str) -> dict[int, float]:
+    """seq → when the station first wrote it to the PLC (simple: its result block; handshake: the
+    first output block that shows it in a slot)."""
+    from tests.plc_standin import RESULT_HR
+
+    out: dict[int, float] = {}
+    if mode != "handshake":
+        for w in plc.result_writes():
+            out.setdefault(w["seq"], w["t"])  # the first write of a seq is the decision the PLC got
+        return out
+    for e in plc.events():
+        v = e.get("values", [])
+        if e["ev"] == "write" and e["address"] == RESULT_HR and len(v) > 8:
+            for k in range(v[2]):
+                out.setdefault(v[8 + 8 * k] | v[9 + 8 * k] << 16, e["t"])
+    return out
+
+
+def apply_override(cfg: dict, key: str, value) -> None:
+    """Set a dotted station config key (`plc.modbus.poll_ms`), making the sections on the way."""
+    *path, last = key.split(".")
+    node = cfg
+    for part in path:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise SystemExit(f"--set {key}: {part!r} is not a section")
+    node[last] = value
+
+
+def parse_set(text: str) -> tuple[str, object]:
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--set {text!r}: expected KEY=VALUE (e.g. plc.modbus.poll_ms=20)")
+    return key.strip(), yaml.safe_load(value)
 
 
 def _unit_nice(tree: Path) -> int:
@@ -256,11 +329,16 @@ def worktree(rev: str) -> Path:
     return path
 
 
-def run_child(tree: Path, a: argparse.Namespace, model_dir: str, gate: str) -> dict:
+def run_child(tree: Path, a: argparse.Namespace, model_dir: str, gate: str, mode: str = "simple") -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--parts", str(a.parts), "--rate", str(a.rate),
            "--deadline-ms", str(a.deadline_ms), "--delay-ms", str(a.delay_ms), "--window-ms", str(a.window_ms),
            "--model", a.model, "--model-dir", model_dir, "--gate-path", gate, "--slow-every", str(a.slow_every),
            "--slow-s", str(a.slow_s), "--max-tokens", str(a.max_tokens), "--trigger", a.trigger]
+    if mode != "simple":  # a tree from before the handshake knows neither option
+        cmd += ["--mode", mode, "--plc-scan-ms", str(a.plc_scan_ms), "--plc-ack-ms", str(a.plc_ack_ms),
+                "--handshake-reject", a.handshake_reject]
+    for key, value in a.set or []:
+        cmd += ["--set", f"{key}={json.dumps(value)}"]
     env = {**os.environ, "PYTHONPATH": str(tree), "ADFM_LINE_RATE_TREE": str(tree)}
     proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=a.parts / a.rate * 4 + 600)
     if proc.returncode != 0:
@@ -284,7 +362,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--trigger", choices=["counter", "edge"], default="counter",
                    help="PLC trigger as a part counter register or a discrete-input edge (80 ms high)")
+    p.add_argument("--modes", default="simple", help="PLC link modes to measure side by side: simple,handshake")
+    p.add_argument("--repeat", type=int, default=1, help="measure the trees × modes this many times, alternating")
+    p.add_argument("--plc-scan-ms", type=float, default=20.0, help="handshake: the PLC program's scan")
+    p.add_argument("--plc-ack-ms", type=float, default=20.0, help="handshake: the PLC acks this long after taking")
+    p.add_argument("--handshake-reject", choices=["pulse", "bit"], default="pulse")
+    p.add_argument("--set", action="append", type=parse_set, metavar="KEY=VALUE",
+                   help="override a station config key in every run (dotted path, YAML value); repeatable")
     p.add_argument("--out", type=Path)
+    p.add_argument("--mode", choices=["simple", "handshake"], default="simple", help=argparse.SUPPRESS)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model-dir", default="", help=argparse.SUPPRESS)
     p.add_argument("--gate-path", default="", help=argparse.SUPPRESS)
@@ -323,16 +409,24 @@ def main(argv: list[str] | None = None) -> int:
                              text=True).stdout.strip()
         trees = {"before": worktree(rev), "after": REPO}
     head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    modes = [m.strip() for m in a.modes.split(",") if m.strip()]
+    if not modes or set(modes) - {"simple", "handshake"}:
+        raise SystemExit(f"--modes {a.modes!r}: simple and/or handshake, comma-separated")
     load = start_load(a.load)
     runs = {}
     try:
         time.sleep(5 if a.load else 0)  # let the load settle into the load average
-        for name, tree in trees.items():
+        # the runs alternate (ABAB…): a load that drifts during the bench weighs on every run alike
+        plan = [(t, p, m, r) for r in range(1, a.repeat + 1) for t, p in trees.items() for m in modes]
+        for tree_name, tree, mode, rep in plan:
+            name = tree_name if modes == ["simple"] else f"{tree_name}-{mode}"
+            name += f"-{rep}" if a.repeat > 1 else ""
             print(f"measuring {name} ({tree}) under {a.load} busy processes…", file=sys.stderr, flush=True)
-            runs[name] = run_child(tree, a, model_dir, gate)
-            print(json.dumps({name: {k: runs[name][k] for k in (
-                "triggered", "decided", "plc_writes_within_deadline_share", "pulses_outside_the_ejector_window",
-                "parts_with_a_frame_later_than_one_period_plus_20ms", "decision_loop")}}), file=sys.stderr, flush=True)
+            runs[name] = run_child(tree, a, model_dir, gate, mode)
+            print(json.dumps({name: {k: runs[name].get(k) for k in (
+                "triggered", "decided", "sustained_parts_per_s", "latency_trigger_to_plc_write_ms",
+                "latency_trigger_to_plc_taking_ms", "plc_writes_within_deadline_share",
+                "pulses_outside_the_ejector_window", "decision_loop")}}), file=sys.stderr, flush=True)
     finally:
         stop_load(load)
     out = {
@@ -348,10 +442,14 @@ def main(argv: list[str] | None = None) -> int:
         "gate": a.gate,
         "settings": {"parts": a.parts, "rate": a.rate, "deadline_ms": a.deadline_ms, "delay_ms": a.delay_ms,
                      "window_ms": a.window_ms, "load_processes": a.load, "slow_every": a.slow_every,
-                     "slow_s": a.slow_s, "max_tokens": a.max_tokens, "trigger": a.trigger, "camera_fps": FPS},
+                     "slow_s": a.slow_s, "max_tokens": a.max_tokens, "trigger": a.trigger, "camera_fps": FPS,
+                     "modes": modes, "plc_scan_ms": a.plc_scan_ms, "plc_ack_ms": a.plc_ack_ms,
+                     "handshake_reject": a.handshake_reject, "overrides": {k: v for k, v in a.set or []},
+                     "repeat": a.repeat},
         "runs": runs,
     }
     name = f"line_rate-{a.model if a.model in ('scripted', 'tiny') else 'model'}" + (f"-load{a.load}" if a.load else "")
+    name += ("" if modes == ["simple"] else "-" + "-".join(modes)) + (f"-x{a.repeat}" if a.repeat > 1 else "")
     path = a.out or RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")

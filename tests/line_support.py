@@ -3,6 +3,7 @@ process, a station in line mode run in a thread, and readers for what the PLC sa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -70,6 +71,64 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class CutProxy:
+    """A TCP relay between the station and the PLC stand-in whose `cut(s)` is a network cut: open
+    connections die and new ones are dropped for `s` seconds (the PLC keeps running meanwhile)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target = target_port
+        self._srv = socket.create_server(("127.0.0.1", 0))
+        self.port = self._srv.getsockname()[1]
+        self._cut_until = 0.0
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._srv.accept()
+            except OSError:
+                return
+            if time.monotonic() < self._cut_until:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target), timeout=1.0)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for sock in (src, dst):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def cut(self, seconds: float) -> None:
+        self._cut_until = time.monotonic() + seconds
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for sock in conns:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def close(self) -> None:
+        self._srv.close()
+        self.cut(0)
+
+
 @dataclass
 class Plc:
     """The stand-in process and its event log."""
@@ -78,10 +137,12 @@ class Plc:
     log: Path
     proc: subprocess.Popen | None = None
 
-    def start(self, *, rate: float, parts: int, first_id: int = 1, start_delay: float = 0.5, recipe: int = 0) -> None:
+    def start(self, *, rate: float, parts: int, first_id: int = 1, start_delay: float = 0.5, recipe: int = 0,
+              extra: tuple[str, ...] = ()) -> None:
+        """`extra`: more stand-in options (the handshake's PLC side, a rogue writer …)."""
         cmd = [sys.executable, "-m", "tests.plc_standin", "--port", str(self.port), "--log", str(self.log),
                "--rate", str(rate), "--parts", str(parts), "--first-id", str(first_id),
-               "--start-delay", str(start_delay), "--recipe", str(recipe), "--die-with-parent"]
+               "--start-delay", str(start_delay), "--recipe", str(recipe), "--die-with-parent", *extra]
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      env={**os.environ, "PYTHONPATH": str(REPO)})
         assert self.proc.stdout is not None
@@ -102,6 +163,10 @@ class Plc:
 
     def done(self) -> bool:
         return any(e["ev"] == "done" for e in self.events())
+
+    def taken(self) -> list[dict]:
+        """Results the handshake's PLC side took, in the order it took them."""
+        return [e for e in self.events() if e["ev"] == "result"]
 
     def result_writes(self) -> list[dict]:
         """Each decision the station wrote: {t, seq, decision, source}."""
@@ -140,7 +205,8 @@ class LineRun:
 
 
 def line_config(tmp_path: Path, port: int, *, deadline_ms: float = 500, delay_ms: float = 700,
-                failsafe: str = "reject", recipes: list | None = None, counter: bool = False, **over) -> dict:
+                failsafe: str = "reject", recipes: list | None = None, counter: bool = False,
+                handshake: dict | None = None, **over) -> dict:
     from tests.appliance_fakes import station_dict
 
     cfg = station_dict(
@@ -148,7 +214,7 @@ def line_config(tmp_path: Path, port: int, *, deadline_ms: float = 500, delay_ms
         cameras=[{"id": "cam0", "url": f"replay:{tmp_path}", "trigger": {"mode": "link"}, "queue_size": 2}],
         line={"deadline_ms": deadline_ms, "failsafe": failsafe, "margin_ms": 50, "vlm_backlog": 64},
         plc={"modbus": standin_modbus(port, {"coil": REJECT_COIL, "pulse_ms": 60, "delay_ms": delay_ms},
-                                      recipes=bool(recipes), counter=counter)},
+                                      recipes=bool(recipes), counter=counter, handshake=handshake)},
         **over,
     )
     cfg["model"]["deadline_s"] = 20
@@ -184,4 +250,4 @@ def start_line(config_dict: dict, script: Path | None, fps: float = 30.0, backen
     return run, source
 
 
-__all__ = ["ENCODER_HR", "Plc", "SyntheticStream", "free_port", "line_config", "start_line"]
+__all__ = ["ENCODER_HR", "CutProxy", "Plc", "SyntheticStream", "free_port", "line_config", "start_line"]

@@ -21,7 +21,7 @@ from adfm.appliance.inspection.runner import VlmJob, VlmRunner
 from adfm.appliance.inspection.worker import BackendSpec, InferenceWorker
 from adfm.appliance.journal.store import Journal
 from adfm.appliance.modes.line import LineTrigger
-from adfm.appliance.plc.modbus import ModbusLink
+from adfm.appliance.plc.modbus import Inputs, ModbusLink
 from adfm.appliance.service import Service
 from adfm.synthetic import make_synthetic_dataset
 from tests.appliance_fakes import FACTORY, write_script
@@ -45,8 +45,8 @@ class FakeModbus:
     def read_trigger(self) -> int:
         return self.counter
 
-    def read_trigger_and_id(self) -> tuple[int, str | None]:
-        return self.counter, None
+    def read_inputs(self) -> Inputs:
+        return Inputs(self.counter)
 
     def read_registers(self, address: int, count: int) -> list[int]:
         return [0] * count
@@ -79,7 +79,12 @@ def test_a_reject_past_its_ejector_window_is_never_pulsed_but_counted_and_report
         link.decided(1, "reject", "failsafe_timeout", late)
         link.decided(2, "reject", "vlm", fresh)
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and not any(w[0] == "coil" and w[2] is False for w in client.writes):
+
+        def pulsed() -> bool:  # the coil is driven low at connect; then a rise and its fall
+            coil = [w[2] for w in client.writes if w[0] == "coil"]
+            return True in coil and False in coil[coil.index(True):]
+
+        while time.monotonic() < deadline and not pulsed():
             time.sleep(0.01)
     finally:
         link.stop()

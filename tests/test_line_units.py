@@ -20,6 +20,7 @@ from adfm.camera.frame import Frame
 from adfm.camera.triggers import LinkTrigger
 from adfm.schema import InspectionResult
 from tests.line_support import SyntheticStream, line_config
+from tests.plc_standin import standin_modbus
 
 
 def _result(part, **kw) -> InspectionResult:
@@ -131,6 +132,15 @@ def test_a_v4l2_buffer_time_is_used_only_when_it_is_on_the_monotonic_clock():
     (lambda c: c.update(recipes=[{"name": "a", "code": 1}, {"name": "b", "code": 1}]), "recipe codes must be unique"),
     (lambda c: c["line"].update(failsafe="maybe"), "line.failsafe"),
     (lambda c: c.pop("line"), "plc and recipes need a `line` section"),
+    (lambda c: c["plc"]["modbus"].update(reject="bit"), "reject: bit needs mode: handshake"),
+    (lambda c: c["plc"]["modbus"].update(mode="handshake", trigger={"table": "counter"}),
+     "part_id_register is part of handshake.inputs"),
+    (lambda c: c["plc"].update(modbus={**standin_modbus(1502, handshake={"reject": "bit"}),
+                                       "ejector": {"coil": 8, "delay_ms": 700}}), "remove the ejector section"),
+    (lambda c: c["plc"].update(modbus={**standin_modbus(1502, handshake={"outputs": 14})}),
+     "holding registers overlap: handshake.inputs 10..17 and handshake.outputs 14..53"),
+    (lambda c: c["plc"].update(modbus={**standin_modbus(1502, handshake={}), "trigger": {"table": "discrete_input"}}),
+     "mode: handshake needs trigger.table: counter"),
 ])
 def test_line_config_errors_name_the_key(tmp_path, change, message):
     cfg = line_config(tmp_path, 1502)
@@ -168,7 +178,11 @@ def test_trigger_edges_and_counters():
     assert [new_parts("discrete_input", a, b) for a, b in ((0, 1), (1, 1), (1, 0), (0, 0))] == [1, 0, 0, 0]
     assert new_parts("counter", 7, 10) == 3  # a late poll loses no part
     assert new_parts("counter", 65535, 1) == 2  # wraps at 2**16
-    assert new_parts("counter", 500, 0) == 0  # a reset is no parts
+    assert new_parts("counter", 500, 0) == 65036  # a reset looks like a huge advance: implausible, refused
+    from adfm.appliance.config.line import TriggerInput
+
+    t = TriggerInput(table="counter", max_parts_per_s=50, max_burst=4)
+    assert t.plausible(3, 0.01) == 4 and t.plausible(3, 1.0) == 54  # 50/s × elapsed + the burst
 
 
 def test_link_triggers_fire_an_on_demand_camera_once_each():

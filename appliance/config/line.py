@@ -1,6 +1,6 @@
 """Station config sections for the line: decision deadline and fail-safe, product recipes, the PLC's
 Modbus/TCP register map and the OPC UA server. Part of `station.yaml` (see appliance/config/station.py);
-README "Wiring a station to a PLC" documents every key.
+README "The line: a decision for every part in time, and the PLC" documents every key.
 
 Register addresses are 0-based protocol addresses (what goes on the wire), not the 1-based
 "40001"-style numbers of some PLC manuals.
@@ -29,6 +29,7 @@ SOURCE_CODES: dict[str, int] = {
     "failsafe_model_down": 4,
     "failsafe_missed_frame": 5,
     "failsafe_disk_full": 6,
+    "missed_link": 7,
 }
 
 
@@ -71,10 +72,22 @@ class RecipeSection(_Section):
 class TriggerInput(_Section):
     """The PLC's part-present signal: a rising edge (0 → 1) of a coil or discrete input is one part;
     or (`counter`) a holding register the PLC increments by one per part — no part is lost when a
-    poll comes late, where an edge must stay high longer than the polling gap."""
+    poll comes late, where an edge must stay high longer than the polling gap, and the parts counted
+    while the link was down are recorded on reconnect (`missed_link`).
+
+    A counter that advances faster than the line can present parts is implausible (a rogue writer,
+    a PLC program fault): an advance of more than `max_parts_per_s` × the time since the previous
+    read + `max_burst` is refused whole — journaled as refused, alarmed (`plc.trigger`), not decided
+    as parts."""
 
     table: Literal["coil", "discrete_input", "counter"] = "discrete_input"
     address: int = Field(0, ge=0, le=65535)
+    max_parts_per_s: float = Field(50.0, gt=0, le=10_000, description="the fastest the line presents parts")
+    max_burst: int = Field(4, ge=1, le=10_000, description="parts one read may add beyond that rate")
+
+    def plausible(self, step: int, elapsed_s: float) -> int:
+        """The most parts a counter may advance by in `elapsed_s` (beyond: refused)."""
+        return int(self.max_parts_per_s * max(0.0, elapsed_s)) + self.max_burst
 
 
 class ResultRegisters(_Section):
@@ -118,8 +131,40 @@ class EjectorSection(_Section):
         return self
 
 
+class HandshakeSection(_Section):
+    """The handshake (`mode: handshake`): two blocks of holding registers, each moved in one request.
+
+    PLC → station, `inputs` + 0..7 (read in one request every poll, so a part's id, count and
+    recipe always belong together): part id (u32, low word first), trigger counter, recipe code,
+    ack (u32: the seq of the newest result the PLC has taken), recipe request code, recipe request
+    id (the PLC increments it to ask).
+    Station → PLC, `outputs` + 0..7 header, then `slots` result slots of 8 registers (written in one
+    request): status word, results waiting beyond the slots, valid slots, active recipe code,
+    heartbeat, recipe answer id, recipe answer (1 done, 2 failed), 0. A slot: seq (u32), trigger
+    count, part id (u32), decision code, source code, flags (bit 0 reject, bit 1 missed by the link).
+    README "The Modbus handshake" has the full map and a PLC program."""
+
+    inputs: int = Field(10, ge=0, le=65528, description="first of the 8 registers the PLC writes")
+    outputs: int = Field(100, ge=0, le=65535, description="first of the registers the station writes")
+    slots: int = Field(4, ge=1, le=12, description="results shown to the PLC at once, oldest first")
+    fifo_alarm: int = Field(32, ge=1, le=65535, description="more results than this waiting for the PLC's "
+                            "ack raise the plc.fifo alarm (they are held, never dropped)")
+
+    @property
+    def output_count(self) -> int:
+        return 8 + 8 * self.slots
+
+
 class ModbusSection(_Section):
-    """The PLC over Modbus/TCP (the station is the client)."""
+    """The PLC over Modbus/TCP (the station is the client). `mode: simple` is the original register
+    map (trigger in, the newest result and a heartbeat out); `mode: handshake` adds a status word,
+    a result FIFO the PLC acknowledges and recipe requests (HandshakeSection)."""
+
+    mode: Literal["simple", "handshake"] = Field("simple", description="simple | handshake")
+    handshake: HandshakeSection = Field(default_factory=HandshakeSection)
+    reject: Literal["pulse", "bit"] = Field("pulse", description="pulse: the station times the reject coil "
+                                            "(`ejector`); bit: the PLC times its ejector from each result's "
+                                            "reject bit (handshake mode)")
 
     host: str = Field(min_length=1)
     port: int = Field(502, ge=1, le=65535)
@@ -134,10 +179,32 @@ class ModbusSection(_Section):
     result: ResultRegisters = Field(default_factory=ResultRegisters)
     ejector: EjectorSection | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _handshake_trigger(cls, data: object) -> object:
+        """In handshake mode the trigger is the counter in the inputs block unless set otherwise."""
+        if isinstance(data, dict) and data.get("mode") == "handshake":
+            hs = data.get("handshake") or {}
+            inputs = hs.get("inputs", 10) if isinstance(hs, dict) else 10
+            trigger = dict(data.get("trigger") or {})
+            trigger.setdefault("table", "counter")
+            if isinstance(inputs, int):
+                trigger.setdefault("address", inputs + 2)
+            data = {**data, "trigger": trigger}
+        return data
+
     @model_validator(mode="after")
     def _no_overlap(self) -> ModbusSection:
         if self.reconnect_max_s < self.reconnect_min_s:
             raise ValueError("reconnect_max_s must be >= reconnect_min_s")
+        if self.reject == "bit" and self.mode != "handshake":
+            raise ValueError("reject: bit needs mode: handshake (the PLC takes each result, with its reject bit, "
+                             "from the result FIFO)")
+        if self.reject == "bit" and self.ejector is not None:
+            raise ValueError("reject: bit leaves the ejector to the PLC: remove the ejector section (the "
+                             "station-timed pulse)")
+        if self.mode == "handshake":
+            return self._handshake_map()
         regs: dict[str, range] = {"result": range(self.result.base, self.result.base + 5)}
         if self.trigger.table == "counter":
             regs["trigger"] = range(self.trigger.address, self.trigger.address + 1)
@@ -155,6 +222,36 @@ class ModbusSection(_Section):
         if (self.ejector is not None and self.trigger.table == "coil" and self.ejector.coil == self.trigger.address):
             raise ValueError(f"ejector.coil {self.ejector.coil} is also the trigger coil")
         return self
+
+    def _handshake_map(self) -> ModbusSection:
+        """In handshake mode the two blocks are the map: the simple mode's own addresses must not be set."""
+        hs = self.handshake
+        if self.trigger.table != "counter":
+            raise ValueError("mode: handshake needs trigger.table: counter (inputs + 2), which accounts for "
+                             "every part across an outage")
+        if self.trigger.address != hs.inputs + 2:
+            raise ValueError(f"mode: handshake reads the trigger counter at handshake.inputs + 2 = {hs.inputs + 2}; "
+                             f"trigger.address is {self.trigger.address}")
+        for key in ("part_id_register", "recipe_register"):
+            if getattr(self, key) is not None:
+                raise ValueError(f"mode: handshake: {key} is part of handshake.inputs; remove it")
+        regs = {"handshake.inputs": range(hs.inputs, hs.inputs + 8),
+                "handshake.outputs": range(hs.outputs, hs.outputs + hs.output_count)}
+        if hs.outputs + hs.output_count > 65536:
+            raise ValueError(f"handshake.outputs {hs.outputs} + {hs.output_count} registers runs past 65535")
+        if self.ejector is not None and self.ejector.encoder_register is not None:
+            regs["ejector.encoder_register"] = range(self.ejector.encoder_register, self.ejector.encoder_register + 2)
+        names = list(regs)
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                if set(regs[a]) & set(regs[b]):
+                    raise ValueError(f"holding registers overlap: {a} {_span(regs[a])} and {b} {_span(regs[b])}")
+        return self
+
+    @property
+    def heartbeat_register(self) -> int:
+        """The station's heartbeat register (+1 every result.heartbeat_ms while the line decides)."""
+        return (self.handshake.outputs if self.mode == "handshake" else self.result.base) + 4
 
 
 def _span(r: range) -> str:

@@ -10,7 +10,9 @@ these decides it:
 - `margin_ms` before the deadline → the recipe's fail-safe action, source `failsafe_missed_frame`
   (no frame yet), `failsafe_model_down` (the model cannot be loaded) or `failsafe_timeout`;
 - its image or row cannot be stored (disk full) → the fail-safe at once, `failsafe_disk_full`,
-  the row kept as a minimal record.
+  the row kept as a minimal record;
+- the PLC counted it while its link was down (the link reports it on reconnect) → the fail-safe
+  at once, `missed_link`: the part went by unseen, and it gets its row and result like any other.
 A gate or VLM decision counts once the part's image file is written (the evidence exists before
 the line acts on it); the database row may come later. The decision goes to the outputs at once
 (the PLC first), then is journaled and published in seq order. The main row is what the line
@@ -96,6 +98,10 @@ class LineTrigger:
     recipe_code: int | None = None
     encoder: int | None = None
     earliest_mono: float | None = None  # the trigger came after this (the PLC link's previous read)
+    count: int | None = None  # the PLC's trigger counter for this part (echoed to the PLC with its result)
+    #: why the part was never seen (the PLC counted it while the link was down): it is recorded at
+    #: once with the fail-safe action, source `missed_link` — no frame, no model
+    missed: str = ""
 
 
 @dataclass
@@ -363,11 +369,14 @@ class LineController:
         recipe = self._recipe_for(trigger)
         key = f"t{next(self._keys)}"
         deadline = trigger.at_mono + recipe.deadline_ms / 1000.0
-        try:  # the camera first: the part's frame is the first one captured after this
-            self.camera.fire(key, trigger.at_mono, deadline)
-        except Exception as exc:  # a camera that cannot take triggers: the deadline records it missed
-            log.error("camera %s: cannot fire trigger: %s", self.camera_id, exc)
+        if not trigger.missed:
+            try:  # the camera first: the part's frame is the first one captured after this
+                self.camera.fire(key, trigger.at_mono, deadline)
+            except Exception as exc:  # a camera that cannot take triggers: the deadline records it missed
+                log.error("camera %s: cannot fire trigger: %s", self.camera_id, exc)
         part_id = trigger.part_id or f"{self.camera_id}-{utc(trigger.at_wall).strftime('%Y%m%dT%H%M%S.%f')[:-3]}Z"
+        if not trigger.part_id and trigger.count is not None:
+            part_id += f"-count{trigger.count}"  # several parts counted at once: told apart by the PLC's count
         seq = self._next_seq
         self._next_seq += 1
         part = _Part(key, seq, part_id, trigger, recipe, deadline, max(trigger.at_mono, deadline - self.margin_s))
@@ -385,6 +394,8 @@ class LineController:
         self._rows.submit(f"seq {seq}: row", lambda: self.journal.open_part(
             part_id=part_id, camera=self.camera_id, triggered_wall=trigger.at_wall, product=product, seq=seq),
             opened, on_retry=failing)
+        if trigger.missed:  # gone by unseen: its row first (above, in order), then its fail-safe
+            self._decide_failsafe(part, "missed_link", trigger.missed)
 
     def _on_opened(self, key: str, row: AcceptedPart | None, error: BaseException | None) -> None:
         part = self.parts.get(key)

@@ -24,7 +24,9 @@ from ..inspection.core import GenerationOptions, ModelInfo, build_result
 from ..inspection.runner import VlmModel, VlmRunner
 from ..inspection.worker import BackendSpec
 from ..journal.store import Journal, JournalError
+from ..journal.writer import JournalWriter
 from ..system.health import Health
+from ..system.priority import BACKGROUND_NICE
 from .line import LineController, LineTrigger, Recipe
 from .outputs import Outputs
 
@@ -107,11 +109,16 @@ class LineStation:
             {k: m.info for k, m in models.items()}, outputs, margin_ms=line.margin_ms,
         )
         self.link: ModbusLink | None = None
+        self._plc_commands: JournalWriter | None = None
         if cfg.plc is not None:
             from ..plc.modbus import ModbusLink
 
+            # the PLC's commands (recipe requests, refused counts) are journaled off the link's
+            # thread: a locked database must not hold up trigger polling or a pulse
+            self._plc_commands = JournalWriter("plc-commands", nice=BACKGROUND_NICE)
             self.link = ModbusLink(cfg.plc.modbus, self.trigger, health, alive=self.controller.alive,
-                                   on_missed=self.controller.missed_ejection)
+                                   on_missed=self.controller.missed_ejection, on_refused=self._plc_refused,
+                                   on_recipe=self._plc_recipe, recipe_code=self._recipe_code, ready=self._ready)
             outputs.add("plc", decided=self.link.decided)
         self.opcua: StationOpcUa | None = None
         health.recipe = self.controller.active_recipe
@@ -140,6 +147,44 @@ class LineStation:
     def select_recipe(self, name: str) -> None:
         self.controller.select_recipe(name)
         self.health.recipe = name
+
+    # ---- the PLC's requests (the link's thread) -------------------------------------------------
+
+    @property
+    def _plc_client(self) -> str:
+        m = self.cfg.plc.modbus  # type: ignore[union-attr]
+        return f"plc {m.host}:{m.port}"
+
+    def _plc_recipe(self, code: int) -> tuple[bool, str]:
+        """A recipe change the PLC requests by code (handshake): selected for the next parts, or
+        failed; journaled either way, like a changeover by command."""
+        recipe = next((r for r in self.recipes.values() if r.code == code), None)
+        known = ", ".join(f"{r.code} {r.name}" for r in self.recipes.values() if r.code is not None) or "none"
+        name = recipe.name if recipe is not None else str(code)
+        if recipe is not None:
+            self.select_recipe(recipe.name)
+            detail = f"recipe {recipe.name} selected for the next parts"
+        else:
+            detail = f"refused: no recipe has code {code} (known: {known})"
+        self._journal_command("recipe", name, recipe is not None, detail)
+        return recipe is not None, detail
+
+    def _plc_refused(self, counts: int, why: str) -> None:
+        """A trigger counter advance refused as implausible: journaled as a refused command."""
+        self._journal_command("parts", str(counts), False, why)
+
+    def _journal_command(self, command: str, argument: str, accepted: bool, detail: str) -> None:
+        assert self._plc_commands is not None
+        client = self._plc_client
+        self._plc_commands.submit(f"PLC command {command} {argument}", lambda: self.journal.record_command(
+            command, argument, client=client, operator="", accepted=accepted, detail=detail))
+
+    def _recipe_code(self) -> int:
+        recipe = self.recipes.get(self.controller.active_recipe)
+        return recipe.code or 0 if recipe is not None else 0
+
+    def _ready(self) -> bool:
+        return self.controller.alive() and not self.runner.down
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -194,7 +239,8 @@ class LineStation:
             out.update(plc_connected=float(s["connected"]), plc_poll_gap_ms_max=s["poll_gap_ms_max"],
                        plc_pulses=s["pulses"], plc_pulse_late_ms_max=s["pulse_late_ms_max"],
                        plc_pulse_late_ms_p99=s["pulse_late_ms_p99"], plc_disconnects=s["disconnects"],
-                       plc_results_written=s["results_written"])
+                       plc_results_written=s["results_written"], plc_missed_link_parts=s["missed_link_parts"],
+                       plc_refused_counts=s["refused_counts"], plc_fifo=s["fifo"])
         return out
 
     def worker_state(self) -> tuple[bool, int]:
@@ -205,6 +251,8 @@ class LineStation:
             self.opcua.stop()
         if self.link is not None:
             self.link.stop()
+        if self._plc_commands is not None:
+            self._plc_commands.close()
         self.controller.close()
         self.runner.stop()
 

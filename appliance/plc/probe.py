@@ -1,8 +1,12 @@
 """`adfm-appliance plc-probe CONFIG`: check a station's PLC link from the command line.
 
 Connects to the PLC named in the config's `plc.modbus` section and reads what the station would
-read: the trigger input, the part id, recipe and encoder registers and the result block. With
-`--watch S` it counts the parts the trigger reports for S seconds (what a part passing the sensor looks like).
+read: the trigger input, the part id, recipe and encoder registers and the result block — in
+handshake mode the PLC's inputs block (count, part id, recipe, ack, recipe request) and the
+station's output block (status word decoded, the result slots). With `--watch S` it counts the
+parts the trigger reports for S seconds (what a part passing the sensor looks like), and how
+many of those reads advanced the counter further than `trigger.max_parts_per_s` allows (the
+station would refuse them).
 Nothing is written unless `--pulse-reject` is given: then the reject coil is pulsed once, for the
 configured width — an output that moves a real ejector, so only with the line in a safe state.
 """
@@ -40,7 +44,7 @@ def probe(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     if config.plc is None:
         return EXIT_CONFIG, {"ok": False, "error": f"{args.config}: no plc section to probe"}
     try:
-        from .modbus import ModbusClient, PlcError, new_parts, words_to_u32
+        from .modbus import ModbusClient, PlcError, decode_status, new_parts, words_to_u32
     except ImportError as exc:
         return EXIT_FAIL, {"ok": False, "error": f"the PLC link needs the `plc` extra (pip install 'adfm[plc]'): {exc}"}
     cfg = config.plc.modbus
@@ -49,31 +53,55 @@ def probe(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     try:
         t0 = time.perf_counter()
         client.connect()
-        level = client.read_trigger()
+        inputs = client.read_inputs()
+        level = inputs.level
         out["round_trip_ms"] = round((time.perf_counter() - t0) * 1000.0, 2)
+        out["mode"] = cfg.mode
         key = "count" if cfg.trigger.table == "counter" else "level"
         out["trigger"] = {"table": cfg.trigger.table, "address": cfg.trigger.address,
                           key: level if key == "count" else bool(level)}
-        if cfg.part_id_register is not None:
-            out["part_id"] = words_to_u32(*client.read_registers(cfg.part_id_register, 2))
-        if cfg.recipe_register is not None:
-            code = client.read_registers(cfg.recipe_register, 1)[0]
+        part_id = inputs.part_id
+        if part_id is None and cfg.part_id_register is not None:
+            part_id = str(words_to_u32(*client.read_registers(cfg.part_id_register, 2)))
+        if part_id is not None or cfg.part_id_register is not None:
+            out["part_id"] = int(part_id or 0)
+        recipe = inputs.recipe
+        if recipe is None and cfg.recipe_register is not None:
+            recipe = client.read_registers(cfg.recipe_register, 1)[0]
+        if recipe is not None:
             known = {r.code: r.name for r in config.recipes}
-            out["recipe"] = {"code": code, "name": known.get(code)}
+            out["recipe"] = {"code": recipe, "name": known.get(recipe)}
         ej = cfg.ejector
         if ej is not None and ej.encoder_register is not None:
             out["encoder"] = words_to_u32(*client.read_registers(ej.encoder_register, 2))
-        regs = client.read_registers(cfg.result.base, 5)
-        out["result"] = {"seq": words_to_u32(regs[0], regs[1]), "decision": regs[2], "source": regs[3],
-                         "heartbeat": regs[4]}
+        if cfg.mode == "handshake":
+            hs = cfg.handshake
+            regs = client.read_registers(hs.outputs, hs.output_count)
+            out["plc_side"] = {"ack": inputs.ack, "recipe_request": {"code": inputs.request_code,
+                                                                     "id": inputs.request_id}}
+            slots = [regs[8 + 8 * k: 16 + 8 * k] for k in range(min(regs[2], hs.slots))]
+            out["station_side"] = {
+                "status": decode_status(regs[0]), "waiting_beyond_slots": regs[1], "active_recipe_code": regs[3],
+                "heartbeat": regs[4], "recipe_answer": {"id": regs[5], "answer": regs[6]},
+                "slots": [{"seq": words_to_u32(w[0], w[1]), "count": w[2], "part_id": words_to_u32(w[3], w[4]),
+                           "decision": w[5], "source": w[6], "flags": w[7]} for w in slots]}
+        else:
+            regs = client.read_registers(cfg.result.base, 5)
+            out["result"] = {"seq": words_to_u32(regs[0], regs[1]), "decision": regs[2], "source": regs[3],
+                             "heartbeat": regs[4]}
         if args.watch > 0:
-            parts, last, end = 0, level, time.monotonic() + args.watch
+            parts = implausible = 0
+            last, read_at, end = level, time.monotonic(), time.monotonic() + args.watch
             while time.monotonic() < end:
                 now = client.read_trigger()
-                parts += new_parts(cfg.trigger.table, last, now)
-                last = now
+                step = new_parts(cfg.trigger.table, last, now)
+                if cfg.trigger.table == "counter" and step > cfg.trigger.plausible(step, time.monotonic() - read_at):
+                    implausible += 1
+                else:
+                    parts += step
+                last, read_at = now, time.monotonic()
                 time.sleep(cfg.poll_ms / 1000.0)
-            out["watch"] = {"seconds": args.watch, "parts": parts}
+            out["watch"] = {"seconds": args.watch, "parts": parts, "implausible_advances": implausible}
         if args.pulse_reject:
             if ej is None:
                 return EXIT_CONFIG, {**out, "error": "--pulse-reject: no plc.modbus.ejector configured"}

@@ -113,6 +113,11 @@ class Health:
         if text is not None:
             log.info("alarm %s cleared after %.0f s (%d report(s); last: %s)", key, time.monotonic() - since, n, text)
 
+    def has_problems(self) -> bool:
+        """Whether any problem stands (cheap: for the PLC's status word every poll)."""
+        with self._lock:
+            return bool(self._problems)
+
     def heartbeat(self) -> None:
         """The main loop is alive (called every loop turn and while waiting on the model)."""
         with self._lock:
