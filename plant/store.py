@@ -46,7 +46,8 @@ WITH stored AS (
            count(*), count(*) FILTER (WHERE verdict = 'pass'), count(*) FILTER (WHERE verdict <> 'pass'),
            count(*) FILTER (WHERE verdict = 'review'), count(*) FILTER (WHERE decision_source = 'gate'),
            count(*) FILTER (WHERE decision_source = 'vlm'),
-           count(*) FILTER (WHERE decision_source LIKE 'failsafe%%'), count(*) FILTER (WHERE deadline_missed)
+           count(*) FILTER (WHERE decision_source LIKE 'failsafe%%' OR decision_source = 'missed_link'),
+           count(*) FILTER (WHERE deadline_missed)
     FROM stored WHERE first_stored GROUP BY 1, 2, 3, 4
     ON CONFLICT (station, hour, recipe, model_id) DO UPDATE SET
         parts = hourly.parts + excluded.parts, passed = hourly.passed + excluded.passed,
