@@ -132,7 +132,7 @@ class StationUserManager:
     def get_user(self, iserver: Any, username: str | None = None, password: str | None = None,
                  certificate: Any = None) -> User | None:
         if username is not None:
-            if certificate is None:
+            if not certificate:  # asyncua gives b"" for a channel without certificates (policy None)
                 log.warning("OPC UA login %r refused: a password over security policy None", username)
                 return None
             stored = self.users.passwords.get(username)

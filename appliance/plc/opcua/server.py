@@ -104,8 +104,9 @@ class StationOpcUa:
         server, vision, alias = await self._build()
         await server.start()
         self.start_s = time.perf_counter() - self._t0
-        self.ready.set()
         self.line.health.clear("opcua")
+        await self._refresh(vision, alias, stopping=False)
+        self.ready.set()
         log.info("OPC UA server on %s (%s; Machine Vision nodeset loaded in %.2f s, listening %.2f s after start)",
                  self.cfg.endpoint, ", ".join(self.cfg.policies), self.load_s, self.start_s)
         try:
@@ -183,7 +184,8 @@ class StationOpcUa:
             cert, key = await server_certificate(pki, app_uri, cfg.endpoint)
             await server.load_certificate(str(cert))
             await server.load_private_key(str(key))
-            server.set_certificate_validator(await client_validator(pki / TRUSTED_DIR, pki / REVOKED_DIR))
+            (pki / TRUSTED_DIR).mkdir(exist_ok=True)
+            server.set_certificate_validator(ClientTrust(pki / TRUSTED_DIR, pki / REVOKED_DIR))
         server.set_identity_tokens(tokens)
 
         t = time.perf_counter()
@@ -249,14 +251,43 @@ async def server_certificate(pki: Path, app_uri: str, endpoint: str) -> tuple[Pa
     return cert_file, key_file
 
 
-async def client_validator(trusted: Path, revoked: Path) -> Any:
-    """Client application certificates must be in (or signed by one in) `trusted/`, unexpired, not
-    revoked, with the client's application URI."""
-    from asyncua.crypto.truststore import TrustStore
-    from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
+class ClientTrust:
+    """asyncua's certificate validator over `trusted/` (and `revoked/`), read again whenever the
+    folders change, so a client is trusted (or no longer) without restarting the station. Client
+    application certificates must be in (or signed by one in) `trusted/`, unexpired, not revoked,
+    and name the client's application URI."""
 
-    trusted.mkdir(parents=True, exist_ok=True)
-    store = TrustStore([trusted], [revoked] if revoked.is_dir() else [])
-    await store.load()
-    return CertificateValidator(CertificateValidatorOptions.TRUSTED_VALIDATION
-                                | CertificateValidatorOptions.PEER_CLIENT, store)
+    def __init__(self, trusted: Path, revoked: Path) -> None:
+        self.trusted = trusted
+        self.revoked = revoked
+        self._seen: tuple = ()
+        self._validator: Any = None
+
+    def _listing(self) -> tuple:
+        out = []
+        for folder in (self.trusted, self.revoked):
+            if folder.is_dir():
+                out += [(f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in sorted(folder.iterdir())]
+        return tuple(out)
+
+    async def __call__(self, cert: Any, app_description: Any) -> None:
+        from asyncua import ua
+        from asyncua.common.utils import ServiceError
+        from asyncua.crypto.truststore import TrustStore
+        from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
+
+        seen = self._listing()
+        if seen != self._seen:
+            trusted = [f for f in self.trusted.glob("*") if f.suffix.lower() in (".der", ".pem")] \
+                if self.trusted.is_dir() else []
+            self._validator = None
+            if trusted:
+                store = TrustStore([self.trusted], [self.revoked] if self.revoked.is_dir() else [])
+                await store.load()
+                self._validator = CertificateValidator(CertificateValidatorOptions.TRUSTED_VALIDATION
+                                                       | CertificateValidatorOptions.PEER_CLIENT, store)
+            self._seen = seen
+        if self._validator is None:
+            log.warning("OPC UA: client certificate refused: %s holds no trusted certificate", self.trusted)
+            raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)
+        await self._validator(cert, app_description)
