@@ -25,13 +25,19 @@ async def client_certificate(folder: Path, name: str = "mes-client") -> tuple[Pa
 
 
 def add_user(pki: Path, name: str, password: str, roles: list[str] = ()) -> None:
-    from adfm.appliance.plc.opcua.access import hash_password
+    """A user as `adfm-appliance opcua-user --dir PKI --name NAME --roles …` makes it."""
+    import os
+    import subprocess
+    import sys
 
-    users = pki / "users"
-    users.mkdir(parents=True, exist_ok=True)
-    (users / f"{name}.password").write_text(hash_password(password) + "\n")
-    if roles:
-        (users / f"{name}.roles").write_text("\n".join(roles) + "\n")
+    from tests.line_support import REPO
+
+    cmd = [sys.executable, "-m", "adfm.appliance.cli", "opcua-user", "--dir", str(pki), "--name", name,
+           "--password-stdin", "--roles", ",".join(roles)]
+    out = subprocess.run(cmd, input=password + "\n", capture_output=True, text=True, timeout=60,
+                         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr
+    assert f"user {name}: roles" in out.stdout
 
 
 async def find_vision_systems(client: Any) -> list[Any]:

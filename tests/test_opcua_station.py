@@ -12,11 +12,11 @@ import pytest
 pytest.importorskip("pymodbus")
 pytest.importorskip("asyncua")
 
-from asyncua import Client, ua  # noqa: E402
+from asyncua import Client, ua
 
-from tests.appliance_fakes import write_script  # noqa: E402
-from tests.line_support import Plc, free_port, line_config, start_line  # noqa: E402
-from tests.opcua_support import (  # noqa: E402
+from tests.appliance_fakes import write_script
+from tests.line_support import Plc, free_port, line_config, start_line
+from tests.opcua_support import (
     CLIENT_URI,
     MV_URI,
     RESULT_READY_EVENT_TYPE,

@@ -314,3 +314,20 @@ def test_network_endpoint_offers_only_signed_and_encrypted_policies(tmp_path):
     assert cfg.policies and "None" not in cfg.policies and all(p.endswith("_SignAndEncrypt") for p in cfg.policies)
     assert OpcUaSection().policies == ["None"]
     assert "None" in OpcUaSection(pki_dir=tmp_path).policies
+
+
+def test_opcua_user_files_and_bad_input(tmp_path):
+    from adfm.appliance.plc.opcua.access import check_password, write_user
+
+    written = write_user(tmp_path, "line-1", password="long enough", roles=["recipe"])
+    hashed = tmp_path / "users" / "line-1.password"
+    assert hashed in written and (hashed.stat().st_mode & 0o777) == 0o640
+    assert check_password("long enough", hashed.read_text()) and not check_password("long enougH", hashed.read_text())
+    assert "long enough" not in hashed.read_text()
+    assert (tmp_path / "users" / "line-1.roles").read_text() == "recipe\n"
+    for kwargs, message in [({"name": "../x"}, "user name '../x'"), ({"roles": ["admin"]}, "role 'admin'"),
+                            ({"password": "short"}, "at least 8 characters"),
+                            ({"certificate": tmp_path / "u.txt"}, "a .der or .pem file")]:
+        args = {"name": "u", "password": "long enough", **kwargs}
+        with pytest.raises(ValueError, match=message):
+            write_user(tmp_path, args.pop("name"), **args)

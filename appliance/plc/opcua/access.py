@@ -24,6 +24,8 @@ import hashlib
 import hmac
 import logging
 import os
+import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +76,45 @@ def check_password(password: str, line: str) -> bool:
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(got, base64.b64decode(digest))
+
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def write_user(pki: Path, name: str, *, password: str | None = None, roles: list[str] | None = None,
+               certificate: Path | None = None) -> list[Path]:
+    """Add or change a user in `pki/users` (`adfm-appliance opcua-user`): its password hash, roles
+    and identity certificate; returns the files written. The running server reads users at start."""
+    if not _NAME_RE.match(name):
+        raise ValueError(f"user name {name!r}: use 1-64 letters, digits, '.', '_' or '-'")
+    for role in roles or []:
+        if role not in ROLES:
+            raise ValueError(f"role {role!r}: roles are {', '.join(ROLES)}")
+    if password is not None and len(password) < 8:
+        raise ValueError(f"user {name!r}: a password needs at least 8 characters")
+    if certificate is not None and certificate.suffix.lower() not in (".der", ".pem"):
+        raise ValueError(f"{certificate}: a user certificate is a .der or .pem file")
+    folder = pki / USERS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    if password is not None:
+        path = folder / f"{name}{PASSWORD_SUFFIX}"
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(hash_password(password) + "\n")
+        os.replace(tmp, path)
+        written.append(path)
+    if roles is not None:
+        path = folder / f"{name}{ROLES_SUFFIX}"
+        path.write_text("".join(f"{r}\n" for r in roles), encoding="utf-8")
+        written.append(path)
+    if certificate is not None:
+        path = folder / f"{name}{certificate.suffix.lower()}"
+        shutil.copyfile(certificate, path)
+        written.append(path)
+    return written
 
 
 class UserCertificate(bytes):
