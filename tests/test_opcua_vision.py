@@ -135,17 +135,21 @@ def test_anonymous_client_finds_the_vision_system_reads_and_gets_events_but_may_
             system_state = await (await vs.get_child(f"{mv}:SystemState")).read_value()
             assert system_state.State == ua.SystemStateDataType.PRD_1
 
-            handler = Events()
+            handler, at_server = Events(), Events()
             sub = await client.create_subscription(50, handler)
             await sub.subscribe_events(vs, ua.NodeId(RESULT_READY_EVENT_TYPE, mv))
+            sub2 = await client.create_subscription(50, at_server)  # SCADA often listens at the Server object
+            await sub2.subscribe_events(client.nodes.server, ua.NodeId(RESULT_READY_EVENT_TYPE, mv))
             await asyncio.sleep(0.3)
             new = [_journal_part(station.journal, i, "widget-a", s) for i, s in enumerate(SOURCES, start=10)]
             for r in new:
                 station.opc.result(r)
             end = time.monotonic() + 10
-            while len(handler.got) < len(new) and time.monotonic() < end:
+            while (len(handler.got) < len(new) or len(at_server.got) < len(new)) and time.monotonic() < end:
                 await asyncio.sleep(0.05)
             assert len(handler.got) == len(new)
+            assert [e.ResultId.Id for e in at_server.got] == [e.ResultId.Id for e in handler.got]
+            assert {e.SourceNode for e in at_server.got + handler.got} == {vs.nodeid}
             epoch = station.journal.epoch
             for r, ev in zip(new, handler.got, strict=True):
                 fields = ev.get_event_props_as_fields_dict()
@@ -162,6 +166,7 @@ def test_anonymous_client_finds_the_vision_system_reads_and_gets_events_but_may_
                 assert content["Boxes"] == ([1.0, 2.0, 5.0, 6.0] if r.boxes else [])
                 assert content["Seq"] == r.seq
             await sub.delete()
+            await sub2.delete()
 
             _, get_by_id = await method(vs, mv, "ResultManagement", "GetResultById")
             results = await vs.get_child(f"{mv}:ResultManagement")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import socket
@@ -244,8 +245,10 @@ async def server_certificate(pki: Path, app_uri: str, endpoint: str) -> tuple[Pa
             cert = cert_gen.generate_self_signed_app_certificate(
                 key, app_uri, {"commonName": f"adfm {app_uri.rsplit(':', 1)[-1]}", "organizationName": "adfm"},
                 names, extended=[ExtendedKeyUsageOID.SERVER_AUTH], days=CERT_DAYS)
-            cert_file.write_bytes(cert.public_bytes(encoding=Encoding.DER))
-            log.warning("OPC UA: made the server certificate %s (clients must trust it)", cert_file)
+            der = cert.public_bytes(encoding=Encoding.DER)
+            cert_file.write_bytes(der)
+            log.warning("OPC UA: made the server certificate %s, SHA-1 thumbprint %s (clients must trust it)",
+                        cert_file, hashlib.sha1(der).hexdigest())
     except OSError as exc:
         raise AccessError(f"{pki}: cannot make the OPC UA server certificate: {exc.strerror or exc}") from exc
     return cert_file, key_file

@@ -159,7 +159,15 @@ class VisionSystem:
             self.method_names[node.nodeid] = method
             if method in CHANGING:
                 self.method_roles[node.nodeid] = CHANGING[method]
-        self._events = await s.get_event_generator(ua.NodeId(RESULT_READY_EVENT_TYPE, mv), vs)
+        # Emitted by the vision system, and again by the Server object for clients that subscribe
+        # to all of a server's events there (asyncua delivers an event to its emitting node's
+        # subscribers only); the source is the vision system either way.
+        etype = ua.NodeId(RESULT_READY_EVENT_TYPE, mv)
+        self._events = [await s.get_event_generator(etype, vs),
+                        await s.get_event_generator(etype, ua.ObjectIds.Server)]
+        self._events[1].event.SourceNode = vs.nodeid
+        self._events[1].event.SourceName = name
+        await s.nodes.server.add_reference(vs.nodeid, ua.ObjectIds.HasNotifier, forward=True, bidirectional=True)
         await self.set_state("Preoperational", "")
 
     # ---- state -------------------------------------------------------------------------------
@@ -186,7 +194,6 @@ class VisionSystem:
         property the event type gives no default value as null otherwise."""
         ids = self.station.ids()
         res = to_result(r, ids)
-        ev = self._events.event
         props: list[tuple[str, Any, ua.VariantType]] = [
             ("ResultId", res.ResultId, V.ExtensionObject),
             ("IsPartial", False, V.Boolean),
@@ -202,12 +209,14 @@ class VisionSystem:
             ("ProcessingTimes", res.ProcessingTimes, V.ExtensionObject),
             ("ResultContent", result_content(r), V.Variant),
         ]
-        for name, value, vtype in props:
-            ev.add_property(name, value, vtype)
-        ev.Severity = 500 if r.action in ("reject", "hold") or r.verdict in ("fail", "review") else 100
+        severity = 500 if r.action in ("reject", "hold") or r.verdict in ("fail", "review") else 100
         what = f"part {r.part_id} seq {r.seq}" + (f" revision {r.revision}" if r.revision else "")
-        await self._events.trigger(time_attr=res.CreationTime,
-                                   message=f"{what}: {r.verdict}, {r.action or '-'} ({r.decision_source or '-'})")
+        message = f"{what}: {r.verdict}, {r.action or '-'} ({r.decision_source or '-'})"
+        for gen in self._events:
+            for name, value, vtype in props:
+                gen.event.add_property(name, value, vtype)
+            gen.event.Severity = severity
+            await gen.trigger(time_attr=res.CreationTime, message=message)
 
     def _find(self, text: str) -> InspectionResult | None:
         seq, revision = parse_result_id(text, self.station.name, self.station.epoch)
