@@ -27,6 +27,17 @@ from adfm.schema import InspectionResult
 
 from ...journal.store import Journal
 
+
+class _MachineVisionTypes:
+    """The Machine Vision structures (ResultDataType, ResultIdDataType, …), which asyncua makes and
+    registers in `asyncua.ua` when it loads the nodeset: looked up there when used."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(ua, name)
+
+
+MV = _MachineVisionTypes()
+
 #: ResultStateDataType (OPC 40100-1 12.19)
 COMPLETED = 1
 ABORTED = 3
@@ -97,14 +108,14 @@ class Ids:
     model_ids: dict[str, str]  # recipe → model id (the recipe's internal id version)
 
     def recipe_internal(self, recipe: str, model_id: str = "") -> Any:
-        return ua.RecipeIdInternalDataType(Id=recipe, Version=model_id or self.model_ids.get(recipe, "") or None)
+        return MV.RecipeIdInternalDataType(Id=recipe, Version=model_id or self.model_ids.get(recipe, "") or None)
 
     def job(self) -> Any:
         # The line runs one continuous job per journal: parts come as the PLC triggers them.
-        return ua.JobIdDataType(Id=f"{self.station}/{self.epoch}")
+        return MV.JobIdDataType(Id=f"{self.station}/{self.epoch}")
 
     def configuration(self) -> Any:
-        return ua.ConfigurationIdDataType(Id=self.station)
+        return MV.ConfigurationIdDataType(Id=self.station)
 
 
 def _utc(t: datetime | None) -> datetime:
@@ -118,20 +129,20 @@ def to_result(r: InspectionResult, ids: Ids) -> Any:
     product = ids.products.get(r.recipe, "")
     start = _utc(r.triggered_at or r.captured_at)
     end = _utc(r.decided_at or r.captured_at)
-    return ua.ResultDataType(
-        ResultId=ua.ResultIdDataType(Id=result_id(r, ids.station, ids.epoch)),
+    return MV.ResultDataType(
+        ResultId=MV.ResultIdDataType(Id=result_id(r, ids.station, ids.epoch)),
         HasTransferableDataOnFile=False,
         IsPartial=False,
         IsSimulated=False,
         ResultState=result_state(r),
-        PartId=ua.PartIdDataType(Id=r.part_id),
-        ExternalRecipeId=ua.RecipeIdExternalDataType(Id=r.recipe) if r.recipe else None,
+        PartId=MV.PartIdDataType(Id=r.part_id),
+        ExternalRecipeId=MV.RecipeIdExternalDataType(Id=r.recipe) if r.recipe else None,
         InternalRecipeId=ids.recipe_internal(r.recipe, r.model_id),
-        ProductId=ua.ProductIdDataType(Id=product) if product else None,
+        ProductId=MV.ProductIdDataType(Id=product) if product else None,
         InternalConfigurationId=ids.configuration(),
         JobId=ids.job(),
         CreationTime=end,
-        ProcessingTimes=ua.ProcessingTimesDataType(StartTime=start, EndTime=end,
+        ProcessingTimes=MV.ProcessingTimesDataType(StartTime=start, EndTime=end,
                                                    ProcessingDuration=max(0.0, (end - start).total_seconds() * 1000)),
         ResultContent=result_content(r),
     )
@@ -152,7 +163,8 @@ class ResultFilter:
         """The WHERE clause over `parts` (None: nothing can match)."""
         if (self.job and self.job != ids.job().Id) or (self.configuration and self.configuration != ids.station):
             return None
-        where, args = ["state = 'done'"], []
+        where: list[str] = ["state = 'done'"]
+        args: list[Any] = []
         if self.result_state:
             if self.result_state not in (COMPLETED, ABORTED):
                 return None
@@ -204,7 +216,7 @@ class ResultStore:
                            "WHERE seq = ? AND state = 'done'", (seq,)).fetchone()
         if row is None:
             return None
-        r = Journal.result_from_row(*row, epoch=self.epoch)
+        r = Journal.result_from_row(row[0], row[1], row[2], epoch=self.epoch)
         return r if r.revision == revision else None
 
     def find(self, flt: ResultFilter, ids: Ids, start: int, limit: int) -> tuple[list[InspectionResult], int]:
@@ -218,7 +230,7 @@ class ResultStore:
         total = conn.execute(f"SELECT COUNT(*) FROM parts WHERE {where}", args).fetchone()[0]
         rows = conn.execute(f"SELECT result_json, operator_json, image_pruned FROM parts WHERE {where} "
                             "ORDER BY seq LIMIT ? OFFSET ?", (*args, limit, start)).fetchall()
-        return [Journal.result_from_row(*row, epoch=self.epoch) for row in rows], int(total)
+        return [Journal.result_from_row(row[0], row[1], row[2], epoch=self.epoch) for row in rows], int(total)
 
 
 def identifier(value: Any) -> str:

@@ -32,6 +32,7 @@ from adfm.schema import InspectionResult
 
 from .access import current_user
 from .results import (
+    MV,
     Ids,
     ResultFilter,
     ResultIdError,
@@ -173,7 +174,7 @@ class VisionSystem:
     # ---- state -------------------------------------------------------------------------------
 
     def _system_state_value(self, state: str, description: str) -> Any:
-        return ua.SystemStateDescriptionDataType(State=getattr(ua.SystemStateDataType, SYSTEM_STATES[state]),
+        return MV.SystemStateDescriptionDataType(State=getattr(MV.SystemStateDataType, SYSTEM_STATES[state]),
                                                  StateDescription=description[:1000] or None)
 
     async def set_state(self, state: str, description: str) -> None:
@@ -201,8 +202,8 @@ class VisionSystem:
             ("ResultState", result_state(r), V.Int32),
             ("PartId", res.PartId, V.ExtensionObject),
             ("InternalRecipeId", res.InternalRecipeId, V.ExtensionObject),
-            ("ExternalRecipeId", res.ExternalRecipeId or ua.RecipeIdExternalDataType(Id=""), V.ExtensionObject),
-            ("ProductId", res.ProductId or ua.ProductIdDataType(Id=""), V.ExtensionObject),
+            ("ExternalRecipeId", res.ExternalRecipeId or MV.RecipeIdExternalDataType(Id=""), V.ExtensionObject),
+            ("ProductId", res.ProductId or MV.ProductIdDataType(Id=""), V.ExtensionObject),
             ("InternalConfigurationId", res.InternalConfigurationId, V.ExtensionObject),
             ("JobId", res.JobId, V.ExtensionObject),
             ("CreationTime", res.CreationTime, V.DateTime),
@@ -278,7 +279,7 @@ class VisionSystem:
     # ---- recipes -----------------------------------------------------------------------------
 
     def _recipe_id(self, name: str) -> Any:
-        return ua.RecipeIdInternalDataType(Id=name, Version=self.station.model_ids().get(name) or None)
+        return MV.RecipeIdInternalDataType(Id=name, Version=self.station.model_ids().get(name) or None)
 
     async def get_recipe_list(self, parent: ua.NodeId, *args: Any) -> Any:
         """Inputs: ExternalId, ProductId, IsPrepared (0 false, 1 true, 2 don't care), MaxResults,
