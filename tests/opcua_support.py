@@ -24,8 +24,9 @@ async def client_certificate(folder: Path, name: str = "mes-client") -> tuple[Pa
     return cert, key
 
 
-def add_user(pki: Path, name: str, password: str, roles: list[str] = ()) -> None:
-    """A user as `adfm-appliance opcua-user --dir PKI --name NAME --roles …` makes it."""
+def add_user(pki: Path, name: str, password: str | None, roles: list[str] = (), cert: Path | None = None) -> None:
+    """A user as `adfm-appliance opcua-user --dir PKI --name NAME --roles …` makes it (a password, or
+    none and an identity certificate)."""
     import os
     import subprocess
     import sys
@@ -33,8 +34,10 @@ def add_user(pki: Path, name: str, password: str, roles: list[str] = ()) -> None
     from tests.line_support import REPO
 
     cmd = [sys.executable, "-m", "adfm.appliance.cli", "opcua-user", "--dir", str(pki), "--name", name,
-           "--password-stdin", "--roles", ",".join(roles)]
-    out = subprocess.run(cmd, input=password + "\n", capture_output=True, text=True, timeout=60,
+           "--password-stdin" if password is not None else "--no-password", "--roles", ",".join(roles)]
+    if cert is not None:
+        cmd += ["--cert", str(cert)]
+    out = subprocess.run(cmd, input=(password or "") + "\n", capture_output=True, text=True, timeout=60,
                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.returncode == 0, out.stderr
     assert f"user {name}: roles" in out.stdout

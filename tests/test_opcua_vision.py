@@ -78,6 +78,8 @@ def station(tmp_path):
     pki = tmp_path / "pki"
     add_user(pki, "reader", "r-secret")
     add_user(pki, "mes", "m-secret", ["recipe"])
+    cell_cert, cell_key = asyncio.run(client_certificate(tmp_path / "user-cert", "cell"))
+    add_user(pki, "cell", None, ["recipe"], cert=cell_cert)
     endpoint = f"opc.tcp://127.0.0.1:{free_port()}/adfm/"
     cfg = OpcUaSection(endpoint=endpoint, namespace="urn:adfm:test", pki_dir=pki, result_page=3)
     early = [_journal_part(journal, i, "widget-a", s) for i, s in enumerate(SOURCES, start=1)]
@@ -87,7 +89,7 @@ def station(tmp_path):
     started_in = time.perf_counter() - t
     assert opc.ready.wait(30), "the OPC UA server did not come up"
     yield SimpleNamespace(opc=opc, line=line, journal=journal, endpoint=endpoint, pki=pki, early=early,
-                          started_in=started_in, tmp=tmp_path)
+                          started_in=started_in, tmp=tmp_path, cell=(cell_cert, cell_key))
     opc.stop()
     journal.close()
 
@@ -279,6 +281,60 @@ def test_logged_in_users_read_results_through_the_methods_and_the_recipe_role_ch
     assert [(c["argument"], c["client"], c["accepted"]) for c in commands] == [
         ("widget-b", "opcua:mes", True), ("nope", "opcua:mes", False)]
     assert revised.revision == 1
+
+
+def test_a_user_certificate_logs_in_and_its_role_applies(station):
+    assert (station.pki / "server.key.pem").stat().st_mode & 0o777 == 0o600
+    assert (station.pki / "users" / "cell.der").read_bytes() == station.cell[0].read_bytes()
+
+    async def main():
+        client = Client(station.endpoint)
+        await _secure(client, station.tmp)
+        _trust_client(station)
+        await client.load_client_certificate(str(station.cell[0]))
+        await client.load_private_key(station.cell[1])
+        async with client:
+            await client.load_data_type_definitions()
+            (vs,) = await find_vision_systems(client)
+            mv = await client.get_namespace_index(MV_URI)
+            recipes, prepare = await method(vs, mv, "RecipeManagement", "PrepareRecipe")
+            _, done, _ = await recipes.call_method(prepare, ua.RecipeIdExternalDataType(Id="widget-b"),
+                                                   ua.RecipeIdInternalDataType(Id=""))
+            assert done
+        # the same secure channel without the user certificate is an anonymous session
+        client = Client(station.endpoint)
+        await _secure(client, station.tmp)
+        async with client:
+            (vs,) = await find_vision_systems(client)
+            mv = await client.get_namespace_index(MV_URI)
+            recipes, prepare = await method(vs, mv, "RecipeManagement", "PrepareRecipe")
+            with pytest.raises(ua.uaerrors.BadUserAccessDenied):
+                await recipes.call_method(prepare, ua.RecipeIdExternalDataType(Id="widget-a"),
+                                          ua.RecipeIdInternalDataType(Id=""))
+
+    asyncio.run(main())
+    assert station.line.selected == ["widget-b"]
+    assert station.journal.commands()[-1]["client"] == "opcua:cell"
+
+
+def test_a_server_that_cannot_bind_is_a_standing_problem_not_a_stopped_line(tmp_path):
+    import socket
+
+    journal = Journal(tmp_path / "state", "st1")
+    line = FakeLine(journal)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        opc = StationOpcUa(OpcUaSection(endpoint=f"opc.tcp://127.0.0.1:{port}/adfm/"), line)
+        opc.start()
+        opc._thread.join(60)
+        assert not opc._thread.is_alive() and not opc.ready.is_set()
+        problems = line.health.snapshot().problems
+        assert any(f"OPC UA server on opc.tcp://127.0.0.1:{port}/adfm/" in p for p in problems), problems
+        opc.result(_journal_part(journal, 1, "widget-a", "gate"))  # the line still hands results over
+        opc.stop()
+    journal.close()
 
 
 def test_wrong_password_and_untrusted_client_certificate_are_refused(station):
