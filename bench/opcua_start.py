@@ -7,6 +7,9 @@ station-like object (the journal, a health record, two recipes), timed with time
 - `nodeset_import_s`: asyncua's `import_xml` of the Machine Vision nodeset, in that thread;
 - `listening_s`: from `start()` until the endpoint listens (certificate made on the first round
   only — see `certificate_made`);
+- `loop_late_ms_p99` / `_max`, `baseline_loop_late_ms_p99` / `_max`: how late a 5 ms sleep loop in
+  another thread of the same process (a stand-in for the deciding loop, which shares the GIL with the
+  OPC UA thread) wakes while the server starts, and over the same length of time just before;
 - `get_result_list_ms`: one GetResultListFiltered call (a page of 100 of the 200 parts) by a logged-in
   client over Basic256Sha256 SignAndEncrypt, round trip.
 Median, min and max over rounds; the
@@ -44,6 +47,35 @@ from adfm.schema import InspectionResult  # noqa: E402
 
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
 PARTS = 200
+
+
+class LoopProbe:
+    """A thread that sleeps 5 ms at a time and records how late it wakes: (when, lateness s)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            t = time.perf_counter()
+            time.sleep(0.005)
+            now = time.perf_counter()
+            self.samples.append((now, now - t - 0.005))
+
+    def window(self, start: float, end: float) -> dict:
+        late = sorted(x * 1000 for t, x in self.samples if start <= t <= end)
+        if not late:
+            return {"p99": None, "max": None, "n": 0}
+        return {"p99": late[min(len(late) - 1, int(0.99 * len(late)))], "max": late[-1], "n": len(late)}
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _port() -> int:
@@ -116,13 +148,20 @@ def main() -> None:
             made = not (pki / "server.der").exists()
             endpoint = f"opc.tcp://127.0.0.1:{_port()}/adfm/"
             opc = StationOpcUa(OpcUaSection(endpoint=endpoint, pki_dir=pki), line)
+            probe = LoopProbe()
+            time.sleep(2.0)
             t = time.perf_counter()
             opc.start()
             call_ms = (time.perf_counter() - t) * 1000
             assert opc.ready.wait(60), "the OPC UA server did not come up"
+            up = time.perf_counter()
+            during, before = probe.window(t, up), probe.window(t - min(2.0, up - t), t)
+            probe.stop()
             list_ms, listed = asyncio.run(_list_call(endpoint, cert, key))
             opc.stop()
             rounds.append({"start_call_ms": call_ms, "nodeset_import_s": opc.load_s, "listening_s": opc.start_s,
+                           "loop_late_ms_p99": during["p99"], "loop_late_ms_max": during["max"],
+                           "baseline_loop_late_ms_p99": before["p99"], "baseline_loop_late_ms_max": before["max"],
                            "get_result_list_ms": list_ms, "listed": listed, "certificate_made": made,
                            "load_avg_1m": os.getloadavg()[0]})
             print(json.dumps(rounds[-1]), flush=True)
@@ -134,11 +173,14 @@ def main() -> None:
 
     out = {
         "what": "OPC UA Machine Vision server start: the line's wait (start() call), nodeset import, time to "
-                "listen, one GetResultListFiltered round trip (100 of 200 parts, SignAndEncrypt, logged in)",
+                "listen, lateness of a 5 ms sleep loop in another thread during the start vs just before (the "
+                "baseline is 2 s), one GetResultListFiltered round trip (100 of 200 parts, SignAndEncrypt)",
         "when": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.node(),
         "cpus": os.cpu_count(), "python": platform.python_version(), "rounds": len(rounds),
         "load_avg_1m_before": load_before, "load_avg_1m_after": os.getloadavg()[0],
-        **{k: stat(k) for k in ("start_call_ms", "nodeset_import_s", "listening_s", "get_result_list_ms")},
+        **{k: stat(k) for k in ("start_call_ms", "nodeset_import_s", "listening_s", "get_result_list_ms",
+                                "loop_late_ms_p99", "loop_late_ms_max", "baseline_loop_late_ms_p99",
+                                "baseline_loop_late_ms_max")},
         "per_round": rounds,
     }
     path = ROOT / "bench" / "results" / "opcua_start.json"

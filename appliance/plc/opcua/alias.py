@@ -100,17 +100,18 @@ class StationTree:
         node, vtype = self.nodes[key]
         await node.write_value(ua.Variant(value, vtype))
 
-    async def refresh(self, state: str, status: Any, recipe: str, model_id: str,
-                      counts: dict[str, int], recent: list[str]) -> None:
+    async def refresh(self, state: str, snapshot: dict, counts: dict[str, int], recent: list[str]) -> None:
+        """`snapshot`: the service's state as server.py sends it."""
         await self.write("State", state)
-        await self.write("Healthy", status.healthy)
-        await self.write("ModelId", model_id)
-        await self.write("Recipe", recipe)
-        await self.write("LastSeq", status.last_seq)
+        await self.write("Healthy", bool(snapshot.get("healthy")))
+        await self.write("ModelId", snapshot.get("model_id", ""))
+        await self.write("Recipe", snapshot.get("active_recipe", ""))
+        await self.write("LastSeq", int(snapshot.get("last_seq", 0)))
         for key in self.nodes:
             if key.startswith("Counters/"):
                 await self.write(key, counts.get(key.split("/", 1)[1], 0))
         await self.write("LastResults", recent)
-        await self.write("Alarms", list(status.problems))
+        await self.write("Alarms", list(snapshot.get("problems", [])))
+        line = snapshot.get("counters", {})
         for key, name in LINE_NODES.items():
-            await self.write(f"Line/{name}", float(status.counters.get(key, 0.0)))
+            await self.write(f"Line/{name}", float(line.get(key, 0.0)))

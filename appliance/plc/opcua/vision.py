@@ -55,6 +55,8 @@ RECIPE_MANAGEMENT_TYPE = 1004
 RESULT_MANAGEMENT_TYPE = 1007
 RESULT_READY_EVENT_TYPE = 1024
 SYSTEM_STATE_DESCRIPTION = 3024
+#: BinaryIdBaseDataType: its subtypes (recipe and configuration ids) come with empty definitions
+BINARY_ID_BASE = 3019
 STATES = {"Preoperational": 5028, "Halted": 5029, "Error": 5030, "Operational": 5031}
 SYSTEM_STATES = {"Preoperational": "SBY_2", "Halted": "NST_6", "Error": "UDT_5", "Operational": "PRD_1"}
 #: the methods that change what the line does, and the role each needs (access.py)
@@ -85,16 +87,16 @@ def _value(args: tuple[Any, ...], i: int, default: Any = None) -> Any:
 
 @dataclass
 class Station:
-    """What the vision system reads from and does to the line (a LineStation)."""
+    """What the vision system knows of the station: the service's latest state snapshot (recipes,
+    active recipe, model ids, health; process.py keeps it current), its journal, and `prepare`,
+    which asks the service to select a recipe (the service journals the command) and says why it
+    refused, or None."""
 
     name: str
-    recipes: Callable[[], dict[str, str]]  # recipe → product
-    model_ids: Callable[[], dict[str, str]]  # recipe → model id
-    active_recipe: Callable[[], str]
-    select_recipe: Callable[[str], None]
-    journal_command: Callable[..., Any]
     epoch: str
     db_path: Path
+    prepare: Callable[[str, str], Awaitable[str | None]]
+    snapshot: dict = field(default_factory=dict)
     result_page: int = 100
     _store: ResultStore | None = field(default=None, repr=False)
 
@@ -104,8 +106,44 @@ class Station:
             self._store = ResultStore(self.db_path, self.epoch)
         return self._store
 
+    def recipes(self) -> dict[str, str]:
+        """recipe → product"""
+        return dict(self.snapshot.get("recipes", {}))
+
+    def model_ids(self) -> dict[str, str]:
+        """recipe → model id"""
+        return dict(self.snapshot.get("model_ids", {}))
+
+    def active_recipe(self) -> str:
+        return str(self.snapshot.get("active_recipe", ""))
+
     def ids(self) -> Ids:
         return Ids(self.name, self.epoch, self.recipes(), self.model_ids())
+
+
+async def complete_id_definitions(server: Server, mv: int) -> list[str]:
+    """Give the subtypes of BinaryIdBaseDataType their fields. The published nodeset gives
+    RecipeIdExternalDataType, RecipeIdInternalDataType and ConfigurationIdDataType an empty
+    definition (they only inherit), so a client that builds its classes from the server's
+    DataTypeDefinition attributes (asyncua's `load_data_type_definitions` does) cannot decode them,
+    nor ResultDataType, which holds them. OPC UA lists inherited fields in a subtype's definition;
+    the server writes them there after loading (the file stays as published). Returns the names."""
+    base = server.get_node(ua.NodeId(BINARY_ID_BASE, mv))
+    fields = (await base.read_attribute(ua.AttributeIds.DataTypeDefinition)).Value.Value.Fields
+    done = []
+    for sub in await base.get_children(refs=ua.ObjectIds.HasSubtype):
+        have = (await sub.read_attribute(ua.AttributeIds.DataTypeDefinition)).Value
+        if have is not None and have.Value is not None and have.Value.Fields:
+            continue
+        encodings = await sub.get_referenced_nodes(refs=ua.ObjectIds.HasEncoding)
+        binary = [e for e in encodings if (await e.read_browse_name()).Name == "Default Binary"]
+        sdef = ua.StructureDefinition(DefaultEncodingId=binary[0].nodeid if binary else ua.NodeId(),
+                                      BaseDataType=base.nodeid,
+                                      StructureType=ua.StructureType.StructureWithOptionalFields, Fields=fields)
+        await server.write_attribute_value(sub.nodeid, ua.DataValue(ua.Variant(sdef, V.ExtensionObject)),
+                                           ua.AttributeIds.DataTypeDefinition)
+        done.append((await sub.read_browse_name()).Name)
+    return done
 
 
 class VisionSystem:
@@ -128,6 +166,10 @@ class VisionSystem:
     async def build(self, idx: int) -> None:
         s, name = self.server, self.station.name
         self.mv = mv = await s.get_namespace_index(MV_URI)
+        await complete_id_definitions(s, mv)
+        # (re)build the nodeset's structures from the completed definitions, so the server decodes
+        # the recipe and configuration ids clients send as well as the ones it sends
+        await s.load_data_type_definitions()
         vs = await s.nodes.objects.add_object(ua.NodeId(name, idx), ua.QualifiedName(name, idx),
                                               ua.NodeId(VISION_SYSTEM_TYPE, mv), instantiate_optional=False)
         self.node = vs
@@ -304,20 +346,10 @@ class VisionSystem:
         name, which = self._recipe_arg(args)
         user = current_user.get()
         who = user.name if user is not None and user.name else "anonymous"
-        why = None
-        if name not in self.station.recipes():
-            why = f"unknown recipe {name!r} (the station has {', '.join(self.station.recipes())})"
-        else:
-            try:
-                self.station.select_recipe(name)
-            except ValueError as exc:
-                why = str(exc)
-        detail = f"recipe {name} selected for the next parts" if why is None else f"refused: {why}"
-        self.station.journal_command("recipe", name, client=f"opcua:{who}", operator=who, accepted=why is None,
-                                     detail=f"{detail} (OPC UA PrepareRecipe)")
-        log.warning("OPC UA PrepareRecipe %r by user %r: %s", name, who, detail)
+        why = await self.station.prepare(name, who)
         if why is not None:
             return _status(ua.StatusCodes.BadInvalidArgument, which, len(args))
+        self.station.snapshot = {**self.station.snapshot, "active_recipe": name}
         return [ua.Variant(self._recipe_id(name), V.ExtensionObject), ua.Variant(True, V.Boolean), _ok()]
 
     async def unprepare_recipe(self, parent: ua.NodeId, *args: Any) -> Any:
