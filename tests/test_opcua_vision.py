@@ -213,6 +213,9 @@ def test_logged_in_users_read_results_through_the_methods_and_the_recipe_role_ch
             get_by_id, ua.ResultIdDataType(Id=f"st1/{epoch}/2/0"), ua.Variant(1000.0, ua.VariantType.Double))
         assert error == 0 and result.ResultId.Id == f"st1/{epoch}/2/0" and result.PartId.Id == "p2"
         assert result.ResultState == 1 and result.InternalRecipeId.Id == "widget-a"
+        # the recipe ids arrive as their own types (the nodeset leaves their definitions empty)
+        assert type(result.InternalRecipeId).__name__ == "RecipeIdInternalDataType"
+        assert type(result.ExternalRecipeId).__name__ == "RecipeIdExternalDataType"
         assert _content(result.ResultContent)["Verdict"] == station.early[1].verdict == "pass"
         _, rev, _ = await results.call_method(
             get_by_id, ua.ResultIdDataType(Id=f"st1/{epoch}/3/1"), ua.Variant(1000.0, ua.VariantType.Double))

@@ -127,7 +127,9 @@ async def complete_id_definitions(server: Server, mv: int) -> list[str]:
     definition (they only inherit), so a client that builds its classes from the server's
     DataTypeDefinition attributes (asyncua's `load_data_type_definitions` does) cannot decode them,
     nor ResultDataType, which holds them. OPC UA lists inherited fields in a subtype's definition;
-    the server writes them there after loading (the file stays as published). Returns the names."""
+    the server writes them there after loading (the file stays as published). asyncua's import
+    binds these names to the base class: each gets its own class here, registered under its own
+    encoding, so what the server sends and decodes is the subtype. Returns the names."""
     base = server.get_node(ua.NodeId(BINARY_ID_BASE, mv))
     fields = (await base.read_attribute(ua.AttributeIds.DataTypeDefinition)).Value.Value.Fields
     done = []
@@ -142,7 +144,13 @@ async def complete_id_definitions(server: Server, mv: int) -> list[str]:
                                       StructureType=ua.StructureType.StructureWithOptionalFields, Fields=fields)
         await server.write_attribute_value(sub.nodeid, ua.DataValue(ua.Variant(sdef, V.ExtensionObject)),
                                            ua.AttributeIds.DataTypeDefinition)
-        done.append((await sub.read_browse_name()).Name)
+        name = (await sub.read_browse_name()).Name
+        if binary:
+            cls = type(name, (MV.BinaryIdBaseDataType,), {"data_type": sub.nodeid})
+            if hasattr(ua, name):
+                delattr(ua, name)  # the import's alias of the base class
+            ua.register_extension_object(name, binary[0].nodeid, cls, sub.nodeid)
+        done.append(name)
     return done
 
 
@@ -167,9 +175,6 @@ class VisionSystem:
         s, name = self.server, self.station.name
         self.mv = mv = await s.get_namespace_index(MV_URI)
         await complete_id_definitions(s, mv)
-        # (re)build the nodeset's structures from the completed definitions, so the server decodes
-        # the recipe and configuration ids clients send as well as the ones it sends
-        await s.load_data_type_definitions()
         vs = await s.nodes.objects.add_object(ua.NodeId(name, idx), ua.QualifiedName(name, idx),
                                               ua.NodeId(VISION_SYSTEM_TYPE, mv), instantiate_optional=False)
         self.node = vs
