@@ -14,7 +14,12 @@ station-like object (the journal, a health record, two recipes), timed with time
   client over Basic256Sha256 SignAndEncrypt, round trip.
 Median, min and max over rounds; the
 1-minute load average before and after. Writes bench/results/opcua_start.json.
-Run: python bench/opcua_start.py [--rounds N]
+
+`--compare-thread`: each round also runs the same server in a thread of this process instead of its
+own process (the design before: asyncua beside the deciding loop, sharing the GIL, the thread's
+priority lowered as the service lowers its helper threads), alternating with the process, so both
+see the same load; results under `thread`.
+Run: python bench/opcua_start.py [--rounds N] [--compare-thread]
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from adfm.appliance.config.line import OpcUaSection  # noqa: E402
 from adfm.appliance.journal.store import Journal  # noqa: E402
 from adfm.appliance.plc.opcua import StationOpcUa  # noqa: E402
 from adfm.appliance.plc.opcua.access import write_user  # noqa: E402
+from adfm.appliance.plc.opcua.process import Child  # noqa: E402
 from adfm.appliance.system.health import Health  # noqa: E402
 from adfm.schema import InspectionResult  # noqa: E402
 
@@ -76,6 +82,33 @@ class LoopProbe:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
+
+
+class ThreadedOpcUa(StationOpcUa):
+    """The same server run in a thread of this process (for comparison only)."""
+
+    def start(self) -> None:
+        import multiprocessing as mp
+        import threading
+
+        from adfm.appliance.system.priority import lower_this_thread
+
+        parent, child = mp.Pipe(duplex=True)
+        line = self.line
+        self._conn = parent
+        args = (child, self.cfg, line.cfg.station, line.journal.epoch, line.journal.db_path, self._snapshot(),
+                time.time())
+
+        def run() -> None:
+            lower_this_thread()
+            asyncio.run(Child(*args).main())
+
+        self._proc = threading.Thread(target=run, name="adfm-opcua-server", daemon=True)
+        self._proc.exitcode = None
+        self._proc.kill = lambda: None
+        self._proc.start()
+        self._thread = threading.Thread(target=self._run, name="adfm-opcua", daemon=True)
+        self._thread.start()
 
 
 def _port() -> int:
@@ -128,6 +161,7 @@ async def _list_call(endpoint: str, cert: Path, key: Path) -> tuple[float, int]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--compare-thread", action="store_true", help="also time the server in a thread")
     args = ap.parse_args()
     from asyncua.crypto.cert_gen import setup_self_signed_certificate
     from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -144,32 +178,38 @@ def main() -> None:
         (pki / "trusted").mkdir(parents=True, exist_ok=True)
         (pki / "trusted" / "client.der").write_bytes(cert.read_bytes())
         line = _station(root)
-        for _ in range(args.rounds):
-            made = not (pki / "server.der").exists()
-            endpoint = f"opc.tcp://127.0.0.1:{_port()}/adfm/"
-            opc = StationOpcUa(OpcUaSection(endpoint=endpoint, pki_dir=pki), line)
-            probe = LoopProbe()
-            time.sleep(2.0)
-            t = time.perf_counter()
-            opc.start()
-            call_ms = (time.perf_counter() - t) * 1000
-            assert opc.ready.wait(60), "the OPC UA server did not come up"
-            up = time.perf_counter()
-            during, before = probe.window(t, up), probe.window(t - min(2.0, up - t), t)
-            probe.stop()
-            list_ms, listed = asyncio.run(_list_call(endpoint, cert, key))
-            opc.stop()
-            rounds.append({"start_call_ms": call_ms, "nodeset_import_s": opc.load_s, "listening_s": opc.start_s,
-                           "loop_late_ms_p99": during["p99"], "loop_late_ms_max": during["max"],
-                           "baseline_loop_late_ms_p99": before["p99"], "baseline_loop_late_ms_max": before["max"],
-                           "get_result_list_ms": list_ms, "listed": listed, "certificate_made": made,
-                           "load_avg_1m": os.getloadavg()[0]})
-            print(json.dumps(rounds[-1]), flush=True)
+        kinds = [("process", StationOpcUa)] + ([("thread", ThreadedOpcUa)] if args.compare_thread else [])
+        for i in range(args.rounds):
+            for kind, cls in kinds if i % 2 == 0 else kinds[::-1]:
+                made = not (pki / "server.der").exists()
+                endpoint = f"opc.tcp://127.0.0.1:{_port()}/adfm/"
+                opc = cls(OpcUaSection(endpoint=endpoint, pki_dir=pki), line)
+                probe = LoopProbe()
+                time.sleep(2.0)
+                t = time.perf_counter()
+                opc.start()
+                call_ms = (time.perf_counter() - t) * 1000
+                assert opc.ready.wait(60), "the OPC UA server did not come up"
+                up = time.perf_counter()
+                during, before = probe.window(t, up), probe.window(t - min(2.0, up - t), t)
+                probe.stop()
+                list_ms, listed = asyncio.run(_list_call(endpoint, cert, key))
+                opc.stop()
+                rounds.append({"kind": kind, "start_call_ms": call_ms, "nodeset_import_s": opc.load_s,
+                               "listening_s": opc.start_s,
+                               "loop_late_ms_p99": during["p99"], "loop_late_ms_max": during["max"],
+                               "baseline_loop_late_ms_p99": before["p99"], "baseline_loop_late_ms_max": before["max"],
+                               "get_result_list_ms": list_ms, "listed": listed, "certificate_made": made,
+                               "load_avg_1m": os.getloadavg()[0]})
+                print(json.dumps(rounds[-1]), flush=True)
         line.journal.close()
 
-    def stat(key: str) -> dict:
-        values = [r[key] for r in rounds]
+    def stat(key: str, kind: str = "process") -> dict:
+        values = [r[key] for r in rounds if r["kind"] == kind]
         return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+    keys = ("start_call_ms", "nodeset_import_s", "listening_s", "get_result_list_ms", "loop_late_ms_p99",
+            "loop_late_ms_max", "baseline_loop_late_ms_p99", "baseline_loop_late_ms_max")
 
     out = {
         "what": "OPC UA Machine Vision server start: the line's wait (start() call), nodeset import, time to "
@@ -178,9 +218,8 @@ def main() -> None:
         "when": datetime.now(UTC).isoformat(timespec="seconds"), "machine": platform.node(),
         "cpus": os.cpu_count(), "python": platform.python_version(), "rounds": len(rounds),
         "load_avg_1m_before": load_before, "load_avg_1m_after": os.getloadavg()[0],
-        **{k: stat(k) for k in ("start_call_ms", "nodeset_import_s", "listening_s", "get_result_list_ms",
-                                "loop_late_ms_p99", "loop_late_ms_max", "baseline_loop_late_ms_p99",
-                                "baseline_loop_late_ms_max")},
+        **{k: stat(k) for k in keys},
+        **({"thread": {k: stat(k, "thread") for k in keys}} if args.compare_thread else {}),
         "per_round": rounds,
     }
     path = ROOT / "bench" / "results" / "opcua_start.json"
