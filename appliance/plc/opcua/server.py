@@ -117,7 +117,12 @@ class StationOpcUa:
                     if state != sent_state or now - last_state >= STATE_EVERY_S:
                         conn.send(("state", state))
                         sent_state, last_state = state, now
+            with self._lock:  # what was decided before the stop still gets its event
+                rest = [r.model_dump_json() for r in self._pending]
+                self._pending.clear()
             with contextlib.suppress(OSError):
+                if rest and self.ready.is_set():
+                    conn.send(("results", rest))
                 conn.send(("stop",))
         except (EOFError, OSError) as exc:
             if not self._stop.is_set():
