@@ -217,6 +217,12 @@ def test_logged_in_users_read_results_through_the_methods_and_the_recipe_role_ch
         assert type(result.InternalRecipeId).__name__ == "RecipeIdInternalDataType"
         assert type(result.ExternalRecipeId).__name__ == "RecipeIdExternalDataType"
         assert _content(result.ResultContent)["Verdict"] == station.early[1].verdict == "pass"
+        _, components = await method(vs, mv, "ResultManagement", "GetResultComponentsById")
+        parts = await results.call_method(components, ua.ResultIdDataType(Id=f"st1/{epoch}/3/0"),
+                                          ua.Variant(1000.0, ua.VariantType.Double))
+        assert len(parts) == 17 and parts[-1] == 0  # …, Error
+        assert parts[4] == 3 and parts[6].Id == "p3" and parts[12].Id == f"st1/{epoch}"  # Aborted, PartId, JobId
+        assert _content(parts[15])["DecisionSource"] == "failsafe_timeout"
         _, rev, _ = await results.call_method(
             get_by_id, ua.ResultIdDataType(Id=f"st1/{epoch}/3/1"), ua.Variant(1000.0, ua.VariantType.Double))
         assert rev.ResultState == 1 and _content(rev.ResultContent)["Revision"] == 1  # the revision's own result
