@@ -84,15 +84,16 @@ class Child:
     async def prepare(self, name: str, who: str) -> str | None:
         """Ask the service to select `name` (it journals the command); why it refused, or None."""
         self._next_id += 1
+        request = self._next_id
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
-        self.replies[self._next_id] = fut
-        self.conn.send(("recipe", self._next_id, name, who))
+        self.replies[request] = fut
+        self.conn.send(("recipe", request, name, who))
         try:
             return await asyncio.wait_for(fut, RECIPE_TIMEOUT_S)
         except TimeoutError:
             return f"the station did not answer within {RECIPE_TIMEOUT_S:.0f} s"
         finally:
-            self.replies.pop(self._next_id, None)
+            self.replies.pop(request, None)
 
     async def main(self) -> None:
         from .vision import Station
