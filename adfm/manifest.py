@@ -217,4 +217,5 @@ def load_model_dir(model_dir: str | Path, check_hashes: bool = True) -> ModelMan
 
 def write_manifest(manifest: ModelManifest, model_dir: str | Path) -> Path:
     """Write manifest.json atomically (temporary file, then rename)."""
-    return write_atomic(Path(model_dir) / MANIFEST_NAME, manifest.model_dump_json(indent=2))
+    # readable by the station's service user like the GGUF files beside it (a temp file alone is 0600)
+    return write_atomic(Path(model_dir) / MANIFEST_NAME, manifest.model_dump_json(indent=2), mode=0o644)

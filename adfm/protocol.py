@@ -259,8 +259,8 @@ def _proposals(value: Any, found: list[list[float] | None]) -> None:
                 _proposals(item, found)
 
 
-def _json_values(section: str) -> Iterator[tuple[int, Any | None]]:
-    """(start, decoded value or None when the JSON there is malformed) for each JSON candidate."""
+def _json_values(section: str) -> Iterator[tuple[int, int, Any | None]]:
+    """(start, end, decoded value or None when the JSON there is malformed) for each JSON candidate."""
     pos = 0
     for _ in range(MAX_JSON_CANDIDATES):
         m = _JSON_START_RE.search(section, pos)
@@ -269,11 +269,25 @@ def _json_values(section: str) -> Iterator[tuple[int, Any | None]]:
         try:
             value, end = _DECODER.raw_decode(section, m.start())
         except (ValueError, RecursionError):
-            yield m.start(), None
+            yield m.start(), m.start() + 1, None
             pos = m.start() + 1
             continue
-        yield m.start(), value
+        yield m.start(), end, value
         pos = end
+
+
+def box_spans(section: str) -> list[tuple[int, int, list[tuple[list[float], str]]]]:
+    """Where a section's text writes boxes, read as the parser reads them: (start, end, [(xyxy as
+    written — model-grid pixels —, label)]) for each JSON value that holds any. For showing the
+    reasoning with its boxes rewritten in image pixels (the review dashboard)."""
+    out: list[tuple[int, int, list[tuple[list[float], str]]]] = []
+    for start, end, value in _json_values(section[:MAX_BOX_SECTION_CHARS]):
+        found: list[tuple[list[float], str]] = []
+        if value is not None:
+            _collect(value, found, [])
+        if found:
+            out.append((start, end, found))
+    return out
 
 
 def _boxes_in(section: str, problems: list[str]) -> list[tuple[list[float], str]] | None:
@@ -283,7 +297,7 @@ def _boxes_in(section: str, problems: list[str]) -> list[tuple[list[float], str]
         section = section[:MAX_BOX_SECTION_CHARS]
     found: list[tuple[list[float], str]] = []
     saw_list = False
-    for start, value in _json_values(section):
+    for start, _end, value in _json_values(section):
         if value is None:
             if any(k in section[start : start + 40] for k in _BOX_KEYS) or section.startswith("[{", start):
                 problems.append(f"malformed JSON at char {start}: {section[start:start + 60]!r}")
@@ -297,7 +311,7 @@ def _boxes_in(section: str, problems: list[str]) -> list[tuple[list[float], str]
 def _proposed_in(section: str) -> list[list[float] | None]:
     """The `bbox_2d` objects of a section (the paper's B(y)), None for each invalid one."""
     found: list[list[float] | None] = []
-    for _, value in _json_values(section[:MAX_BOX_SECTION_CHARS]):
+    for _, _end, value in _json_values(section[:MAX_BOX_SECTION_CHARS]):
         if value is not None:
             _proposals(value, found)
     return found[:MAX_BOXES]

@@ -7,16 +7,27 @@ Every message carries `schema_version`; readers refuse a major version they do n
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 SCHEMA_VERSION = "1.0"
 SCHEMA_MAJOR = SCHEMA_VERSION.split(".")[0]
 
 Verdict = Literal["pass", "fail", "review"]
-OperatorDecision = Literal["confirmed_defect", "false_alarm", "skip"]
+#: A person's decision on a part: a defect (the model's boxes right, or wrong and redrawn), a
+#: false alarm, unsure (looked, cannot tell: for an engineer), or skipped (not judged).
+OperatorDecision = Literal["confirmed_defect", "defect_wrong_box", "false_alarm", "unsure", "skip"]
+#: What each decision says about the part as a training label: `anomalous`, `normal`, or None
+#: (no label). Every export of operator decisions reads this one table.
+DECISION_TRAINING_LABEL: dict[str, str | None] = {
+    "confirmed_defect": "anomalous", "defect_wrong_box": "anomalous", "false_alarm": "normal",
+    "unsure": None, "skip": None,
+}
+#: Decisions that carry the operator's own boxes (and must: at least one).
+DECISIONS_WITH_BOXES = ("defect_wrong_box",)
 #: What the line does with a part (the PLC's reject output acts on `reject`).
 LineAction = Literal["pass", "reject", "hold"]
 #: Where a part's decision came from: the screening gate, the VLM in time, or the fail-safe
@@ -39,6 +50,8 @@ MAX_NOTE_CHARS = 2000
 MAX_REQUEST_BYTES = 16 * 1024
 #: the most results one replay request may ask for (its `limit`)
 MAX_REPLAY_LIMIT = 5000
+#: the most boxes an operator may draw on one part
+MAX_VERDICT_BOXES = 16
 
 Epoch = Annotated[str, Field(max_length=MAX_ID_CHARS)]
 
@@ -96,6 +109,23 @@ class OperatorVerdict(_Message):
     #: Set by the station, never by the client: the name of the CURVE key that sent the verdict
     #: ("local" without CURVE).
     client: str = Field("", max_length=MAX_NAME_CHARS)
+    #: The operator's own boxes, in original-image pixels (never the model grid's): only with
+    #: `defect_wrong_box`, which needs at least one.
+    boxes: list[Box] = Field(default_factory=list, max_length=MAX_VERDICT_BOXES)
+
+    @model_validator(mode="after")
+    def _boxes_fit_the_decision(self) -> OperatorVerdict:
+        if self.decision in DECISIONS_WITH_BOXES and not self.boxes:
+            raise ValueError(f"boxes: decision {self.decision!r} needs the corrected box (at least one, "
+                             "in image pixels)")
+        if self.decision not in DECISIONS_WITH_BOXES and self.boxes:
+            raise ValueError(f"boxes: only {' / '.join(DECISIONS_WITH_BOXES)} carries boxes, "
+                             f"not {self.decision!r}")
+        for i, b in enumerate(self.boxes):
+            if not all(math.isfinite(v) and v >= 0 for v in b.xyxy) or b.x2 <= b.x1 or b.y2 <= b.y1:
+                raise ValueError(f"boxes[{i}]: {b.xyxy} is not a box in image pixels "
+                                 "(finite, ≥ 0, x1 < x2, y1 < y2)")
+        return self
 
 
 class InspectionResult(_Message):
@@ -126,7 +156,13 @@ class InspectionResult(_Message):
     image_width: int = Field(0, ge=0)
     image_height: int = Field(0, ge=0)
     gate_score: float | None = None
+    gate_threshold: float | None = Field(None, description="the gate's threshold: a score at or above it "
+                                         "is suspicious")
     gate_map_path: str = ""
+    gate_bank_sha256: str = Field("", description="the gate memory bank that scored it (changes as the line learns)")
+    grid_width: int = Field(0, ge=0, description="the model grid the VLM saw (0: not asked); its boxes "
+                            "in `think`/`rethink` are in these pixels")
+    grid_height: int = Field(0, ge=0)
     latency_ms: dict[str, float] = Field(default_factory=dict)
     attempts: int = Field(1, ge=0)
     operator: OperatorVerdict | None = None
@@ -162,6 +198,20 @@ class CameraStatus(BaseModel):
                             "cameras, where a long silence is an idle line, not a stall")
 
 
+class GateState(BaseModel):
+    """One recipe's screening gate as the station runs it: which bank, and whether its scores drift."""
+
+    recipe: str
+    bank_sha256: str = ""
+    bank_size: int = 0
+    threshold: float | None = None
+    learned_changes: int = Field(0, ge=0, description="bank versions the line made from operator verdicts")
+    drift_raised: bool = False
+    drift_statistic: float | None = Field(None, description="KS D of the latest window against the reference")
+    drift_critical: float | None = None
+    drift_parts_seen: int = 0
+
+
 class StationStatus(_Message):
     """The appliance's health, published on the status topic and answered to status requests."""
 
@@ -186,6 +236,7 @@ class StationStatus(_Message):
         description="the line's running counters: deadline misses, missed ejections, decision-loop stalls "
                     "(ms, max and p99), the PLC link's poll gap and pulses, VLM jobs dropped",
     )
+    gates: list[GateState] = Field(default_factory=list, description="each recipe's gate: bank, threshold, drift")
 
 
 # ---- control socket (ROUTER): requests and replies ------------------------------------------
@@ -227,8 +278,37 @@ class ImageRequest(_Message):
     offset: int = Field(0, ge=0)
 
 
+#: what a model command asks: make a stored candidate the active model, go back to the previous active
+#: one, run a stored candidate in shadow beside the active model, or stop the shadow
+ModelAction = Literal["promote", "rollback", "shadow", "shadow_stop"]
+
+
+class ModelRequest(_Message):
+    """A model change on a running station (needs a key with the `model` role; journaled either way).
+
+    `model_id` names a model in the station's store (`adfm-appliance models`); `rollback` and
+    `shadow_stop` take none."""
+
+    type: Literal["model"] = "model"
+    action: ModelAction
+    model_id: str = Field("", max_length=MAX_NAME_CHARS)
+    #: who gave the command (journaled and published with the key that sent it)
+    operator: str = Field("", max_length=MAX_NAME_CHARS)
+
+
+class ShadowReplayRequest(_Message):
+    """Shadow results journaled from row id `from_id` on (they are published live only; a follower
+    that missed some, or was away, fetches them with this)."""
+
+    type: Literal["shadow_replay"] = "shadow_replay"
+    from_id: int = Field(ge=1)
+    limit: int = Field(500, ge=1, le=MAX_REPLAY_LIMIT)
+
+
 ControlRequest = Annotated[
-    ReplayRequest | VerdictRequest | StatusRequest | ImageRequest | RecipeRequest, Field(discriminator="type")
+    ReplayRequest | VerdictRequest | StatusRequest | ImageRequest | RecipeRequest | ModelRequest
+    | ShadowReplayRequest,
+    Field(discriminator="type"),
 ]
 
 
@@ -236,6 +316,21 @@ class ReplayReply(_Message):
     type: Literal["replay_reply"] = "replay_reply"
     results: list[InspectionResult]
     last_seq: int = Field(ge=0, description="the journal's newest seq when the reply was made")
+    more: bool = False
+    epoch: str = ""
+
+
+class ShadowEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    row_id: int = Field(ge=1, description="the shadow result's row id in the station's journal")
+    result: InspectionResult
+
+
+class ShadowReplayReply(_Message):
+    type: Literal["shadow_replay_reply"] = "shadow_replay_reply"
+    entries: list[ShadowEntry]
+    last_id: int = Field(ge=0, description="the journal's newest shadow row id when the reply was made")
     more: bool = False
     epoch: str = ""
 
@@ -263,19 +358,21 @@ class ErrorReply(_Message):
 
 
 ControlReply = Annotated[
-    ReplayReply | Ack | ErrorReply | StationStatus | ImageReply, Field(discriminator="type")
+    ReplayReply | Ack | ErrorReply | StationStatus | ImageReply | ShadowReplayReply, Field(discriminator="type")
 ]
 
 _REQUEST = TypeAdapter(ControlRequest)
 _REPLY = TypeAdapter(ControlReply)
 
 
-def parse_request(data: bytes | str) -> ReplayRequest | VerdictRequest | StatusRequest | ImageRequest | RecipeRequest:
+def parse_request(
+    data: bytes | str,
+) -> ReplayRequest | VerdictRequest | StatusRequest | ImageRequest | RecipeRequest | ModelRequest | ShadowReplayRequest:
     """Decode a control request; raises pydantic.ValidationError naming the bad field."""
     return _REQUEST.validate_json(data)
 
 
-def parse_reply(data: bytes | str) -> ReplayReply | Ack | ErrorReply | StationStatus | ImageReply:
+def parse_reply(data: bytes | str) -> ReplayReply | Ack | ErrorReply | StationStatus | ImageReply | ShadowReplayReply:
     return _REPLY.validate_json(data)
 
 
@@ -290,3 +387,9 @@ def status_topic(station: str) -> bytes:
 def verdict_topic(station: str) -> bytes:
     """Topic on which the appliance announces each newly journaled operator verdict."""
     return f"verdict.{station}".encode()
+
+
+def shadow_topic(station: str) -> bytes:
+    """Topic of shadow results: a candidate model's answers on parts the active model decided (never
+    acted on). Each message is `[topic, id, InspectionResult JSON]`, id the journal's shadow row id."""
+    return f"shadow.{station}".encode()

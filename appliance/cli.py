@@ -6,10 +6,12 @@
     adfm-appliance keys --dir /etc/adfm/keys [--admit review=review.key]   station CURVE keys, admit clients
     adfm-appliance client-key --dir ~/.config/adfm/keys --name review   a client's own key pair
     adfm-appliance journal check|recover --config station.yaml   verify / mend the journal
-    adfm-appliance install [--print]                      the systemd unit and an example config
+    adfm-appliance install [--dry-run] [--root DIR]       the systemd unit and an example config
     adfm-appliance tail | status | verdict                follow a station's bus, ask its health,
                                                           record an operator's decision
     adfm-appliance camera-probe URL                       try a camera the way the service opens it
+    adfm-appliance gate history|undo --config station.yaml   the gate's lessons from operators; undo
+    adfm-appliance models [list|add|compare|shadow|promote|rollback]   the station's models (see models/cli.py)
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
+
+from adfm.schema import OperatorDecision
 
 if TYPE_CHECKING:
     from .config.station import ModelSection
@@ -38,13 +42,19 @@ class RedactingFormatter(logging.Formatter):
         return redact_secrets(super().format(record))
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, verbose: int = 0) -> None:
+    """The station's log: `level` for adfm's own lines (DEBUG with -v), the chatty libraries
+    (asyncua, pymodbus) kept to what a station's log needs unless -v/-vv (system.logs)."""
+    from .system.logs import quiet_libraries
+
     # Under systemd, journald stamps each line itself.
     fmt = "%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM") else (
         "%(asctime)s %(levelname)s %(name)s: %(message)s")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(RedactingFormatter(fmt))
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
+    chosen = "DEBUG" if verbose else level
+    logging.basicConfig(level=getattr(logging, chosen.upper(), logging.INFO), handlers=[handler])
+    quiet_libraries(verbose)
 
 
 def _add_client_args(p: argparse.ArgumentParser, publish: bool) -> None:
@@ -62,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="adfm inspection appliance: run the station service and its tools.",
     )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more log: -v adfm's debug lines and the libraries' (asyncua, pymodbus) INFO, -vv all")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     from adfm.camera import probe
@@ -81,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
         "plc-probe", help="check a station's PLC link: read the trigger (pulse the reject only when asked)",
         description=plc_probe.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
 
+    from .models import cli as models_cli
+
+    models_cli.add_arguments(sub.add_parser(
+        "models", help="the station's model store: list, add, compare a shadowed candidate, promote, roll back",
+        description=models_cli.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+
     p = sub.add_parser("run", help="run the station service", description=(
         "Run the station: cameras → gate → model → journal → result bus, until SIGTERM/SIGINT. "
         "Under systemd (Type=notify) it reports READY and feeds the watchdog while healthy."))
@@ -89,8 +107,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until-sources-end", action="store_true",
                    help="stop when every camera source is finished (non-looping replays)")
 
-    p = sub.add_parser("check", help="validate a station config and the files it names")
+    p = sub.add_parser("check", help="check a station before `run`: config, files, access, ports, model load; "
+                       "--probe: PLC and cameras", description=(
+        "Everything `run` would fail on, without starting the line: the config's form, the files it names, "
+        "that the service user can read and list them, that the ports are free, that every model (model.dir "
+        "and each recipe's) loads with the context and answer length it will get. With --probe, also the "
+        "PLC (connect, read the trigger) and one frame from each camera (a trigger fired for a camera that "
+        "waits for one). Each problem names the file, the key, what is wrong and how to fix it. Exit 0: "
+        "ready to run; 2: the config or what it names; 1: only a probe failed."))
     p.add_argument("--config", required=True, type=Path, metavar="FILE")
+    p.add_argument("--user", metavar="NAME", help="the service user whose access is checked "
+                   "(default: the unit's user adfm where it exists, else the one running check)")
+    p.add_argument("--probe", action="store_true", help="also reach the PLC and take a frame from each camera")
+    p.add_argument("--no-load", action="store_true", help="skip loading the model (quick; hashes still checked)")
     p.add_argument("--json", action="store_true", help="print the resolved config as JSON")
 
     p = sub.add_parser("demo", help="run a synthetic station with a tiny model trained on synthetic parts",
@@ -110,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
         "with `adfm-appliance client-key` on its machine and sends only NAME.key here."))
     p.add_argument("--dir", required=True, type=Path, metavar="DIR", help="key directory (e.g. /etc/adfm/keys)")
     p.add_argument("--admit", action="append", default=[], metavar="NAME=FILE",
-                   help="admit a client's public key file (repeatable), e.g. review=/tmp/review.key")
+                   help="admit a client's public key file (repeatable), e.g. review=review.key: a relative FILE is "
+                   "looked for in the working directory, then in --dir")
     p.add_argument("--operators", metavar="A,B", help="with one --admit: the operator names that key may sign "
                    "verdicts as (default: any, recorded with the key's name)")
     p.add_argument("--roles", metavar="A,B", help="with one --admit: what that key may do: verdict, recipe, "
@@ -141,10 +171,27 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--dir", type=Path, metavar="DIR", help="the journal directory")
     p.add_argument("--station", help="station id, when a damaged journal no longer says")
 
-    p = sub.add_parser("install", help="install the systemd unit and an example station config")
-    p.add_argument("--print", action="store_true", dest="print_only", help="print the unit, write nothing")
-    p.add_argument("--unit-dir", type=Path, default=Path("/etc/systemd/system"), metavar="DIR")
-    p.add_argument("--config-path", type=Path, default=Path("/etc/adfm/station.yaml"), metavar="FILE")
+    from .system import gate_cli
+
+    gate_cli.add_arguments(sub.add_parser(
+        "gate", help="what the line taught the screening gate; undo the last change",
+        description="The gate's versions learned from operator verdicts (gate.learn), and undo."))
+
+    p = sub.add_parser("install", help="install the systemd unit and an example station config",
+                       description="Writes the systemd unit (/etc/systemd/system/adfm-appliance.service) and, "
+                       "when none is there, an example station config (/etc/adfm/station.yaml; an existing one is "
+                       "kept and the example written beside it), then verifies the unit and prints the next steps. "
+                       "See what it would do first with --dry-run.")
+    p.add_argument("--dry-run", action="store_true", help="say what would be written or removed, write nothing")
+    p.add_argument("--print", action="store_true", dest="print_only", help="print the unit (and GPU drop-in), "
+                   "write nothing")
+    p.add_argument("--root", type=Path, default=Path("/"), metavar="DIR",
+                   help="write under DIR instead of / (a system image, a scratch tree); the unit names the paths "
+                   "as the installed system sees them")
+    p.add_argument("--unit-dir", type=Path, default=Path("/etc/systemd/system"), metavar="DIR",
+                   help="where the unit goes (default /etc/systemd/system)")
+    p.add_argument("--config-path", type=Path, default=Path("/etc/adfm/station.yaml"), metavar="FILE",
+                   help="the station config the unit runs (default /etc/adfm/station.yaml)")
     p.add_argument("--user", default="adfm", help="system user the service runs as (default adfm)")
     p.add_argument("--bin-dir", metavar="DIR", help="folder holding adfm-appliance (default: this install's)")
     p.add_argument("--force", action="store_true", help="overwrite an existing station config")
@@ -166,10 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verdict", help="record an operator's decision on a result")
     _add_client_args(p, publish=False)
     p.add_argument("--seq", type=int, required=True)
-    p.add_argument("--decision", required=True, choices=["confirmed_defect", "false_alarm", "skip"])
+    p.add_argument("--decision", required=True, choices=list(get_args(OperatorDecision)),
+                   help="defect_wrong_box needs --box")
     p.add_argument("--operator", required=True)
     p.add_argument("--note", default="")
     p.add_argument("--part-id", help="the part judged (default: the part the station holds under --seq now)")
+    p.add_argument("--box", action="append", default=[], metavar="X1,Y1,X2,Y2",
+                   help="the corrected box in image pixels (defect_wrong_box; repeat for several)")
     return parser
 
 
@@ -208,10 +258,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .config.station import ConfigError, load_config
+    from .config.station import ConfigError, read_config
 
     try:
-        config = load_config(args.config)
+        config = read_config(args.config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
@@ -219,21 +269,34 @@ def cmd_check(args: argparse.Namespace) -> int:
         from adfm.config import redact_secrets
 
         print(redact_secrets(config.model_dump_json(indent=2)))  # camera URLs name passwords
-    else:
-        from adfm.manifest import ManifestError
+        return EXIT_OK
+    from adfm.manifest import ManifestError
 
-        from .inspection.model_check import CACHE_NAME, verify_model_dir
+    from .inspection.model_check import CACHE_NAME, verify_model_dir
+    from .system.preflight import run_check
 
+    report = run_check(config, args.config, user=args.user, load=not args.no_load, probe=args.probe)
+    hashed = 0
+    if not report.problems:
         try:  # the full check: every file hashed, and the start-up cache refreshed
             manifest, hashed = verify_model_dir(config.model.dir, config.journal_dir / CACHE_NAME, full=True)
         except ManifestError as exc:
-            print(f"{args.config}: model.dir: {exc}", file=sys.stderr)
-            return EXIT_CONFIG
-        print(f"{args.config}: OK — station {config.station}, model {manifest.model_id} "
-              f"({manifest.prompt_version}) on {_placement(config.model)}, {len(config.cameras)} camera(s), "
-              f"journal in {config.journal_dir}, "
-              f"bus {', '.join(config.bus.publish)} / {', '.join(config.bus.control)}; "
-              f"{hashed} model file(s) hashed and matching")
+            report.problems.append(f"{args.config}: model.dir: {exc}; copy the exported directory again")
+    for note in report.notes:
+        print(f"note: {note}")
+    if not report.ok:
+        problems = report.problems + report.probe_problems
+        print(f"{args.config}: {len(problems)} problem(s) `run` would fail on:", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_CONFIG if report.problems else EXIT_FAIL
+    print(f"{args.config}: OK — station {config.station}, model {manifest.model_id} "
+          f"({manifest.prompt_version}) on {_placement(config.model)}, {len(config.cameras)} camera(s), "
+          f"journal in {config.journal_dir}, "
+          f"bus {', '.join(config.bus.publish)} / {', '.join(config.bus.control)}; "
+          f"{hashed} model file(s) hashed and matching")
+    for line in report.summary:
+        print(f"  {line}")
     return EXIT_OK
 
 
@@ -243,6 +306,40 @@ def _placement(model: ModelSection) -> str:
         return "the CPU"
     layers = "all layers" if model.n_gpu_layers == -1 else f"{model.n_gpu_layers} layers"
     return f"the GPU ({layers}, projector on the {'GPU' if model.projector_on_gpu else 'CPU'})"
+
+
+def _is_station_file(path: Path) -> bool:
+    """A station file (with `cameras`) rather than one camera's settings."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return False  # the camera probe's own reader says what is wrong
+    return isinstance(data, dict) and isinstance(data.get("cameras"), list)
+
+
+def _station_camera(path: Path, camera: str | None) -> dict | None:
+    """One camera of a station file, as the service would build it (relative paths from the file's
+    folder), or None after saying what is wrong."""
+    from .config.station import ConfigError, read_config
+
+    try:
+        config = read_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return None
+    ids = [c.id for c in config.cameras]
+    if camera is None and len(ids) > 1:
+        print(f"{path}: cameras: the station has {len(ids)} cameras ({', '.join(ids)}); choose one with --camera ID",
+              file=sys.stderr)
+        return None
+    if camera is not None and camera not in ids:
+        print(f"{path}: cameras: no camera with id {camera!r}; the station's cameras: {', '.join(ids)}",
+              file=sys.stderr)
+        return None
+    cam = next(c for c in config.cameras if c.id == (camera or ids[0]))
+    return cam.camera_config().model_dump()
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -351,7 +448,7 @@ def cmd_install(args: argparse.Namespace) -> int:
     from .system import install
 
     try:  # the GPU drop-in follows the station config in place
-        p = install.plan(args.unit_dir, args.config_path, args.user, args.bin_dir, force=args.force)
+        p = install.plan(args.unit_dir, args.config_path, args.user, args.bin_dir, force=args.force, root=args.root)
     except ConfigError as exc:
         print(f"adfm-appliance install: {exc}\n(fix the config, then run install again)", file=sys.stderr)
         return EXIT_CONFIG
@@ -361,13 +458,17 @@ def cmd_install(args: argparse.Namespace) -> int:
             print(f"\n# {p.gpu_dropin_path}\n{p.gpu_dropin_text}", end="")
         return EXIT_OK
     try:
-        done = install.install(p, force=args.force)
+        done = install.install(p, force=args.force, dry_run=args.dry_run)
     except OSError as exc:
-        print(f"adfm-appliance install: {exc} (run as root, or use --print)", file=sys.stderr)
+        print(f"adfm-appliance install: {exc} (run as root, see what it would do with --dry-run, or write "
+              "under a folder of yours with --root DIR)", file=sys.stderr)
         return EXIT_FAIL
-    ok, out = install.verify_unit(p.unit_path)
     for line in done:
         print(line)
+    if args.dry_run:
+        print("dry run: nothing written")
+        return EXIT_OK
+    ok, out = install.verify_unit(p.on_disk(p.unit_path))
     print(f"systemd-analyze verify: {'clean' if ok else 'PROBLEMS'}" + (f"\n{out}" if out else ""))
     print("next steps:")
     for step in p.steps():
@@ -426,12 +527,28 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_verdict(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from adfm.schema import Box
+
     from .bus.client import StationError
 
+    boxes = []
+    for text in args.box:
+        try:
+            boxes.append(Box.from_xyxy([float(v) for v in text.split(",")]))
+        except ValueError:
+            print(f"adfm-appliance verdict: --box {text!r}: give four numbers X1,Y1,X2,Y2 in image pixels",
+                  file=sys.stderr)
+            return EXIT_FAIL
     client = _client(args)
     try:
-        ack = client.send_verdict(args.seq, args.decision, args.operator, note=args.note, part_id=args.part_id)
+        ack = client.send_verdict(args.seq, args.decision, args.operator, note=args.note, part_id=args.part_id,
+                                  boxes=boxes)
         print(ack.detail)
+    except ValidationError as exc:
+        print(f"adfm-appliance verdict: {exc.errors()[0]['msg']}", file=sys.stderr)
+        return EXIT_FAIL
     except StationError as exc:
         print(f"adfm-appliance verdict: {exc}", file=sys.stderr)
         return EXIT_FAIL
@@ -466,17 +583,45 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        return _dispatch(args)
+    except BrokenPipeError:  # `adfm-appliance status | head`: the reader has gone, nothing is wrong
+        from .system.logs import stdout_closed_quietly
+
+        stdout_closed_quietly()
+        return EXIT_OK
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "camera-probe":
         from adfm.camera import probe
 
-        return probe.run(args)
+        base = None
+        if args.config is not None and _is_station_file(args.config):
+            base = _station_camera(args.config, args.camera)
+            if base is None:
+                return EXIT_CONFIG
+        elif args.camera is not None:
+            print("camera-probe: --camera ID picks a camera of a station file (--config station.yaml)", file=sys.stderr)
+            return EXIT_CONFIG
+        return probe.run(args, base)
+    if args.command == "gate":
+        from .system import gate_cli
+
+        _setup_logging("WARNING", args.verbose)
+        return gate_cli.run(args)
+    if args.command == "models":
+        from .models import cli as models_cli
+
+        _setup_logging("WARNING" if args.log_level == "INFO" else args.log_level)
+        return models_cli.run(args)
     if args.command == "plc-probe":
         from .plc import probe as plc_probe
 
-        _setup_logging("ERROR")
+        _setup_logging("ERROR", args.verbose)
         return plc_probe.run(args)
     _setup_logging("WARNING" if args.command in ("demo", "tail", "status", "verdict") and args.log_level == "INFO"
-                   else args.log_level)
+                   else args.log_level, args.verbose)
     return COMMANDS[args.command](args)
 
 

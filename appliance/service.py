@@ -29,6 +29,7 @@ from adfm.schema import InspectionResult
 from .bus.server import ResultBus
 from .config.station import ModelLimits, StationConfig, model_limits
 from .inspection.core import GenerationOptions, ModelInfo, load_reference
+from .inspection.live_gate import GateSet
 from .inspection.worker import BackendSpec, InferenceWorker
 from .journal.store import (
     Journal,
@@ -38,10 +39,14 @@ from .journal.store import (
     RetentionPolicy,
     journal_summary,
 )
+from .models.control import ModelControl, with_store_model
+from .models.store import ModelStore
 from .modes.freerun import Camera, FreeRunStation
 from .modes.line_station import LineStation
 from .modes.outputs import Outputs
+from .system.gate_watch import GateWatch
 from .system.health import Health, Metrics
+from .system.logs import part_line
 from .system.notify import SystemdNotifier
 from .system.priority import lower_this_thread
 
@@ -128,6 +133,8 @@ class Service:
         self.bus: ResultBus | None = None
         self.health: Health | None = None
         self.metrics: Metrics | None = None
+        self.gates = GateSet()
+        self.gate_watch: GateWatch | None = None
         self.outputs = Outputs()
         self.mode: FreeRunStation | LineStation | None = None
         self.cameras: dict[str, Camera] = {}
@@ -137,6 +144,7 @@ class Service:
         self._parts = 0
         self._verdicts: dict[str, int] = {}
         self._first_seq: int | None = None
+        self.model_control: ModelControl | None = None
 
     # ---- the mode's parts, by name (tests, tools, benchmarks) ------------------------------------
 
@@ -172,6 +180,8 @@ class Service:
 
     def start(self) -> None:
         """Check the model, open the journal, load references and gate, build the mode, start."""
+        config_model_dir = self.config.model.dir
+        self.config = with_store_model(self.config)  # a promoted model outlives a restart
         model, limits = self._check_model()
         self._open_journal()
         references = self._load_references(model)
@@ -180,11 +190,20 @@ class Service:
         self._make_health(model)
         self._make_outputs()
         self.mode = self._make_mode(model, limits, references, gate)
+        self._make_gate_watch()
         assert self.bus is not None
+        self.model_control = ModelControl(
+            self.config, self.journal, ModelStore.for_state_dir(self.config.journal_dir), active=model,
+            line=self.line, backend=self._backend, publish=self.bus.shadow_publisher(), health=self.health,
+            config_model_dir=config_model_dir)
+        self.bus.on_model = self.model_control.handle
         self.bus.start()
         self._start_metrics()
         self._start_cameras()
         self.mode.start()
+        if self.gate_watch is not None:
+            self.gate_watch.start()
+        self.model_control.start()
         self._start_housekeeping()
         # Everything loaded so far lives as long as the service: keep it out of the garbage
         # collector's full passes, which otherwise stop every thread for tens of ms on a busy CPU.
@@ -248,12 +267,29 @@ class Service:
         cfg = self.config
         if cfg.gate.mode == "off":
             return None
-        from adfm.runtime.gate import Gate
-
+        assert cfg.gate.path is not None
         try:
-            return Gate.load(cfg.gate.path)
+            return self.gates.load(cfg.gate.path)
         except Exception as exc:
             raise ServiceError(f"gate.path: cannot load {cfg.gate.path}: {exc}") from exc
+
+    def _make_gate_watch(self) -> None:
+        """Drift and learning for every gate the mode scores with (each recipe's file, or gate.path)."""
+        cfg = self.config
+        recipe_gates: dict[str, Path] = {}
+        if cfg.line is not None and cfg.recipes:
+            for r in cfg.recipes:
+                path = r.gate_path or cfg.gate.path
+                if (r.gate_mode or cfg.gate.mode) != "off" and path is not None:
+                    recipe_gates[r.name] = path
+        elif cfg.gate.mode != "off" and cfg.gate.path is not None:
+            recipe_gates["default" if cfg.line is not None else ""] = cfg.gate.path
+        if not recipe_gates:
+            return
+        assert self.journal is not None and self.health is not None
+        self.gate_watch = GateWatch(cfg.gate, self.journal, self.health, self.gates, recipe_gates)
+        self.outputs.add("gate_watch", recorded=self.gate_watch.recorded)
+        self.health.gates = self.gate_watch.states
 
     def _make_cameras(self) -> None:
         if self._cameras_given is not None:
@@ -271,7 +307,8 @@ class Service:
             verdict_counts=journal.counts(), last_seq=journal.last_seq,
             cameras=lambda: [c.status() for c in self.cameras.values()],
             worker=lambda: self.mode.worker_state() if self.mode is not None else (False, 0),
-            counters=lambda: self.mode.counters() if self.mode is not None else {},
+            counters=lambda: {**(self.mode.counters() if self.mode is not None else {}),
+                              **(self.model_control.counters() if self.model_control is not None else {})},
         )
 
     def _make_outputs(self) -> None:
@@ -287,7 +324,7 @@ class Service:
         if cfg.line is not None:
             line = LineStation(cfg, journal=journal, health=health, outputs=self.outputs,
                                camera=self.cameras[cfg.line_camera], model=model, limits=limits,
-                               references=references, gate=gate, backend=self._backend)
+                               references=references, gate=gate, backend=self._backend, load_gate=self.gates.load)
             self.bus.on_recipe = line.select_recipe
             return line
         worker = InferenceWorker(
@@ -349,10 +386,12 @@ class Service:
         """Count the result; keep only the last SUMMARY_RESULTS (the journal has every one)."""
         self._results.append(result)
         if result.revision:  # a line's later verdict on a part already counted
+            log.debug("revision %d of %s", result.revision, part_line(result))
             if self.on_result is not None:
                 self.on_result(result)
             return
         self._parts += 1
+        log.info("%s", part_line(result))
         self._verdicts[result.verdict] = self._verdicts.get(result.verdict, 0) + 1
         if self._first_seq is None:
             self._first_seq = result.seq
@@ -430,8 +469,9 @@ class Service:
             try:
                 self.start()
                 assert self.mode is not None and self.health is not None
+                kind = "line mode" if self.line is not None else "free-run"
+                log.info("station %s running (%s)", self.config.station, kind)
                 if self.health.pipeline_ok():
-                    kind = "line mode" if self.line is not None else "free-run"
                     self.notifier.ready(f"station {self.config.station} running ({kind})")
                 self.tick()
                 self.mode.recover()
@@ -488,8 +528,12 @@ class Service:
                     stop()
                 except Exception:
                     log.exception("camera stop failed")
+        if self.model_control is not None:
+            self.model_control.close()
         if self.mode is not None:
             self.mode.close()
+        if self.gate_watch is not None:
+            self.gate_watch.stop()
         if self.metrics is not None:
             self.write_metrics()
             self.metrics.close()

@@ -3,8 +3,9 @@
     python bench/review_dashboard.py [--parts 5000] [--out bench/results/review_dashboard.json]
 
 Measures: loading the station's history at connection (one batch of N parts, store + views);
-taking in one more part while N are loaded (median over 50); opening a part's detail screen
-with a 1280×960 image (decode + boxes + half-block cells); the half-block renderer alone.
+taking in one more part while N are loaded (median over 50), on the run view (tile, shift counts
+over every loaded part, filmstrip) and on the live feed; opening a part's detail screen with a
+1280×960 image (decode on a worker thread + boxes + half-block cells); the half-block renderer alone.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import statistics
 import sys
@@ -30,7 +32,7 @@ def _results(n: int):
 
 
 async def _measure(n: int, image_dir: Path) -> dict:
-    from datetime import UTC
+    from datetime import UTC, timedelta
 
     from PIL import Image
 
@@ -42,7 +44,9 @@ async def _measure(n: int, image_dir: Path) -> dict:
 
     results = _results(n + 50)
     history, later = results[:n], results[n:]
-    app = ReviewApp(ScriptedSource([]), operator="bench", tz=UTC)
+    # the clock just after the last part: every loaded part is in the shift the run view counts
+    end = (results[-1].captured_at + timedelta(minutes=1)).timestamp()
+    app = ReviewApp(ScriptedSource([]), operator="bench", tz=UTC, clock=lambda: end)
     out: dict = {}
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
@@ -50,14 +54,23 @@ async def _measure(n: int, image_dir: Path) -> dict:
         app.apply(Results(history))
         app.refresh_views()
         out["load_history_ms"] = (time.perf_counter() - t) * 1000
-        steps = []
-        for r in later:
-            t = time.perf_counter()
-            app.apply(Results([r]))
-            app.refresh_views()
-            steps.append((time.perf_counter() - t) * 1000)
-        out["one_more_part_ms_median"] = statistics.median(steps)
-        out["one_more_part_ms_max"] = max(steps)
+        for view, batch in (("run_view", later[:25]), ("feed", later[25:])):
+            if view == "feed":
+                await pilot.press("3")
+                await pilot.pause()
+            steps = []
+            for r in batch:
+                t = time.perf_counter()
+                app.apply(Results([r]))
+                app.refresh_views()
+                steps.append((time.perf_counter() - t) * 1000)
+            if view == "run_view":  # the tile and the shift line did follow every part
+                tile = str(app.screen.query_one("#run-tile").render())
+                shift = str(app.screen.query_one("#run-shift").render())
+                assert batch[-1].part_id in tile, tile
+                assert f"{n + len(batch)} parts" in shift, shift
+            out[f"one_more_part_{view}_ms_median"] = statistics.median(steps)
+            out[f"one_more_part_{view}_ms_max"] = max(steps)
 
         big = image_dir / "big.png"
         Image.new("RGB", (1280, 960), (120, 120, 120)).save(big)
@@ -68,7 +81,10 @@ async def _measure(n: int, image_dir: Path) -> dict:
         t = time.perf_counter()
         app.open_part([part.seq], 0, from_queue=False)
         await pilot.pause()
-        img = app.screen.query_one("#image", PartImage)
+        await app.workers.wait_for_complete()
+        app.refresh_views()
+        img = app.screen.query_one(PartImage)
+        assert img.picture is not None, "the detail screen shows no picture"
         img._strips()
         out["open_detail_1280x960_ms"] = (time.perf_counter() - t) * 1000
     pil = Image.new("RGB", (1280, 960), (90, 90, 90))
@@ -88,6 +104,7 @@ def main() -> int:
         figures = asyncio.run(_measure(args.parts, Path(tmp)))
     report = {"bench": "review_dashboard", "parts_loaded": args.parts, "terminal": "80x24 headless",
               "machine": f"{platform.machine()} {platform.python_version()}",
+              "load_average_1min_at_end": round(os.getloadavg()[0], 2),
               **{k: round(v, 2) for k, v in figures.items()}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

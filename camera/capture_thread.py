@@ -137,6 +137,9 @@ class CameraWorker:
         self._source_info: dict[str, str] = {}
         self._errors: deque[str] = deque(maxlen=error_history)
         self._logged: tuple[str, float] = ("", 0.0)
+        self._repeats = 0  # errors not logged since the last one that was (same message, within _LOG_REPEAT_S)
+        self._failed_opens = 0  # opens that did not lead to a working source, since the last that did
+        self._failing_since: float | None = None
         self._trigger = make_trigger(config.trigger)
         self._triggered = config.trigger.mode in ("external", "link")
 
@@ -252,13 +255,18 @@ class CameraWorker:
             self._errors.append(message)
             last, at = self._logged
             repeat = message == last and now - at < _LOG_REPEAT_S
-            if not repeat:
+            if repeat:
+                self._repeats += 1
+            else:
                 self._logged = (message, now)
+                repeats, self._repeats = self._repeats, 0
         if not repeat:
-            log.warning("camera %s: %s", self.config.id, message)
+            more = f" (and {repeats} more failure(s) in the last {now - at:.0f} s)" if repeats else ""
+            log.warning("camera %s: %s%s", self.config.id, message, more)
 
     def _disconnect(self, message: str) -> None:
         self._error(message, lost=True)
+        self._failed()
         self._close_source()
 
     def _close_source(self) -> None:
@@ -294,7 +302,26 @@ class CameraWorker:
             self._connected = True
             if reconnect:
                 self._counters.reconnects += 1
-        log.info("camera %s: %s %s", self.config.id, "reconnected to" if reconnect else "opened", self.source.name)
+        if self._failed_opens:  # still failing: "back" is logged once a read works (_proven)
+            log.debug("camera %s: reopened %s (attempt %d)", self.config.id, self.source.name, self._failed_opens + 1)
+        else:
+            log.info("camera %s: %s %s", self.config.id, "reconnected to" if reconnect else "opened", self.source.name)
+
+    def _failed(self) -> None:
+        """The source failed (open, read or stall): it must prove itself by a good read before it
+        counts as back, and retries meanwhile back off."""
+        if self._failed_opens == 0:
+            self._failing_since = time.monotonic()
+        self._failed_opens += 1
+
+    def _proven(self) -> None:
+        """A read worked: after failures, say once that the camera is back and what it took."""
+        if self._failed_opens:
+            since = self._failing_since or time.monotonic()
+            log.info("camera %s: working again (%s) after %d failed attempt(s) over %.0f s", self.config.id,
+                     self.source.name, self._failed_opens, time.monotonic() - since)
+            self._failed_opens = 0
+            self._failing_since = None
 
     def _finished_source(self, message: str) -> None:
         log.info("camera %s: %s", self.config.id, message)
@@ -375,10 +402,8 @@ class _CaptureLoop:
             self.w._disconnect(str(exc))
             self.schedule_retry()
             return
-        self.source_ready = True
-        if not self.w.source.streaming:
-            self.backoff.reset()  # a folder that is there again is healthy, frames or not
-        self.w._opened(reconnect=self.ever_opened)
+        self.source_ready = True  # the backoff resets once a read works: a folder that opens but cannot be
+        self.w._opened(reconnect=self.ever_opened)  # listed retries ever more slowly, not 3 times a second
         self.ever_opened = True
         self.progress_at = time.monotonic()
 
@@ -406,6 +431,9 @@ class _CaptureLoop:
             w._disconnect(str(exc))
             self.schedule_retry()
             return
+        if frame is None and not w.source.streaming:
+            self.backoff.reset()  # a folder or triggered camera read without error: healthy, frames or not
+            w._proven()
         if frame is None:
             stalled_for = time.monotonic() - self.progress_at
             if w.source.streaming and stalled_for > w.config.stall_timeout_s:
@@ -416,6 +444,7 @@ class _CaptureLoop:
             return
         self.progress_at = frame.captured_mono
         self.backoff.reset()
+        w._proven()
         w._frame_read(frame)
         part_id = self.trigger.take(frame)
         if part_id is None:

@@ -17,6 +17,12 @@ examples:
   adfm-appliance camera-probe aravis:                   # every GigE Vision / USB3 Vision camera, then the first
   adfm-appliance camera-probe aravis:serial=21234567 --config camera.yaml
   adfm-appliance camera-probe aravis:Fake_1 --interface Fake   # Aravis's simulated camera
+  adfm-appliance camera-probe --config /etc/adfm/station.yaml --camera cam0   # a station's camera
+
+A camera that waits for a trigger (trigger.mode link or external, or genicam.trigger software) is
+fired by the probe itself, once per frame asked for: a software trigger for an `aravis:` camera,
+"the next frame" for the others. A camera on a hardware trigger line exposes only when the line
+is pulsed; the probe says so when no frame comes.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ DEFAULT_TIMEOUT_S = 30.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("url", help="camera url: v4l2:/dev/videoN, usb:N, rtsp://…, http://…, "
+    parser.add_argument("url", nargs="?", help="camera url: v4l2:/dev/videoN, usb:N, rtsp://…, http://…, "
                         "folder:/path, replay:/path/video.mp4, replay:/path/dir, or aravis:[id | serial=S | address=A]")
     parser.add_argument("--frames", type=_positive_int, default=DEFAULT_FRAMES, metavar="N",
                         help=f"frames to wait for (default {DEFAULT_FRAMES})")
@@ -43,8 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"give up after S seconds (default {DEFAULT_TIMEOUT_S:g})")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--config", type=Path, metavar="FILE",
-                        help="camera settings (YAML or JSON mapping of camera config fields); "
-                        "the URL argument replaces its url")
+                        help="a station file (with --camera ID), or one camera's settings (YAML or JSON mapping "
+                        "of camera config fields); a URL argument replaces its url")
+    parser.add_argument("--camera", metavar="ID", help="with a station --config: which of its cameras "
+                        "(default: its only one)")
     parser.add_argument("--fps", type=_positive_float, help="replay rate / rate asked of a v4l2/usb device")
     parser.add_argument("--roi", type=int, nargs=4, metavar=("X", "Y", "W", "H"), help="crop in sensor pixels")
     parser.add_argument("--rotate", type=int, choices=(0, 90, 180, 270), help="clockwise, after the crop")
@@ -92,21 +100,23 @@ class ProbeReport:
     problems: list[str] = field(default_factory=list)
     cameras: list[dict[str, str]] = field(default_factory=list)  # aravis: cameras found
     stream: dict[str, int] = field(default_factory=dict)  # aravis: stream statistics
+    triggers_fired: int = 0  # a camera waiting for a trigger: the probe's own triggers
 
 
 class ConfigProblem(Exception):
     """The probe's camera settings are unusable; the message says which field and why."""
 
 
-def build_config(args: argparse.Namespace) -> Any:
-    """The CameraConfig the probe runs: --config file, then the URL and the flags on top."""
+def build_config(args: argparse.Namespace, base: dict[str, Any] | None = None) -> Any:
+    """The CameraConfig the probe runs: `base` (a station's camera, validated by the caller) or the
+    --config file, then the URL and the flags on top."""
     import yaml
     from pydantic import ValidationError
 
     from .config import CameraConfig
 
-    data: dict[str, Any] = {}
-    if args.config is not None:
+    data: dict[str, Any] = dict(base or {})
+    if base is None and args.config is not None:
         try:
             loaded = yaml.safe_load(args.config.read_text())
         except OSError as exc:
@@ -115,9 +125,15 @@ def build_config(args: argparse.Namespace) -> Any:
             raise ConfigProblem(f"{args.config} is not valid YAML/JSON: {exc}") from exc
         if not isinstance(loaded, dict):
             raise ConfigProblem(f"{args.config} must hold a mapping of camera settings, not {type(loaded).__name__}")
+        if "cameras" in loaded:
+            raise ConfigProblem(f"{args.config} is a station file: run the probe through `adfm-appliance "
+                                "camera-probe --config FILE --camera ID`")
         data.update(loaded)
     data.setdefault("id", "probe")
-    data["url"] = args.url
+    if args.url:
+        data["url"] = args.url
+    elif "url" not in data:
+        raise ConfigProblem("give a camera url, or --config with a station file (and --camera ID) or camera settings")
     for name in ("fps", "roi", "rotate", "resolution"):
         value = getattr(args, name)
         if value is not None:
@@ -137,26 +153,63 @@ def build_config(args: argparse.Namespace) -> Any:
         raise ConfigProblem("\n".join(lines)) from exc
 
 
+#: a trigger the probe fired and that found no frame this long is fired again
+REFIRE_S = 2.0
+
+
+def waits_for_trigger(config: Any) -> str:
+    """How a camera gets its frames when it waits for a trigger: 'software' (the probe fires the
+    camera), 'next-frame' (the probe's trigger takes the next frame), 'line' (only a pulse on the
+    camera's trigger line exposes it), or '' (frames come by themselves)."""
+    genicam = config.genicam if config.kind == "aravis" else None
+    camera_trigger = genicam.trigger if genicam is not None else "off"
+    if camera_trigger == "software":
+        return "software"
+    if camera_trigger == "line":
+        return "line"
+    return "next-frame" if config.trigger.mode in ("link", "external") else ""
+
+
+def _fired_by_probe(config: Any) -> Any:
+    """The config the probe runs for a camera that waits for a trigger: its triggers come from the
+    probe (mode `link`), not from the PLC or a ZeroMQ message."""
+    from .config import CameraConfig
+
+    return CameraConfig.model_validate({**config.model_dump(), "trigger": {"mode": "link"}})
+
+
 def probe(config: Any, frames: int, timeout_s: float, save: Path | None = None) -> ProbeReport:
-    """Run a CameraWorker on `config` until `frames` frames arrive, the source ends, or the timeout."""
+    """Run a CameraWorker on `config` until `frames` frames arrive, the source ends, or the timeout.
+    A camera waiting for a trigger is fired by the probe, once per frame (again after REFIRE_S)."""
     from .capture_thread import CameraWorker
     from .source import open_source
 
     cameras, listing_problem = _list_cameras(config)
-    worker = CameraWorker(config, open_source(config, keep_files=True))
+    how = waits_for_trigger(config)
+    fires = how in ("software", "next-frame")
+    run_config = _fired_by_probe(config) if fires else config
+    worker = CameraWorker(run_config, open_source(run_config, keep_files=True))
     received: list[Any] = []
     stamps: list[float] = []
     sizes: list[list[int]] = []
+    fired = 0
+    fired_at: float | None = None
     start = time.monotonic()
     worker.start()
     try:
         while len(received) < frames and not worker.finished:
-            left = timeout_s - (time.monotonic() - start)
+            now = time.monotonic()
+            left = timeout_s - (now - start)
             if left <= 0:
                 break
+            if fires and (fired_at is None or now - fired_at >= REFIRE_S):
+                fired += 1
+                fired_at = now
+                worker.fire(f"probe-{fired}", now, now + REFIRE_S)
             frame = worker.get(timeout=min(0.25, left))
             if frame is None:
                 continue
+            fired_at = None  # this trigger found its frame: fire the next at once
             received.append(frame)
             stamps.append(time.monotonic())
             if [frame.width, frame.height] not in sizes:
@@ -187,11 +240,12 @@ def probe(config: Any, frames: int, timeout_s: float, save: Path | None = None) 
         errors=worker.recent_errors(),
         cameras=cameras,
         stream=statistics,
+        triggers_fired=fired,
     )
     if listing_problem:
         report.problems.append(listing_problem)
     if not received:
-        report.problems.append(f"no frame within {timeout_s:g} s")
+        report.problems.append(f"no frame within {timeout_s:g} s: {_why_no_frame(config, how, fired, status)}")
     elif not report.ok:
         report.problems.append(f"only {len(received)} of {frames} frames within {timeout_s:g} s")
     if len(sizes) > 1:
@@ -199,6 +253,24 @@ def probe(config: Any, frames: int, timeout_s: float, save: Path | None = None) 
     if save is not None and last is not None:
         _save(last.image, save, report)
     return report
+
+
+def _why_no_frame(config: Any, how: str, fired: int, status: Any) -> str:
+    """The likeliest reason a probe saw no frame, from what the camera waits for and what it did."""
+    if not status.connected and status.last_error:
+        return f"the camera could not be opened or was lost ({status.last_error})"
+    if how == "line":
+        line = config.genicam.trigger_line or "its trigger line"
+        return (f"the camera exposes only on a pulse on {line} (genicam.trigger: line) and none came; pulse the "
+                "line (a part past the sensor), or probe with genicam.trigger: software")
+    if how == "software":
+        return (f"the probe fired {fired} software trigger(s) and the camera sent no frame; check the camera's "
+                "TriggerMode/TriggerSource and the stream statistics above")
+    if how == "next-frame":
+        return f"the probe fired {fired} trigger(s) and the source delivered no frame after them"
+    if config.kind == "folder":
+        return "no file arrived in the folder (each file dropped there is one part)"
+    return "the source is open but delivered nothing (a stalled stream, or a wrong stream path)"
 
 
 def _list_cameras(config: Any) -> tuple[list[dict[str, str]], str]:
@@ -251,6 +323,8 @@ def format_report(report: ProbeReport) -> str:
         f"  connected    {'yes' if status['connected'] else 'no'}"
         + (f", last frame {age:.2f} s ago" if age is not None else ""),
     ]
+    if report.triggers_fired:
+        lines.append(f"  triggers     {report.triggers_fired} fired by the probe (the camera waits for a trigger)")
     if report.kind == "aravis":
         lines.append(f"  cameras      {len(report.cameras)} found")
         lines.extend(f"    {c['url']}  {c['vendor']} {c['model']}, serial {c['serial']}, {c['protocol']}"
@@ -282,11 +356,12 @@ def _collapse(messages: list[str]) -> list[str]:
     return [m if n == 1 else f"{m} (×{n})" for m, n in out]
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, base: dict[str, Any] | None = None) -> int:
+    """The probe command; `base`: a station camera's settings, already validated against its station file."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s", stream=sys.stderr)
     try:
-        config = build_config(args)
+        config = build_config(args, base)
     except ConfigProblem as exc:
         print(f"camera-probe: {exc}", file=sys.stderr)
         return 2

@@ -5,6 +5,9 @@
     adfm-plant view --config /etc/adfm/plant.yaml         the plant view in the browser (systemd)
     adfm-plant passwd --users FILE --name anna            add or change a view user (asks the password)
     adfm-plant export-labels --config … --out DIR [--since … --until … --station … --recipe …]
+    adfm-plant deploy MODEL_DIR --config … --station A [--station B | --line L]   copy, start shadow
+    adfm-plant promote MODEL_ID --config … --station A --station B            canary A first, then B
+    adfm-plant rollback --config … --station A [--line L]                     back to the previous model
 """
 
 from __future__ import annotations
@@ -61,6 +64,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--station", action="append", default=[], help="only these stations (repeatable)")
     p.add_argument("--recipe", help="only this recipe (the dataset's category)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    for name, text in (("deploy", "copy an exported model to stations (hashes checked) and start its shadow run"),
+                       ("promote", "make a stored model active: the first station (canary) first, then the rest"),
+                       ("rollback", "return stations to their previous active model")):
+        p = sub.add_parser(name, help=text, description=text)
+        if name == "deploy":
+            p.add_argument("model", type=Path, metavar="MODEL_DIR", help="an exported model directory")
+            p.add_argument("--no-shadow", action="store_true", help="copy only; start no shadow run")
+        elif name == "promote":
+            p.add_argument("model", metavar="MODEL_ID", help="the model id (as `adfm-appliance models` lists it)")
+            p.add_argument("--canary-parts", type=int, default=20, metavar="N",
+                           help="parts the canary decides with the new model before the others follow (default 20)")
+            p.add_argument("--canary-timeout", type=float, default=600.0, metavar="S",
+                           help="longest wait for those parts (default 600 s)")
+        p.add_argument("--config", required=True, type=Path, metavar="FILE", help="plant YAML")
+        p.add_argument("--station", action="append", default=[], help="a station id (repeatable; in this order)")
+        p.add_argument("--line", help="every station of this line instead")
+        p.add_argument("--operator", default="", help="who gives the command (journaled by each station)")
+        p.add_argument("--json", action="store_true", help="print the steps as JSON")
     return parser
 
 
@@ -168,7 +189,33 @@ def cmd_export_labels(args) -> int:
     return EXIT_FAIL if report.errors else EXIT_OK
 
 
-COMMANDS = {"migrate": cmd_migrate, "collect": cmd_collect, "view": cmd_view, "passwd": cmd_passwd,
+def cmd_rollout(args) -> int:
+    from . import rollout
+
+    config = _config(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    say = None if args.json else print
+    try:
+        sections = rollout.select(config, args.station, args.line)
+        if args.command == "deploy":
+            done = rollout.deploy(config, args.model, sections, shadow=not args.no_shadow, operator=args.operator,
+                                  say=say)
+        elif args.command == "promote":
+            done = rollout.promote(config, args.model, sections, operator=args.operator,
+                                   canary_parts=args.canary_parts, canary_timeout_s=args.canary_timeout, say=say)
+        else:
+            done = rollout.rollback(config, sections, operator=args.operator, say=say)
+    except rollout.RolloutError as exc:
+        print(f"adfm-plant {args.command}: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    if args.json:
+        print(json.dumps(done.to_json(), indent=2))
+    return EXIT_OK if done.ok else EXIT_FAIL
+
+
+COMMANDS = {"migrate": cmd_migrate, "deploy": cmd_rollout, "promote": cmd_rollout, "rollback": cmd_rollout,
+            "collect": cmd_collect, "view": cmd_view, "passwd": cmd_passwd,
             "export-labels": cmd_export_labels}
 
 

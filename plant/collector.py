@@ -17,7 +17,7 @@ from adfm.schema import InspectionResult, OperatorVerdict
 
 from .config import PlantConfig, StationSection
 from .db import connect, require_current
-from .stations import JournalReplaced, StationError, client_for
+from .stations import JournalReplaced, ShadowResult, StationError, client_for
 from .store import Store
 
 log = logging.getLogger("adfm.plant.collector")
@@ -27,6 +27,7 @@ log = logging.getLogger("adfm.plant.collector")
 class StationStats:
     results: int = 0
     verdicts: int = 0
+    shadow: int = 0
     images: int = 0
     epoch_changes: int = 0
     errors: list[str] = field(default_factory=list)
@@ -59,10 +60,13 @@ class StationFollower(threading.Thread):
             store.register(s.id, s.line, s.publish, s.control)
             cursor = store.cursor(s.id)
             from_seq = max(1, cursor.next_seq - opts.verdict_lookback)
-            client = client_for(s, from_seq=from_seq, epoch=cursor.epoch or None, timeout_s=opts.timeout_s)
+            client = client_for(s, from_seq=from_seq, epoch=cursor.epoch or None, timeout_s=opts.timeout_s,
+                                shadow=True)
+            self._shadow_next: tuple[str, int] | None = None  # (epoch, first shadow row id not stored)
             try:
                 client.connect()
                 log.info("%s: following from seq %d (epoch %s)", s.id, from_seq, cursor.epoch or "new")
+                self._shadow(store, client, [])  # shadow results journaled while this collector was away
                 while not self.stop_event.is_set():
                     events = client.poll(0.5)
                     if not events:
@@ -73,10 +77,44 @@ class StationFollower(threading.Thread):
                     written = store.write(s.id, results, verdicts, client.epoch, client.next_seq)
                     self.stats.results += written.results
                     self.stats.verdicts += written.verdicts
+                    shadows = [e for e in events if isinstance(e, ShadowResult)]
+                    if shadows:
+                        self._shadow(store, client, shadows)
                     if opts.copy_flagged_images:
                         self._copy_images(store, client, results)
             finally:
                 client.close()
+
+    def _shadow(self, store: Store, client, live: list[ShadowResult]) -> None:
+        """Store shadow results gap-free: live ones in row order, a gap (or a start) filled by replay."""
+        epoch = client.epoch or (live[0].result.epoch if live else None) or client.status().epoch
+        if not epoch:
+            return
+        if self._shadow_next is None or self._shadow_next[0] != epoch:
+            self._shadow_next = (epoch, store.shadow_cursor(self.section.id, epoch))
+        next_id = self._shadow_next[1]
+        live = [e for e in live if e.result.epoch in ("", epoch)]
+        if live and self._contiguous(live, next_id):
+            self.stats.shadow += store.write_shadow(self.section.id, [(e.row_id, e.result) for e in live])
+            next_id = max(next_id, max(e.row_id for e in live) + 1)
+        else:  # the start, or a gap before these: fetch what the station journaled from next_id on
+            while True:
+                reply = client.replay_shadow(next_id)
+                if reply.epoch and reply.epoch != epoch:
+                    break  # the journal was replaced: the next poll starts over in its epoch
+                if reply.entries:
+                    self.stats.shadow += store.write_shadow(self.section.id,
+                                                            [(e.row_id, e.result) for e in reply.entries])
+                    next_id = reply.entries[-1].row_id + 1
+                if not reply.more:
+                    break
+        self._shadow_next = (epoch, next_id)
+
+    @staticmethod
+    def _contiguous(live: list[ShadowResult], next_id: int) -> bool:
+        """The live results continue the stored ones without a hole."""
+        ids = sorted({e.row_id for e in live if e.row_id >= next_id})
+        return ids == list(range(next_id, next_id + len(ids)))
 
     def _copy_images(self, store: Store, client, results: list[InspectionResult]) -> None:
         for r in results:

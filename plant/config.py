@@ -28,6 +28,9 @@ class StationSection(StrictModel):
     publish: str = Field(description="the station's PUB endpoint as reachable from this server")
     control: str = Field(description="the station's ROUTER endpoint as reachable from this server")
     curve: CurveSection | None = None
+    model_store: Path | None = Field(
+        None, description="the station's model store (its state_dir/models) as this server reaches it, e.g. a "
+        "mounted share: where `adfm-plant deploy` copies models")
 
     @field_validator("publish", "control")
     @classmethod
@@ -111,6 +114,8 @@ def parse_config(data: object, source: str = "plant config", base_dir: Path | No
         raise ConfigError(validation_problems(source, exc), "invalid plant config") from None
     if base_dir is not None:  # key and users files relative to the config's folder
         for s in config.stations:
+            if s.model_store is not None:
+                s.model_store = base_dir / s.model_store
             if s.curve is not None:
                 s.curve = CurveSection(server_key=base_dir / s.curve.server_key,
                                        client_secret=base_dir / s.curve.client_secret)

@@ -26,6 +26,7 @@ from datetime import datetime
 from pathlib import Path
 
 from adfm.files import write_atomic
+from adfm.schema import DECISION_TRAINING_LABEL
 
 from .config import PlantConfig
 from .db import connect, require_current
@@ -33,7 +34,9 @@ from .stations import StationError, fetch_image
 
 PROVENANCE = "adfm-labels.jsonl"
 LABELS_CSV = "labels.csv"
-LABEL_OF = {"confirmed_defect": "anomalous", "false_alarm": "normal"}
+LABEL_OF = {d: label for d, label in DECISION_TRAINING_LABEL.items() if label is not None}
+#: why a decided part gets no label, by decision
+NO_LABEL_WHY = {"skip": "skipped by the operator", "unsure": "operator unsure"}
 
 
 class ExportError(RuntimeError):
@@ -65,10 +68,11 @@ class ExportReport:
 _SELECT = """
 SELECT r.station, r.epoch, r.seq, r.part_id, r.camera, r.captured_at, r.verdict, r.decision, r.model_id,
        r.prompt_version, r.recipe, r.image_path, op.decision AS op_decision, op.operator, op.note, op.at,
-       op.verdict_id, (SELECT i.media_type FROM images i WHERE i.station = r.station AND i.epoch = r.epoch
-                       AND i.seq = r.seq AND i.kind = 'image') AS stored_media
+       op.verdict_id, op.boxes AS op_boxes,
+       (SELECT i.media_type FROM images i WHERE i.station = r.station AND i.epoch = r.epoch
+        AND i.seq = r.seq AND i.kind = 'image') AS stored_media
 FROM results r
-JOIN LATERAL (SELECT v.decision, v.operator, v.note, v.at, v.verdict_id FROM verdicts v
+JOIN LATERAL (SELECT v.decision, v.operator, v.note, v.at, v.verdict_id, v.boxes FROM verdicts v
               WHERE v.station = r.station AND v.epoch = r.epoch AND v.seq = r.seq
               ORDER BY v.at DESC LIMIT 1) op ON true
 WHERE r.first_stored {where}
@@ -121,7 +125,7 @@ def export_labels(config: PlantConfig, opts: ExportOptions) -> ExportReport:
         for row in rows:
             label = LABEL_OF.get(row["op_decision"])
             if label is None:
-                left["skipped by the operator"] += 1
+                left[NO_LABEL_WHY.get(row["op_decision"], f"decision {row['op_decision']}")] += 1
                 continue
             try:
                 data, media_type = _image(conn, config, row)
@@ -145,7 +149,9 @@ def export_labels(config: PlantConfig, opts: ExportOptions) -> ExportReport:
                 "captured_at": row["captured_at"].isoformat(), "line_verdict": row["verdict"],
                 "model_decision": row["decision"], "decision": row["op_decision"], "operator": row["operator"],
                 "note": row["note"], "decided_at": row["at"].isoformat(), "verdict_id": row["verdict_id"],
-                "model_id": row["model_id"], "prompt_version": row["prompt_version"]}, ensure_ascii=False))
+                "model_id": row["model_id"], "prompt_version": row["prompt_version"],
+                "operator_boxes": [[b["x1"], b["y1"], b["x2"], b["y2"]] for b in row["op_boxes"] or []]},
+                ensure_ascii=False))
     report.left_out = dict(left)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")

@@ -103,10 +103,12 @@ def agreement(conn: psycopg.Connection, f: Filters) -> list[dict]:
                                v.decision
                         FROM verdicts v WHERE {where} ORDER BY v.station, v.epoch, v.seq, v.at DESC)
         SELECT station, model_id,
-               count(*) FILTER (WHERE line_verdict <> 'pass' AND decision <> 'skip') AS judged,
-               count(*) FILTER (WHERE line_verdict <> 'pass' AND decision = 'confirmed_defect') AS confirmed,
+               count(*) FILTER (WHERE line_verdict <> 'pass' AND decision NOT IN ('skip', 'unsure')) AS judged,
+               count(*) FILTER (WHERE line_verdict <> 'pass'
+                                AND decision IN ('confirmed_defect', 'defect_wrong_box')) AS confirmed,
                count(*) FILTER (WHERE line_verdict <> 'pass' AND decision = 'false_alarm') AS false_alarms,
-               count(*) FILTER (WHERE line_verdict = 'pass' AND decision = 'confirmed_defect') AS missed
+               count(*) FILTER (WHERE line_verdict = 'pass'
+                                AND decision IN ('confirmed_defect', 'defect_wrong_box')) AS missed
         FROM latest GROUP BY 1, 2""", params)
     out = {(r["station"], r["model_id"]): {**r, "flagged": flagged.get((r["station"], r["model_id"]), 0)}
            for r in judged}

@@ -71,8 +71,8 @@ WHERE v.captured_at IS NULL AND v.station = ANY(%s) AND r.station = v.station AN
   AND r.first_stored
 """
 _VERDICT = """
-INSERT INTO verdicts (station, verdict_id, epoch, seq, part_id, decision, operator, note, at, client)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING
+INSERT INTO verdicts (station, verdict_id, epoch, seq, part_id, decision, operator, note, at, client, boxes)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING
 """
 
 
@@ -146,7 +146,8 @@ class Store:
                 out.results = row[0] if row else 0
             for v in verdicts:
                 cur = self.conn.execute(_VERDICT, (v.station or station, v.verdict_id, v.epoch, v.seq, v.part_id,
-                                                   v.decision, v.operator, v.note, v.at, v.client))
+                                                   v.decision, v.operator, v.note, v.at, v.client,
+                                                   json.dumps([b.model_dump() for b in v.boxes])))
                 out.verdicts += cur.rowcount
             if results or verdicts:
                 stations = sorted({r.station for r in results} | {v.station or station for v in verdicts})
@@ -158,6 +159,25 @@ class Store:
                     "CASE WHEN stations.epoch = excluded.epoch THEN greatest(stations.next_seq, excluded.next_seq) "
                     "ELSE excluded.next_seq END", (station, epoch, next_seq))
         return out
+
+    def shadow_cursor(self, station: str, epoch: str) -> int:
+        """The first shadow row id of `station`'s journal `epoch` not stored yet."""
+        row = self.conn.execute("SELECT COALESCE(MAX(row_id), 0) FROM shadow_results WHERE station = %s AND epoch = %s",
+                                (station, epoch)).fetchone()
+        return int(row[0]) + 1 if row else 1
+
+    def write_shadow(self, station: str, shadows: Iterable[tuple[int, InspectionResult]]) -> int:
+        """Store shadow results ((journal row id, result) pairs); returns how many were new."""
+        n = 0
+        with self.conn.transaction():
+            for row_id, r in shadows:
+                cur = self.conn.execute(
+                    "INSERT INTO shadow_results (station, epoch, row_id, seq, model_id, verdict, answer, reason, "
+                    "boxes, captured_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                    (r.station or station, r.epoch, row_id, r.seq, r.model_id, r.verdict, r.answer, r.reason,
+                     json.dumps([b.model_dump() for b in r.boxes]), r.captured_at))
+                n += cur.rowcount
+        return n
 
     def has_image(self, station: str, epoch: str, seq: int, kind: str = "image") -> bool:
         row = self.conn.execute("SELECT 1 FROM images WHERE station = %s AND epoch = %s AND seq = %s AND kind = %s",

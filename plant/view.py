@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from importlib import resources
-from typing import Annotated
+from typing import Annotated, get_args
 from urllib.parse import urlencode
 
 import jinja2
@@ -22,13 +22,15 @@ import psycopg
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
 
+from adfm.schema import OperatorDecision
+
 from . import charts, queries
 from .auth import BasicAuth
 from .config import PlantConfig
 from .db import connect, require_current
 from .stations import StationError, fetch_image
 
-DECIDED = ("", "undecided", "confirmed_defect", "false_alarm", "skip")
+DECIDED = ("", "undecided", *get_args(OperatorDecision))
 
 
 class Pool:
@@ -192,6 +194,28 @@ def create_app(config: PlantConfig, now=lambda: datetime.now(UTC)) -> FastAPI:
             r["svg"] = charts.histogram(r["counts"], mark=min(int((r["p95"] - hist.lo) / width) - 1,
                                                               queries.HIST_BINS - 1))
         return page(request, "drift.jinja", f, who, hist=hist)
+
+    @app.get("/models", response_class=HTMLResponse)
+    def models(request: Request, who: User, f: Selected):
+        """Candidates in shadow: agreement with the active model and the operators, and the parts
+        where they disagree side by side (both answers, both boxes, the operators' verdict)."""
+        from . import shadow_compare
+
+        with pool.connection() as conn:
+            found = shadow_compare.candidates(conn, f)
+            chosen = request.query_params.get("candidate") or (found[0]["model_id"] if found else "")
+            report = shadow_compare.compare(conn, f, chosen) if chosen else None
+        figures, pairs = {}, []
+        if report is not None:
+            figures = report.to_json(max_disagreements=0)
+            for p in report.disagreements[-48:][::-1]:
+                c, a = p.candidate, p.active
+                pairs.append({"part": p, "station": c.station, "epoch": c.epoch,
+                              "candidate_overlay": charts.boxes_overlay([b.model_dump() for b in c.boxes],
+                                                                        c.image_width, c.image_height),
+                              "active_overlay": charts.boxes_overlay([b.model_dump() for b in a.boxes],
+                                                                     a.image_width, a.image_height)})
+        return page(request, "models.jinja", f, who, found=found, chosen=chosen, figures=figures, pairs=pairs)
 
     @app.get("/image/{station}/{epoch}/{seq}")
     def image(station: str, epoch: str, seq: int, who: User) -> Response:

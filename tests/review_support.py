@@ -41,6 +41,7 @@ def make_result(seq: int, verdict: str = "fail", *, camera: str = "cam0", statio
         answer="yes" if verdict == "fail" else ("" if verdict == "review" else "no"),
         format_ok=verdict != "review", prompt_version="multi-stage-v1", model_id="tiny-q4_k_m",
         image_path=image_path, image_width=96, image_height=96, gate_score=0.83 if flagged else 0.12,
+        gate_threshold=0.5, grid_width=112, grid_height=112,
         latency_ms={"vlm": 380.0 + seq, "total": 412.0 + seq}, operator=operator,
     )
 
@@ -80,8 +81,9 @@ class ScriptedSource(Source):
     description = "tcp://station.test:5560"
 
     def __init__(self, events: list[Event], *, online: bool = True, read_only: bool = False,
-                 images: Path | None = None) -> None:
+                 images: Path | None = None, refuse: str = "") -> None:
         self.events = events
+        self.refuse = refuse  # when set, the station refuses every verdict with this reason
         self.online = online
         self.read_only = read_only
         self.images = images
@@ -99,19 +101,33 @@ class ScriptedSource(Source):
         if self.read_only:
             return super().send(verdict)
         self.sent.append(verdict)
-        if self.online and self._emit is not None:
+        if self.refuse and self._emit is not None:
+            self._emit([VerdictUpdate(verdict, "rejected", self.refuse)])
+        elif self.online and self._emit is not None:
             ack = Ack(detail=f"verdict {verdict.verdict_id} on seq {verdict.seq} journaled")
             self._emit([VerdictUpdate(verdict, "sent", ack.detail)])
 
     def image_file(self, result: InspectionResult) -> Path | None:
         return self.images / result.image_path if self.images is not None and result.image_path else None
 
+    def map_file(self, result: InspectionResult) -> Path | None:
+        return self.images / result.gate_map_path if self.images is not None and result.gate_map_path else None
+
 
 def standard_events(images: Path | None = None) -> list[Event]:
     results = fixed_results()
     if images is not None:
         results = [r.model_copy(update={"image_path": f"p{r.seq}.png"}) for r in results]
+        results = [r.model_copy(update={"gate_map_path": f"p{r.seq}.gate.png"})
+                   if (images / f"p{r.seq}.gate.png").is_file() else r for r in results]
     return [Connection(True, "connected", T0, "st1"), Results(results), Status(fixed_status())]
+
+
+async def settle(pilot) -> None:
+    """Let the app load the pictures it asked for (worker threads) and show them."""
+    await pilot.pause()
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
 
 
 def write_part_image(path: Path, seed: int = 0, size: int = 96) -> Path:
@@ -128,6 +144,18 @@ def write_part_image(path: Path, seed: int = 0, size: int = 96) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     ok = cv2.imwrite(str(path), img[:, :, ::-1])
     assert ok
+    return path
+
+
+def write_gate_map(path: Path, size: int = 96) -> Path:
+    """A gate heat map as the appliance stores it (inferno colours, hot along the scratch)."""
+    import cv2
+
+    yy, xx = np.mgrid[0:size, 0:size]
+    heat = np.exp(-(((xx - 35) / 14.0) ** 2 + ((yy - 32) / 6.0) ** 2))
+    bgr = cv2.applyColorMap(np.round(heat * 255).astype(np.uint8), cv2.COLORMAP_INFERNO)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), bgr)
     return path
 
 
@@ -166,17 +194,21 @@ class LoopbackStation:
             self.bus.stop()
             self.bus = None
 
-    def part(self, verdict: str = "fail", publish: bool = True, camera: str = "cam0") -> InspectionResult:
+    def part(self, verdict: str = "fail", publish: bool = True, camera: str = "cam0",
+             gate_map: bool = False) -> InspectionResult:
+        """Journal (and publish) a part; `gate_map`: with a stored gate heat map, as free-run keeps one."""
         i = self.journal.last_seq() + 1
         image = np.full((32, 48, 3), 120, np.uint8)
         image[8:12, 5:30] = 20
         p = self.journal.accept(image, part_id=f"p{i}", camera=camera, frame_number=i, captured_wall=time.time())
+        map_rel = self.journal.attach_map_file(p.seq, lambda path: write_gate_map(path, 32)) if gate_map else ""
         boxes = [Box.from_xyxy([5, 8, 30, 12], "scratch")] if verdict == "fail" else []
         result = self.journal.complete(InspectionResult(
             station=self.station, seq=p.seq, part_id=p.part_id, camera=camera, frame_number=i,
             captured_at=p.captured_at, verdict=verdict, decision=verdict == "fail", boxes=boxes,  # type: ignore[arg-type]
             think="looked", answer="yes" if verdict == "fail" else "no", format_ok=True,
-            image_path=p.image_path, image_width=48, image_height=32, latency_ms={"total": 5.0}))
+            image_path=p.image_path, image_width=48, image_height=32, latency_ms={"total": 5.0},
+            gate_map_path=map_rel, gate_score=0.7 if gate_map else None, gate_threshold=0.5 if gate_map else None))
         if publish and self.bus is not None:
             self.bus.publish(result)
         return result

@@ -51,7 +51,8 @@ def test_check_and_run_report_config_errors(tmp_path, capsys):
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump({"station": "s", "state_dir": "state", "model": {"dir": "model"},
                                     "cameras": [{"id": "c", "url": "replay:rec"}]}))
-    assert main(["check", "--config", str(good)]) == 0
+    # the placeholder GGUF files would not load in llama.cpp (tests/test_appliance_check.py loads models)
+    assert main(["check", "--config", str(good), "--no-load"]) == 0
     out = capsys.readouterr().out
     assert "OK — station s, model tiny-q4_k_m@" in out and "1 camera(s)" in out
 
@@ -82,3 +83,15 @@ def test_tail_status_and_verdict(station, capsys):
 def test_status_of_a_silent_station_fails_cleanly(capsys):
     assert main(["status", "--control", "tcp://127.0.0.1:9", "--timeout", "0.2"]) == 1
     assert "no reply" in capsys.readouterr().err
+
+
+def test_verdict_with_the_right_box(station, capsys):
+    station.part(verdict="fail")
+    common = ["--control", station.control_ep, "--timeout", "2", "--seq", "1", "--operator", "ben"]
+    assert main(["verdict", *common, "--decision", "defect_wrong_box"]) == 1
+    assert "needs the corrected box" in capsys.readouterr().err
+    assert main(["verdict", *common, "--decision", "defect_wrong_box", "--box", "1,2,3"]) == 1
+    assert "give four numbers X1,Y1,X2,Y2" in capsys.readouterr().err
+    assert main(["verdict", *common, "--decision", "defect_wrong_box", "--box", "10,12,1,2"]) == 0
+    v = station.journal.get(1).operator
+    assert (v.decision, v.operator, [b.xyxy for b in v.boxes]) == ("defect_wrong_box", "ben", [[1, 2, 10, 12]])

@@ -366,3 +366,26 @@ def test_frames_resume_after_the_camera_is_killed_and_restarted(fake_gv_camera, 
     assert any(m in lost.last_error for m in seen) and "aravis:address=127.0.0.1" in lost.last_error
     assert len(resumed) == 3 and all(f.camera_frame_id is not None for f in resumed)
     assert status.connected and status.reconnects >= 1
+
+
+def test_probe_fires_a_software_triggered_camera_and_explains_a_line_triggered_one(fake_gv_camera, tmp_path, capsys):
+    """The station's camera waits for triggers: the probe fires them (software), or says a line must pulse."""
+    import yaml
+
+    from adfm.appliance.cli import main
+
+    cam = {"id": "gv0", "url": "aravis:address=127.0.0.1",
+           "genicam": {"interfaces": ["GigEVision"], "sensor_roi": [0, 0, 64, 48], "trigger": "software"}}
+    station = tmp_path / "station.yaml"
+    station.write_text(yaml.safe_dump({"station": "s1", "model": {"dir": "m"}, "cameras": [cam]}))
+    rc = main(["camera-probe", "--config", str(station), "--camera", "gv0", "--frames", "3", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert rc == 0 and report["frames_received"] == 3 and report["triggers_fired"] == 3
+    assert report["resolution"] == [64, 48]
+
+    cam["genicam"] = {**cam["genicam"], "trigger": "line", "trigger_line": "Line0"}
+    station.write_text(yaml.safe_dump({"station": "s1", "model": {"dir": "m"}, "cameras": [cam]}))
+    rc = main(["camera-probe", "--config", str(station), "--timeout", "2", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert rc == 1 and report["triggers_fired"] == 0
+    assert "exposes only on a pulse on Line0 (genicam.trigger: line)" in report["problems"][-1]

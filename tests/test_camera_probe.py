@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import cv2
 import pytest
+import yaml
 
 from adfm.appliance.cli import main
 from tests.camera_support import FRAME_SIZE, MjpegServer, encode, free_port, shaded_frame, write_video
@@ -68,7 +70,8 @@ def test_folder_probe_touches_no_file(tmp_path, capsys):
 def test_no_frames_is_a_failure_with_the_reason(tmp_path, capsys):
     rc, report = _probe_json(capsys, f"replay:{tmp_path / 'gone.mp4'}", "--timeout", "0.5")
     assert rc == 1 and not report["ok"] and report["frames_received"] == 0
-    assert report["problems"] == ["no frame within 0.5 s"]
+    assert report["problems"] == [f"no frame within 0.5 s: the camera could not be opened or was lost "
+                                  f"(replay {tmp_path / 'gone.mp4'}: does not exist)"]
     assert any("gone.mp4: does not exist" in e for e in report["errors"])
 
 
@@ -91,3 +94,33 @@ def test_bad_field_in_config_file_is_named(tmp_path, capsys):
     assert main(["camera-probe", "usb:0", "--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert str(config) in err and "queue_size" in err and "exposure" in err
+
+
+# ---- a station's camera, by id ---------------------------------------------------------------------
+
+
+def _station_file(tmp_path, cameras: list[dict]) -> str:
+    path = tmp_path / "station.yaml"
+    path.write_text(yaml.safe_dump({"station": "s1", "model": {"dir": "model"}, "cameras": cameras}))
+    return str(path)
+
+
+def test_probe_takes_a_camera_from_the_station_file(video, tmp_path, capsys):
+    (tmp_path / "rec").mkdir()
+    shutil.copy(video, tmp_path / "rec" / "line.avi")
+    station = _station_file(tmp_path, [{"id": "top", "url": "replay:rec/line.avi", "fps": 100},
+                                       {"id": "side", "url": "v4l2:/dev/video9"}])
+    rc, report = _probe_json(capsys, "--config", station, "--camera", "top", "--frames", "2")
+    assert rc == 0 and report["camera"] == "top" and report["frames_received"] == 2
+    assert report["url"] == f"replay:{tmp_path / 'rec' / 'line.avi'}"  # relative to the station file
+    assert main(["camera-probe", "--config", station]) == 2
+    assert "the station has 2 cameras (top, side); choose one with --camera ID" in capsys.readouterr().err
+    assert main(["camera-probe", "--config", station, "--camera", "front"]) == 2
+    assert "no camera with id 'front'; the station's cameras: top, side" in capsys.readouterr().err
+
+
+def test_a_camera_waiting_for_a_link_trigger_is_fired_by_the_probe(video, tmp_path, capsys):
+    station = _station_file(tmp_path, [{"id": "cam0", "url": f"replay:{video}", "trigger": {"mode": "link"}}])
+    rc, report = _probe_json(capsys, "--config", station, "--frames", "3", "--timeout", "10")
+    assert rc == 0 and report["frames_received"] == 3
+    assert report["triggers_fired"] == 3 and report["part_ids"] == ["probe-1", "probe-2", "probe-3"]

@@ -70,6 +70,10 @@ def test_screen_mode_with_a_trained_gate(tmp_path, tmp_path_factory, synthetic_f
     assert len(calls(script)) == 1  # only the suspicious part reached the model
     assert passed.gate_score == pytest.approx(good_score, rel=1e-4)
     assert flagged.gate_score == pytest.approx(bad_score, rel=1e-4)
+    # the dashboard shows the score against the threshold, and the model's grid maps its boxes
+    assert passed.gate_threshold == flagged.gate_threshold == pytest.approx(gate.threshold)
+    assert (passed.grid_width, passed.grid_height) == (0, 0)  # the model never saw it
+    assert flagged.grid_width % 28 == 0 and flagged.grid_height % 28 == 0 and flagged.grid_width > 0
     for r in (passed, flagged):
         heat = config.journal_dir / r.gate_map_path
         assert r.gate_map_path.endswith(".gate.png") and heat.is_file()

@@ -13,6 +13,7 @@ import yaml
 from adfm.plant.cli import main as plant_main
 from adfm.plant.collector import StationFollower
 from adfm.plant.config import load_config
+from adfm.schema import Box
 from tests.review_support import LoopbackStation
 
 
@@ -41,40 +42,44 @@ def test_export_labels_is_read_by_adfm_data_inspect_with_the_right_counts(tmp_pa
         for v in ("fail", "fail", "pass"):
             b.part(v)
         decisions = {("st-a", 1): "confirmed_defect", ("st-a", 2): "false_alarm", ("st-a", 4): "skip",
-                     ("st-a", 5): "confirmed_defect", ("st-b", 1): "false_alarm", ("st-b", 3): "confirmed_defect"}
+                     ("st-a", 5): "confirmed_defect", ("st-b", 1): "false_alarm", ("st-b", 2): "defect_wrong_box",
+                     ("st-b", 3): "confirmed_defect", ("st-a", 3): "unsure"}
+        redrawn = [Box.from_xyxy([20, 16, 40, 30], "defect")]
         for (name, seq), decision in decisions.items():
             st = a if name == "st-a" else b
             with StationClient(st.publish_ep, st.control_ep, station=name, timeout_s=3.0) as c:
-                c.send_verdict(seq, decision, operator="anna", verdict_id=f"{name}-{seq}")
+                c.send_verdict(seq, decision, operator="anna", verdict_id=f"{name}-{seq}",
+                               boxes=redrawn if decision == "defect_wrong_box" else None)
         cfg = tmp_path / "plant.yaml"
         cfg.write_text(yaml.safe_dump({
             "database": plant_db, "view": {"auth": {"method": "none"}},
             "collector": {"copy_flagged_images": True},
             "stations": [{"id": s.station, "publish": s.publish_ep, "control": s.control_ep} for s in (a, b)]}))
         config = load_config(cfg)
-        follower = _collect(config, "st-a", 5, 4)
+        follower = _collect(config, "st-a", 5, 5)
         assert follower.stats.images == 4  # flagged parts copied into the store
-        _collect(config, "st-b", 3, 2)
+        _collect(config, "st-b", 3, 3)
         b.close()  # st-b is gone: its pass judged defective (seq 3) was never copied → reported, not exported
         out = tmp_path / "labels"
         assert plant_main(["export-labels", "--config", str(cfg), "--out", str(out), "--json"]) == 1
         report = json.loads(capsys.readouterr().out)
-        assert (report["normal"], report["anomalous"]) == (2, 2)
-        assert report["left_out"] == {"skipped by the operator": 1}
+        assert (report["normal"], report["anomalous"]) == (2, 3)
+        assert report["left_out"] == {"skipped by the operator": 1, "operator unsure": 1}
         assert len(report["errors"]) == 1 and report["errors"][0].startswith("st-b seq 3: image not available")
         assert adfm_data(["inspect", str(out), "--json"]) == 0
         inspected = json.loads(capsys.readouterr().out)
-        assert inspected["totals"]["normal"] == 2 and inspected["totals"]["anomalous"] == 2
+        assert inspected["totals"]["normal"] == 2 and inspected["totals"]["anomalous"] == 3
         prov = [json.loads(line) for line in (out / "adfm-labels.jsonl").read_text().splitlines()]
         assert sorted((p["station"], p["seq"], p["decision"]) for p in prov) == [
             ("st-a", 1, "confirmed_defect"), ("st-a", 2, "false_alarm"), ("st-a", 5, "confirmed_defect"),
-            ("st-b", 1, "false_alarm")]
+            ("st-b", 1, "false_alarm"), ("st-b", 2, "defect_wrong_box")]
+        assert [p["operator_boxes"] for p in prov if p["seq"] == 2 and p["station"] == "st-b"] == [[[20, 16, 40, 30]]]
         # one station only, a fresh folder; an export into a non-empty one is refused
         assert plant_main(["export-labels", "--config", str(cfg), "--out", str(out)]) == 1
         assert "give a new or empty folder" in capsys.readouterr().err
         assert plant_main(["export-labels", "--config", str(cfg), "--out", str(tmp_path / "a-only"),
                            "--station", "st-a"]) == 0
-        assert "exported 3 parts" in capsys.readouterr().out
+        assert "exported 3 parts" in capsys.readouterr().out  # seq 1, 2, 5 (3 unsure, 4 skipped)
     finally:
         a.close()
         if b.bus is not None:

@@ -81,3 +81,13 @@ def test_connect_and_journal_are_exclusive(capsys):
     with pytest.raises(SystemExit):
         main(["--connect", "tcp://h:1", "--journal", "/x"])
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_shift_changes_are_times_of_day(tmp_path, capsys):
+    from datetime import time
+
+    args = parse("--journal", str(tmp_path), "--shifts", "22:00, 06:00,14:30")
+    assert args.shifts == (time(6), time(14, 30), time(22))
+    with pytest.raises(SystemExit):
+        parse("--journal", str(tmp_path), "--shifts", "6am")
+    assert "'6am' is not a time of day (HH:MM)" in capsys.readouterr().err

@@ -87,7 +87,8 @@ async def test_browsing_a_journal_follows_new_parts_and_refuses_decisions(journa
         await pilot.press("d")
         assert "read-only" in app.message and journal.verdicts(2) == []
         await pilot.press("enter")
-        assert app.screen.query_one("#image", PartImage)._image is not None  # read from the journal folder
+        await wait_for(pilot, lambda: app.screen.query_one(PartImage).picture is not None,
+                       what="the image, read from the journal folder")
         await pilot.press("escape")
 
         add_part(journal, "review")  # the station goes on writing

@@ -7,7 +7,16 @@ from datetime import UTC
 from adfm.appliance.review.app import ReviewApp
 from adfm.appliance.review.screens import DetailScreen, HelpScreen, MainScreen, NoteScreen
 from adfm.appliance.review.widgets import FilterBar, PartImage, PartsTable
-from tests.review_support import NOW, ScriptedSource, fixed_results, run_async, standard_events, write_part_image
+from adfm.appliance.review.widgets.image_pane import ImagePane
+from tests.review_support import (
+    NOW,
+    ScriptedSource,
+    fixed_results,
+    run_async,
+    settle,
+    standard_events,
+    write_part_image,
+)
 
 
 def make(tmp_path=None, **kw) -> tuple[ReviewApp, ScriptedSource]:
@@ -29,6 +38,8 @@ async def test_views_cursor_and_part_navigation():
     app, _ = make()
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
+        assert app.screen.view == "run"
+        await pilot.press("3")
         assert table(app, "feed").seqs == list(range(10, 0, -1))
         await pilot.press("j", "j", "k", "down")
         assert table(app, "feed").current_seq == 8
@@ -36,7 +47,7 @@ async def test_views_cursor_and_part_navigation():
         assert isinstance(app.screen, DetailScreen) and app.screen.seq == 8
         await pilot.press("right", "right", "left", "j")
         assert app.screen.seq == 6
-        await pilot.press("escape", "3")
+        await pilot.press("escape", "4")
         assert isinstance(app.screen, MainScreen) and app.screen.view == "status"
         await pilot.press("2")
         assert app.screen.view == "queue" and table(app, "queue").seqs == [4, 6, 9]
@@ -61,9 +72,9 @@ async def test_decisions_from_the_queue_go_to_the_station_and_the_cursor_moves_o
         assert source.sent[-1].seq == 9 and source.sent[-1].decision == "confirmed_defect"
         assert table(app, "queue").seqs == [6]
         assert "journaled by the station" in app.message
-        await pilot.press("1")  # the feed shows who decided
+        await pilot.press("3")  # the feed shows who decided
         await pilot.pause()
-        assert "defect" in str(table(app, "feed").get_row("9")[-1])
+        assert str(table(app, "feed").get_row("9")[-1]) == "✓ defect · anna"
 
 
 @run_async
@@ -72,8 +83,9 @@ async def test_queue_detail_advances_after_each_decision_and_closes_when_done(tm
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("2", "enter")
         assert app.screen.seq == 4
-        image = app.screen.query_one("#image", PartImage)
-        assert image._image is not None and image.render_line(0).cell_length == image.size.width
+        await settle(pilot)
+        image = app.screen.query_one(PartImage)
+        assert image.picture is not None and image.render_line(0).cell_length == image.size.width
         await pilot.press("f")
         assert app.screen.seq == 6
         await pilot.press("d", "d")
@@ -94,7 +106,7 @@ async def test_a_note_goes_with_the_next_decision_and_can_be_added_after_it():
         await pilot.press("f")
         await pilot.pause()
         assert (source.sent[-1].seq, source.sent[-1].note) == (4, "oil drop") and app.notes == {}
-        await pilot.press("1")  # seq 4 in the feed: decided by anna → a note re-sends her decision
+        await pilot.press("3")  # seq 4 in the feed: decided by anna → a note re-sends her decision
         table(app, "feed").move_cursor(row=table(app, "feed").seqs.index(4))
         await pilot.press("n", "space", *"(wiped)", "enter")
         await pilot.pause()
@@ -111,7 +123,9 @@ async def test_a_note_goes_with_the_next_decision_and_can_be_added_after_it():
 async def test_filters_cycle_and_say_so():
     app, _ = make()
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.press("v", "v")  # review
+        await pilot.press("v")  # the run view has no filters
+        assert app.filters.verdict is None
+        await pilot.press("3", "v", "v")  # review
         assert table(app, "feed").seqs == [4]
         await pilot.press("v", "c")  # pass, cam0
         assert table(app, "feed").seqs == [10, 8, 7, 5, 1]
@@ -127,7 +141,7 @@ async def test_filters_cycle_and_say_so():
 async def test_status_view_takes_no_decisions_and_read_only_refuses_them():
     app, source = make()
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.press("3", "d", "n")
+        await pilot.press("4", "d", "n")
         assert source.sent == [] and isinstance(app.screen, MainScreen)
     app, source = make(read_only=True)
     async with app.run_test(size=(80, 24)) as pilot:
@@ -142,12 +156,15 @@ async def test_graphics_terminals_get_the_textual_image_widget(tmp_path):
     app, _ = make(tmp_path)
     app.graphics = True
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.press("2", "down", "enter")
-        await pilot.pause()
+        await settle(pilot)
         from textual_image.widget._base import Image as TIImage
 
-        assert isinstance(app.screen.query_one("#graphics-image"), TIImage)
-        assert not app.screen.query_one("#image", PartImage).display
+        assert isinstance(app.screen.query_one("#run-image").query_one(".graphics"), TIImage)  # the run view too
+        await pilot.press("2", "down", "enter")
+        await settle(pilot)
+        pane = app.screen.query_one(ImagePane)
+        assert isinstance(pane.query_one(".graphics"), TIImage)
+        assert not pane.query_one(PartImage).display
         await pilot.press("right")
-        await pilot.pause()
-        assert len(app.screen.query("#graphics-image")) == 1
+        await settle(pilot)
+        assert len(pane.query(".graphics")) == 1

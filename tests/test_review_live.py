@@ -49,8 +49,9 @@ async def test_flagged_part_arrives_live_and_the_operators_verdict_is_journaled(
         queue = app.screen.query_one("#queue", PartsTable)
         assert queue.seqs == [2]
         await pilot.press("enter")  # open it: the image with its box is there
-        image = app.screen.query_one("#image", PartImage)
-        assert image._image is not None and image._problem == ""
+        await wait_for(pilot, lambda: app.screen.query_one(PartImage).picture is not None, what="the image")
+        image = app.screen.query_one(PartImage)
+        assert image._problem == "" and len(image.picture.boxes) == len(station.journal.get(2).boxes)
         await pilot.press("n", *"burr on edge", "enter")
         assert app.notes == {2: "burr on edge"}
         await pilot.press("d")  # confirm defect
@@ -161,7 +162,7 @@ async def test_other_operators_verdicts_take_parts_out_of_the_queue(station, tmp
             other.send_verdict(1, "false_alarm", "bob", note="oil drop")
         await wait_for(pilot, lambda: app.store.awaiting_count() == 0, what="the announcement")
         assert app.screen.query_one("#queue", PartsTable).seqs == []
-        assert "by bob" in app.message
+        assert "p1 (seq 1): false alarm · bob" in app.message
     outbox.close()
 
 
@@ -211,3 +212,22 @@ async def test_curve_keys_from_adfm_appliance_keys_connect_and_a_stranger_is_tol
         outbox.close()
     finally:
         station.close()
+
+
+@run_async
+async def test_a_dashboard_off_the_line_pc_fetches_the_heat_map_over_the_control_socket(station, tmp_path):
+    station.part("fail", gate_map=True)
+    outbox = VerdictOutbox.in_dir(tmp_path / "state")
+    source = LiveSource(station.publish_ep, station.control_ep, outbox, options=FAST)  # no --images
+    app = ReviewApp(source, operator="anna", tz=UTC)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.store.get(1) is not None, what="the part")
+        await pilot.press("enter", "h")  # the filmstrip's part, its heat map
+        await wait_for(pilot, lambda: app.screen.query_one(PartImage).picture is not None, what="the heat map")
+        cached = sorted(p.name for p in (tmp_path / "state" / "images").rglob("*.png"))
+        assert cached == ["0000000001.gate.png", "0000000001.png"]
+        result = station.journal.get(1)
+        picture = app.screen.query_one(PartImage).picture
+        assert picture.source_size == (result.image_width, result.image_height)
+        assert "gate heat map over the part" in str(app.screen.query_one("#image-pane .caption").render())
+    outbox.close()

@@ -102,3 +102,22 @@ def test_counts_and_latency_percentiles():
     p50 = store.latency_percentiles(50)
     assert p50["total"] == 417.5 and p50["vlm"] == 385.5
     assert store.parts_per_min((T0 + timedelta(minutes=10)).timestamp()) == 1.0
+
+
+def test_the_awaiting_count_follows_every_change():
+    from adfm.schema import OperatorVerdict
+    from tests.review_support import fixed_results
+
+    store = PartStore(max_parts=6)
+    results = fixed_results()  # flagged and undecided: 4, 6, 9
+    store.add_results(results)
+    assert store.awaiting_count() == 3 == sum(p.awaiting_review for p in store.parts())
+    v = OperatorVerdict(station="st1", seq=6, decision="unsure", operator="anna", verdict_id="v6")
+    store.set_local(v, "queued")
+    assert store.awaiting_count() == 2
+    store.set_local(v, "rejected", "refused")
+    assert store.awaiting_count() == 3
+    store.apply_journaled(v.model_copy(update={"verdict_id": "v6b"}))
+    assert store.awaiting_count() == 2 == sum(p.awaiting_review for p in store.parts())
+    store.reset()
+    assert store.awaiting_count() == 0

@@ -30,7 +30,8 @@ import hashlib
 import json
 import math
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -143,6 +144,21 @@ class GateLearner:
             (self.store / sub).mkdir(parents=True, exist_ok=True)
 
     # -- public API -------------------------------------------------------------------------------
+
+    @contextmanager
+    def locked(self) -> Iterator[GateLearner]:
+        """Hold the store's lock (one writer at a time: the station's learning and a person's undo),
+        and pick up a version another process installed since this learner last looked."""
+        import fcntl
+
+        with (self.store / ".lock").open("a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                if sha256_file(self.path) != self.gate.metadata.onnx_sha256:
+                    self.gate = Gate.load(self.path, threads=self.threads)
+                yield self
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     def confirm_false_alarm(self, image: np.ndarray, *, part_id: str, operator: str) -> BankChange:
         """An operator says this flagged part is good: its unusual patches join the bank.

@@ -56,6 +56,10 @@ log = logging.getLogger("adfm.llama")
 #: llama.cpp's info lines are chatty load reports: they go to DEBUG.
 _LLAMA_LEVELS = {1: logging.DEBUG, 2: logging.DEBUG, 3: logging.WARNING, 4: logging.ERROR}
 _recent_errors: deque[str] = deque(maxlen=20)
+#: llama.cpp warnings that hold for every adfm model and say nothing wrong about this one: adfm
+#: resizes each image itself onto the grid the model was trained on (manifest min/max_pixels), so
+#: llama.cpp's own advice on Qwen-VL image-token counts does not apply
+_EXPECTED_WARNINGS = ("Qwen-VL models require at minimum",)
 _log_callback: Any = None
 _log_lock = threading.Lock()
 _load_lock = threading.Lock()
@@ -89,8 +93,10 @@ def route_llama_logs() -> None:
         @llama_cpp.llama_log_callback
         def _callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
             lvl = last[0] if level == 5 else _LLAMA_LEVELS.get(level, logging.DEBUG)
-            last[0] = lvl
             line = text.decode("utf-8", errors="replace").rstrip()
+            if lvl == logging.WARNING and any(w in line for w in _EXPECTED_WARNINGS):
+                lvl = logging.DEBUG  # true of every adfm export: not a misconfiguration
+            last[0] = lvl  # a continuation (level 5) goes where its first line went
             if not line:
                 return
             if lvl >= logging.WARNING:

@@ -42,6 +42,7 @@ from pydantic import ValidationError
 from adfm.schema import (
     MAX_REPLAY_LIMIT,
     Ack,
+    Box,
     ErrorReply,
     ImageReply,
     ImageRequest,
@@ -50,11 +51,14 @@ from adfm.schema import (
     OperatorVerdict,
     ReplayReply,
     ReplayRequest,
+    ShadowReplayReply,
+    ShadowReplayRequest,
     StationStatus,
     StatusRequest,
     VerdictRequest,
     parse_reply,
     result_topic,
+    shadow_topic,
     status_topic,
     verdict_topic,
 )
@@ -79,7 +83,16 @@ class JournalReplaced:
     new_epoch: str
 
 
-Event = InspectionResult | OperatorVerdict | StationStatus | JournalReplaced
+@dataclass(frozen=True)
+class ShadowResult:
+    """A candidate model's answer on a part, run in shadow (never acted on); `row_id` numbers it in the
+    station's journal. Delivered live to clients made with `shadow=True`."""
+
+    row_id: int
+    result: InspectionResult
+
+
+Event = InspectionResult | OperatorVerdict | StationStatus | JournalReplaced | ShadowResult
 
 
 class StationError(RuntimeError):
@@ -120,12 +133,14 @@ class StationClient:
         context: zmq.Context | None = None,
         epoch: str | None = None,
         page_size: int = 500,
+        shadow: bool = False,
     ) -> None:
         if from_seq is not None and from_seq < 1:
             raise ValueError(f"from_seq must be ≥ 1 or None, got {from_seq}")
         if not 1 <= page_size <= MAX_REPLAY_LIMIT:
             raise ValueError(f"page_size must be 1-{MAX_REPLAY_LIMIT}, got {page_size}")
         self.page_size = page_size
+        self.shadow = shadow  # also deliver shadow results (ShadowResult)
         self.publish_endpoint = publish
         self.control_endpoint = control
         self.curve = curve
@@ -171,6 +186,8 @@ class StationClient:
         self._secure(sub)
         for topic in self._topics:
             sub.setsockopt(zmq.SUBSCRIBE, topic)
+        if self.shadow:
+            sub.setsockopt(zmq.SUBSCRIBE, shadow_topic(self.station))
         sub.connect(self.publish_endpoint)
         self._sub = sub
         # Subscribed first, then asked: anything published meanwhile is either replayed or
@@ -244,8 +261,13 @@ class StationClient:
                 frames = self._sub.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if len(frames) == 3:  # anything else is not the bus's framing
-                self._on_message(frames[0], frames[2], out)
+            if len(frames) != 3:  # anything else is not the bus's framing
+                continue
+            if self.shadow and frames[0] == shadow_topic(self.station or ""):
+                with suppress(ValidationError, ValueError):
+                    out.append(ShadowResult(int(frames[1]), InspectionResult.model_validate_json(frames[2])))
+                continue
+            self._on_message(frames[0], frames[2], out)
 
     def receive(self, timeout_s: float | None = None) -> list[InspectionResult]:
         """Like `poll`, but only the results (the latest status stays in `last_status`)."""
@@ -391,12 +413,14 @@ class StationClient:
         *,
         part_id: str | None = None,
         epoch: str | None = None,
+        boxes: list[Box] | None = None,
     ) -> Ack:
         """Journal an operator's decision on result `seq`. Safe to call again after a timeout with
         the same `verdict_id`: the station stores it once.
 
         `part_id`/`epoch`: the part the operator saw (from its result). When omitted they are read
-        from the station now, for a decision taken on what the station holds at this moment."""
+        from the station now, for a decision taken on what the station holds at this moment.
+        `boxes`: the operator's corrected boxes in image pixels (`defect_wrong_box` needs them)."""
         if self.station is None:
             self.status()
         if part_id is None:
@@ -413,10 +437,18 @@ class StationClient:
             verdict_id=verdict_id or uuid.uuid4().hex,
             part_id=part_id,
             epoch=epoch if epoch is not None else (self.epoch or ""),
+            boxes=list(boxes or []),
         )
         reply = self.request(VerdictRequest(verdict=verdict))
         if not isinstance(reply, Ack):
             raise StationError(f"verdict on seq {seq}: unexpected reply {reply.type!r}")
+        return reply
+
+    def replay_shadow(self, from_id: int, limit: int = 500) -> ShadowReplayReply:
+        """Shadow results journaled from row id `from_id` on (one page; `more` says whether to ask again)."""
+        reply = self.request(ShadowReplayRequest(from_id=from_id, limit=limit))
+        if not isinstance(reply, ShadowReplayReply):
+            raise StationError(f"shadow replay: unexpected reply {reply.type!r}")
         return reply
 
     def fetch_image(self, seq: int, kind: str = "image", epoch: str | None = None) -> tuple[bytes, str]:
@@ -436,7 +468,7 @@ class StationClient:
             if len(data) >= reply.size:
                 return data, reply.media_type
 
-    def request(self, message) -> Ack | ReplayReply | StationStatus | ErrorReply | ImageReply:
+    def request(self, message) -> Ack | ReplayReply | StationStatus | ErrorReply | ImageReply | ShadowReplayReply:
         """Send one control request; retry on a fresh socket after each timeout. Raises
         StationError for an error reply, StationUnreachable / StationAuthError when none comes."""
         payload = message.model_dump_json().encode()

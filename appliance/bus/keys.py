@@ -15,7 +15,7 @@ The station admits exactly the public keys found in `clients/`; the file's name 
 the journal records with every verdict and command that key sends.
 
 Roles say what a key may ask of the station beyond reading: `verdict` (operator verdicts),
-`recipe` (product changeover) and `model` (reserved for model changes). A review terminal gets
+`recipe` (product changeover) and `model` (promote, roll back, shadow a model). A review terminal gets
 `verdict` only — the default for a key without a roles file — and a line controller `recipe`:
 changing what the line does needs a role given on purpose (`keys --admit NAME=FILE --roles recipe`).
 """
@@ -245,6 +245,20 @@ def generate_client_keys(key_dir: str | Path, name: str, force: bool = False) ->
     return public, secret
 
 
+def find_public_key(key_dir: str | Path, public_file: str | Path) -> Path:
+    """A client's public key file as given: absolute, or relative to the working directory, or —
+    where the administrator copied what the client sent — relative to the station's key folder."""
+    given = Path(public_file).expanduser()
+    if given.is_absolute() or given.exists():
+        return given
+    in_keys = Path(key_dir) / given
+    if in_keys.exists():
+        return in_keys
+    raise CurveKeyError(f"{given}: not found in the working directory ({Path.cwd()}) nor in the key folder "
+                        f"({key_dir}); copy the client's public {given.name} to one of them (the client makes it "
+                        "with `adfm-appliance client-key`)")
+
+
 def admit_client(key_dir: str | Path, name: str, public_file: str | Path,
                  operators: list[str] | None = None, force: bool = False, roles: list[str] | None = None) -> Path:
     """On the station: admit a client's public key as `clients/<name>.key` (a file holding a
@@ -254,7 +268,7 @@ def admit_client(key_dir: str | Path, name: str, public_file: str | Path,
         if role not in ROLES:
             raise ValueError(f"role {role!r}: roles are {', '.join(ROLES)}")
     _check_name(name)
-    public_file = Path(public_file)
+    public_file = find_public_key(key_dir, public_file)
     public, secret = _load(public_file, need_secret=False,
                            made_by="the client makes it with `adfm-appliance client-key`")
     if secret:

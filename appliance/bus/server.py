@@ -19,9 +19,10 @@ delay results.
 
 Authority: reading (replay, status, images) is open to every admitted client; what changes the
 record or the line needs a role (keys.py): `verdict` for operator verdicts, `recipe` for a
-changeover. With CURVE a key's roles come from its `clients/NAME.roles`; clients without CURVE
-(loopback or ipc only) get `bus.plain_roles` (default: verdict). Every command is journaled,
-accepted or refused, with the key and operator, and published on `command.<station>`. A verdict is
+changeover, `model` for model commands (promote, rollback, shadow). With CURVE a key's roles
+come from its `clients/NAME.roles`; clients without CURVE (loopback or ipc only) get
+`bus.plain_roles` (default: verdict). Every command is journaled, accepted or refused, with the
+key and operator, and published on `command.<station>`. A verdict is
 attributed to the key that sent it, never to the name the client claims alone, and stamped with the
 station's clock.
 """
@@ -52,14 +53,19 @@ from adfm.schema import (
     ImageReply,
     ImageRequest,
     InspectionResult,
+    ModelRequest,
     RecipeRequest,
     ReplayReply,
     ReplayRequest,
+    ShadowEntry,
+    ShadowReplayReply,
+    ShadowReplayRequest,
     StationStatus,
     StatusRequest,
     VerdictRequest,
     parse_request,
     result_topic,
+    shadow_topic,
     status_topic,
     utcnow,
     verdict_topic,
@@ -88,7 +94,7 @@ _MEDIA_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"
 #: the identity recorded for verdicts that came without CURVE (only possible on local endpoints)
 LOCAL_CLIENT = "local"
 #: the role each request that changes something needs (requests not listed only read)
-ROLE_OF = {"verdict": "verdict", "recipe": "recipe"}
+ROLE_OF = {"verdict": "verdict", "recipe": "recipe", "model": "model"}
 
 
 def command_topic(station: str) -> bytes:
@@ -175,6 +181,8 @@ class ResultBus:
         self.journal = journal
         self.status_provider = status_provider
         self.on_recipe = on_recipe  # product changeover command (stations with recipes)
+        #: model commands (appliance/models/control.py): returns what was done, raises ValueError to refuse
+        self.on_model: Callable[[ModelRequest], str] | None = None
         self.publish_endpoints = list(publish)
         self.control_endpoints = list(control)
         self.curve = curve
@@ -258,6 +266,22 @@ class ResultBus:
         if self._push is None:
             raise BusError("the bus is not started")
         self._push.send_multipart([self._topics[0], str(result.seq).encode(), result.model_dump_json().encode()])
+
+    def shadow_publisher(self) -> Callable[[int, InspectionResult], None]:
+        """A sender of shadow results for ONE other thread: its own PUSH socket into the bus thread,
+        made on its first call (ZeroMQ sockets are never shared between threads)."""
+        sock: list[zmq.Socket] = []
+        topic = shadow_topic(self.station)
+
+        def send(row_id: int, result: InspectionResult) -> None:
+            if not sock:
+                s = self._ctx.socket(zmq.PUSH)
+                s.setsockopt(zmq.LINGER, 1000)
+                s.connect(self._inproc)
+                sock.append(s)
+            sock[0].send_multipart([topic, str(row_id).encode(), result.model_dump_json().encode()])
+
+        return send
 
     # ---- bus thread -----------------------------------------------------------------------------
 
@@ -418,6 +442,12 @@ class ResultBus:
                 return self._image(request)
             if isinstance(request, RecipeRequest):
                 return self._recipe(request, pub, client)
+            if isinstance(request, ModelRequest):
+                return self._model(request, pub, client)
+            if isinstance(request, ShadowReplayRequest):
+                entries, last, more = self.journal.shadow_replay(request.from_id, request.limit)
+                return ShadowReplayReply(entries=[ShadowEntry(row_id=i, result=r) for i, r in entries], last_id=last,
+                                         more=more, epoch=self.journal.epoch)
         except Exception as exc:  # a request must never take the bus down
             log.warning("control request failed: %s", exc)
             return ErrorReply(error=str(exc))
@@ -459,6 +489,36 @@ class ResultBus:
         if not accepted:
             self.stats.commands_refused += 1
             return ErrorReply(error=f"recipe {request.recipe!r} {detail}")
+        return Ack(detail=f"{detail} (key {client!r})")
+
+    def _model(self, request: ModelRequest, pub: zmq.Socket, client: str) -> Ack | ErrorReply:
+        """A model command: refused without the `model` role or a valid operator; journaled either way."""
+        why = self._may(client, "model")
+        if why is None and request.operator:
+            from .keys import operator_problem
+
+            why = operator_problem(request.operator)
+            if why is None and self.curve is not None:
+                why = self.curve.check_operator(client, request.operator)
+        if why is None and self.on_model is None:
+            why = f"station {self.station!r} takes no model commands"
+        detail = ""
+        if why is None:
+            try:
+                detail = self.on_model(request)  # type: ignore[misc]
+            except ValueError as exc:
+                why = str(exc)
+        accepted = why is None
+        what = f"{request.action} {request.model_id}".strip()
+        detail = detail if accepted else f"refused: {why}"
+        record = self.journal.record_command("model", what, client=client, operator=request.operator,
+                                             accepted=accepted, detail=detail)
+        pub.send_multipart([self._topics[3], str(record["id"]).encode(), json.dumps(record).encode()])
+        log.warning("model command %r %s by key %r (operator %r): %s", what, "done" if accepted else "refused",
+                    client, request.operator, detail)
+        if not accepted:
+            self.stats.commands_refused += 1
+            return ErrorReply(error=f"model {what}: {detail}")
         return Ack(detail=f"{detail} (key {client!r})")
 
     def _verdict(self, request: VerdictRequest, pub: zmq.Socket, client: str) -> Ack | ErrorReply:

@@ -22,6 +22,7 @@ from adfm.config import ConfigError, StrictModel, validation_problems
 from adfm.protocol import PROMPT_VERSIONS
 
 from .line import LineSection, OpcUaSection, PlcSection, RecipeSection
+from .models import ModelsSection
 from .paths import resolve_path
 
 if TYPE_CHECKING:
@@ -129,12 +130,46 @@ class StationCamera(CameraConfig):
         return CameraConfig.model_validate(self.model_dump(exclude={"product"}))
 
 
+class GateLearnSection(_Section):
+    """Learning on the line: operators' confirmed false alarms join the gate's memory bank.
+
+    The threshold is re-derived from the commissioning calibration images (the folders the gate was
+    trained from: only images its metadata lists by hash are used) plus the reviewed parts."""
+
+    calibration_normal: Path = Field(description="folder of the held-out good images the gate was calibrated on")
+    calibration_anomalous: Path | None = Field(None, description="folder of the defective calibration images")
+    store: Path | None = Field(None, description="versions and reviewed parts (default: beside the gate, *.learning)")
+    max_added_patches: int = Field(2048, ge=1, description="patches the line may add before the gate must be retrained")
+
+    _paths = field_validator("calibration_normal", "calibration_anomalous", "store", mode="before")(resolve_path)
+
+
+class GateDriftSection(_Section):
+    """Drift of the gate's scores per recipe: a two-sample KS test of the latest `window` scores
+    against the reference (the trainer's held-out good scores, or the first `reference_size` parts)."""
+
+    enabled: bool = True
+    window: int = Field(50, ge=10)
+    alpha: float = Field(1e-3, gt=0, lt=1, description="level that raises the alarm (tested at every part)")
+    clear_alpha: float = Field(0.05, gt=0, lt=1, description="level below which the alarm clears")
+    reference: Literal["holdout", "commissioning"] = "holdout"
+    reference_size: int = Field(100, ge=10, description="parts taken as the reference with `commissioning`")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> GateDriftSection:
+        if self.alpha >= self.clear_alpha:
+            raise ValueError(f"alpha ({self.alpha}) must be below clear_alpha ({self.clear_alpha})")
+        return self
+
+
 class GateSection(_Section):
     """The screening gate (ONNX): `screen` sends only suspicious parts to the model (the others
     pass on the gate's word); `annotate` sends every part and attaches the gate score."""
 
     mode: Literal["off", "screen", "annotate"] = "off"
     path: Path | None = None
+    learn: GateLearnSection | None = None
+    drift: GateDriftSection = Field(default_factory=GateDriftSection)
 
     _paths = field_validator("path", mode="before")(resolve_path)
 
@@ -230,6 +265,7 @@ class StationConfig(_Section):
     recipes: list[RecipeSection] = Field(default_factory=list)
     plc: PlcSection | None = None
     opcua: OpcUaSection | None = None
+    models: ModelsSection = Field(default_factory=ModelsSection, description="model store, shadow, promotion guard")
 
     _paths = field_validator("state_dir", mode="before")(resolve_path)
 
@@ -238,11 +274,14 @@ class StationConfig(_Section):
         ids = [c.id for c in self.cameras]
         dup = sorted({i for i in ids if ids.count(i) > 1})
         if dup:
-            raise ValueError(f"camera ids must be unique; repeated: {', '.join(dup)}")
+            where = "; ".join(f"{d} in " + " and ".join(f"cameras.{i}.id" for i, c in enumerate(ids) if c == d)
+                              for d in dup)
+            raise ValueError(f"cameras: camera ids must be unique; repeated: {where}; give each camera its own id "
+                             "(results, status and line.camera name cameras by id)")
         names = [p.name for p in self.products]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
-            raise ValueError(f"product names must be unique; repeated: {', '.join(dup)}")
+            raise ValueError(f"products: product names must be unique; repeated: {', '.join(dup)}")
         for cam in self.cameras:
             if cam.product is not None and cam.product not in names:
                 known = ", ".join(names) or "none defined"
@@ -316,7 +355,7 @@ def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = No
     try:
         return StationConfig.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
-        raise _invalid(validation_problems(source, exc)) from None
+        raise _invalid(validation_problems(source, exc, StationConfig)) from None
 
 
 def read_config(path: str | Path) -> StationConfig:
@@ -381,20 +420,28 @@ def model_limits(config: StationConfig, manifest: ModelManifest, source: str = "
     return ModelLimits(n_ctx=n_ctx, max_tokens=max_tokens, problems=problems)
 
 
+#: how to fix a model directory that is missing or not an export
+MODEL_DIR_FIX = "point it at a model directory written by `adfm-export` (manifest.json, the GGUF model, its mmproj)"
+
+
 def check_resources(config: StationConfig, source: str = "<config>") -> list[str]:
-    """What the config points at, checked: every problem as 'source: key: why' (empty: all fine)."""
+    """What the config points at, checked: every problem as 'source: key: why; how to fix' (empty: all fine).
+
+    Every model the line may run — model.dir and each recipe's model_dir — is checked with the
+    limits (context, answer length) it will run with."""
     from adfm.manifest import ManifestError, read_manifest
 
     problems: list[str] = []
     try:
         manifest = read_manifest(config.model.dir) if config.model.dir.is_dir() else None
         if manifest is None:
-            problems.append(f"{source}: model.dir: {config.model.dir} is not a directory")
+            problems.append(f"{source}: model.dir: {config.model.dir} is not a directory; {MODEL_DIR_FIX}")
         else:
             for role in ("model", "mmproj"):
                 entry = manifest.file(role)
                 if not (config.model.dir / entry.path).is_file():
-                    problems.append(f"{source}: model.dir: {config.model.dir / entry.path} ({role}) is missing")
+                    problems.append(f"{source}: model.dir: {config.model.dir / entry.path} ({role}) is missing; "
+                                    "copy the whole exported directory again")
             pv = config.model.prompt_version
             if pv is not None and pv != manifest.prompt_version:
                 problems.append(
@@ -403,21 +450,26 @@ def check_resources(config: StationConfig, source: str = "<config>") -> list[str
                 )
             problems += model_limits(config, manifest, source).problems
     except ManifestError as exc:
-        problems.append(f"{source}: model.dir: {exc}")
+        problems.append(f"{source}: model.dir: {exc}; {MODEL_DIR_FIX}")
     problems += _check_gpu(config.model, source)
     for i, product in enumerate(config.products):
         if product.reference is not None:
             problems += _check_image(product.reference, f"{source}: products.{i}.reference")
+    learn = config.gate.learn
+    if learn is not None:
+        for key in ("calibration_normal", "calibration_anomalous"):
+            folder = getattr(learn, key)
+            if folder is not None and not folder.is_dir():
+                problems.append(f"{source}: gate.learn.{key}: {folder} is not a directory (the gate's calibration "
+                                "images, kept from its training, set the threshold again as the line learns)")
     if config.gate.mode != "off" and config.gate.path is not None and not config.gate.path.is_file():
-        problems.append(f"{source}: gate.path: {config.gate.path} not found")
+        problems.append(f"{source}: gate.path: {config.gate.path} not found; point it at the .onnx file "
+                        "`adfm-train gate` wrote, or set gate.mode: \"off\"")
     for i, recipe in enumerate(config.recipes):
         if recipe.gate_path is not None and not recipe.gate_path.is_file():
             problems.append(f"{source}: recipes.{i}.gate_path: {recipe.gate_path} not found")
-        if recipe.model_dir is not None:
-            try:
-                read_manifest(recipe.model_dir)
-            except ManifestError as exc:
-                problems.append(f"{source}: recipes.{i}.model_dir: {exc}")
+        if recipe.model_dir is not None and recipe.model_dir != config.model.dir:
+            problems += _check_recipe_model(config, i, source)
     if config.bus.curve is not None:
         from ..bus.keys import CurveKeyError, load_server_curve
 
@@ -427,7 +479,8 @@ def check_resources(config: StationConfig, source: str = "<config>") -> list[str
             problems.append(f"{source}: bus.curve: {exc}")
     for i, cam in enumerate(config.cameras):
         if cam.kind in ("folder", "replay") and not cam.path.exists():
-            problems.append(f"{source}: cameras.{i}.url: {cam.path} does not exist")
+            problems.append(f"{source}: cameras.{i}.url: {cam.path} does not exist; create it or correct the path "
+                            "(relative paths are read from the config file's folder)")
         if cam.kind == "aravis":
             from adfm.camera.aravis import aravis_available
 
@@ -443,6 +496,28 @@ def check_resources(config: StationConfig, source: str = "<config>") -> list[str
     except OSError as exc:
         problems.append(f"{source}: state_dir: cannot create {config.state_dir}: {exc.strerror or exc}")
     return problems
+
+
+def _check_recipe_model(config: StationConfig, i: int, source: str) -> list[str]:
+    """A recipe's own model: an export, runnable with the limits the config leaves it."""
+    from adfm.manifest import ManifestError, read_manifest
+
+    recipe = config.recipes[i]
+    assert recipe.model_dir is not None
+    key = f"{source}: recipes.{i}.model_dir"
+    if not recipe.model_dir.is_dir():
+        return [f"{key}: {recipe.model_dir} is not a directory (recipe {recipe.name!r}); {MODEL_DIR_FIX}, "
+                "or leave model_dir out to use model.dir"]
+    try:
+        manifest = read_manifest(recipe.model_dir)
+    except ManifestError as exc:
+        return [f"{key}: {exc} (recipe {recipe.name!r}); {MODEL_DIR_FIX}, or leave model_dir out to use model.dir"]
+    problems = [f"{key}: {recipe.model_dir / manifest.file(role).path} ({role}) is missing; copy the whole "
+                "exported directory again" for role in ("model", "mmproj")
+                if not (recipe.model_dir / manifest.file(role).path).is_file()]
+    limits = model_limits(config, manifest, f"{source}: recipes.{i}.model_dir ({recipe.name})")
+    return problems + [p.replace(f"({recipe.name}): model.", f"({recipe.name}): the config's model.")
+                       for p in limits.problems]
 
 
 def _check_gpu(model: ModelSection, source: str) -> list[str]:

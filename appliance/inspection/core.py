@@ -60,6 +60,7 @@ class Inference:
     failures: list[str] = field(default_factory=list)
     start_errors: int = 0  # attempts that failed because the worker could not load the model
     ms: dict[str, float] = field(default_factory=dict)
+    grid: ModelGrid | None = None  # the grid the model saw: its boxes' pixels
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,8 @@ class GateScore:
     result: Any = None  # the gate's full result (heat map), None when it failed
     error: str = ""
     ms: float = 0.0
+    bank_sha256: str = ""  # the memory bank that scored it ('' for gates without one)
+    threshold: float | None = None  # the gate's threshold, shown beside the score
 
 
 def ms_since(t0: float) -> float:
@@ -82,7 +85,10 @@ def score_gate(gate: Any, image: np.ndarray) -> GateScore:
     t0 = time.perf_counter()
     try:
         scored = gate.score(image)
-        return GateScore(float(scored.score), bool(scored.suspicious), scored, ms=ms_since(t0))
+        bank = getattr(scored, "bank_sha256", None) or ""
+        threshold = getattr(scored, "threshold", None)
+        return GateScore(float(scored.score), bool(scored.suspicious), scored, ms=ms_since(t0), bank_sha256=bank,
+                         threshold=None if threshold is None else float(threshold))
     except Exception as exc:  # the caller raises the `gate` problem; the part goes to the model
         return GateScore(None, True, None, f"screening gate failed: {exc}", ms_since(t0))
 
@@ -133,6 +139,7 @@ def infer(
     out = Inference(parsed=None)
     t0 = time.perf_counter()
     grid, images = model_images(model, image, reference)
+    out.grid = grid
     out.ms["resize"] = ms_since(t0)
     reply = None
     t0 = time.perf_counter()
@@ -178,7 +185,9 @@ def build_result(
     inference: Inference | None = None,
     image: tuple[str, int, int] = ("", 0, 0),
     gate_score: float | None = None,
+    gate_threshold: float | None = None,
     gate_map: str = "",
+    gate_bank: str = "",
     latency: dict[str, float] | None = None,
     problems: list[str] | None = None,
     source: DecisionSource | None = None,
@@ -216,7 +225,11 @@ def build_result(
         image_width=image[1],
         image_height=image[2],
         gate_score=gate_score,
+        gate_threshold=gate_threshold,
         gate_map_path=gate_map,
+        gate_bank_sha256=gate_bank,
+        grid_width=inference.grid.width if inference is not None and inference.grid is not None else 0,
+        grid_height=inference.grid.height if inference is not None and inference.grid is not None else 0,
         latency_ms=dict(latency or {}),
         attempts=inference.attempts if inference else 0,
         revision=revision,

@@ -79,6 +79,9 @@ class VlmRunner:
         self.busy_key: str | None = None
         self.restarts = 0
         self.dropped = 0  # jobs dropped unanswered: late beyond the backlog, or the queue full
+        #: models replaced on the line (a promotion): their parts still get an answer while it can
+        #: decide them, but late ones (revisions only) are dropped rather than reload the old model
+        self.retired: set[str] = set()
 
     # ---- control --------------------------------------------------------------------------------
 
@@ -133,17 +136,20 @@ class VlmRunner:
 
     def _pick(self) -> tuple[VlmJob | None, list[VlmJob]]:
         """The job that can still make its deadline soonest, else the newest late one; late jobs
-        beyond the backlog are dropped, oldest first (returned for `on_skipped`)."""
+        beyond the backlog, and late jobs of retired models, are dropped, oldest first (returned for
+        `on_skipped`)."""
         now = time.monotonic()
         live = [j for j in self._jobs if j.deadline_mono > now]
         late = sorted((j for j in self._jobs if j.deadline_mono <= now), key=lambda j: j.queued_mono)
-        skipped = late[: max(0, len(late) - self.backlog)]
+        retired = [j for j in late if j.model in self.retired]
+        late = [j for j in late if j.model not in self.retired]
+        skipped = retired + late[: max(0, len(late) - self.backlog)]
         for j in skipped:
             self._jobs.remove(j)
         self.dropped += len(skipped)
         if live:
             job = min(live, key=lambda j: j.deadline_mono)
-        elif len(late) > len(skipped):
+        elif len(late) > len(skipped) - len(retired):
             job = late[-1]
         else:
             return None, skipped

@@ -102,6 +102,15 @@ CREATE TABLE IF NOT EXISTS commands (
     accepted INTEGER NOT NULL,
     detail TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS shadow_results (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER NOT NULL,
+    model_id TEXT NOT NULL,
+    verdict TEXT NOT NULL,
+    result_json TEXT NOT NULL,
+    recorded_wall REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS shadow_by_model ON shadow_results (model_id, seq);
 """
 #: columns added after version 1 was first written; added on open to older files
 _ADDED_COLUMNS = {"operator_verdicts": (("part_id", "TEXT NOT NULL DEFAULT ''"),
@@ -821,7 +830,8 @@ class Journal:
             verdict = verdict.model_copy(update={"client": client})
         payload = verdict.model_dump_json()
         with self._sql(f"journaling verdict {verdict.verdict_id}"), self._write() as conn:
-            row = conn.execute("SELECT state, part_id FROM parts WHERE seq = ?", (verdict.seq,)).fetchone()
+            row = conn.execute("SELECT state, part_id, image_width, image_height FROM parts WHERE seq = ?",
+                               (verdict.seq,)).fetchone()
             if row is None or row[0] != "done":
                 raise JournalError(f"no inspected part with seq {verdict.seq} on station {self.station!r}")
             if verdict.part_id and verdict.part_id != row[1]:
@@ -829,6 +839,12 @@ class Journal:
                     f"verdict {verdict.verdict_id} is for part {verdict.part_id!r} but seq {verdict.seq} on "
                     f"station {self.station!r} is part {row[1]!r}: refused"
                 )
+            width, height = row[2], row[3]
+            outside = [b.xyxy for b in verdict.boxes if width and height and (b.x2 > width or b.y2 > height)]
+            if outside:
+                raise JournalError(
+                    f"verdict {verdict.verdict_id}: box {outside[0]} leaves part {row[1]!r}'s image "
+                    f"({width}×{height} px): refused, boxes are in that image's pixels")
             cur = conn.execute(
                 "INSERT OR IGNORE INTO operator_verdicts (verdict_id, seq, decision, operator, at, "
                 "verdict_json, received_wall, part_id, client) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -850,6 +866,16 @@ class Journal:
             ).fetchall()
         return [OperatorVerdict.model_validate_json(r[0]) for r in rows]
 
+    def verdicts_after(self, rowid: int, limit: int = 100) -> list[tuple[int, OperatorVerdict]]:
+        """Verdicts journaled after `rowid` (their insertion order), with their rowids: a reader
+        that keeps the last rowid it handled resumes there after a restart."""
+        with self._sql(f"reading the verdicts after {rowid}"):
+            rows = self._conn().execute(
+                "SELECT rowid, verdict_json FROM operator_verdicts WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                (rowid, limit),
+            ).fetchall()
+        return [(int(r[0]), OperatorVerdict.model_validate_json(r[1])) for r in rows]
+
     # ---- commands that change what the line does ------------------------------------------------
 
     def record_command(self, command: str, argument: str, *, client: str, operator: str, accepted: bool,
@@ -864,6 +890,33 @@ class Journal:
         return {"id": cur.lastrowid, "station": self.station, "epoch": self.epoch, "at": at, "command": command,
                 "argument": argument, "client": client, "operator": operator, "accepted": accepted,
                 "detail": detail}
+
+    def record_shadow(self, result: InspectionResult) -> int:
+        """Journal a shadow result (a candidate model's answer on part `result.seq`, never acted on);
+        returns its row id, the number it is published under."""
+        payload = result.model_copy(update={"operator": None, "epoch": ""}).model_dump_json()
+        with self._sql(f"journaling the shadow result of seq {result.seq}"), self._write() as conn:
+            cur = conn.execute("INSERT INTO shadow_results (seq, model_id, verdict, result_json, recorded_wall) "
+                               "VALUES (?, ?, ?, ?, ?)", (result.seq, result.model_id, result.verdict, payload,
+                                                          time.time()))
+        return int(cur.lastrowid)
+
+    def shadow_replay(self, from_id: int, limit: int = 500) -> tuple[list[tuple[int, InspectionResult]], int, bool]:
+        """Shadow results from row id `from_id` on, oldest first: (entries, newest row id, more to
+        come). Bounded like a replay: at most `limit` entries and about REPLAY_MAX_BYTES of JSON."""
+        with self._sql("reading shadow results"):
+            conn = self._conn()
+            last = conn.execute("SELECT COALESCE(MAX(id), 0) FROM shadow_results").fetchone()[0]
+            rows = conn.execute("SELECT id, result_json FROM shadow_results WHERE id >= ? ORDER BY id LIMIT ?",
+                                (from_id, limit + 1)).fetchall()
+        out: list[tuple[int, InspectionResult]] = []
+        size = 0
+        for row_id, payload in rows[:limit]:
+            if out and size + len(payload) > REPLAY_MAX_BYTES:
+                break
+            size += len(payload)
+            out.append((row_id, InspectionResult.model_validate_json(payload).model_copy(update={"epoch": self.epoch})))
+        return out, last, len(out) < len(rows)
 
     def commands(self, limit: int = 1000) -> list[dict]:
         """The newest journaled commands, oldest first."""

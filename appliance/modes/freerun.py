@@ -77,6 +77,8 @@ class Analysis:
 
     gate: Any = None  # the gate's result (None: no gate, or it failed)
     gate_score: float | None = None
+    gate_bank: str = ""
+    gate_threshold: float | None = None
     suspicious: bool = True
     inference: Inference | None = None  # None: screened out by the gate
     ms: dict[str, float] = field(default_factory=dict)
@@ -302,6 +304,8 @@ class Pipeline:
         if self.gate is not None and self.gate_mode != "off":
             scored = score_gate(self.gate, image)
             out.gate, out.gate_score, out.suspicious = scored.result, scored.score, scored.suspicious
+            out.gate_bank = scored.bank_sha256
+            out.gate_threshold = scored.threshold
             if scored.error:
                 self.health.problem("gate", scored.error)
             else:
@@ -321,11 +325,12 @@ class Pipeline:
         latency["total"] = ms_since(t_pick)
         if inference is None:
             reason = gate_pass_reason(analysis.gate_score)
-            result = self._result(part, "pass", reason, None, latency, analysis.gate_score, gate_map, source="gate")
+            result = self._result(part, "pass", reason, None, latency, analysis.gate_score, gate_map, source="gate",
+                                  gate_bank=analysis.gate_bank, gate_threshold=analysis.gate_threshold)
         else:
             verdict, reason = verdict_for(inference.parsed, inference.failures)
             result = self._result(part, verdict, reason, inference, latency, analysis.gate_score, gate_map,
-                                  source="vlm")
+                                  source="vlm", gate_bank=analysis.gate_bank, gate_threshold=analysis.gate_threshold)
         return self._record(result)
 
     def _store_map(self, part: AcceptedPart, gate_result: Any) -> str:
@@ -371,12 +376,15 @@ class Pipeline:
         gate_score: float | None = None,
         gate_map: str = "",
         source: DecisionSource | None = None,
+        gate_bank: str = "",
+        gate_threshold: float | None = None,
     ) -> InspectionResult:
         return build_result(
             station=self.station, seq=part.seq, part_id=part.part_id, camera=part.camera,
             frame_number=part.frame_number, captured_at=part.captured_at, verdict=verdict, reason=reason,
             model=self.model, inference=inference, image=(part.image_path, part.image_width, part.image_height),
-            gate_score=gate_score, gate_map=gate_map, latency=latency, source=source,
+            gate_score=gate_score, gate_threshold=gate_threshold, gate_map=gate_map, gate_bank=gate_bank,
+            latency=latency, source=source,
         )
 
     def _record(self, result: InspectionResult, retry: bool = False) -> InspectionResult | None:

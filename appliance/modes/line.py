@@ -112,7 +112,9 @@ class _Part:
     image: StoredImage | None = None  # its image file, once written
     storing: bool = False  # the image file is being written
     gate_score: float | None = None
+    gate_threshold: float | None = None
     gate_map: Any = None
+    gate_bank: str = ""
     result: InspectionResult | None = None  # the line's decision
     recorded: bool = False  # the decision is handed to the row writer
     waiting: tuple | None = None  # a gate/VLM decision waiting for the image file
@@ -200,6 +202,9 @@ class LineController:
         self._gate = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adfm-gate")
         self._rows = JournalWriter("line-rows", on_retry=self._journal_retry, nice=BACKGROUND_NICE)
         self._images = JournalWriter("line-images")
+        #: called by the loop right after each decision with a frame: (seq, part id, camera, frame,
+        #: result, recipe); the shadow run's offer (appliance/models), which must not block
+        self.on_decided: Any = None
 
     # ---- inputs (any thread) ------------------------------------------------------------------
 
@@ -211,6 +216,15 @@ class LineController:
         if name not in self.recipes:
             raise ValueError(f"unknown recipe {name!r}; known: {', '.join(sorted(self.recipes))}")
         self.events.put(("recipe", name))
+
+    def call_in_loop(self, fn: Any) -> None:
+        """Run `fn()` in the deciding loop between two events (a model switch lands on a part boundary)."""
+        self.events.put(("call", fn))
+
+    @property
+    def next_seq(self) -> int:
+        """The seq the next trigger gets (read in the loop)."""
+        return self._next_seq
 
     def vlm_done(self, key: str, inference: Inference) -> None:
         self.events.put(("vlm", key, inference))
@@ -330,6 +344,11 @@ class LineController:
         elif kind == "recipe":
             self.active_recipe = event[1]
             log.info("recipe changed to %s", event[1])
+        elif kind == "call":
+            try:
+                event[1]()
+            except Exception:
+                log.exception("a call in the deciding loop failed")
 
     def _recipe_for(self, trigger: LineTrigger) -> Recipe:
         if trigger.recipe_code:  # 0: the PLC selects none
@@ -424,6 +443,8 @@ class LineController:
             return
         part.gate_pending = False
         part.gate_score = scored.score
+        part.gate_bank = scored.bank_sha256
+        part.gate_threshold = scored.threshold
         part.latency["gate"] = scored.ms
         if scored.error:
             self.health.problem("gate", scored.error)
@@ -519,6 +540,11 @@ class LineController:
             self.deadline_misses += 1
             log.error("seq %d decided %.0f ms after its deadline", part.seq, (now_mono - part.deadline_mono) * 1e3)
         self.outputs.decided(part.seq, action, source, part.trigger)  # the PLC first: its write is the deadline's
+        if self.on_decided is not None and part.frame is not None:
+            try:
+                self.on_decided(part.seq, part.part_id, self.camera_id, part.frame, part.result, part.recipe)
+            except Exception:
+                log.exception("seq %d: the decision hook failed", part.seq)
         if not part.storing:  # with its image being written, it is recorded once the file is there
             self._record(part)
         self._forget_if_done(part)
@@ -614,7 +640,8 @@ class LineController:
             captured_at=utc(frame.captured_wall if frame is not None else part.trigger.at_wall),
             verdict=verdict, reason=reason, model=self.models.get(part.recipe.model), inference=inference,
             image=(part.image.path, part.image.width, part.image.height) if part.image is not None else ("", 0, 0),
-            gate_score=part.gate_score, latency=part.latency,
+            gate_score=part.gate_score, gate_threshold=part.gate_threshold, gate_bank=part.gate_bank,
+            latency=part.latency,
             problems=[f"minimal record: {part.disk_full}"] if part.disk_full else [],
             source=source, action=action, revision=revision, decided_at=utc(decided_wall),
             triggered_at=utc(part.trigger.at_wall), deadline_ms=part.recipe.deadline_ms, recipe=part.recipe.name,

@@ -56,6 +56,7 @@ class LineStation:
         gate: Any = None,
         backend: BackendSpec | None = None,
         load_model: Callable[[Path], tuple[ModelInfo, ModelLimits]] | None = None,
+        load_gate: Callable[[Path], Any] | None = None,
     ) -> None:
         assert cfg.line is not None
         self.cfg = cfg
@@ -81,7 +82,7 @@ class LineStation:
                 if r.gate_path not in gates:
                     from adfm.runtime.gate import Gate
 
-                    gates[r.gate_path] = Gate.load(r.gate_path)
+                    gates[r.gate_path] = (load_gate or Gate.load)(r.gate_path)
                 recipe_gate = gates[r.gate_path]
             product = r.product or (default_product.name if default_product else None)
             recipes[r.name] = Recipe(

@@ -20,7 +20,8 @@ EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", type=Path, metavar="CONFIG", help="station YAML with a plc.modbus section")
+    p.add_argument("config", type=Path, nargs="?", metavar="CONFIG", help="station YAML with a plc.modbus section")
+    p.add_argument("--config", type=Path, dest="config_file", metavar="FILE", help="the same, as --config")
     p.add_argument("--watch", type=float, default=0.0, metavar="S", help="count trigger edges for S seconds")
     p.add_argument("--pulse-reject", action="store_true",
                    help="pulse the reject coil once (moves the ejector: make the line safe first)")
@@ -29,6 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def probe(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
     from ..config.station import ConfigError, read_config
 
+    args.config = args.config or args.config_file
+    if args.config is None:
+        return EXIT_CONFIG, {"ok": False, "error": "give the station file: plc-probe --config FILE"}
     try:
         config = read_config(args.config)
     except ConfigError as exc:
@@ -80,7 +84,10 @@ def probe(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
         out["ok"] = True
         return EXIT_OK, out
     except PlcError as exc:
-        out["error"] = str(exc)
+        from ..system.reach import connect_problem
+
+        why = connect_problem(cfg.host, cfg.port, cfg.timeout_s)
+        out["error"] = f"{exc}: {why}" if why else f"{exc} (plc.modbus.unit {cfg.unit}: is it the PLC's unit id?)"
         return EXIT_FAIL, out
     finally:
         client.close()

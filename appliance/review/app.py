@@ -1,30 +1,37 @@
-"""`ReviewApp`: the Textual app. It owns the store, the filters and the operator's identity; a
-source (live station or journal) feeds it events from its own thread through `post_message`.
+"""`ReviewApp`: the Textual app. It owns the store, the filters, the operator's identity and the
+part images; a source (live station or journal) feeds it events from its own thread through
+`post_message`.
 
 Deciding a part writes the verdict to the source's durable outbox first, marks the part decided
 here at once (it leaves the queue), and says on the message line whether the station has
-acknowledged it or it waits for the station to be reachable again.
+acknowledged it or it waits for the station to be reachable again. A verdict the station refuses
+is said in full and its part is brought back on screen, to be decided again.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, tzinfo
+from datetime import time as dt_time
+from functools import partial
 from typing import ClassVar
 
+import numpy as np
+from PIL import Image
 from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.css.query import NoMatches
 from textual.message import Message
 from textual.screen import Screen
 
-from adfm.schema import OperatorDecision, OperatorVerdict
+from adfm.schema import DECISIONS_WITH_BOXES, Box, InspectionResult, OperatorDecision, OperatorVerdict
 
 from .format import decision_label, fmt_time
+from .images import Kind, PartImages
 from .outbox import OutboxError
-from .screens import DetailScreen, HelpScreen, MainScreen, NoteScreen
+from .screens import BoxEditor, DetailScreen, HelpScreen, MainScreen, NoteScreen
 from .sources import (
     Announced,
     Connection,
@@ -37,8 +44,28 @@ from .sources import (
     Status,
     VerdictUpdate,
 )
-from .store import Filters, PartStore
+from .store import DEFAULT_SHIFTS, Filters, Part, PartStore, shift_start, summarize_shift
 from .widgets import Banner, MessageLine, TopBar
+from .widgets.part_image import Picture, part_picture
+from .widgets.run_view import RunView
+
+#: How much of the gate's heat map shows over the part where it is hottest (0: none, 1: the map alone).
+HEAT_ALPHA = 0.75
+FILMSTRIP_PARTS = 12
+
+
+def heat_over(image: Image.Image | None, heat: Image.Image) -> Image.Image:
+    """The gate's heat map over the part's image: each pixel as opaque as the map is hot (the
+    stored map's brightness; its colours run dark to bright), so cold areas leave the part as it
+    is. The map is stored at its own size."""
+    if image is None:
+        return heat.convert("RGB")
+    base = np.asarray(image.convert("RGB"), np.float32)
+    colour = heat.convert("RGB").resize(image.size, Image.Resampling.BILINEAR)
+    level = np.asarray(colour.convert("L"), np.float32)[..., None] / 255.0
+    alpha = np.clip(HEAT_ALPHA * level * 1.5, 0.0, HEAT_ALPHA)
+    mixed = base * (1.0 - alpha) + np.asarray(colour, np.float32) * alpha
+    return Image.fromarray(np.round(mixed).astype(np.uint8))
 
 
 class SourceEvents(Message):
@@ -54,9 +81,10 @@ class ReviewApp(App):
     TITLE = "adfm-review"
     ENABLE_COMMAND_PALETTE = False
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("1", "view('feed')", "Feed", show=False),
+        Binding("1", "view('run')", "Run", show=False),
         Binding("2", "view('queue')", "Queue", show=False),
-        Binding("3", "view('status')", "Status", show=False),
+        Binding("3", "view('feed')", "Feed", show=False),
+        Binding("4", "view('status')", "Status", show=False),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),
     ]
@@ -70,6 +98,7 @@ class ReviewApp(App):
         clock: Callable[[], float] = time.time,
         graphics: bool = False,
         max_parts: int = 20_000,
+        shifts: Sequence[dt_time] = DEFAULT_SHIFTS,
     ) -> None:
         super().__init__()
         if not operator.strip():
@@ -90,6 +119,10 @@ class ReviewApp(App):
         self.message_severity = "information"
         self._mine: set[str] = set()  # verdict ids decided here this session
         self._started = False
+        self.shifts = tuple(shifts) or DEFAULT_SHIFTS
+        self.heat = False  # the picture shows the gate's heat map (h)
+        self.images = PartImages(self._locate)
+        self._pictures: dict[tuple, Picture] = {}
 
     def get_default_screen(self) -> Screen:
         return MainScreen()
@@ -123,7 +156,7 @@ class ReviewApp(App):
             store.apply_journaled(event.verdict)
             v = event.verdict
             if v.verdict_id not in self._mine:
-                self.say(f"seq {v.seq}: {decision_label(v)} by {v.operator}")
+                self.say(f"{self.part_name(v.seq)}: {decision_label(v)} · {v.operator}")
         elif isinstance(event, Status):
             store.status = event.status
             store.station = store.station or event.status.station
@@ -136,6 +169,8 @@ class ReviewApp(App):
         elif isinstance(event, Replaced):
             store.reset()
             self.notes.clear()
+            self.images.clear()
+            self._pictures.clear()
             self.say(f"station {event.station}: its journal was replaced (epoch {event.new_epoch}); "
                      "parts shown before are cleared, decisions queued for them will be refused", "warning")
 
@@ -144,9 +179,26 @@ class ReviewApp(App):
         self._mine.add(v.verdict_id)
         self.store.set_local(v, event.state, event.detail)
         if event.state == "sent":
-            self.say(f"✓ seq {v.seq}: {decision_label(v)} journaled by the station")
+            self.say(f"✓ {self.part_name(v.seq)}: {decision_label(v)} · {v.operator} journaled by the station")
         elif event.state == "rejected":
-            self.say(f"✗ seq {v.seq}: the station refused {decision_label(v)}: {event.detail}", "error")
+            self.say(f"✗ {self.part_name(v.seq)}: the station refused {decision_label(v)} · {v.operator}: "
+                     f"{event.detail}", "error")
+            screen = self._top()
+            if isinstance(screen, DetailScreen | MainScreen) and screen.is_mounted:
+                self.call_after_refresh(self._bring_back, v.seq)
+
+    def _bring_back(self, seq: int) -> None:
+        """A refused verdict's part, back on screen to be decided again."""
+        screen = self._top()
+        if isinstance(screen, DetailScreen):
+            screen.show_seq(seq)
+        elif isinstance(screen, MainScreen):
+            screen.select(seq)
+
+    def part_name(self, seq: int) -> str:
+        """How messages name a part: its part id, and the station's seq."""
+        part = self.store.get(seq)
+        return f"{part.result.part_id} (seq {seq})" if part is not None else f"seq {seq}"
 
     def _connection(self, event: Connection) -> None:
         was = self.connected
@@ -212,6 +264,83 @@ class ReviewApp(App):
                 if self.is_running:
                     raise
 
+    # ---- pictures -------------------------------------------------------------------------------
+
+    def _locate(self, result: InspectionResult, kind: Kind):
+        return self.source.image_file(result) if kind == "image" else self.source.map_file(result)
+
+    def _loaded(self, result: InspectionResult, kind: Kind):
+        """The image (or why none), None while it loads: loading runs on a worker thread, a
+        live source may fetch it over the network."""
+        loaded = self.images.get(result, kind)
+        if loaded is None and self.images.claim(result, kind):
+            self.run_worker(partial(self._load, result, kind), thread=True, group="images", exit_on_error=False)
+        return loaded
+
+    def _load(self, result: InspectionResult, kind: Kind) -> None:
+        self.images.load(result, kind)
+        if self.is_running:
+            self.call_from_thread(self.refresh_views)
+
+    @staticmethod
+    def as_decided(part: Part) -> InspectionResult:
+        """The part's result with the verdict in force (a redrawn box shows as soon as it is made,
+        before the station has acknowledged it)."""
+        d = part.decision
+        r = part.result
+        return r if d is r.operator else r.model_copy(update={"operator": d})
+
+    def picture_for(self, result: InspectionResult, heat: bool | None = None) -> tuple[Picture | None, str, str]:
+        """(picture, why none, caption) of a part: its image with the model's boxes and the
+        operator's, or with `heat` (default: as toggled with h) the gate's heat map over it."""
+        heat = self.heat if heat is None else heat
+        image = self._loaded(result, "image")
+        heat_map = self._loaded(result, "gate_map") if heat else None
+        if image is None or (heat and heat_map is None):
+            return None, "loading the picture…", ""
+        n = len(result.boxes)
+        size = f"{result.image_width}×{result.image_height} px · {n} model box{'es' if n != 1 else ''}"
+        if heat:
+            assert heat_map is not None
+            if heat_map[0] is None:
+                return None, f"{heat_map[1]} (h: back to the image)", size
+            key = (result.station, result.epoch, result.seq, id(image[0]), id(heat_map[0]), "heat",
+                   result.operator.verdict_id if result.operator else "")
+            caption = f"{size} · gate heat map over the part (h: image)"
+        else:
+            if image[0] is None:
+                return None, image[1], ""
+            key = (result.station, result.epoch, result.seq, id(image[0]), "image",
+                   result.operator.verdict_id if result.operator else "")
+            caption = f"{size} · h: gate heat map"
+        picture = self._pictures.get(key)
+        if picture is None:
+            base = heat_over(image[0], heat_map[0]) if heat and heat_map is not None and heat_map[0] else image[0]
+            assert base is not None
+            picture = part_picture(result, base)
+            if len(self._pictures) > 128:
+                self._pictures.clear()
+            self._pictures[key] = picture
+        return picture, "", caption
+
+    def toggle_heat(self) -> None:
+        self.heat = not self.heat
+        self.say("showing the gate's heat map over the part (h: the image)" if self.heat
+                 else "showing the part's image with the model's boxes (h: the heat map)")
+        self.refresh_views()
+
+    def show_run(self, view: RunView) -> None:
+        """Fill the run view: last part, its picture, the shift, the filmstrip."""
+        store = self.store
+        now = self.clock()
+        last = store.last()
+        shift = summarize_shift(store, shift_start(now, self.tz, self.shifts))
+        picture, problem, caption = (self.picture_for(self.as_decided(last)) if last is not None
+                                     else (None, "no part yet", ""))
+        flagged = store.recent_flagged(FILMSTRIP_PARTS)
+        thumbs = {p.seq: self.picture_for(self.as_decided(p), heat=False)[0] for p in flagged}
+        view.show(last, shift, self.tz, picture, problem, caption, self.graphics, flagged, thumbs)
+
     # ---- operator actions -----------------------------------------------------------------------
 
     def action_view(self, view: str) -> None:
@@ -234,8 +363,36 @@ class ReviewApp(App):
         if seqs:
             self.push_screen(DetailScreen(seqs, index, from_queue))
 
-    def decide(self, seq: int, decision: OperatorDecision, note: str | None = None) -> bool:
-        """Record the operator's decision on `seq`; True when it was queued for the station."""
+    def decide_or_draw(self, seq: int, decision: str, after: Callable[[], None] | None = None) -> None:
+        """Decide `seq`; for `defect_wrong_box` first let the operator draw the right box. `after`
+        runs once the decision is queued (not when it was cancelled or failed)."""
+        part = self.store.get(seq)
+        if part is None:
+            return
+        if decision not in DECISIONS_WITH_BOXES:
+            if self.decide(seq, decision) and after is not None:  # type: ignore[arg-type]
+                after()
+            return
+        if self.source.read_only:
+            self.say("read-only: this dashboard reads a journal; decisions need --connect", "warning")
+            return
+        picture, problem, _ = self.picture_for(part.result, heat=False)
+        if picture is None:
+            self.say(f"{self.part_name(seq)}: cannot draw a box: {problem}", "warning")
+            return
+
+        def drawn(boxes: list[Box] | None) -> None:
+            if boxes is None:
+                self.say(f"{self.part_name(seq)}: box not drawn; nothing decided")
+            elif self.decide(seq, decision, boxes=boxes) and after is not None:  # type: ignore[arg-type]
+                after()
+
+        self.push_screen(BoxEditor(part.result, picture), drawn)
+
+    def decide(self, seq: int, decision: OperatorDecision, note: str | None = None,
+               boxes: Sequence[Box] = ()) -> bool:
+        """Record the operator's decision on `seq` (`boxes`: their own, in image pixels); True when
+        it was queued for the station."""
         part = self.store.get(seq)
         if part is None:
             return False
@@ -243,20 +400,24 @@ class ReviewApp(App):
             self.say("read-only: this dashboard reads a journal; decisions need --connect", "warning")
             return False
         note = self.notes.get(seq, "") if note is None else note
-        verdict = OperatorVerdict(
-            station=part.result.station, seq=seq, decision=decision, operator=self.operator, note=note,
-            at=datetime.fromtimestamp(self.clock(), UTC), verdict_id=uuid.uuid4().hex,
-            part_id=part.result.part_id, epoch=part.result.epoch)
+        try:
+            verdict = OperatorVerdict(
+                station=part.result.station, seq=seq, decision=decision, operator=self.operator, note=note,
+                at=datetime.fromtimestamp(self.clock(), UTC), verdict_id=uuid.uuid4().hex,
+                part_id=part.result.part_id, epoch=part.result.epoch, boxes=list(boxes))
+        except ValueError as exc:  # pydantic's ValidationError: names the field
+            self.say(f"✗ {self.part_name(seq)}: not recorded: {exc}", "error")
+            return False
         try:
             self.source.send(verdict)
         except (OutboxError, ReadOnlySource, OSError) as exc:
-            self.say(f"✗ seq {seq}: not recorded: {exc}", "error")
+            self.say(f"✗ {self.part_name(seq)}: not recorded: {exc}", "error")
             return False
         self.notes.pop(seq, None)
         self._mine.add(verdict.verdict_id)
         self.store.set_local(verdict, "queued")
         where = "sending to the station" if self.connected else "queued here until the station is reachable"
-        self.say(f"… seq {seq}: {decision_label(verdict)} — {where}")
+        self.say(f"… {self.part_name(seq)}: {decision_label(verdict)} · {self.operator} — {where}")
         self.refresh_views()
         return True
 
@@ -277,10 +438,11 @@ class ReviewApp(App):
             d = self.store.get(seq)
             decision = d.decision if d is not None else None
             if decision is not None and decision.operator == self.operator:
-                self.decide(seq, decision.decision, note)  # own decision: the same again, with the note
+                # own decision: the same again (its boxes too), with the note
+                self.decide(seq, decision.decision, note, boxes=decision.boxes)
             else:
                 self.notes[seq] = note
-                self.say(f"note kept for seq {seq}: it goes with your decision (d / f / s)")
+                self.say(f"note kept for {self.part_name(seq)}: it goes with your decision (d b f u s)")
                 self.refresh_views()
 
-        self.push_screen(NoteScreen(seq, current), done)
+        self.push_screen(NoteScreen(seq, current, self.part_name(seq)), done)

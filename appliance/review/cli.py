@@ -18,9 +18,11 @@ import logging
 import os
 import sys
 from datetime import UTC, datetime
+from datetime import time as dt_time
 from pathlib import Path
 
 from .export_labels import ExportError, ExportOptions, export_labels, format_report
+from .store import DEFAULT_SHIFTS
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -73,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image", choices=("auto", "halfblock"), default="auto",
                         help="auto: real pixels where the terminal can (sixel/kitty), else half-blocks")
     parser.add_argument("--utc", action="store_true", help="show times in UTC instead of local time")
+    parser.add_argument("--shifts", type=_shifts, default=DEFAULT_SHIFTS, metavar="HH:MM,…",
+                        help="when shifts change, local time (default 06:00,14:00,22:00): the run view "
+                             "counts parts and yield since the latest")
     parser.add_argument("--timeout", type=float, default=1.5, metavar="S",
                         help="reply timeout of the station's control socket (default 1.5)")
 
@@ -96,6 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dry-run", action="store_true", help="count only; write nothing")
     e.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
+
+
+def _shifts(text: str) -> tuple[dt_time, ...]:
+    out = []
+    for item in text.split(","):
+        try:
+            out.append(dt_time.fromisoformat(item.strip()))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item.strip()!r} is not a time of day (HH:MM); "
+                                              "give shift changes like 06:00,14:00,22:00") from None
+    return tuple(sorted(out))
 
 
 def _when(text: str) -> datetime:
@@ -173,7 +189,7 @@ def build_app(args: argparse.Namespace):
     else:
         raise UsageError("give --connect ENDPOINT (a live station) or --journal DIR (read-only), "
                          "or a command such as export-labels")
-    return ReviewApp(source, operator=args.operator, tz=tz, graphics=False)
+    return ReviewApp(source, operator=args.operator, tz=tz, graphics=False, shifts=args.shifts)
 
 
 def _detect_graphics() -> bool:

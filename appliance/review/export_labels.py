@@ -1,7 +1,8 @@
 """`adfm-review export-labels`: operators' decisions out as a dataset `adfm-data` reads.
 
-Confirmed defects become `anomalous`, false alarms `normal`; skipped parts stay out. Two layouts
-of the generic station format read by adfm-data's folder adapter:
+Confirmed defects (with the model's boxes or the operator's redrawn ones) become `anomalous`, false
+alarms `normal`; skipped and unsure parts stay out. Two layouts of the generic station format read
+by adfm-data's folder adapter:
 
     folder:  ROOT/normal/<station>-<seq>.png, ROOT/anomalous/<station>-<seq>.png,
              ROOT/masks/<station>-<seq>.png (only with --masks-from-boxes)
@@ -30,14 +31,16 @@ from typing import Literal
 import numpy as np
 
 from adfm.files import write_atomic
-from adfm.schema import InspectionResult
+from adfm.schema import DECISION_TRAINING_LABEL, Box, InspectionResult
 
 from ..journal.store import JournalError, decode_image
 from .journal_reader import JournalPart, JournalReader
 
 PROVENANCE = "adfm-labels.jsonl"
 LABELS_CSV = "labels.csv"
-LABEL_OF = {"confirmed_defect": "anomalous", "false_alarm": "normal"}
+LABEL_OF = {d: label for d, label in DECISION_TRAINING_LABEL.items() if label is not None}
+#: why a decided part gets no label, by decision
+NO_LABEL_WHY = {"skip": "skipped by the operator", "unsure": "operator unsure"}
 
 
 class ExportError(RuntimeError):
@@ -122,12 +125,20 @@ def _check_out(out: Path) -> None:
                           "give an empty or new folder")
 
 
+def mask_boxes(r: InspectionResult) -> list[Box]:
+    """The boxes a defect's mask is made of: the operator's own when they redrew them
+    (`defect_wrong_box`), otherwise the model's."""
+    if r.operator is not None and r.operator.boxes:
+        return list(r.operator.boxes)
+    return list(r.boxes)
+
+
 def _box_mask(r: InspectionResult, height: int, width: int) -> np.ndarray:
-    """The part's predicted boxes filled in (255) on its image's grid."""
+    """The part's defect boxes (`mask_boxes`) filled in (255) on its image's grid."""
     mask = np.zeros((height, width), np.uint8)
     sx = width / r.image_width if r.image_width else 1.0
     sy = height / r.image_height if r.image_height else 1.0
-    for b in r.boxes:
+    for b in mask_boxes(r):
         x1, y1 = max(0, int(np.floor(b.x1 * sx))), max(0, int(np.floor(b.y1 * sy)))
         x2, y2 = min(width, int(np.ceil(b.x2 * sx))), min(height, int(np.ceil(b.y2 * sy)))
         if x2 > x1 and y2 > y1:
@@ -145,7 +156,7 @@ def _plan(reader: JournalReader, opts: ExportOptions, report: ExportReport) -> l
         assert r.operator is not None
         label = LABEL_OF.get(r.operator.decision)
         if label is None:
-            left["skipped by the operator"] += 1
+            left[NO_LABEL_WHY.get(r.operator.decision, f"decision {r.operator.decision}")] += 1
             continue
         if part.image_pruned or not r.image_path:
             left["image pruned by the retention policy"] += 1
@@ -153,7 +164,7 @@ def _plan(reader: JournalReader, opts: ExportOptions, report: ExportReport) -> l
         suffix = Path(r.image_path).suffix.lower() or ".png"
         folder = label if opts.layout == "folder" else "images"
         mask_rel = ""
-        if opts.masks_from_boxes and label == "anomalous" and r.boxes:
+        if opts.masks_from_boxes and label == "anomalous" and mask_boxes(r):
             mask_rel = f"masks/{_stem(r)}.png"
         items.append(_Item(part, label, f"{folder}/{_stem(r)}{suffix}", mask_rel, part.product or r.station))
     report.left_out = dict(left)
@@ -237,6 +248,7 @@ def _write_index(out: Path, layout: str, written: list[tuple[_Item, str]]) -> No
             "captured_at": r.captured_at.isoformat(), "line_verdict": r.verdict, "model_decision": r.decision,
             "decision": v.decision, "operator": v.operator, "decided_at": v.at.isoformat(), "note": v.note,
             "verdict_id": v.verdict_id, "model_id": r.model_id, "prompt_version": r.prompt_version,
+            "operator_boxes": [b.xyxy for b in v.boxes],
         }, ensure_ascii=False))
     if layout == "csv":
         lines.append(json.dumps({"file": LABELS_CSV, "mask": "", "index": True}))

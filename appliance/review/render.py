@@ -28,7 +28,13 @@ BOX_COLORS: tuple[tuple[int, int, int], ...] = (
     (64, 255, 64),
 )
 
+#: The operator's own (redrawn) boxes, and the box being drawn: white, unlike any model box.
+OPERATOR_COLOR: tuple[int, int, int] = (255, 255, 255)
+OPERATOR_COLOR_HEX = "#ffffff"
+
 UPPER_HALF = "▀"
+
+RGB = tuple[int, int, int]
 
 
 def box_color(index: int) -> tuple[int, int, int]:
@@ -49,9 +55,11 @@ def fit_size(width: int, height: int, max_width: int, max_height: int) -> tuple[
 
 
 def draw_boxes(
-    image: Image.Image, boxes: Sequence[Box], source_size: tuple[int, int], line_width: int = 1
+    image: Image.Image, boxes: Sequence[Box], source_size: tuple[int, int], line_width: int = 1,
+    colors: Sequence[RGB] | None = None,
 ) -> Image.Image:
-    """A copy of `image` with `boxes` (given in `source_size` pixels) outlined in their colours."""
+    """A copy of `image` with `boxes` (given in `source_size` pixels) outlined in their colours
+    (`colors`, one per box; default the model's box colours in order)."""
     out = image.convert("RGB") if image.mode != "RGB" else image.copy()
     sw, sh = source_size
     if not boxes or sw <= 0 or sh <= 0:
@@ -63,14 +71,17 @@ def draw_boxes(
         y1 = min(max(math.floor(box.y1 * sy), 0), out.height - 1)
         x2 = min(max(math.ceil(box.x2 * sx) - 1, x1), out.width - 1)
         y2 = min(max(math.ceil(box.y2 * sy) - 1, y1), out.height - 1)
-        draw.rectangle((x1, y1, x2, y2), outline=box_color(i), width=line_width)
+        color = colors[i] if colors is not None else box_color(i)
+        draw.rectangle((x1, y1, x2, y2), outline=color, width=line_width)
     return out
 
 
-def annotate_full(image: Image.Image, boxes: Sequence[Box]) -> Image.Image:
-    """The full-resolution image with boxes, for terminals that show real pixels."""
+def annotate_full(image: Image.Image, boxes: Sequence[Box], source_size: tuple[int, int] | None = None,
+                  colors: Sequence[RGB] | None = None) -> Image.Image:
+    """The full-resolution image with boxes (in `source_size` pixels, default the image's), for
+    terminals that show real pixels."""
     width = max(2, round(min(image.width, image.height) / 200))
-    return draw_boxes(image, boxes, (image.width, image.height), line_width=width)
+    return draw_boxes(image, boxes, source_size or (image.width, image.height), line_width=width, colors=colors)
 
 
 def halfblock_lines(
@@ -80,6 +91,7 @@ def halfblock_lines(
     boxes: Sequence[Box] = (),
     source_size: tuple[int, int] | None = None,
     background: tuple[int, int, int] = (0, 0, 0),
+    colors: Sequence[RGB] | None = None,
 ) -> list[list[Segment]]:
     """`image` fitted into columns × rows cells as half-block segments, centred horizontally.
 
@@ -91,7 +103,7 @@ def halfblock_lines(
     source_size = source_size or (image.width, image.height)
     w, h = fit_size(image.width, image.height, columns, rows * 2)
     small = image.convert("RGB").resize((w, h), Image.Resampling.BOX)
-    small = draw_boxes(small, boxes, source_size)
+    small = draw_boxes(small, boxes, source_size, colors=colors)
     if h % 2:  # an odd pixel height: the last cell's lower half is background
         padded = Image.new("RGB", (w, h + 1), background)
         padded.paste(small, (0, 0))
@@ -115,3 +127,10 @@ def halfblock_lines(
             line.append(Segment(" " * right, blank))
         lines.append(line)
     return lines
+
+
+def halfblock_layout(width: int, height: int, columns: int, rows: int) -> tuple[int, int, int]:
+    """Where `halfblock_lines` puts a width × height image in columns × rows cells: (left column,
+    drawn width in cells, drawn height in half-cell pixels). For mapping cells back to pixels."""
+    w, h = fit_size(width, height, columns, rows * 2)
+    return (columns - w) // 2, w, h

@@ -147,6 +147,10 @@ class Source(ABC):
         """Where the part's image can be read here, None when this machine has no access to it."""
         return None
 
+    def map_file(self, result: InspectionResult) -> Path | None:
+        """Where the part's gate heat map can be read here, None when there is none or no access."""
+        return None
+
 
 class _Threaded(Source):
     def __init__(self) -> None:
@@ -235,24 +239,33 @@ class LiveSource(_Threaded):
     def image_file(self, result: InspectionResult) -> Path | None:
         """The part's image: from --images when this machine sees the journal folder, otherwise
         fetched over the (authenticated) control socket once and kept in a local cache."""
-        if not result.image_path:
+        return self._file(result, "image")
+
+    def map_file(self, result: InspectionResult) -> Path | None:
+        """The part's gate heat map, found or fetched like its image."""
+        return self._file(result, "gate_map")
+
+    def _file(self, result: InspectionResult, kind: str) -> Path | None:
+        rel = result.image_path if kind == "image" else result.gate_map_path
+        if not rel:
             return None
-        why = untrusted_path_problem(result)
+        why = untrusted_path_problem(result) or relative_image_problem(rel)
         if why is not None:
-            log.warning("image of seq %d not fetched: %s", result.seq, why)
+            log.warning("%s of seq %d not fetched: %s", kind, result.seq, why)
             return None
         if self.images_dir is not None:
-            return confined(self.images_dir, result.image_path)
+            return confined(self.images_dir, rel)
+        tail = "" if kind == "image" else ".gate"
         cached = (self.outbox.path.parent / "images" / result.station / (result.epoch or "no-epoch")
-                  / f"{result.seq:010d}{PurePosixPath(result.image_path).suffix.lower()}")
+                  / f"{result.seq:010d}{tail}{PurePosixPath(rel).suffix.lower()}")
         if cached.is_file():
             return cached
         client = StationClient(self.publish, self.control, station=result.station, curve=self.curve,
                                timeout_s=self.options.timeout_s, retries=1)
         try:
-            data, _media = client.fetch_image(result.seq, epoch=result.epoch or None)
+            data, _media = client.fetch_image(result.seq, kind=kind, epoch=result.epoch or None)
         except StationError as exc:
-            log.warning("image of seq %d not fetched: %s", result.seq, exc)
+            log.warning("%s of seq %d not fetched: %s", kind, result.seq, exc)
             return None
         finally:
             client.close()
@@ -404,6 +417,11 @@ class JournalSource(_Threaded):
         if self.reader is None or not result.image_path:
             return None
         return self.reader.image_file(result.image_path)
+
+    def map_file(self, result: InspectionResult) -> Path | None:
+        if self.reader is None or not result.gate_map_path:
+            return None
+        return self.reader.image_file(result.gate_map_path)
 
     def _run(self) -> None:
         try:

@@ -10,9 +10,11 @@ reachable, and the row says whether the station has journaled it yet.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta, tzinfo
+from datetime import time as dt_time
 from typing import Literal
 
 import numpy as np
@@ -21,8 +23,9 @@ from adfm.schema import InspectionResult, OperatorVerdict, StationStatus
 
 LocalState = Literal["queued", "sent", "rejected"]
 
-#: Shown to operators; the schema's decisions by name.
-DECISION_LABELS = {"confirmed_defect": "defect", "false_alarm": "false alarm", "skip": "skipped"}
+#: Shown to operators; the schema's decisions by name (every `OperatorDecision`, tests check).
+DECISION_LABELS = {"confirmed_defect": "defect", "defect_wrong_box": "defect, box redrawn",
+                   "false_alarm": "false alarm", "unsure": "unsure", "skip": "skipped"}
 VERDICT_CYCLE: tuple[str | None, ...] = (None, "fail", "review", "pass")
 WINDOW_CYCLE: tuple[float | None, ...] = (None, 3600.0, 8 * 3600.0, 24 * 3600.0)
 
@@ -124,6 +127,48 @@ class PartStore:
     _parts: dict[int, Part] = field(default_factory=dict)
     _order: list[int] = field(default_factory=list)
     _early_locals: dict[int, LocalVerdict] = field(default_factory=dict)  # for parts not yet loaded
+    _awaiting: set[int] = field(default_factory=set)  # seqs awaiting review, kept as parts change
+    #: the shift's counts, kept as parts change: its start (epoch s), each counted part's share, totals
+    _shift_since: float | None = None
+    _shift: dict[int, tuple[Outcome, bool, bool]] = field(default_factory=dict)
+    _shift_totals: Counter = field(default_factory=Counter)
+
+    def _put(self, part: Part) -> None:
+        self._parts[part.seq] = part
+        if part.awaiting_review:
+            self._awaiting.add(part.seq)
+        else:
+            self._awaiting.discard(part.seq)
+        self._count_in_shift(part.seq, part)
+
+    def _count_in_shift(self, seq: int, part: Part | None) -> None:
+        """Take `seq`'s old share out of the shift's totals and put `part`'s in (None: it left)."""
+        old = self._shift.pop(seq, None)
+        if old is not None:
+            self._shift_totals.subtract({"parts": 1, old[0]: 1, "false_alarms": old[1], "awaiting": old[2]})
+        if part is None or self._shift_since is None or part.result.captured_at.timestamp() < self._shift_since:
+            return
+        d = part.decision
+        new = (line_outcome(part.result), d is not None and d.decision == "false_alarm" and part.flagged,
+               part.awaiting_review)
+        self._shift[seq] = new
+        self._shift_totals.update({"parts": 1, new[0]: 1, "false_alarms": new[1], "awaiting": new[2]})
+
+    def shift_summary(self, since: datetime) -> ShiftSummary:
+        """Counts of the parts captured since `since`: counted once per shift, then kept as parts
+        arrive and are decided (a new part or verdict costs the same with 50 or 50,000 loaded)."""
+        ts = since.timestamp()
+        if ts != self._shift_since:
+            self._shift_since = ts
+            self._shift.clear()
+            self._shift_totals.clear()
+            for seq, part in self._parts.items():
+                self._count_in_shift(seq, part)
+        t = self._shift_totals
+        oldest = self.first()
+        partial = oldest is not None and oldest.seq > 1 and oldest.result.captured_at.timestamp() > ts
+        return ShiftSummary(since, t["parts"], t["ok"], t["ng"], t["review"], t["false_alarms"], t["awaiting"],
+                            partial)
 
     def __len__(self) -> int:
         return len(self._parts)
@@ -140,6 +185,10 @@ class PartStore:
     def reset(self) -> None:
         """Forget every part (the station's journal was replaced: its seqs now name other parts)."""
         self._parts.clear()
+        self._awaiting.clear()
+        self._shift_since = None
+        self._shift.clear()
+        self._shift_totals.clear()
         self._order.clear()
         self._early_locals.clear()
 
@@ -151,7 +200,7 @@ class PartStore:
             old = self._parts.get(r.seq)
             local = old.local if old else self._early_locals.pop(r.seq, None)
             product = products.get(r.seq, old.product if old else "")
-            self._parts[r.seq] = Part(r, product, local)
+            self._put(Part(r, product, local))
             if old is None:
                 if not self._order or r.seq > self._order[-1]:
                     self._order.append(r.seq)
@@ -170,8 +219,7 @@ class PartStore:
         local = part.local
         if local is not None and local.verdict.verdict_id == verdict.verdict_id:
             local = replace(local, state="sent")
-        self._parts[verdict.seq] = replace(part, result=part.result.model_copy(update={"operator": verdict}),
-                                           local=local)
+        self._put(replace(part, result=part.result.model_copy(update={"operator": verdict}), local=local))
 
     def set_local(self, verdict: OperatorVerdict, state: LocalState, detail: str = "") -> None:
         """Record a verdict made here (queued), acknowledged (sent) or refused (rejected)."""
@@ -183,7 +231,7 @@ class PartStore:
         if part.local is not None and part.local.verdict.verdict_id != verdict.verdict_id and (
                 part.local.verdict.at > verdict.at):
             return  # an older verdict's outcome arriving after a newer decision
-        self._parts[verdict.seq] = replace(part, local=local)
+        self._put(replace(part, local=local))
         if state == "sent":
             self.apply_journaled(verdict)
 
@@ -196,6 +244,8 @@ class PartStore:
             part = self._parts[seq]
             if excess > 0 and not part.awaiting_review and not part.decision_pending:
                 del self._parts[seq]
+                self._awaiting.discard(seq)
+                self._count_in_shift(seq, None)
                 excess -= 1
             else:
                 keep.append(seq)
@@ -215,8 +265,31 @@ class PartStore:
         """Flagged parts nobody has decided: oldest first, the order they are worked off in."""
         return [p for p in self.parts() if p.awaiting_review and filters.matches(p, now)]
 
+    def newest_first(self) -> Iterator[Part]:
+        for seq in reversed(self._order):
+            yield self._parts[seq]
+
+    def first(self) -> Part | None:
+        """The oldest part loaded."""
+        return self._parts[self._order[0]] if self._order else None
+
+    def last(self) -> Part | None:
+        """The newest part (the run view's tile)."""
+        return self._parts[self._order[-1]] if self._order else None
+
+    def recent_flagged(self, limit: int) -> list[Part]:
+        """The newest flagged parts, newest first (the run view's filmstrip)."""
+        out: list[Part] = []
+        for seq in reversed(self._order):
+            if len(out) >= limit:
+                break
+            part = self._parts[seq]
+            if part.flagged:
+                out.append(part)
+        return out
+
     def awaiting_count(self) -> int:
-        return sum(1 for p in self._parts.values() if p.awaiting_review)
+        return len(self._awaiting)
 
     def queued_verdicts(self) -> int:
         """Verdicts made here that the station has not acknowledged yet."""
@@ -257,3 +330,61 @@ class PartStore:
         if not self._order:
             return None
         return self._parts[self._order[0]].result.captured_at, self._parts[self._order[-1]].result.captured_at
+
+
+# ---- the shift ---------------------------------------------------------------------------------
+
+Outcome = Literal["ok", "ng", "review"]
+
+
+def line_outcome(result: InspectionResult) -> Outcome:
+    """What the line did with a part: on a line station its action (a fail-safe reject is NG), in
+    free-run its verdict (pass OK, fail NG, review undecided)."""
+    if result.action is not None:
+        return {"pass": "ok", "reject": "ng"}.get(result.action, "review")  # type: ignore[return-value]
+    return {"pass": "ok", "fail": "ng"}.get(result.verdict, "review")  # type: ignore[return-value]
+
+
+#: Shift changes (local time of day) when none are given: three eight-hour shifts.
+DEFAULT_SHIFTS = (dt_time(6), dt_time(14), dt_time(22))
+
+
+def shift_start(now: float, tz: tzinfo | None, starts: Sequence[dt_time]) -> datetime:
+    """When the shift running at `now` began: the latest of `starts` (local times of day) at or
+    before `now`, today or yesterday."""
+    if not starts:
+        raise ValueError("a shift needs at least one start time")
+    local = datetime.fromtimestamp(now, tz).astimezone(tz)
+    candidates = [datetime.combine(local.date() - timedelta(days=back), s, local.tzinfo)
+                  for back in (0, 1) for s in starts]
+    return max(c for c in candidates if c <= local)
+
+
+@dataclass(frozen=True)
+class ShiftSummary:
+    """Counts of the parts captured since the shift began (of the parts loaded here)."""
+
+    since: datetime
+    parts: int = 0
+    ok: int = 0
+    ng: int = 0
+    review: int = 0
+    false_alarms: int = 0
+    awaiting: int = 0
+    #: True when parts of the shift may be missing: the oldest loaded part is inside the shift
+    partial: bool = False
+
+    @property
+    def first_pass_yield(self) -> float | None:
+        """Parts the line passed, of all parts."""
+        return self.ok / self.parts if self.parts else None
+
+    @property
+    def reviewed_yield(self) -> float | None:
+        """Parts the line passed or an operator called a false alarm, of all parts."""
+        return (self.ok + self.false_alarms) / self.parts if self.parts else None
+
+
+def summarize_shift(store: PartStore, since: datetime) -> ShiftSummary:
+    """The shift's counts (`PartStore.shift_summary`)."""
+    return store.shift_summary(since)

@@ -16,6 +16,7 @@ Two levels of health:
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -24,7 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from adfm.schema import CameraStatus, InspectionResult, StationStatus
+from adfm.schema import CameraStatus, GateState, InspectionResult, StationStatus
+
+from .logs import restate
+
+log = logging.getLogger(__name__)
 
 STAGES = ("capture", "journal", "journal_wait", "gate", "resize", "vlm", "model", "parse", "complete", "publish",
           "total", "trigger_to_frame", "trigger_to_decision")
@@ -51,6 +56,7 @@ class Health:
         cameras: Callable[[], list[CameraStatus]] | None = None,
         worker: Callable[[], tuple[bool, int]] | None = None,
         counters: Callable[[], dict[str, float]] | None = None,
+        gates: Callable[[], list[GateState]] | None = None,
     ) -> None:
         self.station = station
         self.model_id = model_id
@@ -61,12 +67,14 @@ class Health:
         self._done_at: deque[float] = deque(maxlen=100_000)
         self._counts: dict[str, int] = dict(verdict_counts or {})
         self._problems: dict[str, str] = {}
+        self._raised: dict[str, tuple[float, int]] = {}  # alarm → (raised at, times reported since)
         self._started = time.monotonic()
         self._heartbeat = time.monotonic()
         self._last_seq = last_seq or (lambda: 0)
         self._cameras = cameras or (lambda: [])
         self._worker = worker or (lambda: (False, 0))
         self._counters = counters or (lambda: {})  # the mode's running counters (line: misses, stalls, …)
+        self.gates = gates or (lambda: [])  # each recipe's gate: bank, threshold, drift (system/gate_watch.py)
 
     # ---- recording (main loop) ----------------------------------------------------------------
 
@@ -84,13 +92,26 @@ class Health:
                 self._latency[stage].append(float(ms))
 
     def problem(self, key: str, text: str) -> None:
-        """Raise (or update) a standing problem, e.g. key 'camera.cam0' or 'journal'."""
+        """Raise (or update) a standing problem, e.g. key 'camera.cam0' or 'journal'. The log says it
+        once when raised, then again only at the 10th, 100th … report, with the count."""
+        now = time.monotonic()
         with self._lock:
             self._problems[key] = text
+            since, n = self._raised.get(key, (now, 0))
+            self._raised[key] = (since, n + 1)
+        if n == 0:
+            log.warning("alarm %s: %s", key, text)
+        elif restate(n + 1):
+            log.warning("alarm %s still raised (%d reports in %.0f s): %s", key, n + 1, now - since, text)
+        else:
+            log.debug("alarm %s: %s", key, text)
 
     def clear(self, key: str) -> None:
         with self._lock:
-            self._problems.pop(key, None)
+            text = self._problems.pop(key, None)
+            since, n = self._raised.pop(key, (0.0, 0))
+        if text is not None:
+            log.info("alarm %s cleared after %.0f s (%d report(s); last: %s)", key, time.monotonic() - since, n, text)
 
     def heartbeat(self) -> None:
         """The main loop is alive (called every loop turn and while waiting on the model)."""
@@ -147,6 +168,7 @@ class Health:
             problems=[problems[k] for k in sorted(problems)],
             recipe=self.recipe,
             counters=self._safe(self._counters, {}),
+            gates=self._safe(self.gates, []),
         )
 
     def pipeline_ok(self, max_heartbeat_age_s: float = 60.0) -> bool:
@@ -231,6 +253,24 @@ class _StationCollector:
         for name, value in sorted(s.counters.items()):
             g.add_metric([*station, name], float(value))
         yield g
+        gate_figures = {
+            "adfm_gate_threshold": ("the recipe's gate threshold", lambda x: x.threshold),
+            "adfm_gate_bank_size": ("patches in the recipe's gate memory bank", lambda x: x.bank_size),
+            "adfm_gate_learned_changes": ("bank versions made on the line from operator verdicts",
+                                          lambda x: x.learned_changes),
+            "adfm_gate_drift_raised": ("1 while the recipe's gate scores drift from commissioning",
+                                       lambda x: float(x.drift_raised)),
+            "adfm_gate_drift_statistic": ("KS D of the latest gate scores against the reference",
+                                          lambda x: x.drift_statistic),
+            "adfm_gate_drift_critical": ("KS D above which the drift alarm is raised", lambda x: x.drift_critical),
+        }
+        for name, (doc, get) in gate_figures.items():
+            g = GaugeMetricFamily(name, doc, labels=["station", "recipe"])
+            for gs in s.gates:
+                value = get(gs)
+                if value is not None:
+                    g.add_metric([*station, gs.recipe], float(value))
+            yield g
         for name, value in (self.extra() if self.extra else {}).items():
             yield gauge(name, name.replace("_", " "), value)
 

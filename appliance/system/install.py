@@ -21,7 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -181,10 +181,17 @@ class InstallPlan:
     user: str
     #: the GPU drop-in's text; None: the station config keeps to the CPU (the drop-in is removed)
     gpu_dropin_text: str | None = None
+    #: files are written under this folder (a system image being built, a test's scratch root); the
+    #: unit names the paths as the installed system will see them
+    root: Path = Path("/")
 
     @property
     def gpu_dropin_path(self) -> Path:
         return self.unit_path.parent / GPU_DROPIN
+
+    def on_disk(self, path: Path) -> Path:
+        """Where `path` of the installed system is written."""
+        return self.root / path.relative_to(path.anchor) if self.root != Path("/") else path
 
     def steps(self) -> list[str]:
         """What an administrator runs after the files are in place."""
@@ -194,8 +201,9 @@ class InstallPlan:
             f"adfm-appliance keys --dir {self.config_path.parent}/keys   # if the bus leaves loopback; admit "
             "clients' public keys with --admit NAME=FILE",
             f"chown -R root:{self.user} {self.config_path.parent} && chmod -R g+rX,o-rwx {self.config_path.parent}",
+            f"install -d -o {self.user} -g {self.user} -m 0750 /var/lib/adfm-appliance",
             f"$EDITOR {self.config_path}   # station id, cameras, model.dir, bus",
-            f"adfm-appliance check --config {self.config_path}",
+            f"adfm-appliance check --config {self.config_path} --user {self.user}",
             f"adfm-appliance install --unit-dir {self.unit_path.parent} --config-path {self.config_path}"
             + (f" --user {self.user}" if self.user != DEFAULT_USER else "")
             + "   # again after changing model.n_gpu_layers / mmproj_gpu: opens or closes the GPU",
@@ -206,51 +214,62 @@ class InstallPlan:
 
 
 def plan(
-    unit_dir: Path, config_path: Path, user: str = DEFAULT_USER, bin_dir: str | None = None, force: bool = False
+    unit_dir: Path, config_path: Path, user: str = DEFAULT_USER, bin_dir: str | None = None, force: bool = False,
+    root: Path = Path("/"),
 ) -> InstallPlan:
     """What `install` writes. The GPU drop-in follows the station config that will be in place: the
     existing one (read and checked for form; a ConfigError names what is wrong), or the example
     (CPU) when there is none or `force` replaces it."""
-    dropin = None
-    if config_path.exists() and not force:
-        from ..config.station import read_config
-
-        dropin = render_gpu_dropin(read_config(config_path).model, str(config_path))
-    return InstallPlan(
+    p = InstallPlan(
         unit_path=unit_dir / UNIT_NAME,
         unit_text=render_unit(bin_dir or current_bin_dir(), str(config_path), user),
         config_path=config_path,
         config_text=example_config(),
         user=user,
-        gpu_dropin_text=dropin,
+        root=root,
     )
+    existing = p.on_disk(config_path)
+    if existing.exists() and not force:
+        from ..config.station import read_config
+
+        dropin = render_gpu_dropin(read_config(existing).model, str(config_path))
+        p = replace(p, gpu_dropin_text=dropin)
+    return p
 
 
-def install(p: InstallPlan, force: bool = False) -> list[str]:
+def install(p: InstallPlan, force: bool = False, dry_run: bool = False) -> list[str]:
     """Write the unit (replacing an older one) and the example config (never over an existing
-    config unless `force`); returns what was done."""
+    config unless `force`); returns what was done — with `dry_run`, what would be, writing nothing."""
+    would = "would write" if dry_run else "wrote"
     done = []
-    p.unit_path.parent.mkdir(parents=True, exist_ok=True)
-    p.unit_path.write_text(p.unit_text, encoding="utf-8")
-    done.append(f"wrote {p.unit_path}")
-    if p.config_path.exists() and not force:
-        example = p.config_path.with_name(p.config_path.stem + ".example.yaml")
-        example.write_text(p.config_text, encoding="utf-8")
-        done.append(f"kept the existing {p.config_path}; wrote the example to {example}")
+    writes: list[tuple[Path, str]] = []
+    unit = p.on_disk(p.unit_path)
+    writes.append((unit, p.unit_text))
+    done.append(f"{would} {unit}")
+    config = p.on_disk(p.config_path)
+    if config.exists() and not force:
+        example = config.with_name(config.stem + ".example.yaml")
+        writes.append((example, p.config_text))
+        done.append(f"{'would keep' if dry_run else 'kept'} the existing {config}; {would} the example to {example}")
     else:
-        p.config_path.parent.mkdir(parents=True, exist_ok=True)
-        p.config_path.write_text(p.config_text, encoding="utf-8")
-        done.append(f"wrote {p.config_path} (an example: edit it)")
-    dropin = p.gpu_dropin_path
+        writes.append((config, p.config_text))
+        done.append(f"{would} {config} (an example: edit it)")
+    dropin = p.on_disk(p.gpu_dropin_path)
     if p.gpu_dropin_text is not None:
-        dropin.parent.mkdir(parents=True, exist_ok=True)
-        dropin.write_text(p.gpu_dropin_text, encoding="utf-8")
-        done.append(f"wrote {dropin} (the config asks for the GPU: its device nodes are opened)")
+        writes.append((dropin, p.gpu_dropin_text))
+        done.append(f"{would} {dropin} (the config asks for the GPU: its device nodes are opened)")
     elif dropin.exists():
+        done.append(f"{'would remove' if dry_run else 'removed'} {dropin} (the config keeps to the CPU: the GPU "
+                    "stays closed)")
+    if dry_run:
+        return done
+    for path, text in writes:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    if p.gpu_dropin_text is None and dropin.exists():
         dropin.unlink()
         with contextlib.suppress(OSError):
             dropin.parent.rmdir()  # only when nothing else is in it
-        done.append(f"removed {dropin} (the config keeps to the CPU: the GPU stays closed)")
     return done
 
 

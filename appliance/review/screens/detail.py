@@ -1,24 +1,24 @@
-"""One part: the image with the model's boxes beside what the model thought, and the keys to decide.
+"""One part: its picture (the model's boxes; `h` for the gate's heat map) beside what the model
+thought, and the keys to decide.
 
-Opened from the feed or the queue with that list's order; ← / → walk it. Opened from the queue,
-a decision moves on to the next part still awaiting review, and the screen closes when none is left.
+Opened from the run view, the feed or the queue with that list's order; ← / → walk it. Opened
+from the queue, a decision moves on to the next part still awaiting review, and the screen closes
+when none is left — unless the station refuses a verdict: then the refused part comes back on
+screen with the station's reason in full.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-from PIL import Image
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
-from textual.widget import Widget
 from textual.widgets import Footer, Static
 
-from ..store import Part
-from ..widgets import Banner, MessageLine, PartImage, TopBar, part_details
-from ..widgets.part_image import graphics_image_widget, load_part_image, set_graphics_image
+from ..widgets import Banner, MessageLine, TopBar, part_details
+from ..widgets.image_pane import ImagePane
 
 if TYPE_CHECKING:
     from ..app import ReviewApp
@@ -28,11 +28,14 @@ class DetailScreen(Screen):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "back", "Back"),
         Binding("d", "decide('confirmed_defect')", "Defect"),
+        Binding("b", "decide('defect_wrong_box')", "Box wrong"),
         Binding("f", "decide('false_alarm')", "False alarm"),
+        Binding("u", "decide('unsure')", "Unsure"),
         Binding("s", "decide('skip')", "Skip"),
-        Binding("n", "note", "Note"),
-        Binding("left,k", "step(-1)", "Prev", key_display="←"),
-        Binding("right,j", "step(1)", "Next", key_display="→"),
+        Binding("n", "note", "Note", show=False),
+        Binding("h", "heat", "Heat map"),
+        Binding("left,k", "step(-1)", "Prev", key_display="←", show=False),
+        Binding("right,j", "step(1)", "Next", key_display="→", show=False),
     ]
 
     app: ReviewApp
@@ -42,8 +45,6 @@ class DetailScreen(Screen):
         self.seqs = list(seqs)
         self.index = index
         self.from_queue = from_queue
-        self._image_seq: int | None = None
-        self._graphics: Widget | None = None
 
     @property
     def seq(self) -> int:
@@ -53,9 +54,7 @@ class DetailScreen(Screen):
         yield TopBar(id="topbar")
         yield Banner(id="banner")
         with Horizontal(id="detail"):
-            with Vertical(id="image-pane"):
-                yield PartImage(id="image")
-                yield Static("", id="image-caption")
+            yield ImagePane(id="image-pane")
             with VerticalScroll(id="text-pane"):
                 yield Static(id="details")
         yield MessageLine(id="message")
@@ -72,40 +71,24 @@ class DetailScreen(Screen):
             self.query_one("#details", Static).update(f"seq {self.seq} is no longer loaded")
             return
         self.query_one("#details", Static).update(part_details(part, self.app.tz, self.app.notes.get(self.seq, "")))
-        if self._image_seq != self.seq:
-            self._image_seq = self.seq
-            self._show_image(part)
+        picture, problem, caption = self.app.picture_for(self.app.as_decided(part))
+        self.query_one(ImagePane).show(picture, problem, caption, self.app.graphics)
 
-    def _show_image(self, part: Part) -> None:
-        r = part.result
-        image, problem = load_part_image(r, self.app.source.image_file(r))
-        caption = f"{r.image_width}×{r.image_height} px · {len(r.boxes)} box{'es' if len(r.boxes) != 1 else ''}"
-        self.query_one("#image-caption", Static).update(caption if image is not None else "")
-        if image is not None and self.app.graphics:
-            self._show_graphics(image, part)
-            return
-        self._show_graphics(None, part)
-        self.query_one("#image", PartImage).show(r, image, problem)
-
-    def _show_graphics(self, image: Image.Image | None, part: Part) -> None:
-        """Real pixels through textual-image: one widget, mounted once, its image swapped per part."""
-        halfblock = self.query_one("#image", PartImage)
-        halfblock.display = image is None
-        if image is None:
-            if self._graphics is not None:
-                self._graphics.display = False
-            return
-        if self._graphics is None:
-            self._graphics = graphics_image_widget(image, part.result, id="graphics-image")
-            self.query_one("#image-pane").mount(self._graphics, before=0)
-        else:
-            set_graphics_image(self._graphics, image, part.result)
-            self._graphics.display = True
+    def show_seq(self, seq: int) -> None:
+        """Bring `seq` on screen (a refused verdict's part), adding it to the list if it left it."""
+        if seq not in self.seqs:
+            self.seqs.insert(self.index, seq)
+        self.index = self.seqs.index(seq)
+        self.query_one("#text-pane", VerticalScroll).scroll_home(animate=False)
+        self.refresh_from_app()
 
     # ---- actions --------------------------------------------------------------------------------
 
     def action_back(self) -> None:
         self.app.pop_screen()
+
+    def action_heat(self) -> None:
+        self.app.toggle_heat()
 
     def action_step(self, delta: int) -> None:
         new = self.index + delta
@@ -117,9 +100,11 @@ class DetailScreen(Screen):
             self.app.say("first part of the list" if new < 0 else "last part of the list")
 
     def action_decide(self, decision: str) -> None:
-        if not self.app.decide(self.seq, decision):  # type: ignore[arg-type]
-            return
-        if self.from_queue:
+        seq = self.seq
+        self.app.decide_or_draw(seq, decision, after=lambda: self._decided(seq))
+
+    def _decided(self, seq: int) -> None:
+        if self.from_queue and self.seq == seq:
             self.advance()
         else:
             self.refresh_from_app()

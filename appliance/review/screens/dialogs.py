@@ -13,18 +13,20 @@ from textual.widgets import Input, Static
 
 #: Every key of the dashboard, for the help screen (the footer shows only the main ones).
 KEYS: tuple[tuple[str, str], ...] = (
-    ("1 / 2 / 3", "live feed / review queue / station status"),
+    ("1 2 3 4", "run view · review queue · live feed · station status"),
     ("↑ ↓  j k", "move in the list (in a part: scroll its text)"),
-    ("enter", "open the part under the cursor"),
-    ("d", "confirm defect"),
-    ("f", "mark false alarm"),
-    ("s", "skip (journaled as skipped; leaves the queue)"),
-    ("n", "add a note (sent with the decision; re-sends a decided part's)"),
-    ("← →", "previous / next part (in a part)"),
-    ("v / c / t", "filter by verdict / camera / time window (cycles)"),
-    ("esc", "back"),
-    ("?", "this help"),
-    ("q", "quit (queued verdicts stay queued and are sent at next start)"),
+    ("← →", "run view: pick in the filmstrip · in a part: previous / next"),
+    ("enter", "open the part (its picture, boxes, reasoning)"),
+    ("d", "defect: the model is right"),
+    ("b", "defect, but the box is wrong: draw the right one"),
+    ("f", "false alarm: the part is good"),
+    ("u", "unsure: for an engineer to look at"),
+    ("s", "skip (leaves the queue undecided)"),
+    ("n", "note (sent with the decision; re-sends a decided part's)"),
+    ("h", "gate heat map over the picture / back"),
+    ("v / c / t", "filter by verdict / camera / time window"),
+    ("esc  ?  q", "back · this help · quit (queued verdicts stay)"),
+    ("", "Gate: score / threshold · ms: trigger or frame → decision"),
 )
 
 
@@ -33,14 +35,15 @@ class NoteScreen(ModalScreen[str | None]):
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
 
-    def __init__(self, seq: int, current: str = "") -> None:
+    def __init__(self, seq: int, current: str = "", name: str = "") -> None:
         super().__init__()
         self.seq = seq
         self.current = current
+        self.part_label = name or f"seq {seq}"
 
     def compose(self) -> ComposeResult:
         with Vertical(id="note-box"):
-            yield Static(f"Note for seq {self.seq} — Enter keeps it, Esc cancels")
+            yield Static(f"Note for {self.part_label} — Enter keeps it, Esc cancels")
             yield Input(value=self.current, placeholder="what you saw", max_length=500, id="note-input",
                         select_on_focus=False)
 

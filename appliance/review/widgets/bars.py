@@ -6,11 +6,11 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-VIEWS = (("feed", "1", "Feed"), ("queue", "2", "Queue"), ("status", "3", "Status"))
+VIEWS = (("run", "1", "Run"), ("queue", "2", "Queue"), ("feed", "3", "Feed"), ("status", "4", "Status"))
 
 
 class TopBar(Static):
-    """`1 Feed │ 2 Queue (n) │ 3 Status ║ station · operator · ● link`: the views first, so that
+    """`1 Run │ 2 Queue (n) │ 3 Feed │ 4 Status ║ station · operator · ● link`: the views first, so that
     they stay put; a long station or operator name is cut at the right edge."""
 
     def show(self, *, station: str, operator: str, link: str, link_ok: bool | None, view: str,
@@ -51,6 +51,9 @@ class FilterBar(Static):
 
 
 class MessageLine(Static):
+    """Acknowledgements on one line; a warning or a refusal in full, wrapped over as many lines
+    as it needs (up to the CSS's max-height), never cut at the terminal's width."""
+
     def say(self, text: str, severity: str = "information") -> None:
         style = {"warning": "bold yellow", "error": "bold red"}.get(severity, "")
-        self.update(Text(f" {text}", style=style))
+        self.update(Text(f" {text}", style=style, no_wrap=severity == "information", overflow="ellipsis"))

@@ -1,14 +1,15 @@
-"""The part's image with the model's boxes drawn in.
+"""The part's image with the model's boxes (and the operator's own) drawn in; or the gate's heat map.
 
 `PartImage` renders half-block cells itself (any terminal, SSH, tests). Where textual-image has
 found a graphics protocol (sixel, kitty) at start-up, `graphics_image_widget()` returns its widget
-instead, showing the full-resolution image with the boxes drawn at that resolution.
+instead, showing the full-resolution picture with the boxes drawn at that resolution.
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from PIL import Image
 from rich.segment import Segment
@@ -17,24 +18,31 @@ from rich.text import Text
 from textual.strip import Strip
 from textual.widget import Widget
 
-from adfm.schema import InspectionResult
+from adfm.schema import Box, InspectionResult
 
-from ...journal.store import JournalError, decode_image
-from ..render import annotate_full, halfblock_lines
+from ..render import OPERATOR_COLOR, RGB, annotate_full, box_color, halfblock_lines
 
 
-def load_part_image(result: InspectionResult, path: Path | None) -> tuple[Image.Image | None, str]:
-    """The part's image, or None and why it cannot be shown."""
-    if not result.image_path:
-        pruned = any("pruned" in p for p in result.problems)
-        return None, "image pruned by the retention policy" if pruned else "no image stored for this part"
-    if path is None:
-        return None, ("image not available here: run adfm-review on the line PC, or pass --images "
-                      "with the station's journal directory")
-    try:
-        return Image.fromarray(decode_image(path)), ""
-    except JournalError as exc:
-        return None, str(exc)
+@dataclass(frozen=True, eq=False)
+class Picture:
+    """What an image view shows: a picture (the part, or the gate's heat map over it), boxes in
+    the part's image pixels (`source_size`) and their colours."""
+
+    image: Image.Image
+    boxes: tuple[Box, ...]
+    colors: tuple[RGB, ...]
+    source_size: tuple[int, int]
+
+
+def part_picture(result: InspectionResult, image: Image.Image, extra: Sequence[Box] = ()) -> Picture:
+    """The model's boxes in their colours, then the operator's boxes (theirs, or `extra` being
+    drawn) in white; boxes are in image pixels, whatever size `image` (a heat map) has."""
+    operator = list(result.operator.boxes) if result.operator is not None else []
+    mine = [*operator, *extra]
+    boxes = (*result.boxes, *mine)
+    colors = (*(box_color(i) for i in range(len(result.boxes))), *([OPERATOR_COLOR] * len(mine)))
+    size = (result.image_width or image.width, result.image_height or image.height)
+    return Picture(image, tuple(boxes), tuple(colors), size)
 
 
 def graphics_available() -> bool:
@@ -51,18 +59,22 @@ def graphics_available() -> bool:
     return renderable.Image in (SixelImage, TGPImage)
 
 
-def graphics_image_widget(image: Image.Image, result: InspectionResult, **kwargs) -> Widget:
+def _full(picture: Picture) -> Image.Image:
+    return annotate_full(picture.image, picture.boxes, picture.source_size, picture.colors)
+
+
+def graphics_image_widget(picture: Picture, **kwargs) -> Widget:
     from textual_image.widget import Image as TIImage
 
-    return TIImage(annotate_full(image, result.boxes), **kwargs)
+    return TIImage(_full(picture), **kwargs)
 
 
-def set_graphics_image(widget: Widget, image: Image.Image, result: InspectionResult) -> None:
-    widget.image = annotate_full(image, result.boxes)  # type: ignore[attr-defined]
+def set_graphics_image(widget: Widget, picture: Picture) -> None:
+    widget.image = _full(picture)  # type: ignore[attr-defined]
 
 
 class PartImage(Widget):
-    """Half-block rendering of a part's image with its boxes, or a one-line reason when none."""
+    """Half-block rendering of a picture with its boxes, or a short reason when there is none."""
 
     DEFAULT_CSS = """
     PartImage { width: 1fr; height: 1fr; }
@@ -70,26 +82,27 @@ class PartImage(Widget):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        self._image: Image.Image | None = None
-        self._result: InspectionResult | None = None
+        self.picture: Picture | None = None
         self._problem = ""
         self._cache: tuple[tuple, list[Strip]] | None = None
 
-    def show(self, result: InspectionResult, image: Image.Image | None, problem: str = "") -> None:
-        self._result, self._image, self._problem = result, image, problem
+    def show(self, picture: Picture | None, problem: str = "") -> None:
+        if picture is self.picture and problem == self._problem:
+            return
+        self.picture, self._problem = picture, problem
         self._cache = None
         self.refresh()
 
     def _strips(self) -> list[Strip]:
         width, height = self.size.width, self.size.height
-        key = (id(self._image), self._result.seq if self._result else None, width, height)
+        key = (width, height)
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1]
         strips: list[Strip] = []
-        if self._image is not None and self._result is not None and width > 0 and height > 0:
-            r = self._result
-            size = (r.image_width or self._image.width, r.image_height or self._image.height)
-            strips = [Strip(line, width) for line in halfblock_lines(self._image, width, height, r.boxes, size)]
+        p = self.picture
+        if p is not None and width > 0 and height > 0:
+            strips = [Strip(line, width) for line in
+                      halfblock_lines(p.image, width, height, p.boxes, p.source_size, colors=p.colors)]
         elif self._problem and width > 0:
             text = Text(self._problem, style="italic")
             strips = [Strip(list(line), width) for line in

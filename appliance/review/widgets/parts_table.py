@@ -17,12 +17,30 @@ from rich.text import Text
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable
 
-from ..format import decision_text, fmt_ms, fmt_num, fmt_time, verdict_text
+from ..format import decision_text, fmt_ms, fmt_time, gate_text, verdict_text
 from ..store import Part
 
-#: (key, header, width): 60 cells of content + 16 of padding + the scrollbar fit 80 columns.
-COLUMNS = (("seq", "Seq", 5), ("time", "Time", 11), ("camera", "Camera", 7), ("verdict", "Verdict", 8),
-           ("score", "Score", 5), ("gate", "Gate", 4), ("ms", "ms", 5), ("operator", "Operator", 15))
+#: (key, header, width, shown from this terminal width); the operator column takes what is left.
+COLUMNS = (("seq", "Seq", 6, 0), ("part", "Part", 10, 0), ("time", "Time", 8, 0), ("camera", "Camera", 8, 100),
+           ("verdict", "Verdict", 7, 0), ("gate", "Gate / thr", 11, 0), ("ms", "ms", 6, 100))
+WIDE = 100  # from this width: wider part and time columns, the camera, and the decision time
+PADDING = 2  # a DataTable cell's padding, both sides
+SCROLLBAR = 2
+
+
+def columns_for(width: int) -> list[tuple[str, str, int]]:
+    """The columns at a terminal width: at 80 the part id, time, verdict, gate score and who
+    decided what; wider terminals add the camera and the decision time (ms from frame/trigger)."""
+    cols = []
+    for key, label, w, min_width in COLUMNS:
+        if width < min_width:
+            continue
+        if width >= WIDE:
+            w = {"seq": 7, "part": 14, "time": 11}.get(key, w)
+        cols.append((key, label, w))
+    used = sum(w + PADDING for _, _, w in cols) + PADDING + SCROLLBAR
+    cols.append(("operator", "Operator", max(12, width - used)))
+    return cols
 
 
 class PartsTable(DataTable):
@@ -38,10 +56,28 @@ class PartsTable(DataTable):
         self.seqs: list[int] = []
         self._shown: dict[int, Part] = {}
         self._day: tuple[date, tzinfo | None] | None = None
+        self._restore_row = 0
+        self.columns_shown: list[tuple[str, str, int]] = []
 
-    def on_mount(self) -> None:
-        for key, label, width in COLUMNS:
-            self.add_column(label, key=key, width=width)
+    def _lay_out(self, width: int) -> None:
+        """(Re)build the columns for `width`; the rows are filled in again by the next show."""
+        cols = columns_for(width)
+        if cols == self.columns_shown:
+            return
+        keep = self.cursor_row
+        self.clear(columns=True)
+        self._shown = {}
+        self.seqs = []
+        self.columns_shown = cols
+        for key, label, w in cols:
+            self.add_column(label, key=key, width=w)
+        self._restore_row = keep
+
+    def on_resize(self) -> None:
+        before = self.columns_shown
+        self._lay_out(self.app.size.width)
+        if self.columns_shown != before:
+            self.app.call_later(self.app.refresh_views)  # type: ignore[attr-defined]
 
     @property
     def current_seq(self) -> int | None:
@@ -51,12 +87,13 @@ class PartsTable(DataTable):
 
     def show_parts(self, parts: Sequence[Part], tz: tzinfo | None, now: float) -> None:
         """Show `parts` (ordered by seq, as `newest_first` says)."""
+        self._lay_out(self.app.size.width)
         seqs = [p.seq for p in parts]
         day = (datetime.fromtimestamp(now, tz).date(), tz)
         changed = [p for p in parts if self._shown.get(p.seq) is not p]
         if seqs == self.seqs and not changed and day == self._day:
             return
-        keep_seq, keep_row = self.current_seq, self.cursor_row
+        keep_seq, keep_row = self.current_seq, self.cursor_row if self.seqs else self._restore_row
         if day != self._day:  # dates are shown relative to today: every row's time may read differently
             self.clear()
             self._shown = {}
@@ -70,10 +107,10 @@ class PartsTable(DataTable):
         for p in changed:
             cells = self._cells(p, tz, now)
             if p.seq in self._shown:
-                for (key, _, _), value in zip(COLUMNS, cells, strict=True):
+                for key, value in cells.items():
                     self.update_cell(str(p.seq), key, value)
             else:
-                self.add_row(*cells, key=str(p.seq))
+                self.add_row(*cells.values(), key=str(p.seq))
                 added = True
             self._shown[p.seq] = p
         if added:
@@ -89,16 +126,16 @@ class PartsTable(DataTable):
             if row != self.cursor_row:
                 self.move_cursor(row=row, animate=False, scroll=True)
 
-    @staticmethod
-    def _cells(p: Part, tz: tzinfo | None, now: float) -> list:
+    def _cells(self, p: Part, tz: tzinfo | None, now: float) -> dict[str, object]:
         r = p.result
-        return [
-            Text(str(r.seq), justify="right"),
-            fmt_time(r.captured_at, tz, now),
-            r.camera,
-            verdict_text(r.verdict),
-            Text(fmt_num(r.score), justify="right"),
-            Text(fmt_num(r.gate_score), justify="right"),
-            Text(fmt_ms(r), justify="right"),
-            decision_text(p),
-        ]
+        every = {
+            "seq": Text(str(r.seq), justify="right"),
+            "part": r.part_id,
+            "time": fmt_time(r.captured_at, tz, now),
+            "camera": r.camera,
+            "verdict": verdict_text(r.verdict),
+            "gate": gate_text(r),
+            "ms": Text(fmt_ms(r), justify="right"),
+            "operator": decision_text(p),
+        }
+        return {key: every[key] for key, _, _ in self.columns_shown}

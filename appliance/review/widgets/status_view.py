@@ -18,7 +18,7 @@ from textual.widgets import Static
 from adfm.schema import StationStatus
 
 from ...system.health import STAGES
-from ..format import fmt_datetime
+from ..format import STAGE_LABELS, fmt_datetime
 from ..store import DECISION_LABELS, PartStore
 
 
@@ -29,12 +29,12 @@ def _counts(counts: dict[str, int], order: tuple[str, ...], labels: dict[str, st
 
 def _latency_table(p50: dict[str, float], p95: dict[str, float]) -> Table:
     table = Table(title=None, box=None, pad_edge=False, show_edge=False, header_style="bold")
-    table.add_column("latency ms")
+    table.add_column("latency, ms")
     table.add_column("p50", justify="right")
     table.add_column("p95", justify="right")
     stages = [s for s in STAGES if s in p50 or s in p95] + sorted(set(p50) - set(STAGES))
     for s in stages:
-        table.add_row(s, f"{p50.get(s, float('nan')):.0f}", f"{p95.get(s, float('nan')):.0f}")
+        table.add_row(STAGE_LABELS.get(s, s), f"{p50.get(s, float('nan')):.0f}", f"{p95.get(s, float('nan')):.0f}")
     return table
 
 
@@ -83,6 +83,8 @@ def status_renderable(status: StationStatus | None, store: PartStore, tz: tzinfo
             parts.append(Text(f"throughput {rate:.1f} parts/min (the 5 min before the newest part)"))
     if p50 or p95:
         parts.append(_latency_table(p50, p95))
+        parts.append(Text("a free-run part waits for its decision frame wait + inspection; a line part "
+                          "trigger → decision (its deadline's clock)", style="dim"))
 
     if status is not None and not offline and status.cameras:
         cams = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")

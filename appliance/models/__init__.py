@@ -1,0 +1,1 @@
+"""Models on the station: the store, shadow runs, their comparison, promotion and rollback."""
