@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import threading
 import time
@@ -41,10 +42,26 @@ def quiet_asyncua() -> None:
         lg.setLevel(logging.WARNING)
 
 
+#: loggers whose level the service's log settings (system/logs.py, -v) carry into this process
+LOGGERS = ("", "asyncua", "asyncua.server.server", "adfm")
+
+
+def log_levels() -> dict[str, int]:
+    """The service's levels for LOGGERS, to hand to the child (0: not set)."""
+    return {name: logging.getLogger(name).level for name in LOGGERS}
+
+
 def child_main(conn: Connection, cfg: OpcUaSection, station: str, epoch: str, db_path: Path,
-               snapshot: dict, t0: float) -> None:
+               snapshot: dict, t0: float, levels: dict[str, int] | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the service's to handle
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    levels = levels or {}
+    # the service's log shape (under systemd, journald stamps each line itself)
+    fmt = "%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM") else (
+        "%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=levels.get("") or logging.WARNING, format=fmt)
+    for name, level in levels.items():
+        if name and level:
+            logging.getLogger(name).setLevel(level)
     quiet_asyncua()
     lower_this_thread()
     try:

@@ -54,7 +54,7 @@ class StationOpcUa:
     # ---- the deciding loop's side ---------------------------------------------------------------
 
     def start(self) -> None:
-        from .process import child_main
+        from .process import child_main, log_levels
 
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe(duplex=True)
@@ -62,7 +62,7 @@ class StationOpcUa:
         self._conn = parent
         self._proc = ctx.Process(target=child_main, name="adfm-opcua", daemon=True, args=(
             child, self.cfg, line.cfg.station, line.journal.epoch, line.journal.db_path, self._snapshot(),
-            time.time()))
+            time.time(), log_levels()))
         self._proc.start()
         child.close()
         self._thread = threading.Thread(target=self._run, name="adfm-opcua", daemon=True)
