@@ -152,6 +152,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True, help="the client's name, e.g. review")
     p.add_argument("--force", action="store_true", help="replace an existing pair")
 
+    p = sub.add_parser("opcua-user", help="add or change an OPC UA user (password, roles, certificate)",
+                       description="Writes DIR/users/NAME.password (a scrypt hash), NAME.roles and NAME.der|pem "
+                       "in the station's opcua.pki_dir; restart the service after changes.")
+    p.add_argument("--dir", required=True, type=Path, metavar="DIR", help="the station's opcua.pki_dir")
+    p.add_argument("--name", required=True, help="the user's name, e.g. mes")
+    p.add_argument("--roles", metavar="A,B", help="what the user may change: recipe (default: nothing, "
+                   "reading results through methods only)")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin "
+                   "(default: ask for it)")
+    p.add_argument("--no-password", action="store_true", help="log in with a certificate only")
+    p.add_argument("--cert", type=Path, metavar="FILE", help="the user's X509 identity certificate (.der or .pem)")
+
     p = sub.add_parser("journal", help="check or recover the station journal (service stopped)")
     p.add_argument("action", choices=["check", "recover"])
     where = p.add_mutually_exclusive_group(required=True)
@@ -376,6 +388,35 @@ def cmd_client_key(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_opcua_user(args: argparse.Namespace) -> int:
+    try:
+        from .plc.opcua.access import write_user
+    except ImportError as exc:
+        print(f"adfm-appliance opcua-user: needs the plc extra (asyncua): {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    password = None
+    if not args.no_password:
+        if args.password_stdin:
+            password = sys.stdin.readline().rstrip("\n")
+        else:
+            import getpass
+
+            password = getpass.getpass(f"password for {args.name}: ")
+            if getpass.getpass("again: ") != password:
+                print("adfm-appliance opcua-user: the passwords differ", file=sys.stderr)
+                return EXIT_FAIL
+    roles = [r.strip() for r in args.roles.split(",") if r.strip()] if args.roles is not None else []
+    try:
+        written = write_user(args.dir, args.name, password=password, roles=roles, certificate=args.cert)
+    except (ValueError, OSError) as exc:
+        print(f"adfm-appliance opcua-user: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    for path in written:
+        print(f"wrote {path}")
+    print(f"user {args.name}: roles {', '.join(roles) or 'none (reading only)'}; restart the service to apply")
+    return EXIT_OK
+
+
 def cmd_journal(args: argparse.Namespace) -> int:
     from .journal.repair import check_journal, recover_journal
     from .journal.store import JournalError
@@ -537,7 +578,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 COMMANDS = {
     "run": cmd_run, "check": cmd_check, "keys": cmd_keys, "install": cmd_install, "tail": cmd_tail,
     "status": cmd_status, "verdict": cmd_verdict, "demo": cmd_demo, "client-key": cmd_client_key,
-    "journal": cmd_journal,
+    "journal": cmd_journal, "opcua-user": cmd_opcua_user,
 }
 
 

@@ -71,6 +71,8 @@ def test_recipes_from_the_plc_register_and_by_command_and_the_opcua_nodes(tmp_pa
         _wait(lambda: any(r.part_id == "cmd-1" and r.decision_source == "vlm" for r in run.results), 60,
               "the VLM's answer on the commanded part")
 
+        # the OPC UA server starts beside the line (its own process), not before it: wait until it listens
+        assert service.line.opcua.ready.wait(60), "the OPC UA server did not come up"
         with Client(endpoint) as opc:
             ns = opc.get_namespace_index("urn:adfm:test")
             station = opc.nodes.objects.get_child([f"{ns}:Station"])

@@ -58,5 +58,8 @@ def test_wheel_holds_every_module_under_its_package_name(tmp_path):
     assert not any(n.startswith(("trainer/", "appliance/", "plant/", "tests/")) for n in names)
     # the plant server's schema migrations and page templates travel as package data
     for data in ("adfm/plant/migrations/0001_results.sql", "adfm/plant/templates/base.jinja",
-                 "adfm/plant/templates/gallery.jinja"):
+                 "adfm/plant/templates/gallery.jinja",
+                 # the OPC UA for Machine Vision nodeset the appliance loads, with its licence
+                 "adfm/appliance/plc/nodesets/Opc.Ua.MachineVision.NodeSet2.xml",
+                 "adfm/appliance/plc/nodesets/LICENSE.txt"):
         assert data in names, data

@@ -262,24 +262,69 @@ class PlcSection(_Section):
     modbus: ModbusSection
 
 
+#: OPC UA security policies the station offers (asyncua's names); only signed-and-encrypted ones
+#: besides `None`, which serves anonymous reading on loopback (or off it with `insecure`)
+OPCUA_POLICIES = ("None", "Basic256Sha256_SignAndEncrypt", "Aes128Sha256RsaOaep_SignAndEncrypt",
+                  "Aes256Sha256RsaPss_SignAndEncrypt")
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
 class OpcUaSection(_Section):
-    """An OPC UA server for SCADA/MES (needs the `plc` extra): state, counters, model, recipe, the
-    last `last_results` results and alarms under the `Station` object."""
+    """An OPC UA server for SCADA/MES (needs the `plc` extra): a `VisionSystemType` instance of the
+    OPC UA for Machine Vision companion specification, and the older `Station` tree as an alias.
+
+    `pki_dir` holds the server's certificate (made at first start), the client application
+    certificates it trusts (`trusted/`), and the users allowed to call methods (`users/`); README
+    "OPC UA for SCADA and MES" describes it. Without it the server offers policy None only, which
+    is allowed on loopback alone."""
 
     endpoint: str = Field("opc.tcp://127.0.0.1:4840/adfm/", description="opc.tcp://host:port/path")
     namespace: str = Field("urn:adfm:station")
     last_results: int = Field(10, ge=1, le=1000)
-    insecure: bool = Field(False, description="allow an endpoint reachable off this machine (no OPC UA security)")
+    pki_dir: Path | None = Field(None, description="server certificate, trusted/ client certificates, users/")
+    security: list[str] | None = Field(None, description="security policies offered; default: None (loopback "
+                                       "only) and every signed-and-encrypted policy when pki_dir is set")
+    allow_anonymous: bool = Field(True, description="anonymous sessions may browse, read and subscribe")
+    result_page: int = Field(100, ge=1, le=1000, description="most results one GetResultListFiltered call returns")
+    insecure: bool = Field(False, description="also offer policy None on an endpoint reachable off this machine "
+                                              "(anonymous reading only; never passwords)")
+
+    _paths = field_validator("pki_dir", mode="before")(resolve_path)
+
+    @property
+    def loopback(self) -> bool:
+        from urllib.parse import urlsplit
+
+        return (urlsplit(self.endpoint).hostname or "") in _LOOPBACK
+
+    @property
+    def policies(self) -> list[str]:
+        """The security policies the server offers."""
+        if self.security is not None:
+            return list(self.security)
+        secure = list(OPCUA_POLICIES[1:]) if self.pki_dir is not None else []
+        return (["None"] if self.loopback or self.insecure else []) + secure
 
     @model_validator(mode="after")
     def _opc_tcp(self) -> OpcUaSection:
-        from urllib.parse import urlsplit
-
         v = self.endpoint
         if not v.startswith("opc.tcp://"):
             raise ValueError(f"opcua.endpoint {v!r} must start with opc.tcp://")
-        host = urlsplit(v).hostname or ""
-        if host not in ("127.0.0.1", "localhost", "::1") and not self.insecure:
-            raise ValueError(f"opcua.endpoint {v!r} is reachable off this machine and the server offers no OPC UA "
-                             "security: bind 127.0.0.1 (and tunnel), or set insecure: true explicitly")
+        for p in self.security or []:
+            if p not in OPCUA_POLICIES:
+                raise ValueError(f"opcua.security: {p!r} is not offered; choose from {', '.join(OPCUA_POLICIES)} "
+                                 "(signed-only policies are not: results and passwords travel encrypted)")
+        if self.security is not None and not self.security:
+            raise ValueError("opcua.security: empty; name at least one policy")
+        secure = [p for p in self.policies if p != "None"]
+        if secure and self.pki_dir is None:
+            raise ValueError(f"opcua.security: {', '.join(secure)} need a server certificate: set opcua.pki_dir")
+        if not self.loopback:
+            if self.pki_dir is None:
+                raise ValueError(f"opcua.endpoint {v!r} is reachable off this machine: set opcua.pki_dir (the "
+                                 "server then offers signed-and-encrypted policies with certificate trust), or "
+                                 "bind 127.0.0.1 (and tunnel)")
+            if "None" in self.policies and not self.insecure:
+                raise ValueError(f"opcua.security: policy None on {v!r}, reachable off this machine: remove it, or "
+                                 "set insecure: true explicitly (anonymous reading only)")
         return self
