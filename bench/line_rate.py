@@ -2,7 +2,7 @@
 
     python bench/line_rate.py [--parts 600] [--rate 5] [--deadline-ms 800] [--load 6]
                               [--model scripted|tiny|DIR] [--gate tiny|PATH|off] [--before REV]
-                              [--modes simple,handshake] [--set KEY=VALUE ...]
+                              [--modes simple,handshake] [--mqtt-on handshake] [--set KEY=VALUE ...]
 
 The real station service in line mode against the PLC stand-in (pymodbus's Modbus/TCP server in its
 own process on 127.0.0.1, tests/plc_standin.py) presenting `--parts` parts at `--rate`, a 30 fps
@@ -25,6 +25,9 @@ load, in one JSON file (runs `<tree>-<mode>`; `after` alone for the simple mode 
 In handshake mode the stand-in also runs the PLC side of the handshake: it scans the station's
 output block every `--plc-scan-ms`, takes each new result and acknowledges it `--plc-ack-ms` later;
 the reject is the station-timed pulse (`--handshake-reject pulse`) or the PLC's own (`bit`).
+`--mqtt-on MODES` (e.g. `handshake`) makes those modes' runs also publish to a real mosquitto on
+loopback (the `mqtt` extra and the Debian package), with a subscriber on the result topic: results
+received, duplicates, seq order, and trigger → delivery to the subscriber.
 `--set KEY=VALUE` overrides any station config key (dotted path, YAML value), e.g.
 `--set plc.modbus.poll_ms=20` or an output section such as `--set 'mqtt={...}'` — applied to
 every run, and recorded in the JSON.
@@ -143,6 +146,13 @@ def measure(a: argparse.Namespace) -> dict:
                       **({"handshake": handshake} if handshake is not None else {}))
     for key, value in a.set or []:
         apply_override(cfg, key, value)
+    broker = subscriber = None
+    if a.mqtt:  # a real mosquitto on loopback and a subscriber on the station's result topic
+        from tests.mqtt_support import Mosquitto, Subscriber
+
+        broker = Mosquitto(tmp / "broker").start()
+        cfg["mqtt"] = {"host": "127.0.0.1", "port": broker.port, "site": "plant1", "area": "bench", "line": "line1"}
+        subscriber = Subscriber(broker.port, "plant1/bench/line1/+/result", client_id="line-rate").start()
     cfg["line"]["vlm_backlog"] = 16
     cfg["model"]["max_tokens"] = a.max_tokens
     if a.gate_path:
@@ -176,6 +186,8 @@ def measure(a: argparse.Namespace) -> dict:
             time.sleep(0.2)
         while a.mode == "handshake" and len(plc.taken()) < a.parts and time.monotonic() < end:
             time.sleep(0.2)
+        while subscriber is not None and len(subscriber.on("result")) < a.parts and time.monotonic() < end:
+            time.sleep(0.2)
         time.sleep(a.delay_ms / 1000 + 0.5)
         line = run.service.line
         link = line.link.status()
@@ -184,6 +196,10 @@ def measure(a: argparse.Namespace) -> dict:
     finally:
         run.stop()
         plc.kill()
+        if subscriber is not None:
+            subscriber.stop()
+        if broker is not None:
+            broker.close()
     load_after = os.getloadavg()
 
     triggers = {t["part_id"]: t["t"] for t in plc.triggers()}
@@ -229,8 +245,21 @@ def measure(a: argparse.Namespace) -> dict:
             "plc_took_every_result_once_in_seq_order": taken_order == sorted(writes),
             "plc_scan_ms": a.plc_scan_ms, "plc_ack_ms": a.plc_ack_ms, "reject": a.handshake_reject,
         }
+    mqtt_out = {}
+    if subscriber is not None:
+        got = subscriber.on("result")
+        seqs = [m.payload["seq"] for m in got]
+        arrived = {m.payload["seq"]: m.at for m in got}
+        mqtt_ms = [(arrived[r.seq] - triggers[r.part_id]) * 1000 for r in firsts
+                   if r.seq in arrived and r.part_id in triggers]
+        mqtt_out = {"mqtt": {
+            "results_received": len(got), "distinct_seqs": len(set(seqs)),
+            "in_seq_order": seqs == sorted(seqs), "duplicates": len(seqs) - len(set(seqs)),
+            "latency_trigger_to_broker_delivery_ms": pct(mqtt_ms),
+        }}
     return {
         "mode": a.mode,
+        **mqtt_out,
         "overrides": {k: v for k, v in a.set or []},
         **handshake_out,
         "loadavg_before": [round(x, 2) for x in load_before],
@@ -337,6 +366,8 @@ def run_child(tree: Path, a: argparse.Namespace, model_dir: str, gate: str, mode
     if mode != "simple":  # a tree from before the handshake knows neither option
         cmd += ["--mode", mode, "--plc-scan-ms", str(a.plc_scan_ms), "--plc-ack-ms", str(a.plc_ack_ms),
                 "--handshake-reject", a.handshake_reject]
+    if mode in a.mqtt_modes:
+        cmd += ["--mqtt"]
     for key, value in a.set or []:
         cmd += ["--set", f"{key}={json.dumps(value)}"]
     env = {**os.environ, "PYTHONPATH": str(tree), "ADFM_LINE_RATE_TREE": str(tree)}
@@ -369,12 +400,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--handshake-reject", choices=["pulse", "bit"], default="pulse")
     p.add_argument("--set", action="append", type=parse_set, metavar="KEY=VALUE",
                    help="override a station config key in every run (dotted path, YAML value); repeatable")
+    p.add_argument("--mqtt-on", default="", metavar="MODES",
+                   help="link modes whose runs also publish to a real mosquitto (the mqtt extra): e.g. handshake")
     p.add_argument("--out", type=Path)
     p.add_argument("--mode", choices=["simple", "handshake"], default="simple", help=argparse.SUPPRESS)
+    p.add_argument("--mqtt", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model-dir", default="", help=argparse.SUPPRESS)
     p.add_argument("--gate-path", default="", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    a.mqtt_modes = {m.strip() for m in a.mqtt_on.split(",") if m.strip()}
 
     if a.child:
         import adfm
@@ -420,13 +455,14 @@ def main(argv: list[str] | None = None) -> int:
         plan = [(t, p, m, r) for r in range(1, a.repeat + 1) for t, p in trees.items() for m in modes]
         for tree_name, tree, mode, rep in plan:
             name = tree_name if modes == ["simple"] else f"{tree_name}-{mode}"
+            name += "-mqtt" if mode in a.mqtt_modes else ""
             name += f"-{rep}" if a.repeat > 1 else ""
             print(f"measuring {name} ({tree}) under {a.load} busy processes…", file=sys.stderr, flush=True)
             runs[name] = run_child(tree, a, model_dir, gate, mode)
             print(json.dumps({name: {k: runs[name].get(k) for k in (
                 "triggered", "decided", "sustained_parts_per_s", "latency_trigger_to_plc_write_ms",
                 "latency_trigger_to_plc_taking_ms", "plc_writes_within_deadline_share",
-                "pulses_outside_the_ejector_window", "decision_loop")}}), file=sys.stderr, flush=True)
+                "pulses_outside_the_ejector_window", "decision_loop", "mqtt")}}), file=sys.stderr, flush=True)
     finally:
         stop_load(load)
     out = {
@@ -445,11 +481,13 @@ def main(argv: list[str] | None = None) -> int:
                      "slow_s": a.slow_s, "max_tokens": a.max_tokens, "trigger": a.trigger, "camera_fps": FPS,
                      "modes": modes, "plc_scan_ms": a.plc_scan_ms, "plc_ack_ms": a.plc_ack_ms,
                      "handshake_reject": a.handshake_reject, "overrides": {k: v for k, v in a.set or []},
+                     "mqtt_on": sorted(a.mqtt_modes),
                      "repeat": a.repeat},
         "runs": runs,
     }
     name = f"line_rate-{a.model if a.model in ('scripted', 'tiny') else 'model'}" + (f"-load{a.load}" if a.load else "")
     name += ("" if modes == ["simple"] else "-" + "-".join(modes)) + (f"-x{a.repeat}" if a.repeat > 1 else "")
+    name += "-mqtt-" + "-".join(sorted(a.mqtt_modes)) if a.mqtt_modes else ""
     path = a.out or RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")

@@ -88,6 +88,7 @@ class Recorded:
     payload: dict
     retain: bool
     dup: bool = False
+    at: float = 0.0  # time.monotonic() on arrival (the clock the PLC stand-in logs with)
 
 
 @dataclass
@@ -130,7 +131,8 @@ class Subscriber:
 
     def _on_message(self, _client, _userdata, msg) -> None:
         with self._lock:
-            self.messages.append(Recorded(msg.topic, json.loads(msg.payload), bool(msg.retain), bool(msg.dup)))
+            self.messages.append(Recorded(msg.topic, json.loads(msg.payload), bool(msg.retain), bool(msg.dup),
+                                          time.monotonic()))
 
     def start(self, timeout_s: float = 10.0) -> Subscriber:
         self.client.connect("127.0.0.1", self.port, keepalive=10)
