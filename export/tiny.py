@@ -122,7 +122,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     force_offline()
     if args.warm_start is not None:
+        import logging
+
         from adfm.trainer.warmstart import warm_start
+
+        # the warm start's progress lines, on stderr (the demo passes them on)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
         model_dir = Path(warm_start(args.warm_start).model_dir)
         try:
