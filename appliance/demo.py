@@ -398,6 +398,7 @@ def _run_station(run_dir: Path, model_dir: Path, parts: int, gate: Path | None,
     from .service import Service, ServiceError
 
     config_path, truth = write_station(run_dir, model_dir, parts, gate)
+    shutil.copytree(run_dir / "camera", run_dir / "parts")  # the folder camera takes its files away
     config = load_config(config_path)
     service = Service(config)
     subscriber = _Subscriber(service)
@@ -428,7 +429,7 @@ def run_demo(parts: int = 8, model: Path | None = None, cache: Path | None = Non
     _, _, alone, truth, _, _ = _run_station(alone_dir, model_dir, parts, None, progress,
                                             "the model alone: gate off")
     model_score = score_model(alone.results, truth)
-    sheet = contact_sheet(alone_dir / "camera", model_score, alone_dir / "contact_sheet.png")
+    sheet = contact_sheet(alone_dir / "parts", model_score, alone_dir / "contact_sheet.png")
     run_dir = cache / f"station-{stamp}"
     config_path, config, summary, truth, subscriber, elapsed = _run_station(
         run_dir, model_dir, parts, gate, progress, "the station: gate on" if gate is not None else "the station")

@@ -129,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the warm start's progress lines, on stderr (the demo passes them on)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-        model_dir = Path(warm_start(args.warm_start).model_dir)
+        model_dir = Path(warm_start(args.warm_start, evaluate=False).model_dir)
         try:
             # The warm start trained on one fixed grid (min = max pixels); the export's budget starts lower
             # so images of other aspects (its verification cases, other cameras) still fit it.

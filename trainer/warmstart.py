@@ -6,9 +6,10 @@ which ~1–10 tokens depend on the image, the decision carries about 1 % of the 
 start is built around the image:
 
 1. **perception**: a per-cell head on the vision tower's merged tokens (one per 28×28 cell of the
-   model grid) learns "this cell holds defect pixels", which of its four 14-px patches do, and where
-   the cell sits (row, column) — the last so the language model can read a defect's place from the
-   token it attends to. Binary cross-entropy / cross-entropy on fresh parts every step.
+   model grid) learns "this cell holds defect pixels", which of its four 14-px patches do, where the
+   cell sits (row, column) and, on a cell that holds the defect, the target box's snapped coordinates
+   — so the language model can read a defect's place and extent from the token it attends to.
+   Binary cross-entropy / cross-entropy on fresh parts every step.
 2. **SFT stages**, easy to hard (`TASK_DEFECT_SCALES`), then a last phase mixing the evaluation's
    sizes with the learning rate decaying to zero. Fresh parts every step, rendered like the station
    sees them (256² resized onto the 112² model grid by `adfm.geometry`). Short targets from words
@@ -55,7 +56,7 @@ BOX_QUANTUM = 7
 #: Defect scales of the held-out evaluation and the GRPO prompts: solved, borderline and hard parts.
 MIXED_SCALES = (1.4, 1.0, 0.8)
 #: Version of the training recipe; part of the digest, so a changed recipe never reuses an old model.
-RECIPE = "perception-sft-v2"
+RECIPE = "perception-sft-v3"
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,8 @@ class TaskPart:
     #: Per 14-px patch of the grid: holds defect pixels (rows × cols of patches).
     patch_defect: np.ndarray
     truth_box: list[float] | None  # original-image pixels
+    #: The target's box on the grid, snapped (None for a normal part).
+    grid_box: list[int] | None = None
 
 
 def render_part(spec: WarmStartSpec, rng: np.random.Generator, defect: str | None, scale: float) -> TaskPart:
@@ -188,8 +191,9 @@ def render_part(spec: WarmStartSpec, rng: np.random.Generator, defect: str | Non
     on_grid = np.asarray(Image.fromarray(sample.mask).resize((grid.width, grid.height), Image.Resampling.BILINEAR))
     hp, wp = grid.height // patch, grid.width // patch
     patch_defect = (on_grid.reshape(hp, patch, wp, patch).max(axis=(1, 3)) > 64)
+    grid_box = snap_box(grid.to_grid([box]).tolist()[0], spec.box_quantum, grid.width, grid.height) if box else None
     return TaskPart(image=image, answer=target_answer(row, spec.box_quantum), defective=defect is not None,
-                    patch_defect=patch_defect, truth_box=box)
+                    patch_defect=patch_defect, truth_box=box, grid_box=grid_box)
 
 
 def task_split(spec: WarmStartSpec, root: Path, name: str, per_class: int, seed: int,
@@ -258,8 +262,10 @@ class _Trainer:
         self.visual = self.model.model.visual
         hidden = self.model.config.text_config.hidden_size
         self.cells_per_side = math.isqrt(spec.pixels) // GRID_FACTOR
-        # per merged token: [cell holds defect, 4 patches hold defect, row (n), column (n)]
-        self.head = torch.nn.Linear(hidden, 5 + 2 * self.cells_per_side)
+        # per merged token: [cell holds defect, 4 patches hold defect, row (n), column (n), and for a cell
+        # that holds defect pixels the target box's four snapped coordinates (q + 1 classes each)]
+        self.coord_classes = math.isqrt(spec.pixels) // spec.box_quantum + 1
+        self.head = torch.nn.Linear(hidden, 5 + 2 * self.cells_per_side + 4 * self.coord_classes)
         product = spec.categories[0]
         messages = attach_images(build_messages(spec.prompt_version, product=product), [None])
         self.prompt = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -290,8 +296,11 @@ class _Trainer:
     def _perception_targets(self, parts: list[TaskPart]):
         torch = self.torch
         n = self.cells_per_side
-        cell, sub, rows, cols = [], [], [], []
+        cell, sub, rows, cols, coords = [], [], [], [], []
         for p in parts:
+            q = self.spec.box_quantum
+            box = [v // q for v in p.grid_box] if p.grid_box else [-100] * 4
+            coords.append(np.tile(np.asarray(box), (n * n, 1)))
             pd = p.patch_defect.reshape(n, 2, n, 2).transpose(0, 2, 1, 3).reshape(n * n, 4)
             sub.append(pd)
             cell.append(pd.max(axis=1))
@@ -299,17 +308,22 @@ class _Trainer:
             rows.append(r)
             cols.append(c)
         f = lambda a, dt: torch.as_tensor(np.concatenate(a), dtype=dt)  # noqa: E731
-        return f(cell, torch.float32), f(sub, torch.float32), f(rows, torch.long), f(cols, torch.long)
+        cell_t, coords_t = f(cell, torch.float32), f(coords, torch.long)
+        coords_t[cell_t == 0] = -100  # the box is read from the cells that hold the defect
+        return cell_t, f(sub, torch.float32), f(rows, torch.long), f(cols, torch.long), coords_t
 
     def perception_loss(self, merged, parts: list[TaskPart]):
         torch = self.torch
-        cell, sub, rows, cols = self._perception_targets(parts)
-        n = self.cells_per_side
+        cell, sub, rows, cols, coords = self._perception_targets(parts)
+        n, k = self.cells_per_side, self.coord_classes
         logits = self.head(merged)
         bce = torch.nn.functional.binary_cross_entropy_with_logits
         ce = torch.nn.functional.cross_entropy
         loss = (bce(logits[:, 0], cell) + bce(logits[:, 1:5], sub)
-                + 0.5 * (ce(logits[:, 5:5 + n], rows) + ce(logits[:, 5 + n:], cols)))
+                + 0.5 * (ce(logits[:, 5:5 + n], rows) + ce(logits[:, 5 + n:5 + 2 * n], cols)))
+        if bool((coords[:, 0] >= 0).any()):
+            box_logits = logits[:, 5 + 2 * n:].reshape(-1, 4, k)
+            loss = loss + 0.5 * ce(box_logits.reshape(-1, k), coords.reshape(-1), ignore_index=-100)
         decided = logits[:, 0].detach().reshape(len(parts), -1).max(dim=1).values > 0
         right = sum(bool(d) == p.defective for d, p in zip(decided.tolist(), parts, strict=True))
         return loss, right / len(parts)
