@@ -204,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--warm", type=Path, default=Path(".adfm-cache/warm-start"),
                         help="warm-start directory (built by adfm-train warmstart when missing)")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="a warm-started model directory to use as is (default: the warm start in --warm)")
     parser.add_argument("--work", type=Path, default=Path(".adfm-cache/learning-check"), help="run directories")
     parser.add_argument("--presets", nargs="+", default=list(PRESETS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -227,8 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     t0, c0 = time.perf_counter(), time.process_time()
     load_start = os.getloadavg()
     spec = WarmStartSpec()
-    warm = warm_start(args.warm, spec)
-    model_dir = Path(warm.model_dir)
+    warm = None if args.model is not None else warm_start(args.warm, spec)
+    model_dir = args.model if args.model is not None else Path(warm.model_dir)
     data = args.work / "data"
     grpo_split = mixed_split(spec, data, "grpo", args.train_per_class, spec.seed + 200)
     var_view = task_view(mixed_split(spec, data, "variance", args.variance_per_class, spec.seed + 300), spec)
@@ -261,8 +263,9 @@ def main(argv: list[str] | None = None) -> int:
             "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
                         "cuda": torch.cuda.is_available(), "platform": platform.platform(),
                         "loadavg_start": load_start, "loadavg_now": os.getloadavg()},
-            "warm_start": {"dir": str(args.warm), "digest": warm.digest, "stages": warm.stages,
-                           "build_seconds": warm.seconds, "before": before},
+            "warm_start": {"model_dir": str(model_dir), "digest": warm.digest if warm else None,
+                           "stages": warm.stages if warm else None,
+                           "build_seconds": warm.seconds if warm else None, "before": before},
             "fig5": fig5,
             "runs": runs,
             "summary": summarise(before, runs) if runs else {},
