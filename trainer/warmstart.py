@@ -506,6 +506,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="held-out normal and defective parts each (default %(default)s)")
     parser.add_argument("--seed", type=int, default=spec.seed, help="seed of data, weights and order")
     parser.add_argument("--no-eval", action="store_true", help="skip the greedy held-out evaluation")
+    parser.add_argument("--evaluate-at", type=float, nargs="+", metavar="SCALE", default=[],
+                        help="also score the (built or cached) model greedily on held-out parts with defects "
+                        "at these sizes, e.g. 1.0 0.8; added to the record")
     parser.add_argument("--force", action="store_true", help="rebuild even when a cached warm start matches")
 
 
@@ -515,6 +518,16 @@ def run(args: argparse.Namespace) -> int:
                          final_steps=args.final_steps, batch_size=args.batch_size,
                          test_per_class=args.test_per_class, seed=args.seed)
     result = warm_start(args.out, spec, force=args.force, evaluate=not args.no_eval)
+    if args.evaluate_at:
+        from .modeling import load_model
+        from .warmstart_eval import evaluate_split
+
+        loaded = load_model(result.model_dir, dtype="float32", min_pixels=spec.pixels, max_pixels=spec.pixels)
+        for scale in args.evaluate_at:
+            result.held_out[f"x{scale:g}"] = evaluate_split(loaded, test_split(spec, Path(result.out) / "data", scale),
+                                                            spec)
+        record = Path(result.out) / RECORD
+        record.write_text(json.dumps({k: v for k, v in asdict(result).items() if k != "cached"}, indent=2))
     how = "reused" if result.cached else f"built in {result.seconds:.0f} s ({result.cpu_seconds:.0f} s CPU)"
     print(f"warm start {how}: model {result.model_dir}; held-out test split {result.test_split}")
     for s in result.stages:
