@@ -235,6 +235,8 @@ class Service:
         limits = model_limits(cfg, manifest, "station config")
         if limits.problems:
             raise ServiceError("; ".join(limits.problems))
+        for warning in limits.warnings:
+            log.warning("%s", warning)
         return ModelInfo(manifest.model_id, manifest.prompt_version, manifest.min_pixels, manifest.max_pixels), limits
 
     def _open_journal(self) -> None:

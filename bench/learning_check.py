@@ -1,13 +1,21 @@
-"""Learning check: the paper's Table 4 in miniature, on the tiny model and the synthetic task.
+"""Learning check: the paper's Fig. 5 and Table 4 in miniature, on the tiny model and the synthetic task.
 
-From one warm start (`adfm-train warmstart`: the tiny Qwen2.5-VL taught the multi-stage format on
-synthetic parts, boxes from the masks), short GRPO runs of each preset with the same data, steps and
-seeds. For every run: held-out accuracy, format rate and mean GIoU of the greedy answers before
-(the warm start) and after, and the per-step share of groups whose rewards had zero variance
-(TRL's `frac_reward_zero_std`). JSON and two plots under bench/results/.
+From one warm start that sees the defects (`adfm-train warmstart`), on parts of mixed difficulty —
+defects drawn at 1.4×, 1.0× and 0.8× their usual size, so some groups are solved and some are not:
 
-    nice -n 10 python bench/learning_check.py                        # sized for a shared 2-core CPU
-    python bench/learning_check.py --seeds 0 1 2 --steps 40          # more, when the machine allows
+- **Fig. 5**: for each seed, G answers sampled (temperature 1) for every prompt of a mixed split, and
+  the share of prompts whose rewards all agree (zero variance: GRPO learns nothing from them) under
+  each reward scheme — r_cls, r_cls + r_count, r_cls + r_giou, r_cls + r_loc (AD-FM's full reward) —
+  overall and per defect size; mean and a 95 % t-interval over the seeds.
+- **Table 4**: short GRPO runs of each preset and seed from the warm start on mixed prompts; greedy
+  held-out accuracy, F1, format rate and matched GIoU before and after (overall and per size), the
+  change with a 95 % t-interval over seeds, and the per-step zero-variance share TRL logs.
+
+Answers are read through `adfm.protocol` and scored with `adfm.geometry`
+(`adfm.trainer.warmstart_eval`). JSON and plots under bench/results/.
+
+    nice -n 10 python bench/learning_check.py --seeds 0 1 2 --steps 6      # sized for a shared 2-core CPU
+    python bench/learning_check.py --seeds 0 1 2 --steps 0                 # Fig. 5 only (no GRPO)
 
 It is a benchmark, not a test: it reports whatever it measures, including a preset ordering that
 differs from the paper's.
@@ -18,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import platform
 import statistics
@@ -34,57 +43,55 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PRESETS = ("cls-multi-stage", "cls-count-multi-stage", "adfm")
+METRICS = ("accuracy", "f1", "format_rate", "mean_matched_giou_defective", "iou50_defective")
+#: two-sided 95 % Student t quantiles by degrees of freedom (n − 1)
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
-def evaluate(loaded: Any, dataset: Any, max_new_tokens: int, batch: int = 8) -> dict[str, float]:
-    """Greedy answers on held-out rows: accuracy, format rate, mean matched GIoU and r_loc (anomalous).
+def interval(values: list[float]) -> dict[str, float]:
+    """Mean, sample sd and a 95 % t-interval of the mean over `values` (seeds)."""
+    n = len(values)
+    mean = statistics.fmean(values)
+    sd = statistics.stdev(values) if n > 1 else 0.0
+    half = T95.get(n - 1, 1.96) * sd / math.sqrt(n) if n > 1 else 0.0
+    return {"mean": mean, "sd": sd, "n": n, "ci95": [mean - half, mean + half]}
 
-    The GIoU of an anomalous part is the mean over its <think> boxes Hungarian-matched to the defect's
-    boxes; an answer without boxes scores −1, GIoU's floor.
-    """
-    import torch
 
-    from adfm.geometry import match_boxes
-    from adfm.protocol import attach_images
-    from adfm.trainer import rewards
-    from adfm.trainer.data.training_view import REWARD_COLUMNS
-    from adfm.trainer.modeling import vision_token_ids
+def scale_of(row_id: str) -> str:
+    return row_id.rsplit("@", 1)[-1] if "@" in row_id else "?"
 
-    model, processor = loaded.model, loaded.processor
-    suppress = vision_token_ids(loaded.tokenizer, getattr(model, "config", None))
-    answers: list[str] = []
-    rows = [dataset[i] for i in range(len(dataset))]
-    for start in range(0, len(rows), batch):
-        chunk = rows[start:start + batch]
-        texts = [processor.apply_chat_template(attach_images(r["prompt"], list(r["images"])), tokenize=False,
-                                               add_generation_prompt=True) for r in chunk]
-        inputs = processor(text=texts, images=[list(r["images"]) for r in chunk], padding=True,
-                           padding_side="left", return_tensors="pt").to(model.device)
-        with torch.inference_mode():
-            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, suppress_tokens=suppress,
-                                 pad_token_id=loaded.tokenizer.pad_token_id)
-        answers += processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-    correct = fmt = 0
-    gious: list[float] = []
-    loc: list[float] = []
-    for row, answer in zip(rows, answers, strict=True):
-        cols = {k: [row[k]] for k in REWARD_COLUMNS}
-        parsed = rewards.parse_completions([answer], **cols)[0]
-        correct += int(rewards.classification_reward([answer], **cols)[0])
-        fmt += int(parsed.format_ok)
-        if row["label"] == "anomalous":
-            matches = match_boxes(parsed.proposed_boxes, row[rewards.GT_BOXES] or [])
-            gious.append(sum(g for _, _, g in matches) / len(matches) if matches else -1.0)
-            loc.append(rewards.localization_reward([answer], **cols)[0])
-    n = len(rows)
-    return {
-        "accuracy": correct / n,
-        "format_rate": fmt / n,
-        "mean_giou_anomalous": sum(gious) / len(gious) if gious else 0.0,
-        "mean_localization_reward_anomalous": sum(loc) / len(loc) if loc else 0.0,
-        "samples": n,
-        "example_answer": answers[0] if answers else "",
-    }
+
+def evaluate(loaded: Any, rows: list[dict[str, Any]], max_new_tokens: int) -> dict[str, Any]:
+    """Greedy held-out scores, overall and per defect size (the split's `@x<scale>` id suffix)."""
+    from adfm.trainer.warmstart_eval import greedy_answers, score_answers
+
+    answers = greedy_answers(loaded, rows, max_new_tokens)
+    out = score_answers(rows, answers)
+    out["by_scale"] = {}
+    for scale in dict.fromkeys(scale_of(r["id"]) for r in rows):
+        pick = [i for i, r in enumerate(rows) if scale_of(r["id"]) == scale]
+        scored = score_answers([rows[i] for i in pick], [answers[i] for i in pick])
+        out["by_scale"][scale] = {k: v for k, v in scored.items() if k != "example_answers"}
+    return out
+
+
+def zero_variance(loaded: Any, view: Any, seed: int, a: argparse.Namespace) -> dict[str, Any]:
+    """Fig. 5 for one seed: G sampled answers per prompt; zero-variance share per scheme, overall and per size."""
+    from adfm.trainer import reward_variance as rv
+
+    records = rv.sample_records(loaded, view, len(view), a.num_generations, a.max_completion_length,
+                                1.0, 1.0, seed)
+    overall = rv.analyse(records)
+    by_scale = {}
+    for scale in dict.fromkeys(scale_of(r.id) for r in records):
+        mine = [r for r in records if scale_of(r.id) == scale]
+        by_scale[scale] = {k: v["zero_variance_share"] for k, v in rv.analyse(mine)["schemes"].items()}
+    answers = [x for r in records for x in r.responses]
+    return {"seed": seed, "samples": len(records),
+            "schemes": {k: v["zero_variance_share"] for k, v in overall["schemes"].items()},
+            "presets": {k: v["zero_variance_share"] for k, v in overall["presets"].items()},
+            "by_scale": by_scale,
+            "yes_share": sum("<answer>yes" in x for x in answers) / len(answers)}
 
 
 def grpo_run(preset: str, seed: int, model_dir: Path, split: Path, out: Path, a: argparse.Namespace) -> dict[str, Any]:
@@ -131,21 +138,15 @@ def grpo_run(preset: str, seed: int, model_dir: Path, split: Path, out: Path, a:
     }
 
 
-def _mean_sd(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "n": len(values)}
-
-
 def summarise(before: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for preset in dict.fromkeys(r["preset"] for r in runs):
         mine = [r for r in runs if r["preset"] == preset]
         out[preset] = {
             "seeds": [r["seed"] for r in mine],
-            **{f"after_{k}": _mean_sd([r["after"][k] for r in mine])
-               for k in ("accuracy", "format_rate", "mean_giou_anomalous")},
-            "accuracy_change": _mean_sd([r["after"]["accuracy"] - before["accuracy"] for r in mine]),
-            "frac_reward_zero_std": _mean_sd([r["frac_reward_zero_std_mean"] for r in mine]),
+            **{f"after_{k}": interval([r["after"][k] for r in mine]) for k in METRICS},
+            **{f"change_{k}": interval([r["after"][k] - before[k] for r in mine]) for k in METRICS},
+            "frac_reward_zero_std": interval([r["frac_reward_zero_std_mean"] for r in mine]),
         }
     return out
 
@@ -156,57 +157,66 @@ def plot(result: dict[str, Any], results_dir: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs, summary, before = result["runs"], result["summary"], result["warm_start"]["before"]
-    colors = {"cls-multi-stage": "#8c8c8c", "cls-count-multi-stage": "#5b8fd6", "adfm": "#d6762f"}
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
-    for preset in summary:
-        series = [r["frac_reward_zero_std_by_step"] for r in runs if r["preset"] == preset]
-        n = min(len(s) for s in series)
-        mean = [statistics.fmean(s[i] for s in series) for i in range(n)]
-        ax.plot(range(1, n + 1), [100 * v for v in mean], marker="o", ms=3, label=preset,
-                color=colors.get(preset))
-    ax.set_xlabel("GRPO step")
-    ax.set_ylabel("zero-variance groups (%)")
-    ax.set_ylim(-5, 105)
-    ax.legend(fontsize=8)
-    ax.set_title(f"per-step zero-variance share, mean over {len(result['settings']['seeds'])} seed(s)", fontsize=9)
-    fig.tight_layout()
-    p1 = results_dir / "learning_check_zero_variance.png"
-    fig.savefig(p1)
-    plt.close(fig)
-
-    metrics = ("accuracy", "format_rate", "mean_giou_anomalous")
-    fig, axes = plt.subplots(1, 3, figsize=(9, 3.2), dpi=120)
-    for ax, metric in zip(axes, metrics, strict=True):
-        names = ["warm start", *summary]
-        vals = [before[metric], *(summary[p][f"after_{metric}"]["mean"] for p in summary)]
-        errs = [0.0, *(summary[p][f"after_{metric}"]["sd"] for p in summary)]
-        ax.bar(range(len(names)), vals, yerr=errs, capsize=3,
-               color=["#cccccc", *(colors.get(p, "#999999") for p in summary)])
-        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
-        ax.set_title(metric.replace("_", " "), fontsize=9)
-    fig.tight_layout()
-    p2 = results_dir / "learning_check_before_after.png"
-    fig.savefig(p2)
-    plt.close(fig)
-    return [p1, p2]
+    paths = []
+    fig5 = result["fig5"]["summary"]
+    if fig5:
+        names = list(fig5)
+        means = [100 * fig5[n]["mean"] for n in names]
+        errs = [[100 * (fig5[n]["mean"] - fig5[n]["ci95"][0]) for n in names],
+                [100 * (fig5[n]["ci95"][1] - fig5[n]["mean"]) for n in names]]
+        fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+        bars = ax.bar(range(len(names)), means, yerr=errs, capsize=4,
+                      color=["#8c8c8c", "#5b8fd6", "#6bb36b", "#d6762f"][: len(names)])
+        for bar, m in zip(bars, means, strict=True):
+            ax.annotate(f"{m:.1f}%", (bar.get_x() + bar.get_width() / 2, 0.5), ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(range(len(names)), names, fontsize=8)
+        ax.set_ylabel("zero-variance prompts (%)")
+        ax.set_ylim(0, 105)
+        n = len(result["fig5"]["seeds"])
+        ax.set_title(f"Fig. 5 in miniature: {result['fig5']['seeds'][0]['samples']} mixed prompts × "
+                     f"{result['settings']['num_generations']} answers, mean and 95 % CI over {n} seeds", fontsize=8)
+        fig.tight_layout()
+        paths.append(results_dir / "learning_check_zero_variance.png")
+        fig.savefig(paths[-1])
+        plt.close(fig)
+    summary, before = result["summary"], result["warm_start"]["before"]
+    if summary:
+        colors = {"cls-multi-stage": "#8c8c8c", "cls-count-multi-stage": "#5b8fd6", "adfm": "#d6762f"}
+        metrics = ("accuracy", "f1", "mean_matched_giou_defective")
+        fig, axes = plt.subplots(1, 3, figsize=(9, 3.2), dpi=120)
+        for ax, metric in zip(axes, metrics, strict=True):
+            names = ["warm start", *summary]
+            vals = [before[metric], *(summary[p][f"after_{metric}"]["mean"] for p in summary)]
+            lo = [0.0, *(summary[p][f"after_{metric}"]["mean"] - summary[p][f"after_{metric}"]["ci95"][0]
+                         for p in summary)]
+            ax.bar(range(len(names)), vals, yerr=[lo, lo], capsize=3,
+                   color=["#cccccc", *(colors.get(p, "#999999") for p in summary)])
+            ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
+            ax.set_title(metric.replace("_", " "), fontsize=9)
+        fig.tight_layout()
+        paths.append(results_dir / "learning_check_before_after.png")
+        fig.savefig(paths[-1])
+        plt.close(fig)
+    return paths
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--warm", type=Path, default=Path(".adfm-cache/warm-start"),
                         help="warm-start directory (built by adfm-train warmstart when missing)")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="a warm-started model directory to use as is (default: the warm start in --warm)")
     parser.add_argument("--work", type=Path, default=Path(".adfm-cache/learning-check"), help="run directories")
     parser.add_argument("--presets", nargs="+", default=list(PRESETS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=8, help="GRPO steps per run")
+    parser.add_argument("--steps", type=int, default=6, help="GRPO steps per run (0: Fig. 5 only)")
     parser.add_argument("--num-generations", type=int, default=6)
     parser.add_argument("--prompts-per-step", type=int, default=2)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--max-completion-length", type=int, default=144)
-    parser.add_argument("--train-per-class", type=int, default=16, help="GRPO training parts per class")
-    parser.add_argument("--test-per-class", type=int, default=None,
-                        help="held-out parts per class evaluated (default: the warm start's whole test split)")
+    parser.add_argument("--learning-rate", type=float, default=5e-4)
+    parser.add_argument("--max-completion-length", type=int, default=96)
+    parser.add_argument("--train-per-class", type=int, default=8, help="GRPO parts per class and size")
+    parser.add_argument("--variance-per-class", type=int, default=4, help="Fig. 5 prompts per class and size")
+    parser.add_argument("--test-per-class", type=int, default=16, help="held-out parts per class and size")
     parser.add_argument("--out", type=Path, default=RESULTS / "learning_check.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -214,26 +224,33 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from adfm.trainer.modeling import load_model
-    from adfm.trainer.warmstart import TASK_PIXELS, WarmStartSpec, task_split, task_view, warm_start
+    from adfm.trainer.warmstart import MIXED_SCALES, TASK_PIXELS, WarmStartSpec, mixed_split, task_view, warm_start
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     load_start = os.getloadavg()
     spec = WarmStartSpec()
-    warm = warm_start(args.warm, spec)
-    model_dir = Path(warm.model_dir)
-    grpo_split = task_split(spec, args.work / "data", "grpo", args.train_per_class, spec.seed + 200)
-    test_view = task_view(warm.test_split, spec)
-    if args.test_per_class is not None:  # the first n normal and the first n defective parts
-        labels = test_view.with_format(None)["label"]
-        keep = [i for lab in ("normal", "anomalous") for i in [j for j, v in enumerate(labels) if v == lab][
-            : args.test_per_class]]
-        test_view = test_view.select(keep)
+    warm = None if args.model is not None else warm_start(args.warm, spec)
+    model_dir = args.model if args.model is not None else Path(warm.model_dir)
+    data = args.work / "data"
+    grpo_split = mixed_split(spec, data, "grpo", args.train_per_class, spec.seed + 200)
+    var_view = task_view(mixed_split(spec, data, "variance", args.variance_per_class, spec.seed + 300), spec)
+    test_view = task_view(mixed_split(spec, data, "held-out", args.test_per_class, spec.seed + 400), spec)
+    test_rows = [test_view[i] for i in range(len(test_view))]
     budget = {"min_pixels": TASK_PIXELS, "max_pixels": TASK_PIXELS}
 
     loaded = load_model(model_dir, dtype="float32", **budget)
-    before = evaluate(loaded, test_view, args.max_completion_length)
+    before = evaluate(loaded, test_rows, args.max_completion_length)
+    print(f"warm start, held-out ({len(test_rows)} parts, sizes {MIXED_SCALES}): "
+          f"{json.dumps({k: v for k, v in before.items() if k not in ('example_answers', 'by_scale')})}", flush=True)
+    fig5_seeds = []
+    for seed in args.seeds:
+        fig5_seeds.append(zero_variance(loaded, var_view, seed, args))
+        print(f"Fig. 5 seed {seed}: {fig5_seeds[-1]['schemes']}", flush=True)
     del loaded
-    print(f"warm start: {json.dumps({k: v for k, v in before.items() if k != 'example_answer'})}", flush=True)
+    fig5 = {"seeds": fig5_seeds,
+            "summary": {k: interval([s["schemes"][k] for s in fig5_seeds]) for k in fig5_seeds[0]["schemes"]},
+            "by_scale": {sc: {k: interval([s["by_scale"][sc][k] for s in fig5_seeds])
+                              for k in fig5_seeds[0]["by_scale"][sc]} for sc in fig5_seeds[0]["by_scale"]}}
 
     def report(runs: list[dict[str, Any]], complete: bool) -> dict[str, Any]:
         return {
@@ -241,20 +258,25 @@ def main(argv: list[str] | None = None) -> int:
             "command": "python bench/learning_check.py " + " ".join(sys.argv[1:] if argv is None else argv),
             "complete": complete,
             "settings": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                         "pixels": TASK_PIXELS, "grpo_train_samples": 2 * args.train_per_class},
+                         "pixels": TASK_PIXELS, "defect_scales": list(MIXED_SCALES),
+                         "held_out_parts": len(test_rows), "variance_prompts": len(var_view)},
             "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
                         "cuda": torch.cuda.is_available(), "platform": platform.platform(),
                         "loadavg_start": load_start, "loadavg_now": os.getloadavg()},
-            "warm_start": {"dir": str(args.warm), "digest": warm.digest, "stages": warm.stages,
-                           "build_seconds": warm.seconds, "test_split": warm.test_split, "before": before},
+            "warm_start": {"model_dir": str(model_dir), "digest": warm.digest if warm else None,
+                           "stages": warm.stages if warm else None,
+                           "build_seconds": warm.seconds if warm else None, "before": before},
+            "fig5": fig5,
             "runs": runs,
             "summary": summarise(before, runs) if runs else {},
             "total_seconds": time.perf_counter() - t0,
+            "cpu_seconds": time.process_time() - c0,
         }
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report([], complete=args.steps == 0), indent=2))
     runs: list[dict[str, Any]] = []
-    for seed in args.seeds:
+    for seed in args.seeds if args.steps > 0 else []:
         for preset in args.presets:
             out = args.work / f"{preset}-seed{seed}"
             if out.exists():
@@ -263,11 +285,12 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.rmtree(out)
             run = grpo_run(preset, seed, model_dir, grpo_split, out, args)
             tuned = load_model(model_dir, run["adapter"], dtype="float32", **budget)
-            run["after"] = evaluate(tuned, test_view, args.max_completion_length)
+            run["after"] = evaluate(tuned, test_rows, args.max_completion_length)
             del tuned
             runs.append(run)
             print(f"{preset} seed {seed}: accuracy {before['accuracy']:.3f} → {run['after']['accuracy']:.3f}, "
-                  f"format {run['after']['format_rate']:.2f}, GIoU {run['after']['mean_giou_anomalous']:.3f}, "
+                  f"F1 {before['f1']:.3f} → {run['after']['f1']:.3f}, GIoU "
+                  f"{before['mean_matched_giou_defective']:.3f} → {run['after']['mean_matched_giou_defective']:.3f}, "
                   f"zero-variance {run['frac_reward_zero_std_mean']:.3f} ({run['seconds']:.0f} s)", flush=True)
             args.out.write_text(json.dumps(report(runs, complete=False), indent=2))  # what a cut-short run keeps
 

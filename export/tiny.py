@@ -122,9 +122,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     force_offline()
     if args.warm_start is not None:
+        import logging
+
         from adfm.trainer.warmstart import warm_start
 
-        model_dir = Path(warm_start(args.warm_start).model_dir)
+        # the warm start's progress lines, on stderr (the demo passes them on)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+        model_dir = Path(warm_start(args.warm_start, evaluate=False).model_dir)
         try:
             # The warm start trained on one fixed grid (min = max pixels); the export's budget starts lower
             # so images of other aspects (its verification cases, other cameras) still fit it.

@@ -179,3 +179,23 @@ def test_context_and_answer_length_default_to_the_manifest_and_must_fit(tmp_path
     write_manifest(manifest.model_copy(update={"use_reference": False}), tmp_path / "model")
     problems = problems_of(load_config, write(tmp_path, data))
     assert any("products.washer.reference: the model was trained without a reference image" in p for p in problems)
+
+
+def test_a_model_trained_with_a_reference_warns_when_a_product_has_none(tmp_path):
+    from adfm.appliance.config.station import model_limits
+    from adfm.manifest import read_manifest, write_manifest
+
+    data = good(tmp_path)
+    manifest = read_manifest(tmp_path / "model").model_copy(update={"use_reference": True})
+    write_manifest(manifest, tmp_path / "model")
+    assert model_limits(load_config(write(tmp_path, data)), manifest).warnings == []
+    del data["products"][0]["reference"]
+    limits = model_limits(load_config(write(tmp_path, data)), manifest, "s.yaml")
+    assert limits.problems == []  # it runs …
+    assert limits.warnings == [  # … but not as it was trained, and says so
+        "s.yaml: products.washer.reference: the model was trained with a normal reference image before each "
+        "part (manifest use_reference true) but none is configured, so it sees prompts it was not trained on; "
+        "set a reference image of a good part for the product"
+    ]
+    unrecorded = manifest.model_copy(update={"use_reference": None})
+    assert model_limits(load_config(write(tmp_path, data)), unrecorded).warnings == []

@@ -107,6 +107,11 @@ def test_demo_runs_the_station_behind_the_gate_and_scores_against_truth(tmp_path
     assert scored["parts_scored"] == 4 and 0.0 <= scored["accuracy"] <= 1.0
     assert scored["by_gate"] + scored["model_answers"] + scored["reviewed"] == 4  # gate, model or a person
 
+    alone = summary["model_alone"]  # the same parts through the model with the gate off, greedy
+    assert alone["parts"] == 4 and alone["temperature"] == 0.0 and 0.0 <= alone["accuracy"] <= 1.0
+    assert len(alone["per_part"]) == 4 and Path(alone["contact_sheet"]).is_file()
+
     text = format_summary(summary)  # what the command prints without --json
-    assert "4 parts" in text and "p50" in text and "against the synthetic ground truth" in text
+    assert "4 parts" in text and "p50" in text and "the station (gate on)" in text
+    assert text.index("the model (gate off, greedy)") < text.index("the station (gate on)")
     assert summary["journal"]["db"] in text and summary["images"] in text

@@ -1,9 +1,9 @@
-"""The warm start's data: synthetic task splits whose target answers parse and whose boxes match the masks."""
+"""The warm start's data and recipe: short targets that parse, boxes snapped near the masks, fresh parts
+rendered as the station sees them, perception labels on the model grid, and the command end to end."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +15,8 @@ from tests.conftest import needs_torch
 
 pytestmark = needs_torch
 
-SMALL = {"train_per_stage": 4, "test_per_class": 2, "steps_per_stage": (1, 1, 1), "batch_size": 2}
+SMALL = {"test_per_class": 2, "perception_steps": 1, "steps_per_stage": (1, 1, 1), "final_steps": 1,
+         "batch_size": 2}
 
 
 def _mask_box(path: str) -> list[float]:
@@ -24,21 +25,20 @@ def _mask_box(path: str) -> list[float]:
 
 
 @pytest.fixture(scope="module")
-def splits(tmp_path_factory):
-    from adfm.trainer.warmstart import WarmStartSpec, build_splits
+def held_out(tmp_path_factory):
+    from adfm.trainer.warmstart import WarmStartSpec, test_split
 
     spec = WarmStartSpec(**SMALL)
-    trains, test = build_splits(spec, tmp_path_factory.mktemp("warm-data"))
-    return spec, trains, test
+    return spec, test_split(spec, tmp_path_factory.mktemp("warm-data"))
 
 
-def test_target_answers_parse_and_their_boxes_match_the_masks(splits):
+def test_target_answers_are_short_parse_and_their_snapped_boxes_sit_on_the_masks(held_out):
     from adfm.trainer.data.records import iter_manifest
-    from adfm.trainer.warmstart import target_answer, task_view
+    from adfm.trainer.warmstart import BOX_QUANTUM, target_answer, task_view
 
-    spec, trains, _ = splits
-    masks = {s.id: s.masks for s in iter_manifest(trains[0])}
-    view = task_view(trains[0], spec)
+    spec, split = held_out
+    masks = {s.id: s.masks for s in iter_manifest(split)}
+    view = task_view(split, spec)
     seen = {"normal": 0, "anomalous": 0}
     for i in range(len(view)):
         row = view[i]
@@ -51,50 +51,53 @@ def test_target_answers_parse_and_their_boxes_match_the_masks(splits):
         assert parsed.decision is anomalous
         seen[row["label"]] += 1
         if not anomalous:
-            assert parsed.boxes == [] and parsed.proposed_boxes == [] and "even" in parsed.think
+            assert answer == "<think>normal []</think><rethink>normal []</rethink><answer>no</answer>"
             continue
-        # the boxes the model is taught, read back in original pixels, sit on the drawn defect
+        assert parsed.think.startswith(row["defect_type"]) and len(answer) <= 200, answer
+        grid_boxes = json.loads(answer[answer.index("["):answer.index("]</think>") + 1])
+        assert all(v % BOX_QUANTUM == 0 for b in grid_boxes for v in b["bbox_2d"])  # snapped to half a patch
         truth = _mask_box(masks[row["id"]][0])
-        assert len(parsed.boxes) >= 1 and parsed.proposed_boxes == parsed.boxes
-        union = [min(b[0] for b in parsed.boxes), min(b[1] for b in parsed.boxes),
-                 max(b[2] for b in parsed.boxes), max(b[3] for b in parsed.boxes)]
-        assert float(iou([union], [truth])[0, 0]) > 0.85, (union, truth)
-        assert parsed.labels == [row["defect_type"]] * len(parsed.boxes)
-        assert row["defect_type"] in parsed.rethink
+        (box,) = parsed.boxes
+        assert float(iou([box], [truth])[0, 0]) > 0.5, (box, truth)
+        assert parsed.labels == [row["defect_type"]]
     assert seen == {"normal": 2, "anomalous": 2}
 
 
-def test_sft_rows_are_prompt_completion_with_the_grid_image(splits):
-    from adfm.trainer.warmstart import sft_rows, target_answer, task_view
+def test_snap_box_rounds_to_the_quantum_inside_the_grid_and_never_empties():
+    from adfm.trainer.warmstart import snap_box
 
-    spec, trains, _ = splits
-    view = task_view(trains[1], spec)
-    rows = view.with_transform(sft_rows)
-    plain = view[:2]
-    batch = rows[:2]
-    assert set(batch) == {"prompt", "completion", "images"}
-    for i in range(2):
-        assert [m["role"] for m in batch["prompt"][i]] == ["system", "user"]
-        (message,) = batch["completion"][i]
-        assert message["role"] == "assistant"
-        row = {k: plain[k][i] for k in plain}
-        assert message["content"][0]["text"] == target_answer(row)
-        (image,) = batch["images"][i]  # no reference image: the task's prompts show the part alone
-        assert image.size == (112, 112)
+    assert snap_box([10.2, 3.4, 30.0, 17.0], 7, 112, 112) == [7, 0, 28, 14]
+    assert snap_box([50.0, 50.0, 51.0, 52.0], 7, 112, 112) == [49, 49, 56, 56]  # one quantum at least
+    assert snap_box([108.0, 109.0, 112.0, 112.0], 7, 112, 112) == [105, 105, 112, 112]
 
 
-def test_curriculum_defects_shrink_and_the_test_split_is_held_out(splits):
+def test_fresh_parts_are_on_the_grid_with_perception_labels_where_the_defect_is():
+    from adfm.trainer.warmstart import WarmStartSpec, render_part
+
+    spec = WarmStartSpec(**SMALL)
+    rng = np.random.default_rng(3)
+    normal = render_part(spec, rng, None, 1.4)
+    assert normal.image.size == (112, 112) and not normal.defective and not normal.patch_defect.any()
+    assert normal.truth_box is None and "<answer>no</answer>" in normal.answer
+    part = render_part(spec, rng, "missing", 1.4)
+    assert part.defective and part.patch_defect.shape == (8, 8) and part.patch_defect.any()
+    x1, y1, x2, y2 = (v * 112 / 256 for v in part.truth_box)
+    rows, cols = np.nonzero(part.patch_defect)
+    # the flagged 14-px patches are the ones the defect's box (on the grid) overlaps
+    assert rows.min() * 14 < y2 and (rows.max() + 1) * 14 > y1 and cols.min() * 14 < x2 and (cols.max() + 1) * 14 > x1
+    assert part.patch_defect.sum() < 16
+
+
+def test_held_out_split_is_drawn_apart_from_each_scale(held_out, tmp_path):
     from adfm.trainer.data.records import iter_manifest
+    from adfm.trainer.warmstart import test_split
 
-    _, trains, test = splits
-    areas = []
-    for split in trains:
-        samples = [s for s in iter_manifest(split) if s.label == "anomalous"]
-        areas.append(np.mean([(np.asarray(Image.open(s.masks[0])) > 0).sum() for s in samples]))
-    assert areas[0] > areas[1] > areas[2], areas
-    test_images = {Path(s.image).read_bytes() for s in iter_manifest(test)}
-    train_images = {Path(s.image).read_bytes() for split in trains for s in iter_manifest(split)}
-    assert not test_images & train_images
+    spec, split = held_out
+    small = test_split(spec, tmp_path, 1.0)
+    assert small.parent.parent.name == "test-x1"
+    area = {p: np.mean([(np.asarray(Image.open(s.masks[0])) > 0).sum() for s in iter_manifest(p)
+                        if s.label == "anomalous"]) for p in (split, small)}
+    assert area[split] > area[small]
 
 
 def test_spec_rejects_a_mismatched_curriculum():
@@ -104,23 +107,43 @@ def test_spec_rejects_a_mismatched_curriculum():
         WarmStartSpec(steps_per_stage=(1, 1))
 
 
+def test_scores_go_through_the_parser_and_geometry():
+    from adfm.trainer.warmstart_eval import score_answers
+
+    base = {"orig_width": 256, "orig_height": 256, "grid_width": 112, "grid_height": 112,
+            "prompt_version": "multi-stage-v1"}
+    rows = [{**base, "label": "anomalous", "gt_boxes": [[64.0, 64.0, 128.0, 128.0]]},
+            {**base, "label": "anomalous", "gt_boxes": [[64.0, 64.0, 128.0, 128.0]]},
+            {**base, "label": "normal", "gt_boxes": []}]
+    box = '[{"bbox_2d": [28, 28, 56, 56], "label": "spot"}]'  # grid pixels: [64, 64, 128, 128] on the image
+    answers = [f"<think>spot {box}</think><rethink>spot {box}</rethink><answer>yes</answer>",
+               "<think>normal []</think><rethink>normal []</rethink><answer>no</answer>",
+               "<think>normal []</think><answer>no</answer>"]  # right, but out of format
+    s = score_answers(rows, answers)
+    assert s["accuracy"] == pytest.approx(2 / 3) and s["format_rate"] == pytest.approx(2 / 3)
+    assert (s["true_positive"], s["false_negative"], s["true_negative"]) == (1, 1, 1)
+    assert s["iou50_defective"] == 0.5 and s["mean_best_iou_defective"] == pytest.approx(0.5)
+    assert s["f1"] == pytest.approx(2 / 3)
+
+
 @pytest.mark.slow
 def test_warmstart_command_trains_saves_and_reuses(tmp_path, capsys):
-    """The command end to end at toy size (one SFT step per stage): a loadable checkpoint, then the cache."""
+    """The command end to end at toy size (one step per stage): a loadable checkpoint, scores, then the cache."""
     from adfm.trainer import cli, warmstart
 
     out = tmp_path / "warm"
-    argv = ["warmstart", "--out", str(out), "--steps-per-stage", "1", "1", "1", "--train-per-stage", "4",
-            "--final-steps", "1"]
+    argv = ["warmstart", "--out", str(out), "--perception-steps", "2", "--steps-per-stage", "1", "1", "1",
+            "--final-steps", "1", "--batch-size", "2", "--test-per-class", "2"]
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     assert "built in" in printed and printed.strip().splitlines()[-1] == str(out / "model")
+    assert "held-out x1.4 (4 parts, greedy)" in printed
     record = json.loads((out / warmstart.RECORD).read_text())
-    scales = warmstart.WarmStartSpec().defect_scales
-    assert [s["defect_scale"] for s in record["stages"]] == [*scales, scales[-1]]  # the curriculum, then the last phase
-    assert [s.get("final", False) for s in record["stages"]] == [False, False, False, True]
-    assert all(s["steps"] == 1 for s in record["stages"])
-    assert (out / "curriculum" / "adfm_curriculum.json").is_file()
+    assert [s["stage"] for s in record["stages"]] == [
+        "perception", "sft stage 0 (defects ×2.5)", "sft stage 1 (defects ×1.8)", "sft stage 2 (defects ×1.4)",
+        "final"]
+    assert record["stages"][0]["steps"] == 2 and all(s["steps"] == 1 for s in record["stages"][1:])
+    assert record["held_out"]["x1.4"]["samples"] == 4 and record["cpu_seconds"] > 0
     assert (out / "model" / "model.safetensors").is_file() and (out / "model" / "tokenizer.json").is_file()
     assert json.loads((out / "model" / "adfm_tiny.json").read_text())["warm_start"] is True
     assert cli.main(argv) == 0

@@ -409,8 +409,12 @@ class GgufVlm:
         self.close()
 
     def __del__(self) -> None:
-        with contextlib.suppress(Exception):  # interpreter shutdown: modules may already be gone
+        # At interpreter exit module globals (contextlib, llama_cpp) may already be None: nothing
+        # here may name one, and whatever close() meets is swallowed.
+        try:  # noqa: SIM105 - contextlib itself may be gone
             self.close()
+        except BaseException:
+            pass
 
     # ------------------------------------------------------------------------------------------
     # public API

@@ -10,7 +10,7 @@ every problem, so an integrator fixes a config in one go.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -388,6 +388,8 @@ class ModelLimits:
     n_ctx: int
     max_tokens: int
     problems: list[str]
+    #: What runs but not as the model was trained (a reference-trained model without a reference).
+    warnings: list[str] = field(default_factory=list)
 
 
 def model_limits(config: StationConfig, manifest: ModelManifest, source: str = "<config>") -> ModelLimits:
@@ -401,6 +403,7 @@ def model_limits(config: StationConfig, manifest: ModelManifest, source: str = "
     m = config.model
     max_tokens = m.max_tokens or manifest.max_tokens or FALLBACK_MAX_TOKENS
     problems: list[str] = []
+    warnings: list[str] = []
     needs = []
     for product in config.products or [None]:
         images = 2 if product is not None and product.reference is not None else 1
@@ -411,6 +414,13 @@ def model_limits(config: StationConfig, manifest: ModelManifest, source: str = "
                 f"{source}: products.{product.name}.reference: the model was trained without a reference "
                 "image (manifest use_reference false); remove the reference or export a model trained with one"
             )
+        if manifest.use_reference is True and (product is None or product.reference is None):
+            where = f"products.{product.name}.reference" if product is not None else "products"
+            warnings.append(
+                f"{source}: {where}: the model was trained with a normal reference image before each part "
+                "(manifest use_reference true) but none is configured, so it sees prompts it was not trained on; "
+                "set a reference image of a good part for the product"
+            )
     name, worst = max(needs, key=lambda kv: kv[1].total)
     n_ctx = m.n_ctx or max(512, -(-worst.total // 256) * 256)
     if worst.total > n_ctx:
@@ -419,7 +429,7 @@ def model_limits(config: StationConfig, manifest: ModelManifest, source: str = "
             f"{source}: model.n_ctx: {n_ctx} tokens cannot hold {what}: {worst.describe()}; raise n_ctx to at "
             f"least {worst.total} (or leave it out to size it from the manifest), or lower model.max_tokens"
         )
-    return ModelLimits(n_ctx=n_ctx, max_tokens=max_tokens, problems=problems)
+    return ModelLimits(n_ctx=n_ctx, max_tokens=max_tokens, problems=problems, warnings=warnings)
 
 
 #: how to fix a model directory that is missing or not an export

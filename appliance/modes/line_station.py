@@ -265,4 +265,6 @@ def _model_info(cfg: StationConfig, model_dir: Path, recipe: str) -> tuple[Model
     limits = model_limits(cfg, m, f"recipes.{recipe}.model_dir ({model_dir})")
     if limits.problems:
         raise ModelLimitsError("; ".join(limits.problems))
+    for warning in limits.warnings:
+        log.warning("%s", warning)
     return ModelInfo(m.model_id, m.prompt_version, m.min_pixels, m.max_pixels), limits
