@@ -462,15 +462,20 @@ class ResultBus:
         return (f"a client without a CURVE key may not send {role} commands (bus.plain_roles: "
                 f"{', '.join(sorted(self.plain_roles)) or 'none'}); use a key with the {role!r} role")
 
-    def _recipe(self, request: RecipeRequest, pub: zmq.Socket, client: str) -> Ack | ErrorReply:
-        """A changeover: refused without the `recipe` role or a valid operator; journaled either way."""
-        why = self._may(client, "recipe")
-        if why is None and request.operator:
+    def _authorize(self, client: str, role: str, operator: str | None) -> str | None:
+        """Why a command needing `role` is refused for this key and operator (None: allowed)."""
+        why = self._may(client, role)
+        if why is None and operator:
             from .keys import operator_problem
 
-            why = operator_problem(request.operator)
+            why = operator_problem(operator)
             if why is None and self.curve is not None:
-                why = self.curve.check_operator(client, request.operator)
+                why = self.curve.check_operator(client, operator)
+        return why
+
+    def _recipe(self, request: RecipeRequest, pub: zmq.Socket, client: str) -> Ack | ErrorReply:
+        """A changeover: refused without the `recipe` role or a valid operator; journaled either way."""
+        why = self._authorize(client, "recipe", request.operator)
         if why is None and self.on_recipe is None:
             why = f"station {self.station!r} has no recipes"
         if why is None:
@@ -493,13 +498,7 @@ class ResultBus:
 
     def _model(self, request: ModelRequest, pub: zmq.Socket, client: str) -> Ack | ErrorReply:
         """A model command: refused without the `model` role or a valid operator; journaled either way."""
-        why = self._may(client, "model")
-        if why is None and request.operator:
-            from .keys import operator_problem
-
-            why = operator_problem(request.operator)
-            if why is None and self.curve is not None:
-                why = self.curve.check_operator(client, request.operator)
+        why = self._authorize(client, "model", request.operator)
         if why is None and self.on_model is None:
             why = f"station {self.station!r} takes no model commands"
         detail = ""

@@ -214,11 +214,7 @@ class ModbusSection(_Section):
             regs["recipe_register"] = range(self.recipe_register, self.recipe_register + 1)
         if self.ejector is not None and self.ejector.encoder_register is not None:
             regs["ejector.encoder_register"] = range(self.ejector.encoder_register, self.ejector.encoder_register + 2)
-        names = list(regs)
-        for i, a in enumerate(names):
-            for b in names[i + 1:]:
-                if set(regs[a]) & set(regs[b]):
-                    raise ValueError(f"holding registers overlap: {a} {_span(regs[a])} and {b} {_span(regs[b])}")
+        _no_overlap(regs)
         if (self.ejector is not None and self.trigger.table == "coil" and self.ejector.coil == self.trigger.address):
             raise ValueError(f"ejector.coil {self.ejector.coil} is also the trigger coil")
         return self
@@ -241,17 +237,22 @@ class ModbusSection(_Section):
             raise ValueError(f"handshake.outputs {hs.outputs} + {hs.output_count} registers runs past 65535")
         if self.ejector is not None and self.ejector.encoder_register is not None:
             regs["ejector.encoder_register"] = range(self.ejector.encoder_register, self.ejector.encoder_register + 2)
-        names = list(regs)
-        for i, a in enumerate(names):
-            for b in names[i + 1:]:
-                if set(regs[a]) & set(regs[b]):
-                    raise ValueError(f"holding registers overlap: {a} {_span(regs[a])} and {b} {_span(regs[b])}")
+        _no_overlap(regs)
         return self
 
     @property
     def heartbeat_register(self) -> int:
         """The station's heartbeat register (+1 every result.heartbeat_ms while the line decides)."""
         return (self.handshake.outputs if self.mode == "handshake" else self.result.base) + 4
+
+
+def _no_overlap(regs: dict[str, range]) -> None:
+    """Refuse two register blocks of the map that share an address, naming both."""
+    names = list(regs)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if set(regs[a]) & set(regs[b]):
+                raise ValueError(f"holding registers overlap: {a} {_span(regs[a])} and {b} {_span(regs[b])}")
 
 
 def _span(r: range) -> str:
