@@ -480,16 +480,12 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 def _client(args: argparse.Namespace, from_seq: int | None = None):
     from .bus.client import StationClient
-    from .bus.keys import CurveKeyError, load_client_curve
+    from .bus.keys import CurveKeyError, client_curve_from_options
 
-    curve = None
-    if args.server_key or args.client_key:
-        if not (args.server_key and args.client_key):
-            raise SystemExit("adfm-appliance: CURVE needs both --server-key and --client-key")
-        try:
-            curve = load_client_curve(args.server_key, args.client_key)
-        except CurveKeyError as exc:
-            raise SystemExit(f"adfm-appliance: {exc}") from None
+    try:
+        curve = client_curve_from_options(args.server_key, args.client_key)
+    except CurveKeyError as exc:
+        raise SystemExit(f"adfm-appliance: {exc}") from None
     return StationClient(getattr(args, "publish", "") or "", args.control, curve=curve,
                          timeout_s=args.timeout, from_seq=from_seq)
 

@@ -178,6 +178,15 @@ def load_client_curve(server_key: str | Path, client_secret: str | Path) -> Clie
     return ClientCurve(load_public_key(server_key), load_key_pair(client_secret))
 
 
+def client_curve_from_options(server_key: Path | None, client_key: Path | None) -> ClientCurve | None:
+    """A command line's `--server-key` / `--client-key`: both (CURVE), neither (None), never one."""
+    if not (server_key or client_key):
+        return None
+    if not (server_key and client_key):
+        raise CurveKeyError("CURVE needs both --server-key and --client-key")
+    return load_client_curve(server_key, client_key)
+
+
 def _check_name(name: str) -> None:
     if not _NAME_RE.match(name) or name == SERVER_NAME:
         raise ValueError(f"client name {name!r}: use 1-64 letters, digits, '.', '_' or '-', not {SERVER_NAME!r}")

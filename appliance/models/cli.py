@@ -125,20 +125,16 @@ def _remote(args: argparse.Namespace) -> int:
     from adfm.schema import Ack, ModelRequest
 
     from ..bus.client import StationClient, StationError
-    from ..bus.keys import CurveKeyError, load_client_curve
+    from ..bus.keys import CurveKeyError, client_curve_from_options
 
     if not args.control:
         return _fail(f"{args.action} is a command to the running station: give --control ENDPOINT")
     if args.action in ("shadow", "promote") and not args.target:
         return _fail(f"{args.action} needs the model id (see `adfm-appliance models list`)")
-    curve = None
-    if args.server_key or args.client_key:
-        if not (args.server_key and args.client_key):
-            return _fail("CURVE needs both --server-key and --client-key")
-        try:
-            curve = load_client_curve(args.server_key, args.client_key)
-        except CurveKeyError as exc:
-            return _fail(str(exc))
+    try:
+        curve = client_curve_from_options(args.server_key, args.client_key)
+    except CurveKeyError as exc:
+        return _fail(str(exc))
     request = ModelRequest(action=REMOTE[args.action], model_id=args.target or "", operator=args.operator)
     # Sent once: a command that takes longer than the timeout must not be given twice.
     client = StationClient("", args.control, curve=curve, timeout_s=args.timeout, retries=1)
