@@ -222,6 +222,7 @@ def test_readme_install_keys_and_line_commands_run_in_a_scratch_root(scratch, ca
     text = README.read_text(encoding="utf-8")
     scratch.edit_line(blocks(section(text, SECTIONS[2]), "yaml")[0])
     probes = [scratch.do(cmd, capsys) for cmd in line]
+    assert len(probes) >= 3, f"README's line section shows {len(probes)} probe commands, not the three probes"
     assert '"ok": true' in probes[0] and '"watch"' in probes[1] and '"pulsed"' in probes[2]
     assert "fired by the probe (the camera waits for a trigger)" in probes[3]
     assert len(scratch.plc.pulses()) == 1
