@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from adfm.synthetic import add_defect, add_mark, render_part
-from tests.appliance_fakes import ListCamera, make_model_dir, write_script
+from tests.appliance_fakes import ListCamera, station_dict, write_script
 from tests.conftest import needs_torch
 from tests.gate_support import fresh_station, read_rgb, trained_gate
 
@@ -82,18 +82,10 @@ class Running:
 
 
 def _config(tmp_path: Path, gate_path: Path, **gate) -> tuple[object, dict]:
+    """The tests' usual station (`station_dict`) with this gate and a metrics file written often."""
     from adfm.appliance.config.station import parse_config
 
-    model = make_model_dir(tmp_path / "model", 56 * 56, 28 * 28 * 64)
-    raw = {
-        "station": "st1",
-        "state_dir": str(tmp_path / "state"),
-        "model": {"dir": str(model), "deadline_s": 10, "load_timeout_s": 60},
-        "cameras": [{"id": "cam0", "url": f"replay:{tmp_path}"}],
-        "bus": {"publish": "tcp://127.0.0.1:*", "control": "tcp://127.0.0.1:*", "status_interval_s": 0.2},
-        "health": {"prometheus_file": str(tmp_path / "metrics" / "adfm.prom"), "prometheus_interval_s": 0.2},
-        "gate": {"path": str(gate_path), **gate},
-    }
+    raw = station_dict(tmp_path, health={"prometheus_interval_s": 0.2}, gate={"path": str(gate_path), **gate})
     return parse_config(raw), raw
 
 

@@ -270,24 +270,25 @@ class VisionSystem:
         seq, revision = parse_result_id(text, self.station.name, self.station.epoch)
         return self.station.store.get(seq, revision)
 
-    async def get_result_by_id(self, parent: ua.NodeId, *args: Any) -> Any:
+    def _lookup(self, method_name: str, args: tuple) -> InspectionResult | ua.CallMethodResult:
+        """The result a method's first argument names, or the status outputs that say why not."""
         try:
             r = self._find(identifier(_value(args, 0)))
         except ResultIdError as exc:
-            log.warning("OPC UA GetResultById: %s", exc)
+            log.warning("OPC UA %s: %s", method_name, exc)
             return _status(ua.StatusCodes.BadInvalidArgument, 0, len(args))
-        if r is None:
-            return _status(ua.StatusCodes.BadNotFound, 0, len(args))
+        return _status(ua.StatusCodes.BadNotFound, 0, len(args)) if r is None else r
+
+    async def get_result_by_id(self, parent: ua.NodeId, *args: Any) -> Any:
+        r = self._lookup("GetResultById", args)
+        if not isinstance(r, InspectionResult):
+            return r
         return [ua.Variant(0, V.UInt32), ua.Variant(to_result(r, self.station.ids()), V.ExtensionObject), _ok()]
 
     async def get_result_components(self, parent: ua.NodeId, *args: Any) -> Any:
-        try:
-            r = self._find(identifier(_value(args, 0)))
-        except ResultIdError as exc:
-            log.warning("OPC UA GetResultComponentsById: %s", exc)
-            return _status(ua.StatusCodes.BadInvalidArgument, 0, len(args))
-        if r is None:
-            return _status(ua.StatusCodes.BadNotFound, 0, len(args))
+        r = self._lookup("GetResultComponentsById", args)
+        if not isinstance(r, InspectionResult):
+            return r
         x = to_result(r, self.station.ids())
 
         def ext(v: Any) -> ua.Variant:
