@@ -29,9 +29,11 @@ through ONNX Runtime on 2 threads (batch 1; the methods are timed round-robin in
 share the machine's load, with the spread over rounds). Plus `fit_400`: seconds to fit the default
 gate on 400 good images. Writes bench/results/gate_compare.json.
 
-Memory: anomalib's PatchCore coreset selection on the synthetic station grew to 8.8 GB (stopped
-there) and, once, 21 GB (the OOM killer ended that run) on this machine; with random inputs of the
-same size it stays at 1.1 GB. The cause was not found: watch memory, or use `--no-anomalib`.
+Memory: the full run of 2026-12-06 12:06 peaked at 1.8 GB resident, and anomalib's coreset on the
+synthetic station alone (19,456 patches → 2,048) took 2.7 s at 1.1 GB on an idle machine. Two earlier
+runs on a machine loaded to 10–24 grew to 8.8 and 21–23.5 GB during that coreset (the second was
+ended by the OOM killer); that growth was not reproduced since. Watch memory on a busy machine, or use
+`--no-anomalib`.
 
     nice -n 10 python bench/gate_compare.py [--quick] [--no-anomalib] [--rounds 5]
     python bench/gate_compare.py --table bench/results/gate_compare.json   # the README's table
@@ -63,8 +65,8 @@ RESULTS = Path(__file__).resolve().parent / "results" / "gate_compare.json"
 SIZE = 256
 THREADS = 2
 TARGET_RECALL = 0.95
-#: anomalib's k-centre greedy picks about 12 patches/s here under load (5.5 min for 4,096 picks from
-#: 32k patches), so its bank is 2,048 (adfm's default bank) to keep the run under half an hour.
+#: anomalib's coreset is 2,048 patches, adfm's default bank size (its k-centre greedy picks about 1,400
+#: patches/s on an idle core here, and as few as 2/s when a niced run shares the machine).
 ANOMALIB_BANK = 2048
 #: What every graph is asked for (adfm's gates also output patch features, which the line fetches only to learn).
 OUTPUTS = ["score", "heatmap"]
