@@ -148,3 +148,13 @@ def test_warmstart_command_trains_saves_and_reuses(tmp_path, capsys):
     assert json.loads((out / "model" / "adfm_tiny.json").read_text())["warm_start"] is True
     assert cli.main(argv) == 0
     assert "reused" in capsys.readouterr().out
+
+
+def test_sft_batches_are_mostly_defective_and_never_one_class():
+    from adfm.trainer.warmstart import WarmStartSpec, batch_kinds
+
+    kinds = batch_kinds(16, WarmStartSpec().defective_share, ("spot", "missing"))
+    assert kinds.count(None) == 4 and kinds.count("spot") == kinds.count("missing") == 6
+    assert batch_kinds(2, 0.99, ("spot",)) == [None, "spot"] and batch_kinds(4, 0.01, ("spot",)).count(None) == 3
+    with pytest.raises(ValueError, match="defective_share"):
+        WarmStartSpec(defective_share=1.0)
