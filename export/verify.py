@@ -788,7 +788,7 @@ class GgufCheck:
             "vision_bound": self.vision_bound,
             "decision_agreement": None if agreement is None else round(agreement, 4),
             "deciding_cases": len(self.deciding_cases),
-            "near_tie_cases": [] if self.float_check else [
+            "near_tie_cases": [
                 {"case": c.name, "margin_hf": round(c.margin_hf or 0.0, 6),
                  "margin_gguf": round(c.margin_gguf or 0.0, 6),
                  "near_tie_margin": round(self.near_tie_margin(i), 6),
