@@ -65,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "decisions are read from a fixed answer fed to both models, whatever N")
     p.add_argument("--agreement-floor", type=float, default=DEFAULT_AGREEMENT_FLOOR, metavar="F",
                    help="quantized exports fail when decision agreement with HF, over the cases where HF "
-                        "decides, is below F (0..1, default %(default)s); KL divergence and same-top-token "
-                        "bounds per quant type are fixed (adfm.export.verify.QUANT_BOUNDS)")
+                        "decides clearly (near ties within the float file's noise left out), is below F "
+                        "(0..1, default %(default)s); KL divergence bounds per quant type are relative to the "
+                        "float file within fixed absolute ones (adfm.export.verify)")
     p.add_argument("--verify-images", nargs="+", type=Path, default=[], metavar="PATH",
                    help="image files or directories to verify on (default: built-in synthetic parts)")
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32",

@@ -297,6 +297,7 @@ def _verify(
                     vlm, hf_runs, cases, label=label, float_check=float_check,
                     prompt_version=manifest.prompt_version, agreement_floor=cfg.agreement_floor,
                     quant=quant, mmproj_type=mmproj_type, random_weights=marker is not None,
+                    reference=next((c for c in checks if c.float_check), None),
                 )
         except (RuntimeError, ValueError, FileNotFoundError) as exc:
             if isinstance(exc, ExportError):
@@ -304,9 +305,15 @@ def _verify(
             raise ExportError(f"verification failed: llama.cpp could not run the exported {label}: {exc}") from exc
         s = check.summary()
         decisions = (
-            "no case decided by HF" if s["decision_agreement"] is None
+            "no case decided clearly by HF" if s["decision_agreement"] is None
             else f"decision agreement {s['decision_agreement']:.0%} of {s['deciding_cases']} deciding cases"
         )
+        if s["near_tie_cases"]:
+            decisions += f" ({len(s['near_tie_cases'])} near ties left out)"
+        if (rel := s["relative_bounds"]) is not None:
+            decisions += (f", allowance relative to the float file: mean KL ≤ {rel['max_mean_kld']:.4g}, "
+                          f"{s['far_step_share']:.1%} of steps above {rel['far_step_kld']:.3g} "
+                          f"(limit {rel['max_far_step_share']:.0%})")
         note(
             f"{label}: same top token {s['same_top']:.1%} and mean KL divergence {s['mean_kld']:.4f} over "
             f"{s['steps_compared']} steps, {decisions}, free-running prefix ≥ {s['min_free_running_prefix']} tokens, "

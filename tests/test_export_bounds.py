@@ -1,8 +1,10 @@
 """Export verification that can fail: quantized bounds on a model with trained weights.
 
 The tiny model fine-tuned to answer in adfm's format (adfm.export.tiny_trained) has peaked logits
-like a trained model, so the q4_k_m bounds apply to it. A good export passes; one tensor of the
-quantized file corrupted, or the projector's weights perturbed, fails verification.
+like a trained model, so the q4_k_m bounds apply to it. A good export passes; each single-tensor
+corruption of bench/export_bounds.py's list either fails verification or leaves every greedy
+answer equal to HF's; the projector's weights perturbed fail; a fixture built to be a near tie
+does not fail a good export.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from adfm.export import quantize as quantize_module
 from adfm.export.verify import QUANT_BOUNDS, token_divergence
 from adfm.manifest import load_model_dir
 from tests.conftest import HAS_LLAMA
-from tests.gguf_support import reverse_rows, scale
+from tests.gguf_support import CORRUPT_TENSORS, near_tie_case, reverse_rows, scale
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not HAS_LLAMA, reason="needs llama-cpp-python")]
 
@@ -64,9 +66,17 @@ def test_a_good_q4_k_m_export_of_trained_weights_passes_the_bounds(tiny_trained_
     assert q4["bounds"] == {"max_mean_kld": 0.1, "min_same_top": 0.85, "applied": True}
     assert q4["mean_kld"] <= QUANT_BOUNDS["q4_k_m"].max_mean_kld
     assert q4["same_top"] >= QUANT_BOUNDS["q4_k_m"].min_same_top
-    # the trained model decides every fixture: yes or no is its top token after <answer>
-    assert q4["deciding_cases"] == 3 and q4["decision_agreement"] == 1.0
+    # judged relative to the float file checked first, whose noise it reports
+    f16 = verification["checks"][0]
+    relative = q4["relative_bounds"]
+    assert relative["applied"] and relative["float_mean_kld"] == pytest.approx(f16["mean_kld"], abs=1e-6)
+    assert q4["mean_kld"] <= relative["max_mean_kld"] < QUANT_BOUNDS["q4_k_m"].max_mean_kld
+    assert q4["far_step_share"] <= relative["max_far_step_share"]
+    # eight fixtures; the trained model answers yes or no after <answer> in each, some by a near tie
+    assert verification["cases"] == 8 and len(q4["cases"]) == 8
     assert all(c["forced_decision_hf"] is not None for c in q4["cases"])
+    assert q4["deciding_cases"] + len(q4["near_tie_cases"]) == 8 and q4["deciding_cases"] >= 4
+    assert q4["decision_agreement"] == 1.0
 
 
 def test_one_corrupted_tensor_of_the_quantized_file_fails(tiny_trained_dir: Path, tmp_path: Path, monkeypatch):
@@ -131,3 +141,70 @@ def test_a_random_weight_model_skips_the_quantized_bounds_with_a_note(tiny_model
     q4 = next(c for c in load_model_dir(tmp_path / "random").verification["checks"] if c["quant"] == "q4_k_m")
     assert q4["bounds"]["applied"] is False
     assert json.loads((tiny_model_dir / "adfm_tiny.json").read_text())["random_weights"] is True
+
+
+@pytest.fixture(scope="module")
+def q4_setup(tiny_trained_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The good f16 and q4_k_m files of the trained model, HF's runs on the default cases and the
+    float file's check (the noise the quantized files are judged against)."""
+    from adfm.export import export_model, verify
+    from adfm.export.merge import check_base_dir, load_merged
+    from adfm.protocol import VISION_SPECIAL_TOKENS
+    from adfm.runtime.vlm import GgufVlm
+
+    work = tmp_path_factory.mktemp("q4-setup")
+    quiet = {"progress": lambda line: None}
+    manifest = export_model(tiny_trained_dir, work / "f16", quant="f16", **quiet)
+    export_model(tiny_trained_dir, work / "q4", quant="q4_k_m", **quiet)
+    merged = load_merged(check_base_dir(tiny_trained_dir), None, dtype="float32")
+    tokenizer = merged.processor.tokenizer
+    suppress = [tokenizer.convert_tokens_to_ids(t) for t in VISION_SPECIAL_TOKENS]
+    fixed = verify.fixed_answer(tokenizer, manifest.prompt_version)
+    cases = verify.default_cases(manifest.min_pixels, manifest.max_pixels)
+
+    def runs_for(some):
+        return [verify.hf_run(merged, c, prompt_version=manifest.prompt_version, max_new_tokens=16,
+                              suppress_tokens=suppress, fixed=fixed) for c in some]
+
+    def check(model: Path, runs, some, *, reference=None, float_check=False):
+        with GgufVlm.from_files(model, work / "q4" / "mmproj-f16.gguf", manifest) as vlm:
+            return verify.check_gguf(vlm, runs, some, label="f16" if float_check else "q4_k_m",
+                                     float_check=float_check, prompt_version=manifest.prompt_version,
+                                     agreement_floor=0.8, quant="f16" if float_check else "q4_k_m",
+                                     reference=reference)
+
+    runs = runs_for(cases)
+    reference = check(work / "f16" / "model-f16.gguf", runs, cases, float_check=True)
+    assert reference.problems() == []
+    return {"work": work, "merged": merged, "manifest": manifest, "suppress": suppress, "fixed": fixed,
+            "cases": cases, "runs": runs, "runs_for": runs_for, "check": check, "reference": reference}
+
+
+@pytest.mark.parametrize("tensor", CORRUPT_TENSORS)
+def test_each_single_tensor_corruption_fails_or_leaves_the_answers_unchanged(q4_setup, tensor: str, tmp_path: Path):
+    import shutil
+
+    model = tmp_path / "corrupt.gguf"
+    shutil.copy(q4_setup["work"] / "q4" / "model-q4_k_m.gguf", model)
+    reverse_rows(model, tensor)
+    check = q4_setup["check"](model, q4_setup["runs"], q4_setup["cases"], reference=q4_setup["reference"])
+    if check.problems():
+        return
+    # it passed: then llama.cpp's free-running greedy answer equals HF's on every case
+    assert [c.text_gguf for c in check.cases] == [c.text_hf for c in check.cases], (
+        f"{tensor} reversed passes verification with changed answers: "
+        f"mean KL {check.mean_kld:.4g}, far-step share {check.far_step_share():.1%}")
+
+
+def test_a_fixture_built_to_be_a_near_tie_does_not_fail_a_good_export(q4_setup):
+    s = q4_setup
+    case, margin = near_tie_case(s["merged"], s["cases"], s["manifest"].prompt_version, s["suppress"], s["fixed"])
+    assert abs(margin) <= 0.02
+    cases = [*s["cases"], case]
+    runs = [*s["runs"], *s["runs_for"]([case])]
+    reference = s["check"](s["work"] / "f16" / "model-f16.gguf", runs, cases, float_check=True)
+    good = s["check"](s["work"] / "q4" / "model-q4_k_m.gguf", runs, cases, reference=reference)
+    assert good.problems() == [], good.problems()
+    assert case.name in [c.name for c in good.near_tie_cases]
+    assert case.name not in [c.name for c in good.deciding_cases]
+    assert any(f"{case.name}: near tie" in note for note in good.notes())

@@ -41,7 +41,8 @@ def test_unsupported_vision_settings_are_refused() -> None:
 
 def _case(name: str, agree: int, compared: int = 10, *, near_tie: bool = True, diff: float = 0.001,
           decisions: tuple = (None, None), image_tokens: tuple = ([64], [64]), kld: float = 0.001,
-          forced: tuple = (None, None), vision: float = 0.0) -> CaseReport:
+          forced: tuple = (None, None), vision: float = 0.0, klds: list[float] | None = None,
+          margins: tuple = (None, None)) -> CaseReport:
     mismatches = [{"step": i, "hf_token": 1, "gguf_token": 2, "hf_margin": 0.0005, "near_tie": near_tie}
                   for i in range(compared - agree)]
     return CaseReport(
@@ -49,8 +50,9 @@ def _case(name: str, agree: int, compared: int = 10, *, near_tie: bool = True, d
         prompt_match=True, first_prompt_difference=None, compared=compared, agree=agree, prefix=agree,
         hf_tokens=compared, gguf_tokens=compared, max_abs_logit_diff=diff, logit_spread=1.0,
         mismatches=mismatches, decision_hf=decisions[0], decision_gguf=decisions[1],
-        kld=[kld] * compared, same_top=[i < agree for i in range(compared)],
+        kld=klds if klds is not None else [kld] * compared, same_top=[i < agree for i in range(compared)],
         forced_decision_hf=forced[0], forced_decision_gguf=forced[1], vision_relative_error=vision,
+        margin_hf=margins[0], margin_gguf=margins[1],
     )
 
 
@@ -62,9 +64,14 @@ def test_float_check_tolerates_near_ties_only() -> None:
     assert problems and "conversion is wrong" in problems[0]
 
 
-def _q4(*cases: CaseReport, random_weights: bool = False, mmproj_type: str = "f16") -> GgufCheck:
+def _q4(*cases: CaseReport, random_weights: bool = False, mmproj_type: str = "f16",
+        reference: GgufCheck | None = None) -> GgufCheck:
     return GgufCheck("q4_k_m", False, list(cases), 0.8, quant="q4_k_m", mmproj_type=mmproj_type,
-                     random_weights=random_weights)
+                     random_weights=random_weights, reference=reference)
+
+
+def _f16(*cases: CaseReport) -> GgufCheck:
+    return GgufCheck("f16", True, list(cases), 0.8)
 
 
 def test_quantized_check_applies_the_bounds_of_its_type() -> None:
@@ -73,9 +80,13 @@ def test_quantized_check_applies_the_bounds_of_its_type() -> None:
     low = _q4(_case("a", 8), _case("b", 8))
     assert low.problems() == ["q4_k_m: same top token as HF at 80.0% of steps, below the q4_k_m bound 85%"]
     far = _q4(_case("a", 10, kld=0.5), _case("b", 10))
-    assert far.problems() == ["q4_k_m: mean KL divergence from HF 0.2505 nats/token exceeds the q4_k_m bound 0.1"]
+    assert far.problems() == [
+        "q4_k_m: mean KL divergence from HF 0.2505 nats/token exceeds the q4_k_m allowance 0.04691 "
+        "(absolute bound 0.1; float file 0)",
+        "q4_k_m: 50.0% of steps have a KL divergence above 0.156 nats (the q4_k_m limit is 5% of steps; "
+        "worst step 0.5)"]
     infinite = _q4(_case("a", 10, kld=float("inf")), _case("b", 10))
-    assert "exceeds the q4_k_m bound" in infinite.problems()[0]
+    assert "exceeds the q4_k_m allowance" in infinite.problems()[0]
     q8 = GgufCheck("q8_0", False, [_case("a", 9)], 0.8, quant="q8_0")  # 90 % < q8_0's 95 %
     assert "below the q8_0 bound 95%" in q8.problems()[0]
 
@@ -88,10 +99,10 @@ def test_decisions_count_only_where_the_reference_decides() -> None:
     flipped = _q4(_case("a", 10, forced=(True, False)), _case("b", 10, forced=(False, False)))
     assert flipped.decision_agreement == 0.5
     assert flipped.problems() == [
-        "q4_k_m: decision agreement 50.0% over the 2 cases where HF decides is below the floor 80%"]
+        "q4_k_m: decision agreement 50.0% over the 2 cases where HF decides clearly is below the floor 80%"]
     none = _q4(_case("a", 10), _case("b", 10))
     assert none.decision_agreement is None and none.problems() == []
-    assert any("decides in none" in n for n in none.notes())
+    assert any("decides clearly in none" in n for n in none.notes())
 
 
 def test_a_random_weight_model_skips_the_language_model_bounds_not_the_vision_bound() -> None:
@@ -182,3 +193,60 @@ def test_trained_settings_follow_the_run_record_and_flags_override_with_a_warnin
     (tmp_path / "run" / "adfm_run.json").write_text(json.dumps({"max_pixels": "lots"}))
     with pytest.raises(ExportError, match="max_pixels must be a positive integer, got 'lots'"):
         trained_settings(cfg)
+
+
+def test_the_kl_allowance_is_relative_to_the_float_file_within_the_absolute_bound() -> None:
+    # mean 0.06: inside the absolute q4_k_m bound (0.1), above 1.5 × q4_k_m's expected cost (0.0469)
+    costly = (_case("a", 10, kld=0.06), _case("b", 10, kld=0.06))
+    assert "exceeds the q4_k_m allowance 0.04691" in _q4(*costly).problems()[0]
+    # a float file that itself deviates by 0.01 nats/token raises the allowance to 0.0469 + 2 × 0.01
+    noisy_float = _f16(_case("a", 10, kld=0.01), _case("b", 10, kld=0.01))
+    relative = _q4(*costly, reference=noisy_float)
+    assert relative.allowance.max_mean_kld == pytest.approx(1.5 * 0.031273 + 2 * 0.01)
+    assert relative.problems() == []
+    # the absolute bound stays the outer limit however noisy the float file
+    very_noisy = _f16(_case("a", 10, kld=0.2))
+    assert _q4(*costly, reference=very_noisy).allowance.max_mean_kld == 0.1
+    summary = relative.summary()["relative_bounds"]
+    assert summary["float_mean_kld"] == pytest.approx(0.01) and summary["applied"] is True
+
+
+def test_a_file_badly_wrong_on_a_few_steps_fails_however_small_its_mean() -> None:
+    # 2 of 20 steps at 0.3 nats (mean 0.031: inside both mean bounds), every top token the same
+    spiky = (_case("a", 10, klds=[0.3, 0.3] + [0.001] * 8), _case("b", 10))
+    check = _q4(*spiky)
+    assert check.mean_kld < check.allowance.max_mean_kld and check.far_step_share() == pytest.approx(0.1)
+    assert check.problems() == [
+        "q4_k_m: 10.0% of steps have a KL divergence above 0.156 nats (the q4_k_m limit is 5% of steps; "
+        "worst step 0.3)"]
+    # one step in twenty is within the share
+    assert _q4(_case("a", 10, klds=[0.3] + [0.001] * 9), _case("b", 10)).problems() == []
+    # a float file whose own worst step is 0.1 nats moves the far-step line to 0.156 + 2 × 0.1
+    float_ref = _f16(_case("a", 10, klds=[0.1] + [0.0] * 9), _case("b", 10, kld=0.0))
+    assert _q4(*spiky, reference=float_ref).problems() == []
+
+
+def _decided(name: str, margin_hf: float, margin_q4: float) -> CaseReport:
+    return _case(name, 10, forced=(margin_hf > 0, margin_q4 > 0), margins=(margin_hf, margin_q4))
+
+
+def test_near_ties_within_the_float_noise_do_not_count_against_decision_agreement() -> None:
+    # 5 clear decisions kept, one near tie flipped (HF +0.1, q4 -0.05): within the 0.25 floor
+    cases = [_decided(f"c{i}", 2.0, 1.9) for i in range(5)] + [_decided("tie", 0.1, -0.05)]
+    check = _q4(*cases)
+    assert [c.name for c in check.near_tie_cases] == ["tie"] and len(check.deciding_cases) == 5
+    assert check.decision_agreement == 1.0 and check.problems() == []
+    assert any("tie: near tie" in n for n in check.notes())
+    assert check.summary()["near_tie_cases"] == [
+        {"case": "tie", "margin_hf": 0.1, "margin_gguf": -0.05, "near_tie_margin": 0.25, "agree": False}]
+    # flips by clear margins count: 3 of 5 fails the 80 % floor
+    flipped = [_decided(f"c{i}", 2.0, 1.9) for i in range(3)] + [_decided("x", 1.0, -0.5), _decided("y", -1.0, 0.3)]
+    assert "decision agreement 60.0%" in _q4(*flipped).problems()[0]
+    # the float file's deviation on a case widens its near-tie margin to TIE_FACTOR × that deviation
+    float_ref = _f16(*[
+        _case(c.name, 10, margins=(c.margin_hf, c.margin_hf + (0.6 if c.name in ("x", "y") else 0.01)))
+        for c in flipped
+    ])
+    widened = _q4(*flipped, reference=float_ref)
+    assert widened.near_tie_margin(3) == pytest.approx(1.2) and widened.near_tie_margin(0) == 0.25
+    assert [c.name for c in widened.near_tie_cases] == ["x", "y"] and widened.problems() == []
