@@ -77,7 +77,7 @@ class WarmStartSpec:
     batch_size: int = 16
     #: Share of defective parts in each SFT batch: a normal part's answer holds no box to learn, and at
     #: half defective the boxes stayed coarse (IoU ≥ 0.5 on 38–48 % of defective parts in 3 runs; 69 and
-    #: 75 % in two seeds at 3/4, the decision still 98–100 % right).
+    #: 75 % in two seeds at 3/4, the decision still 97.7–100 % right).
     defective_share: float = 0.75
     learning_rate: float = 1e-3
     #: Loss weight of the decision, defect-type and coordinate tokens (the others weigh 1).
