@@ -477,7 +477,7 @@ def _forced_decision(logits: np.ndarray, fixed: FixedAnswer, need_top: bool) -> 
     return bool(row[fixed.yes_id] > row[fixed.no_id])
 
 
-def _decision_margin(logits: np.ndarray, fixed: FixedAnswer) -> float:
+def decision_margin(logits: np.ndarray, fixed: FixedAnswer) -> float:
     """yes − no logit at the fixed answer's decision step (positive: yes)."""
     row = logits[fixed.decision_step]
     return float(row[fixed.yes_id] - row[fixed.no_id])
@@ -512,7 +512,7 @@ def compare_case(vlm: GgufVlm, hf: HfRun, case: VerifyCase, *, prompt_version: s
         kld, same = kld + more_kld, same + more_same
         forced_hf = _forced_decision(hf.fixed_logits, hf.fixed, need_top=True)
         forced_gguf = _forced_decision(fixed_gguf, hf.fixed, need_top=False)
-        margin_hf, margin_gguf = _decision_margin(hf.fixed_logits, hf.fixed), _decision_margin(fixed_gguf, hf.fixed)
+        margin_hf, margin_gguf = decision_margin(hf.fixed_logits, hf.fixed), decision_margin(fixed_gguf, hf.fixed)
     gen = vlm.generate(images, prompt_version=prompt_version, product=case.product,
                        max_tokens=max(1, len(hf.tokens)))
     gguf_tokens = list(gen.token_ids)

@@ -37,14 +37,13 @@ CORRUPT_TENSORS = ("blk.0.ffn_down.weight", "blk.0.attn_v.weight", "blk.0.ffn_up
                    "blk.1.attn_output.weight", "blk.1.ffn_down.weight", "output.weight")
 
 
-def decision_margin(merged, case, prompt_version: str, suppress, fixed) -> float:
-    """HF's yes − no logit at the fixed answer's decision step for one case."""
+def hf_decision_margin(merged, case, prompt_version: str, suppress, fixed) -> float:
+    """HF's yes − no logit at the fixed answer's decision step for one case (verify's own measure)."""
     from adfm.export import verify
 
     run = verify.hf_run(merged, case, prompt_version=prompt_version, max_new_tokens=1,
                         suppress_tokens=suppress, fixed=fixed)
-    row = run.fixed_logits[fixed.decision_step]
-    return float(row[fixed.yes_id] - row[fixed.no_id])
+    return verify.decision_margin(run.fixed_logits, fixed)
 
 
 def near_tie_case(merged, cases, prompt_version: str, suppress, fixed, *, tolerance: float = 0.02,
@@ -57,7 +56,7 @@ def near_tie_case(merged, cases, prompt_version: str, suppress, fixed, *, tolera
     from adfm.export.verify import VerifyCase
 
     singles = [c for c in cases if len(c.images) == 1]
-    margins = {c.name: decision_margin(merged, c, prompt_version, suppress, fixed) for c in singles}
+    margins = {c.name: hf_decision_margin(merged, c, prompt_version, suppress, fixed) for c in singles}
     for a in singles:
         for b in singles:
             if not (margins[a.name] < 0 < margins[b.name]):
@@ -69,13 +68,13 @@ def near_tie_case(merged, cases, prompt_version: str, suppress, fixed, *, tolera
 
             lo, hi = 0.0, 1.0
             m_lo = margins[a.name]
-            m_hi = decision_margin(merged, blend(1.0), prompt_version, suppress, fixed)
+            m_hi = hf_decision_margin(merged, blend(1.0), prompt_version, suppress, fixed)
             if not m_lo < 0 < m_hi:
                 continue
             for _ in range(max_steps):
                 mid = (lo + hi) / 2
                 case = blend(mid)
-                m = decision_margin(merged, case, prompt_version, suppress, fixed)
+                m = hf_decision_margin(merged, case, prompt_version, suppress, fixed)
                 if abs(m) <= tolerance:
                     return case, m
                 lo, hi = (mid, hi) if m < 0 else (lo, mid)
