@@ -25,6 +25,9 @@ DEFECT_KINDS = ("scratch", "spot", "crack", "missing")
 #: shows parts at the last one.
 TASK_DEFECTS = ("spot", "missing")
 TASK_DEFECT_SCALES = (2.5, 1.8, 1.4)
+#: Version of what the generator draws; caches of generated splits key on it. 2: masks hold only the
+#: part's own pixels.
+SYNTHETIC_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,12 @@ def render_part(kind: str, rng: np.random.Generator, size: tuple[int, int] = (25
     np.ndarray, np.ndarray
 ]:
     """Render a defect-free part; returns (RGB uint8 image, bool region where defects may go)."""
+    image, region, _ = _render(kind, rng, size)
+    return image, region
+
+
+def _render(kind: str, rng: np.random.Generator, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A defect-free part: (image, region where defects may go, the part's own pixels)."""
     w, h = size
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     cx = w / 2 + rng.uniform(-0.03, 0.03) * w
@@ -62,7 +71,7 @@ def render_part(kind: str, rng: np.random.Generator, size: tuple[int, int] = (25
     if kind == "washer":
         r = np.hypot(xx - cx, yy - cy)
         outer, inner = 0.42 * min(w, h), 0.16 * min(w, h)
-        region = (r < outer) & (r > inner)
+        region = material = (r < outer) & (r > inner)
         rings = 0.5 + 0.5 * np.sin(r * 0.9 + rng.uniform(0, 6.28))
         metal = 150 + 40 * rings + 25 * fine + 20 * coarse
         bg = 35 + 15 * coarse
@@ -75,7 +84,8 @@ def render_part(kind: str, rng: np.random.Generator, size: tuple[int, int] = (25
         base = np.array([190.0, 170.0, 140.0]) + rng.uniform(-8, 8, 3)
         img = base[None, None, :] * (0.85 + 0.15 * coarse[..., None]) + 12 * fine[..., None]
         img[lines] *= 0.78
-        region = np.ones((h, w), dtype=bool)
+        material = np.ones((h, w), dtype=bool)
+        region = material.copy()
         region[:8, :] = region[-8:, :] = False
         region[:, :8] = region[:, -8:] = False
     elif kind == "pill":
@@ -85,7 +95,7 @@ def render_part(kind: str, rng: np.random.Generator, size: tuple[int, int] = (25
         u = dx * math.cos(ang) + dy * math.sin(ang)
         v = -dx * math.sin(ang) + dy * math.cos(ang)
         e = (u / ax) ** 2 + (v / ay) ** 2
-        inside = e < 1.0
+        inside = material = e < 1.0
         body = np.array([225.0, 215.0, 190.0])[None, None, :] * (0.9 + 0.1 * fine[..., None])
         bg = np.array([60.0, 70.0, 80.0])[None, None, :] + 10 * coarse[..., None]
         img = np.where(inside[..., None], body, bg)
@@ -96,12 +106,13 @@ def render_part(kind: str, rng: np.random.Generator, size: tuple[int, int] = (25
         weave = 0.5 + 0.25 * np.sin(xx * 1.3) * np.sin(yy * 1.3)
         base = np.array([70.0, 95.0, 150.0]) + rng.uniform(-10, 10, 3)
         img = base[None, None, :] * (0.75 + 0.35 * weave[..., None]) + 18 * (fine[..., None] - 0.5)
-        region = np.ones((h, w), dtype=bool)
+        material = np.ones((h, w), dtype=bool)
+        region = material.copy()
         region[:8, :] = region[-8:, :] = False
         region[:, :8] = region[:, -8:] = False
     else:
         raise ValueError(f"unknown part kind {kind!r}; known: {', '.join(PART_KINDS)}")
-    return np.clip(img, 0, 255).astype(np.uint8), region
+    return np.clip(img, 0, 255).astype(np.uint8), region, material
 
 
 def _pick_point(rng: np.random.Generator, region: np.ndarray, margin: int) -> tuple[int, int]:
@@ -114,9 +125,14 @@ def _pick_point(rng: np.random.Generator, region: np.ndarray, margin: int) -> tu
 
 
 def add_defect(
-    image: np.ndarray, region: np.ndarray, defect: str, rng: np.random.Generator, scale: float = 1.0
+    image: np.ndarray, region: np.ndarray, defect: str, rng: np.random.Generator, scale: float = 1.0,
+    material: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw a defect of the given kind inside `region`; returns (new image, 0/255 uint8 mask).
+
+    With `material` (the part's own pixels), the defect is drawn on those alone and its mask holds
+    only them: a missing piece across a washer's rim marks the rim it took away, not the background or
+    the hole beside it, where there was nothing to take away and nothing an inspector could box.
 
     `scale` multiplies the defect's size (and a scratch's or crack's width): > 1 gives the large,
     easy defects a tiny model's warm start begins with.
@@ -164,6 +180,8 @@ def add_defect(
         alpha = 1.0
     else:
         raise ValueError(f"unknown defect kind {defect!r}; known: {', '.join(DEFECT_KINDS)}")
+    if material is not None:
+        mask_img = Image.fromarray(np.where(material, np.asarray(mask_img), 0).astype(np.uint8))
     soft = np.asarray(mask_img.filter(ImageFilter.GaussianBlur(0.8)), dtype=np.float32)[..., None] / 255.0
     out = out * (1 - alpha * soft) + color[None, None, :] * (alpha * soft)
     mask = np.where(np.asarray(mask_img) > 0, 255, 0).astype(np.uint8)
@@ -205,10 +223,10 @@ def make_sample(
     size: tuple[int, int] = (256, 256),
     defect_scale: float = 1.0,
 ) -> SyntheticSample:
-    image, region = render_part(kind, rng, size)
+    image, region, material = _render(kind, rng, size)
     if defect is None:
         return SyntheticSample(image, np.zeros(image.shape[:2], np.uint8), kind, None)
-    image, mask = add_defect(image, region, defect, rng, scale=defect_scale)
+    image, mask = add_defect(image, region, defect, rng, scale=defect_scale, material=material)
     return SyntheticSample(image, mask, kind, defect)
 
 

@@ -155,7 +155,7 @@ def ensure_model(cache: Path, model: Path | None, progress: Callable[[str], None
         if stale.exists():
             shutil.rmtree(stale)
     _say(progress, f"training the tiny demo model on synthetic parts and exporting it in {cache} "
-                   "(once; about five minutes on a 2-core CPU)…")
+                   "(once; about six minutes on a 2-core CPU)…")
     stdout = _build([sys.executable, "-m", "adfm.export.tiny", "--out", str(out), "--warm-start",
                      str(cache / "warm-start"), "--quant", DEMO_QUANT], "the tiny demo model", progress)
     model_dir = Path(stdout.strip().splitlines()[-1])

@@ -69,6 +69,9 @@ def test_snap_box_rounds_to_the_quantum_inside_the_grid_and_never_empties():
     assert snap_box([10.2, 3.4, 30.0, 17.0], 7, 112, 112) == [7, 0, 28, 14]
     assert snap_box([50.0, 50.0, 51.0, 52.0], 7, 112, 112) == [49, 49, 56, 56]  # one quantum at least
     assert snap_box([108.0, 109.0, 112.0, 112.0], 7, 112, 112) == [105, 105, 112, 112]
+    # a grid that is no multiple of the quantum: every corner stays on the quantum
+    assert snap_box([109.0, 111.0, 112.0, 112.0], 5, 112, 112) == [105, 105, 110, 110]
+    assert snap_box([50.0, 108.0, 61.0, 112.0], 5, 112, 112) == [50, 105, 60, 110]
 
 
 def test_fresh_parts_are_on_the_grid_with_perception_labels_where_the_defect_is():
@@ -77,15 +80,16 @@ def test_fresh_parts_are_on_the_grid_with_perception_labels_where_the_defect_is(
     spec = WarmStartSpec(**SMALL)
     rng = np.random.default_rng(3)
     normal = render_part(spec, rng, None, 1.4)
-    assert normal.image.size == (112, 112) and not normal.defective and not normal.patch_defect.any()
+    assert normal.image.size == (112, 112) and not normal.defective and not normal.block_defect.any()
     assert normal.truth_box is None and "<answer>no</answer>" in normal.answer
     part = render_part(spec, rng, "missing", 1.4)
-    assert part.defective and part.patch_defect.shape == (8, 8) and part.patch_defect.any()
+    assert part.defective and part.block_defect.shape == (16, 16) and part.block_defect.any()
     x1, y1, x2, y2 = (v * 112 / 256 for v in part.truth_box)
-    rows, cols = np.nonzero(part.patch_defect)
-    # the flagged 14-px patches are the ones the defect's box (on the grid) overlaps
-    assert rows.min() * 14 < y2 and (rows.max() + 1) * 14 > y1 and cols.min() * 14 < x2 and (cols.max() + 1) * 14 > x1
-    assert part.patch_defect.sum() < 16
+    rows, cols = np.nonzero(part.block_defect)
+    # the flagged 7-px blocks are the ones inside the defect's box (on the grid), up to the resize's blur
+    assert abs(rows.min() * 7 - y1) < 7 and abs((rows.max() + 1) * 7 - y2) < 7
+    assert abs(cols.min() * 7 - x1) < 7 and abs((cols.max() + 1) * 7 - x2) < 7
+    assert part.block_defect.sum() < 64
 
 
 def test_held_out_split_is_drawn_apart_from_each_scale(held_out, tmp_path):

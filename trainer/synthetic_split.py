@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from adfm.synthetic import make_sample
+from adfm.synthetic import SYNTHETIC_VERSION, make_sample
 
 from .config import SyntheticSection
 from .data.boxes import pseudo_boxes
@@ -37,7 +37,8 @@ def _save(array: np.ndarray, path: Path) -> str:
 def build_synthetic_split(spec: SyntheticSection, split: str = "train") -> Path:
     """Write images and the manifest under `spec.root/<split>`; reuse them when built with the same spec."""
     root = Path(spec.root) / split
-    params = json.dumps({"spec": spec.model_dump(mode="json"), "split": split}, sort_keys=True)
+    params = json.dumps({"spec": spec.model_dump(mode="json"), "split": split, "generator": SYNTHETIC_VERSION},
+                        sort_keys=True)
     digest = hashlib.sha256(params.encode()).hexdigest()
     manifest = root / MANIFEST
     marker = root / PARAMS

@@ -6,7 +6,7 @@ which ~1–10 tokens depend on the image, the decision carries about 1 % of the 
 start is built around the image:
 
 1. **perception**: a per-cell head on the vision tower's merged tokens (one per 28×28 cell of the
-   model grid) learns "this cell holds defect pixels", which of its four 14-px patches do, where the
+   model grid) learns "this cell holds defect pixels", which of its 4×4 blocks of 7 px do, where the
    cell sits (row, column) and, on a cell that holds the defect, the target box's snapped coordinates
    — so the language model can read a defect's place and extent from the token it attends to.
    Binary cross-entropy / cross-entropy on fresh parts every step.
@@ -15,9 +15,9 @@ start is built around the image:
    sees them (256² resized onto the 112² model grid by `adfm.geometry`), three in four of them
    defective, since only a defective part's answer has a box to learn. Short targets from words
    the tokenizer knows (`<think>spot [{"bbox_2d": …, "label": "spot"}]</think>…`), boxes snapped to
-   half a patch (7 px; a whole 14-px patch would cap the IoU of the smallest spots below 0.5), extra
-   loss weight on the decision, the defect-type and the coordinate tokens; the perception loss stays
-   on as an auxiliary term.
+   half a patch (7 px, the edges of the perception blocks: finer grids that cut across them, 4 or 5
+   px, trained worse), extra loss weight on the decision, the defect-type and the coordinate tokens
+   and on what ends a number; the perception loss stays on as an auxiliary term.
 
 The result is a full checkpoint directory (`<out>/model`, the perception head is not part of it) that
 `adfm-train --model`, `adfm-train variance` and `adfm-export` read like any other, the held-out test
@@ -54,10 +54,13 @@ MODEL = "model"
 TASK_PIXELS = (4 * GRID_FACTOR) ** 2
 #: Boxes of the targets are snapped to multiples of this many grid pixels (half a 14-px patch).
 BOX_QUANTUM = 7
+#: The perception labels' block: a quarter of a merged token's 28-px cell, so each visual token learns
+#: which of its 4×4 blocks hold defect pixels, finer than the 14-px patches it is made of.
+BLOCK = GRID_FACTOR // 4
 #: Defect scales of the held-out evaluation and the GRPO prompts: solved, borderline and hard parts.
 MIXED_SCALES = (1.4, 1.0, 0.8)
 #: Version of the training recipe; part of the digest, so a changed recipe never reuses an old model.
-RECIPE = "perception-sft-v4"
+RECIPE = "perception-sft-v5"
 
 
 @dataclass(frozen=True)
@@ -69,15 +72,15 @@ class WarmStartSpec:
     defect_scales: tuple[float, ...] = TASK_DEFECT_SCALES
     image_size: int = 256
     pixels: int = TASK_PIXELS
-    perception_steps: int = 240
+    perception_steps: int = 480
     steps_per_stage: tuple[int, ...] = (60, 60, 100)
     #: The last phase: parts at these sizes, the learning rate decaying to zero.
-    final_steps: int = 200
+    final_steps: int = 260
     final_scales: tuple[float, ...] = (1.4, 1.0)
     batch_size: int = 16
     #: Share of defective parts in each SFT batch: a normal part's answer holds no box to learn, and at
-    #: half defective the boxes stayed coarse (IoU ≥ 0.5 on 38–48 % of defective parts in 3 runs; 69 and
-    #: 75 % in two seeds at 3/4, the decision still 97.7–100 % right).
+    #: half defective the boxes stayed coarse (IoU ≥ 0.5 on 38–48 % of defective parts in 3 runs of v3;
+    #: 69 and 75 % in two seeds of v4 at 3/4, the decision still 97.7–100 % right).
     defective_share: float = 0.75
     learning_rate: float = 1e-3
     #: Loss weight of the decision, defect-type and coordinate tokens (the others weigh 1).
@@ -85,7 +88,7 @@ class WarmStartSpec:
     #: Weight of the perception loss while the answers are trained.
     aux_weight: float = 0.5
     box_quantum: int = BOX_QUANTUM
-    test_per_class: int = 64
+    test_per_class: int = 128
     prompt_version: str = DEFAULT_PROMPT_VERSION
     seed: int = 0
     recipe: str = RECIPE
@@ -132,7 +135,8 @@ class WarmStartResult:
 def snap_box(box: list[float], quantum: int, width: int, height: int) -> list[int]:
     """A grid box rounded to multiples of `quantum`, inside the grid, never empty."""
     x1, y1, x2, y2 = (round(float(v) / quantum) * quantum for v in box)
-    x1, y1 = min(max(x1, 0), width - quantum), min(max(y1, 0), height - quantum)
+    x1 = min(max(x1, 0), (width - quantum) // quantum * quantum)
+    y1 = min(max(y1, 0), (height - quantum) // quantum * quantum)
     x2, y2 = min(max(x2, x1 + quantum), width), min(max(y2, y1 + quantum), height)
     return [x1, y1, x2, y2]
 
@@ -180,8 +184,8 @@ class TaskPart:
     image: Any  # PIL image on the model grid
     answer: str
     defective: bool
-    #: Per 14-px patch of the grid: holds defect pixels (rows × cols of patches).
-    patch_defect: np.ndarray
+    #: Per `BLOCK`-px block of the grid: holds defect pixels (rows × cols of blocks).
+    block_defect: np.ndarray
     truth_box: list[float] | None  # original-image pixels
     #: The target's box on the grid, snapped (None for a normal part).
     grid_box: list[int] | None = None
@@ -201,13 +205,12 @@ def render_part(spec: WarmStartSpec, rng: np.random.Generator, defect: str | Non
            rewards.ORIG_WIDTH: size, rewards.ORIG_HEIGHT: size, rewards.GRID_WIDTH: grid.width,
            rewards.GRID_HEIGHT: grid.height, rewards.PROMPT_VERSION: spec.prompt_version, "defect_type": defect,
            "category": category}
-    patch = GRID_FACTOR // 2
     on_grid = np.asarray(Image.fromarray(sample.mask).resize((grid.width, grid.height), Image.Resampling.BILINEAR))
-    hp, wp = grid.height // patch, grid.width // patch
-    patch_defect = (on_grid.reshape(hp, patch, wp, patch).max(axis=(1, 3)) > 64)
+    hb, wb = grid.height // BLOCK, grid.width // BLOCK
+    block_defect = (on_grid.reshape(hb, BLOCK, wb, BLOCK).max(axis=(1, 3)) > 64)
     grid_box = snap_box(grid.to_grid([box]).tolist()[0], spec.box_quantum, grid.width, grid.height) if box else None
     return TaskPart(image=image, answer=target_answer(row, spec.box_quantum), defective=defect is not None,
-                    patch_defect=patch_defect, truth_box=box, grid_box=grid_box)
+                    block_defect=block_defect, truth_box=box, grid_box=grid_box)
 
 
 def task_split(spec: WarmStartSpec, root: Path, name: str, per_class: int, seed: int,
@@ -276,10 +279,11 @@ class _Trainer:
         self.visual = self.model.model.visual
         hidden = self.model.config.text_config.hidden_size
         self.cells_per_side = math.isqrt(spec.pixels) // GRID_FACTOR
-        # per merged token: [cell holds defect, 4 patches hold defect, row (n), column (n), and for a cell
+        # per merged token: [cell holds defect, 16 blocks hold defect, row (n), column (n), and for a cell
         # that holds defect pixels the target box's four snapped coordinates (q + 1 classes each)]
         self.coord_classes = math.isqrt(spec.pixels) // spec.box_quantum + 1
-        self.head = torch.nn.Linear(hidden, 5 + 2 * self.cells_per_side + 4 * self.coord_classes)
+        self.blocks = (GRID_FACTOR // BLOCK) ** 2
+        self.head = torch.nn.Linear(hidden, 1 + self.blocks + 2 * self.cells_per_side + 4 * self.coord_classes)
         product = spec.categories[0]
         messages = attach_images(build_messages(spec.prompt_version, product=product), [None])
         self.prompt = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -291,9 +295,10 @@ class _Trainer:
         self.key_tokens = self._key_token_ids()
 
     def _key_token_ids(self) -> set[int]:
-        """Tokens of the decision, the defect kinds, `normal` and the digits: the ones that need the image."""
+        """Tokens of the decision, the defect kinds, `normal`, the digits and what ends a number (`,`
+        `],`): the ones that need the image, or where a copied box runs on ("9105]") if they are weak."""
         vocab = self.tokenizer.get_vocab()
-        words = set(self.spec.defects) | {"normal", "yes", "no"}
+        words = set(self.spec.defects) | {"normal", "yes", "no", ",", "],"}
         keys = set()
         for token, tid in vocab.items():
             text = self.tokenizer.convert_tokens_to_string([token]).strip(' >"')
@@ -315,7 +320,8 @@ class _Trainer:
             q = self.spec.box_quantum
             box = [v // q for v in p.grid_box] if p.grid_box else [-100] * 4
             coords.append(np.tile(np.asarray(box), (n * n, 1)))
-            pd = p.patch_defect.reshape(n, 2, n, 2).transpose(0, 2, 1, 3).reshape(n * n, 4)
+            b = GRID_FACTOR // BLOCK
+            pd = p.block_defect.reshape(n, b, n, b).transpose(0, 2, 1, 3).reshape(n * n, b * b)
             sub.append(pd)
             cell.append(pd.max(axis=1))
             r, c = np.divmod(np.arange(n * n), n)
@@ -329,14 +335,14 @@ class _Trainer:
     def perception_loss(self, merged, parts: list[TaskPart]):
         torch = self.torch
         cell, sub, rows, cols, coords = self._perception_targets(parts)
-        n, k = self.cells_per_side, self.coord_classes
+        n, k, m = self.cells_per_side, self.coord_classes, 1 + self.blocks
         logits = self.head(merged)
         bce = torch.nn.functional.binary_cross_entropy_with_logits
         ce = torch.nn.functional.cross_entropy
-        loss = (bce(logits[:, 0], cell) + bce(logits[:, 1:5], sub)
-                + 0.5 * (ce(logits[:, 5:5 + n], rows) + ce(logits[:, 5 + n:5 + 2 * n], cols)))
+        loss = (bce(logits[:, 0], cell) + bce(logits[:, 1:m], sub)
+                + 0.5 * (ce(logits[:, m:m + n], rows) + ce(logits[:, m + n:m + 2 * n], cols)))
         if bool((coords[:, 0] >= 0).any()):
-            box_logits = logits[:, 5 + 2 * n:].reshape(-1, 4, k)
+            box_logits = logits[:, m + 2 * n:].reshape(-1, 4, k)
             loss = loss + 0.5 * ce(box_logits.reshape(-1, k), coords.reshape(-1), ignore_index=-100)
         decided = logits[:, 0].detach().reshape(len(parts), -1).max(dim=1).values > 0
         right = sum(bool(d) == p.defective for d, p in zip(decided.tolist(), parts, strict=True))
@@ -515,7 +521,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--final-steps", type=int, default=spec.final_steps,
                         help="SFT steps of the last phase on mixed sizes, learning rate decaying (default %(default)s)")
     parser.add_argument("--batch-size", type=int, default=spec.batch_size,
-                        help="fresh parts per step, half of them defective (default %(default)s)")
+                        help="fresh parts per step: half defective in the perception stage, three in four in SFT "
+                        "(default %(default)s)")
     parser.add_argument("--test-per-class", type=int, default=spec.test_per_class,
                         help="held-out normal and defective parts each (default %(default)s)")
     parser.add_argument("--seed", type=int, default=spec.seed, help="seed of data, weights and order")
