@@ -6,9 +6,11 @@ checkpoint fine-tuned (language model only, vision tower frozen) on the export v
 fixture parts (the eight built-in cases) until it answers in `format_response`'s format, with
 peaked logits the way a trained model's are, so the export's quantized bounds apply to it: tests
 and `bench/export_bounds.py` use it to check that a good quantized file passes and a corrupted one
-fails. Its vision tower stays random, so it tells the parts apart only partly: after 240 steps it
-decides some cases clearly and leaves others near a tie (yes−no margin within ±0.25), which the
-near-tie handling of the verification meets too. Built offline in about two minutes on two cores.
+fails. Its vision tower stays random, so it tells the parts apart by their grid size rather than
+their pixels: after 240 steps it decides two of the eight cases clearly and leaves six near a tie
+(yes−no margin within ±0.25), which the near-tie handling of the verification meets too; blends of
+a case's image with other pixels do not move its margin. (360 steps decide all eight by size, with
+no near tie left.) Built offline in about a minute on two cores.
 """
 
 from __future__ import annotations

@@ -44,38 +44,3 @@ def hf_decision_margin(merged, case, prompt_version: str, suppress, fixed) -> fl
     run = verify.hf_run(merged, case, prompt_version=prompt_version, max_new_tokens=1,
                         suppress_tokens=suppress, fixed=fixed)
     return verify.decision_margin(run.fixed_logits, fixed)
-
-
-def near_tie_case(merged, cases, prompt_version: str, suppress, fixed, *, tolerance: float = 0.02,
-                  max_steps: int = 24):
-    """A fixture built to be a near tie: a blend of two single-image cases that the model decides
-    opposite ways (the second resized onto the first's grid), its weight bisected until HF's
-    yes − no margin is within `tolerance` of zero. Returns (case, margin)."""
-    from PIL import Image
-
-    from adfm.export.verify import VerifyCase
-
-    singles = [c for c in cases if len(c.images) == 1]
-    margins = {c.name: hf_decision_margin(merged, c, prompt_version, suppress, fixed) for c in singles}
-    for a in singles:
-        for b in singles:
-            if not (margins[a.name] < 0 < margins[b.name]):
-                continue
-            base, other = a.images[0], b.images[0].resize(a.images[0].size, Image.Resampling.BICUBIC)
-
-            def blend(w: float, a=a, base=base, other=other) -> VerifyCase:
-                return VerifyCase(f"near-tie-{a.name}", (Image.blend(base, other, w),), a.product)
-
-            lo, hi = 0.0, 1.0
-            m_lo = margins[a.name]
-            m_hi = hf_decision_margin(merged, blend(1.0), prompt_version, suppress, fixed)
-            if not m_lo < 0 < m_hi:
-                continue
-            for _ in range(max_steps):
-                mid = (lo + hi) / 2
-                case = blend(mid)
-                m = hf_decision_margin(merged, case, prompt_version, suppress, fixed)
-                if abs(m) <= tolerance:
-                    return case, m
-                lo, hi = (mid, hi) if m < 0 else (lo, mid)
-    raise ValueError("no pair of fixtures decided opposite ways blends into a near tie")
