@@ -282,7 +282,8 @@ class _Trainer:
         # per merged token: [cell holds defect, 16 blocks hold defect, row (n), column (n), and for a cell
         # that holds defect pixels the target box's four snapped coordinates (q + 1 classes each)]
         self.coord_classes = math.isqrt(spec.pixels) // spec.box_quantum + 1
-        self.blocks = (GRID_FACTOR // BLOCK) ** 2
+        self.block_side = GRID_FACTOR // BLOCK  # blocks per merged token's side
+        self.blocks = self.block_side ** 2
         self.head = torch.nn.Linear(hidden, 1 + self.blocks + 2 * self.cells_per_side + 4 * self.coord_classes)
         product = spec.categories[0]
         messages = attach_images(build_messages(spec.prompt_version, product=product), [None])
@@ -320,8 +321,8 @@ class _Trainer:
             q = self.spec.box_quantum
             box = [v // q for v in p.grid_box] if p.grid_box else [-100] * 4
             coords.append(np.tile(np.asarray(box), (n * n, 1)))
-            b = GRID_FACTOR // BLOCK
-            pd = p.block_defect.reshape(n, b, n, b).transpose(0, 2, 1, 3).reshape(n * n, b * b)
+            b = self.block_side
+            pd = p.block_defect.reshape(n, b, n, b).transpose(0, 2, 1, 3).reshape(n * n, self.blocks)
             sub.append(pd)
             cell.append(pd.max(axis=1))
             r, c = np.divmod(np.arange(n * n), n)
